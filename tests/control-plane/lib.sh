@@ -1,0 +1,16 @@
+# Shared settings for the control-plane scripts: where binaries are cached and which versions.
+# Sourced, not run.
+
+CP_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# Outside the repo, so clean clones and `git clean` keep the (slow) builds.
+CACHE_DIR=${AGENT_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agent-operator}
+
+# The versions are read from the wrapper modules, so go.mod is the one place they are set.
+K8S_VERSION=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit} $1 == "require" && $2 == "k8s.io/kubernetes" {print $3; exit}' "$CP_DIR/k8s/go.mod")
+ETCD_VERSION=$(awk '$1 == "go.etcd.io/etcd/server/v3" && $2 ~ /^v/ {print $2; exit} $1 == "require" && $2 == "go.etcd.io/etcd/server/v3" {print $3; exit}' "$CP_DIR/etcd/go.mod")
+K8S_BIN=$CACHE_DIR/k8s-$K8S_VERSION/bin
+ETCD_BIN=$CACHE_DIR/etcd-$ETCD_VERSION/bin
+
+export GOTOOLCHAIN=local CGO_ENABLED=0
+
+log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Starts a local control plane (etcd, kube-apiserver, kube-controller-manager) on free
+# 127.0.0.1 ports, the way controller-runtime's envtest does, with no kubelet and no containers.
+#
+#   run.sh DIR                 start, then serve until SIGINT/SIGTERM or until the parent exits
+#   run.sh DIR -- CMD ARGS...  start, run CMD with KUBECONFIG set, stop, exit with CMD's status
+#
+# DIR receives: admin.kubeconfig, pki/ (the CA that also signs client certificates, see
+# user-cert.sh), env (KUBECONFIG and the ports, for sourcing), ready (written once /readyz
+# answers), logs/. Everything started is stopped on exit, also on failure or interruption.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+[[ $# -ge 1 ]] || { echo "usage: $0 DIR [-- CMD ARGS...]" >&2; exit 2; }
+D=$(mkdir -p "$1" && cd "$1" && pwd)
+shift
+[[ ${1:-} == -- ]] && shift
+watch_pid=$PPID
+
+"$CP_DIR/build.sh"
+rm -f "$D/ready"
+mkdir -p "$D/pki" "$D/logs"
+
+pids=()
+stop() {
+  local rc=$?
+  trap - EXIT INT TERM
+  rm -f "$D/ready"
+  # Reverse order: the API server goes before etcd, so it does not log a storm of etcd errors.
+  local i p
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    p=${pids[i]}
+    kill -TERM "$p" 2>/dev/null || continue
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  rm -rf "$D/etcd"
+  exit "$rc"
+}
+trap stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ETCD_PORT=$(free_port)
+PEER_PORT=$(free_port)
+API_PORT=$(free_port)
+
+# --- certificates: one CA signs the serving cert and every client cert -----------------------
+pki=$D/pki
+if [[ ! -f $pki/ca.crt ]]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/CN=agent-operator-test-ca" -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
+  openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+fi
+# A leaf signed by the CA (rustls refuses a self-signed serving cert used as its own CA).
+"$CP_DIR/user-cert.sh" "$pki" apiserver "/CN=kube-apiserver" \
+  "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+"$CP_DIR/user-cert.sh" "$pki" admin "/CN=admin/O=system:masters"
+
+kubeconfig() { # user -> kubeconfig text
+  cat <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority: $pki/ca.crt
+users:
+- name: $1
+  user:
+    client-certificate: $pki/$1.crt
+    client-key: $pki/$1.key
+contexts:
+- name: local
+  context: {cluster: local, user: $1, namespace: default}
+current-context: local
+EOF
+}
+kubeconfig admin >"$D/admin.kubeconfig"
+
+# --- etcd ------------------------------------------------------------------------------------
+rm -rf "$D/etcd"
+"$ETCD_BIN/etcd" --name=default --data-dir="$D/etcd" \
+  --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls="http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls="http://127.0.0.1:$PEER_PORT" \
+  --initial-cluster="default=http://127.0.0.1:$PEER_PORT" \
+  --unsafe-no-fsync=true --log-level=warn >"$D/logs/etcd.log" 2>&1 &
+pids+=($!)
+
+# --- kube-apiserver --------------------------------------------------------------------------
+# --advertise-address and --endpoint-reconciler-type=none: a loopback-only host has no default
+# route to advertise and Endpoints refuse loopback IPs. ServiceAccount admission is off because
+# there are no pods, and it would refuse objects in namespaces whose default account is missing.
+"$K8S_BIN/kube-apiserver" \
+  --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+  --bind-address=127.0.0.1 --secure-port="$API_PORT" \
+  --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
+  --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+  --client-ca-file="$pki/ca.crt" \
+  --service-account-issuer="https://127.0.0.1:$API_PORT" \
+  --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+  --api-audiences="https://127.0.0.1:$API_PORT" \
+  --service-cluster-ip-range=10.0.0.0/24 \
+  --authorization-mode=RBAC \
+  --disable-admission-plugins=ServiceAccount \
+  >"$D/logs/kube-apiserver.log" 2>&1 &
+pids+=($!)
+
+# --- kube-controller-manager -----------------------------------------------------------------
+# Only the controllers that API objects (not pods) depend on: ownerReference garbage collection,
+# namespace deletion, ServiceAccounts and their tokens, and the aggregated edit/view roles.
+"$K8S_BIN/kube-controller-manager" --kubeconfig="$D/admin.kubeconfig" \
+  --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
+  --controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller,root-ca-certificate-publisher-controller \
+  --root-ca-file="$pki/ca.crt" --service-account-private-key-file="$pki/sa.key" \
+  --use-service-account-credentials=false \
+  >"$D/logs/kube-controller-manager.log" 2>&1 &
+pids+=($!)
+
+start=$(date +%s.%N)
+export KUBECONFIG=$D/admin.kubeconfig
+until "$K8S_BIN/kubectl" get --raw=/readyz >/dev/null 2>&1; do
+  for p in "${pids[@]}"; do
+    kill -0 "$p" 2>/dev/null || { log "A control-plane process exited early; logs in $D/logs"; tail -n 20 "$D"/logs/*.log >&2; exit 1; }
+  done
+  if (($(date +%s) - ${start%.*} > 120)); then log "Control plane not ready after 120 s; logs in $D/logs"; exit 1; fi
+  sleep 0.2
+done
+# Tests create namespaces at once, and the aggregated edit/view roles must be filled in first.
+until "$K8S_BIN/kubectl" get clusterrole edit -o jsonpath='{.rules}' 2>/dev/null | grep -q .; do
+  if (($(date +%s) - ${start%.*} > 120)); then log "Aggregated roles never filled in; logs in $D/logs"; exit 1; fi
+  sleep 0.2
+done
+ready_s=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
+
+cat >"$D/env" <<EOF
+export KUBECONFIG=$D/admin.kubeconfig
+export AGENT_OPERATOR_TEST_KUBECONFIG=$D/admin.kubeconfig
+export AGENT_OPERATOR_TEST_PKI=$pki
+export K8S_BIN=$K8S_BIN
+export API_PORT=$API_PORT
+EOF
+echo "$ready_s" >"$D/ready"
+log "Control plane $K8S_VERSION (etcd $ETCD_VERSION) ready in ${ready_s}s at https://127.0.0.1:$API_PORT; KUBECONFIG=$D/admin.kubeconfig"
+
+if [[ $# -gt 0 ]]; then
+  set +e
+  PATH="$K8S_BIN:$PATH" AGENT_OPERATOR_TEST_KUBECONFIG=$KUBECONFIG AGENT_OPERATOR_TEST_PKI=$pki "$@"
+  exit $?
+fi
+# Serve until signalled, or until whoever started us is gone (a test binary that exited).
+while kill -0 "$watch_pid" 2>/dev/null; do
+  for p in "${pids[@]}"; do
+    kill -0 "$p" 2>/dev/null || { log "A control-plane process exited; logs in $D/logs"; exit 1; }
+  done
+  sleep 1
+done
