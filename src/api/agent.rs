@@ -1,0 +1,182 @@
+//! The Agent resource: an AI agent's definition, and the pointer to its active version.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default for `spec.revisionHistoryLimit`.
+pub const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
+
+/// An agent's definition: everything a version snapshots. `revisionHistoryLimit` is policy and
+/// lives beside it in [`AgentSpec`], so that changing it publishes nothing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentDefinition {
+    /// Name shown to the agent's users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+
+    /// System instructions (prompt) the agent runs with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+
+    /// Kind of agent, for example `chat`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+
+    /// Refinement of `type`, for example `All LLM Models`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtype: Option<String>,
+
+    /// Model the agent calls, for example `auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+
+    /// Sampling temperature, from 0 to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2))]
+    pub temperature: Option<f64>,
+
+    /// Ordered steps the agent follows. Each step is an object; fields the operator does not know
+    /// are kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::agent::preserved_object_list")]
+    pub steps: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
+
+    /// Questions the agent asks its user before it starts. Each item is an object; fields the
+    /// operator does not know are kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::agent::preserved_object_list")]
+    pub ask_user_questions: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
+
+    /// Files (names or URIs) the agent may consult.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knowledge_base_files: Option<Vec<String>>,
+
+    /// Who may use the agent: `private`, `workspace` or `public`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<Visibility>,
+
+    /// Further settings, as string keys and values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advanced_settings: Option<BTreeMap<String, String>>,
+}
+
+/// Who may use an agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    Private,
+    Workspace,
+    Public,
+}
+
+/// A list of objects whose fields the API server keeps as written (structural schemas would
+/// otherwise drop every field the schema does not name).
+pub(crate) fn preserved_object_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true,
+        },
+    })
+}
+
+/// An AI agent's definition. Every change of the definition is published as a new
+/// AgentVersion; AgentRollbacks move the active version without touching this spec.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "agentops.dev",
+    version = "v1alpha1",
+    kind = "Agent",
+    namespaced,
+    derive = "PartialEq",
+    status = "AgentStatus",
+    shortname = "ag",
+    category = "agentops",
+    doc = "An AI agent's definition. Each change of the definition is kept as an immutable AgentVersion; AgentRollbacks move the active version.",
+    printcolumn(
+        name = "Active",
+        type_ = "integer",
+        json_path = ".status.activeVersion",
+        description = "The active version"
+    ),
+    printcolumn(
+        name = "Versions",
+        type_ = "integer",
+        json_path = ".status.versionCount",
+        description = "Versions kept"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    #[serde(flatten)]
+    pub definition: AgentDefinition,
+
+    /// How many versions to keep (at least 1). Older versions are deleted, oldest first; the
+    /// active version is never deleted. Changing only this field publishes no version.
+    #[serde(default = "default_revision_history_limit")]
+    #[schemars(range(min = 1))]
+    pub revision_history_limit: i32,
+}
+
+fn default_revision_history_limit() -> i32 {
+    DEFAULT_REVISION_HISTORY_LIMIT
+}
+
+/// What the controller last observed and did for an Agent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// The active version: always the newest existing version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_version: Option<i64>,
+
+    /// How many versions exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_count: Option<i64>,
+
+    /// The newest `metadata.generation` whose spec has been published (or found equal to the
+    /// active version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// sha256 of the spec's definition at `observedGeneration`. A new generation with the same
+    /// definition (a change of `revisionHistoryLimit` only) publishes nothing, even when a
+    /// rollback has made the active version differ from the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_definition_hash: Option<String>,
+
+    /// The last AgentRollback that succeeded on this Agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollback: Option<LastRollback>,
+
+    /// `Ready`, `Reconciling` and `Stalled`, each with the generation it describes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A rollback that changed an Agent's active version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastRollback {
+    /// Name of the AgentRollback.
+    pub name: String,
+    /// When it completed.
+    pub time: Time,
+}

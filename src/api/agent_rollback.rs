@@ -1,0 +1,189 @@
+//! The AgentRollback resource: a one-shot request to move an Agent's active version, and the
+//! audit record of what it did.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::agent::AgentDefinition;
+
+/// A request to roll an Agent back, run exactly once. Not owned by its Agent: it is the audit
+/// record and outlives it. The API server refuses any change to `spec` after creation.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "agentops.dev",
+    version = "v1alpha1",
+    kind = "AgentRollback",
+    namespaced,
+    derive = "PartialEq",
+    status = "AgentRollbackStatus",
+    shortname = "agrb",
+    category = "agentops",
+    selectable = ".spec.agentName",
+    doc = "A request to roll an Agent back (Restore, Previous or Pop), run exactly once; afterwards the audit record of what it did.",
+    printcolumn(name = "Agent", type_ = "string", json_path = ".spec.agentName"),
+    printcolumn(name = "Strategy", type_ = "string", json_path = ".spec.strategy"),
+    printcolumn(
+        name = "From",
+        type_ = "integer",
+        json_path = ".status.fromVersion",
+        description = "Active version before"
+    ),
+    printcolumn(
+        name = "To",
+        type_ = "integer",
+        json_path = ".status.activeVersion",
+        description = "Active version after"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("AgentRollback spec is immutable; create a new AgentRollback instead"))]
+#[x_kube(validation = Rule::new("self.strategy != 'Restore' || has(self.targetVersion)").message("targetVersion is required when strategy is Restore"))]
+#[x_kube(validation = Rule::new("self.strategy == 'Restore' || !has(self.targetVersion)").message("targetVersion is only allowed when strategy is Restore"))]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRollbackSpec {
+    /// The Agent to roll back, in this rollback's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub agent_name: String,
+
+    /// `Restore` publishes a copy of `targetVersion` as a new version; `Previous` restores the
+    /// newest version below the active one; `Pop` deletes the latest version, so the one before
+    /// it becomes active.
+    pub strategy: RollbackStrategy,
+
+    /// The version to restore. Required for `Restore`, refused for the other strategies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_version: Option<i64>,
+
+    /// Run only if this is still the active version when the rollback starts; otherwise fail
+    /// with `ActiveVersionChanged` and change nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub expected_active_version: Option<i64>,
+
+    /// Why the rollback was made; kept for the audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub reason: Option<String>,
+}
+
+/// How a rollback chooses the version to go back to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum RollbackStrategy {
+    Restore,
+    Previous,
+    Pop,
+}
+
+impl RollbackStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Restore => "Restore",
+            Self::Previous => "Previous",
+            Self::Pop => "Pop",
+        }
+    }
+}
+
+/// Where a rollback is in its life. `Succeeded` and `Failed` are terminal and never change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum RollbackPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl RollbackPhase {
+    pub fn is_terminal(self) -> bool {
+        match self {
+            Self::Pending | Self::Running => false,
+            Self::Succeeded | Self::Failed => true,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Running => "Running",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+        }
+    }
+}
+
+/// What a rollback did, written by the controller.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRollbackStatus {
+    /// `Pending`, `Running`, `Succeeded` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RollbackPhase>,
+
+    /// The active version when the rollback started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<i64>,
+
+    /// The version whose snapshot was restored (Restore, Previous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_version: Option<i64>,
+
+    /// The version this rollback published (Restore, Previous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_version: Option<i64>,
+
+    /// The version this rollback deleted (Pop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub popped_version: Option<i64>,
+
+    /// The deleted version's snapshot (Pop), so nothing is lost and a pop can be undone by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub popped_snapshot: Option<AgentDefinition>,
+
+    /// sha256 of `poppedSnapshot`'s canonical JSON (Pop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub popped_snapshot_hash: Option<String>,
+
+    /// The active version after the rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_version: Option<i64>,
+
+    /// What happened, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    /// Why it failed, for machines: AgentNotFound, VersionNotFound, AlreadyActive,
+    /// NoPreviousVersion, AtFirstVersion or ActiveVersionChanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+
+    /// When the controller started the rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+
+    /// When the rollback reached `Succeeded` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+
+    /// The `metadata.resourceVersion` the rollback had before the controller first wrote its
+    /// status. Rollbacks of one Agent run in creation order; this orders those created within
+    /// the same second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_revision: Option<String>,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Reconciling` and `Stalled`, each with the generation it describes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}

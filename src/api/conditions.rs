@@ -1,0 +1,31 @@
+//! Condition types and reasons written to status, and Event reasons: one place for every
+//! PascalCase string the controller reports, so names stay consistent and bounded.
+
+/// The object is in its desired state (`kubectl wait --for=condition=Ready`).
+pub const READY: &str = "Ready";
+/// The controller is working on the object (kstatus: in progress).
+pub const RECONCILING: &str = "Reconciling";
+/// The object will not progress without a change from outside (kstatus: failed).
+pub const STALLED: &str = "Stalled";
+
+/// Condition reasons.
+pub mod reasons {
+    pub const VERSION_ACTIVE: &str = "VersionActive";
+    pub const PUBLISHING: &str = "Publishing";
+    pub const ROLLBACK_IN_PROGRESS: &str = "RollbackInProgress";
+    pub const QUEUED: &str = "Queued";
+    pub const RUNNING: &str = "Running";
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const FAILED: &str = "Failed";
+    pub const AS_EXPECTED: &str = "AsExpected";
+}
+
+/// Event reasons.
+pub mod events {
+    pub const VERSION_PUBLISHED: &str = "VersionPublished";
+    pub const VERSIONS_PRUNED: &str = "VersionsPruned";
+    pub const ROLLBACK_STARTED: &str = "RollbackStarted";
+    pub const ROLLBACK_SUCCEEDED: &str = "RollbackSucceeded";
+    pub const ROLLBACK_FAILED: &str = "RollbackFailed";
+    pub const ROLLED_BACK: &str = "RolledBack";
+}

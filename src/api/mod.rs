@@ -1,0 +1,14 @@
+//! The custom resource types of group `agentops.dev`, version `v1alpha1`, and the keys
+//! (labels, annotations, field managers) shared by every layer. Types only: no behaviour.
+
+pub mod agent;
+pub mod agent_rollback;
+pub mod agent_version;
+pub mod conditions;
+pub mod keys;
+
+pub use agent::{Agent, AgentDefinition, AgentSpec, AgentStatus, LastRollback, Visibility};
+pub use agent_rollback::{
+    AgentRollback, AgentRollbackSpec, AgentRollbackStatus, RollbackPhase, RollbackStrategy,
+};
+pub use agent_version::{AgentVersion, AgentVersionSpec};

@@ -1,0 +1,112 @@
+//! The library's error type. Each variant names the operation that failed; the cause comes
+//! through `source()`. Permanent rollback outcomes are not errors (see `plan::FailureReason`).
+
+use thiserror::Error;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("failed to read Agent {namespace}/{name}")]
+    GetAgent {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to list the versions of Agent {namespace}/{name}")]
+    ListVersions {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to read AgentRollback {namespace}/{name}")]
+    GetRollback {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to create AgentVersion {namespace}/{name}")]
+    CreateVersion {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to delete AgentVersion {namespace}/{name}")]
+    DeleteVersion {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to write the status of Agent {namespace}/{name}")]
+    PatchAgentStatus {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to write the status of AgentRollback {namespace}/{name}")]
+    PatchRollbackStatus {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("object has no {0}")]
+    MissingObjectKey(&'static str),
+
+    #[error("Agent {namespace}/{name} did not settle after {steps} units of work")]
+    NotSettled {
+        namespace: String,
+        name: String,
+        steps: usize,
+    },
+
+    #[error("failed to serialize {what}")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("CRD {0} did not become Established")]
+    CrdNotEstablished(String),
+
+    #[error("failed to check CRD {name}")]
+    GetCrd {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// A bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::GetAgent { .. } => "get_agent",
+            Self::ListVersions { .. } => "list_versions",
+            Self::GetRollback { .. } => "get_rollback",
+            Self::CreateVersion { .. } => "create_version",
+            Self::DeleteVersion { .. } => "delete_version",
+            Self::PatchAgentStatus { .. } => "patch_agent_status",
+            Self::PatchRollbackStatus { .. } => "patch_rollback_status",
+            Self::MissingObjectKey(_) => "missing_object_key",
+            Self::NotSettled { .. } => "not_settled",
+            Self::Serialize { .. } => "serialize",
+            Self::CrdNotEstablished(_) => "crd_not_established",
+            Self::GetCrd { .. } => "get_crd",
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! agent-operator: keeps every change to an Agent's definition as an immutable AgentVersion
+//! and performs AgentRollbacks (Restore, Previous, Pop) exactly once, in order, crash-safe.
+//!
+//! Layers point one way: [`api`] (types) ← [`plan`] (pure decisions) ← [`controller`]
+//! (Kubernetes I/O) ← the binary.
+
+pub mod api;
+pub mod controller;
+pub mod crds;
+pub mod error;
+pub mod plan;
+pub mod telemetry;
+
+pub use error::{Error, Result};

@@ -1,0 +1,63 @@
+//! History pruning: which versions fall outside `revisionHistoryLimit`.
+
+/// Version numbers to delete so that at most `limit` remain: the oldest first, never `active`.
+/// `numbers` may be in any order; a limit below 1 counts as 1.
+pub fn versions_to_prune(numbers: &[i64], active: Option<i64>, limit: i32) -> Vec<i64> {
+    let limit = usize::try_from(limit.max(1)).unwrap_or(1);
+    let mut sorted: Vec<i64> = numbers.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let excess = sorted.len().saturating_sub(limit);
+    sorted
+        .into_iter()
+        .filter(|n| Some(*n) != active)
+        .take(excess)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn prunes_oldest_beyond_the_limit() {
+        assert_eq!(versions_to_prune(&[1, 2, 3, 4, 5], Some(5), 3), vec![1, 2]);
+    }
+
+    #[test]
+    fn keeps_everything_within_the_limit() {
+        assert!(versions_to_prune(&[3, 4], Some(4), 10).is_empty());
+    }
+
+    #[test]
+    fn never_prunes_the_active_version_even_if_oldest() {
+        assert_eq!(versions_to_prune(&[1, 2, 3], Some(1), 1), vec![2, 3]);
+    }
+
+    #[test]
+    fn limit_below_one_keeps_one() {
+        assert_eq!(versions_to_prune(&[1, 2, 3], Some(3), 0), vec![1, 2]);
+    }
+
+    proptest! {
+        #[test]
+        fn pruning_keeps_the_limit_and_the_active_version(
+            numbers in proptest::collection::btree_set(1i64..200, 1..40),
+            limit in 1i32..15,
+            active_index in any::<proptest::sample::Index>(),
+        ) {
+            let numbers: Vec<i64> = numbers.into_iter().collect();
+            let active = *active_index.get(&numbers);
+            let pruned = versions_to_prune(&numbers, Some(active), limit);
+            prop_assert!(!pruned.contains(&active));
+            let kept = numbers.len() - pruned.len();
+            prop_assert_eq!(kept, numbers.len().min(limit as usize).max(1));
+            // Whatever is kept, apart from the active version, is newer than whatever is pruned.
+            let oldest_kept = numbers.iter().filter(|n| !pruned.contains(n) && **n != active).min();
+            if let (Some(oldest_kept), Some(newest_pruned)) = (oldest_kept, pruned.iter().max()) {
+                prop_assert!(oldest_kept > newest_pruned);
+            }
+        }
+    }
+}

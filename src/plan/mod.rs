@@ -1,0 +1,228 @@
+//! Pure decisions: given what was observed of one Agent (the Agent, its versions, its
+//! rollbacks), what is the next unit of work? No I/O, no clock, no randomness: `now` is a
+//! parameter and the answer is data ([`Step`]s) that the controller applies in order.
+//!
+//! Each call to [`sync::decide`] returns one unit of progress (publish a version, start or
+//! continue or finish one rollback, prune history, refresh status). The controller applies it,
+//! folds the API server's answers back into [`Observed`], and asks again until the answer is
+//! empty. Every unit is safe to cut short at any step: the next observation shows what was
+//! done and the decision carries on from there.
+
+pub mod hash;
+pub mod history;
+pub mod publish;
+pub mod rollback;
+pub mod status;
+pub mod sync;
+
+#[cfg(test)]
+mod sim;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+
+use crate::api::{
+    Agent, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, RollbackPhase,
+};
+
+pub use rollback::FailureReason;
+
+/// Everything one decision needs to know about one Agent, as last read or written.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub namespace: String,
+    pub agent_name: String,
+    /// `None` when no Agent of that name exists.
+    pub agent: Option<Agent>,
+    /// This Agent's versions (owned by its uid), sorted by version number.
+    pub versions: Vec<AgentVersion>,
+    /// Versions labelled with this Agent's name but owned by another uid: left over from a
+    /// deleted Agent of the same name, and in the way of the names this one will use.
+    pub foreign_versions: Vec<AgentVersion>,
+    /// Every rollback that names this Agent, in any phase.
+    pub rollbacks: Vec<AgentRollback>,
+}
+
+impl Observed {
+    /// Sorts and classifies what was read.
+    pub fn new(
+        namespace: String,
+        agent_name: String,
+        agent: Option<Agent>,
+        versions: Vec<AgentVersion>,
+        rollbacks: Vec<AgentRollback>,
+    ) -> Self {
+        let uid = agent.as_ref().and_then(|a| a.metadata.uid.clone());
+        let (mut versions, foreign_versions): (Vec<_>, Vec<_>) = versions
+            .into_iter()
+            .partition(|v| uid.is_some() && owner_uid(v) == uid.as_deref());
+        versions.sort_by_key(|v| v.spec.version);
+        let foreign_versions = if agent.is_some() {
+            foreign_versions
+        } else {
+            Vec::new()
+        };
+        Self {
+            namespace,
+            agent_name,
+            agent,
+            versions,
+            foreign_versions,
+            rollbacks,
+        }
+    }
+
+    /// The newest existing version, which is always the active one.
+    pub fn newest(&self) -> Option<&AgentVersion> {
+        self.versions.last()
+    }
+
+    pub fn active_number(&self) -> Option<i64> {
+        self.newest().map(|v| v.spec.version)
+    }
+
+    pub fn version(&self, number: i64) -> Option<&AgentVersion> {
+        self.versions.iter().find(|v| v.spec.version == number)
+    }
+
+    pub fn version_numbers(&self) -> Vec<i64> {
+        self.versions.iter().map(|v| v.spec.version).collect()
+    }
+
+    /// The number the next published version gets. After a Pop the popped number is free
+    /// again; otherwise numbers only grow, even when every version was deleted by hand.
+    pub fn next_version_number(&self) -> i64 {
+        let newest = self.active_number().unwrap_or(0);
+        let recorded = self
+            .agent
+            .as_ref()
+            .and_then(|a| a.status.as_ref())
+            .and_then(|s| s.active_version)
+            .unwrap_or(0);
+        newest.max(recorded) + 1
+    }
+
+    /// Rollbacks not yet terminal, in the order they must run.
+    pub fn pending_rollbacks(&self) -> Vec<&AgentRollback> {
+        let mut pending: Vec<&AgentRollback> = self
+            .rollbacks
+            .iter()
+            .filter(|r| !phase_of(r).is_some_and(RollbackPhase::is_terminal))
+            .collect();
+        pending.sort_by_key(|r| rollback::queue_key(r));
+        pending
+    }
+
+    pub fn rollback(&self, name: &str) -> Option<&AgentRollback> {
+        self.rollbacks.iter().find(|r| r.name_any() == name)
+    }
+
+    /// Folds in what the API server answered to one applied step.
+    pub fn fold(&mut self, applied: Applied) {
+        match applied {
+            Applied::VersionCreated(version) => {
+                self.versions.retain(|v| v.name_any() != version.name_any());
+                self.versions.push(*version);
+                self.versions.sort_by_key(|v| v.spec.version);
+            }
+            Applied::VersionDeleted(name) => {
+                self.versions.retain(|v| v.name_any() != name);
+                self.foreign_versions.retain(|v| v.name_any() != name);
+            }
+            Applied::Agent(agent) => self.agent = Some(*agent),
+            Applied::Rollback(updated) => match self
+                .rollbacks
+                .iter_mut()
+                .find(|r| r.name_any() == updated.name_any())
+            {
+                Some(slot) => *slot = *updated,
+                None => self.rollbacks.push(*updated),
+            },
+            Applied::Nothing => {}
+        }
+    }
+}
+
+/// The API server's answer to one applied [`Step`], as far as later decisions care.
+#[derive(Clone, Debug)]
+pub enum Applied {
+    VersionCreated(Box<AgentVersion>),
+    VersionDeleted(String),
+    Agent(Box<Agent>),
+    Rollback(Box<AgentRollback>),
+    Nothing,
+}
+
+/// One write the controller makes. Steps of one unit are applied in order; if any fails, the
+/// rest are dropped and the controller observes again.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Create this version. AlreadyExists means the name is taken: observe again.
+    CreateVersion(Box<AgentVersion>),
+    /// Delete a version, on condition that its uid is still this one.
+    DeleteVersion { name: String, uid: String },
+    /// Replace the Agent's status.
+    PatchAgentStatus(Box<AgentStatus>),
+    /// Replace a rollback's status, on condition that the rollback is still at
+    /// `resource_version`: this compare-and-swap is what makes each rollback run exactly once.
+    PatchRollbackStatus {
+        name: String,
+        resource_version: Option<String>,
+        status: Box<AgentRollbackStatus>,
+    },
+    /// Record an Event.
+    Event(EventNote),
+}
+
+/// An Event to record; best effort, never a reason to stop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventNote {
+    pub on: EventTarget,
+    pub warning: bool,
+    pub reason: &'static str,
+    pub action: &'static str,
+    pub note: String,
+}
+
+/// The object an Event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventTarget {
+    Agent,
+    Rollback(String),
+}
+
+pub(crate) fn phase_of(rollback: &AgentRollback) -> Option<RollbackPhase> {
+    rollback.status.as_ref().and_then(|s| s.phase)
+}
+
+pub(crate) fn status_of(rollback: &AgentRollback) -> AgentRollbackStatus {
+    rollback.status.clone().unwrap_or_default()
+}
+
+fn owner_uid(version: &AgentVersion) -> Option<&str> {
+    version
+        .metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "Agent")
+        .map(|o| o.uid.as_str())
+}
+
+/// The controller owner reference a version carries to its Agent, so that deleting the Agent
+/// deletes its versions.
+pub(crate) fn owner_reference(agent: &Agent) -> OwnerReference {
+    OwnerReference {
+        api_version: Agent::api_version(&()).into_owned(),
+        kind: Agent::kind(&()).into_owned(),
+        name: agent.name_any(),
+        uid: agent.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// The name of an Agent's version `number`.
+pub fn version_name(agent_name: &str, number: i64) -> String {
+    format!("{agent_name}-v{number}")
+}

@@ -1,0 +1,143 @@
+//! Publishing: each new generation of an Agent whose definition differs (by hash) from the
+//! active version becomes version latest+1.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::ResourceExt;
+
+use super::hash::snapshot_hash;
+use super::{EventNote, EventTarget, Observed, Step, owner_reference, version_name};
+use crate::api::conditions::{events, reasons};
+use crate::api::keys::{AGENT_LABEL, CHANGE_CAUSE_ANNOTATION, VERSION_LABEL};
+use crate::api::{Agent, AgentDefinition, AgentVersion, AgentVersionSpec};
+
+/// True when the Agent has a generation not yet handled, or no version at all.
+pub fn needed(agent: &Agent, observed: &Observed) -> bool {
+    let observed_generation = agent.status.as_ref().and_then(|s| s.observed_generation);
+    observed.versions.is_empty() || agent.metadata.generation != observed_generation
+}
+
+/// Publishes the Agent's definition, or, when it equals the active version or did not change
+/// since the last handled generation, only records that this generation was handled.
+pub fn steps(
+    observed: &Observed,
+    agent: &Agent,
+    busy_after: Option<&str>,
+    now: &Time,
+) -> Vec<Step> {
+    let generation = agent.metadata.generation;
+    let hash = snapshot_hash(&agent.spec.definition);
+    let mut status = agent.status.clone().unwrap_or_default();
+    let definition_unchanged = status.observed_definition_hash.as_ref() == Some(&hash);
+    status.observed_generation = generation;
+    status.observed_definition_hash = Some(hash.clone());
+
+    let equals_active = observed
+        .newest()
+        .is_some_and(|v| v.spec.snapshot_hash == hash);
+    if equals_active || (definition_unchanged && !observed.versions.is_empty()) {
+        let active = observed.active_number();
+        status.active_version = active;
+        status.version_count = Some(observed.versions.len() as i64);
+        status.conditions = super::status::agent_conditions(
+            &status.conditions,
+            generation,
+            active,
+            busy_after,
+            now,
+        );
+        return vec![Step::PatchAgentStatus(Box::new(status))];
+    }
+
+    let number = observed.next_version_number();
+    let change_cause = agent.annotations().get(CHANGE_CAUSE_ANNOTATION).cloned();
+    let version = new_version(
+        agent,
+        number,
+        agent.spec.definition.clone(),
+        hash,
+        None,
+        change_cause,
+    );
+    status.active_version = Some(number);
+    status.version_count = Some(observed.versions.len() as i64 + 1);
+    status.conditions = super::status::agent_conditions(
+        &status.conditions,
+        generation,
+        Some(number),
+        busy_after,
+        now,
+    );
+    vec![
+        Step::CreateVersion(Box::new(version)),
+        Step::PatchAgentStatus(Box::new(status)),
+        Step::Event(EventNote {
+            on: EventTarget::Agent,
+            warning: false,
+            reason: events::VERSION_PUBLISHED,
+            action: "Publish",
+            note: match generation {
+                Some(g) => format!("Published version {number} from generation {g}"),
+                None => format!("Published version {number}"),
+            },
+        }),
+    ]
+}
+
+/// Where a rollback-made version comes from.
+pub struct RollbackOrigin<'a> {
+    pub from_version: i64,
+    pub rollback_name: &'a str,
+}
+
+/// A new version object of `agent`, named `<agent>-v<number>`, owned by the Agent.
+pub fn new_version(
+    agent: &Agent,
+    number: i64,
+    snapshot: AgentDefinition,
+    snapshot_hash: String,
+    origin: Option<RollbackOrigin<'_>>,
+    change_cause: Option<String>,
+) -> AgentVersion {
+    let agent_name = agent.name_any();
+    let mut labels = BTreeMap::from([
+        (AGENT_LABEL.to_string(), agent_name.clone()),
+        (VERSION_LABEL.to_string(), number.to_string()),
+    ]);
+    if let Some(origin) = &origin {
+        labels.insert(
+            crate::api::keys::ROLLBACK_LABEL.to_string(),
+            origin.rollback_name.to_string(),
+        );
+    }
+    AgentVersion {
+        metadata: ObjectMeta {
+            name: Some(version_name(&agent_name, number)),
+            namespace: agent.namespace(),
+            labels: Some(labels),
+            owner_references: Some(vec![owner_reference(agent)]),
+            ..ObjectMeta::default()
+        },
+        spec: AgentVersionSpec {
+            agent_name,
+            version: number,
+            snapshot,
+            snapshot_hash,
+            rollback_from_version: origin.as_ref().map(|o| o.from_version),
+            rollback_name: origin.map(|o| o.rollback_name.to_string()),
+            change_cause,
+        },
+    }
+}
+
+/// Why an Agent is busy, if it is: a generation to publish or rollbacks to run.
+pub fn busy_reason(publish_pending: bool, rollbacks_pending: bool) -> Option<&'static str> {
+    if publish_pending {
+        Some(reasons::PUBLISHING)
+    } else if rollbacks_pending {
+        Some(reasons::ROLLBACK_IN_PROGRESS)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,638 @@
+//! The rollback state machine: which rollback runs next, what it does, and how it ends.
+//!
+//! A rollback moves Pending → Running → Succeeded, or straight to Failed when its request
+//! cannot be met (then nothing changes). The move to Running records the whole plan in status
+//! (the version to restore and the number of the new version, or the version to pop and its
+//! snapshot) before anything else is written, so a crash at any later point resumes the same
+//! plan, and a stale read cannot start a rollback twice: every status write is a
+//! compare-and-swap on the rollback's resourceVersion.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use super::publish::{RollbackOrigin, new_version};
+use super::status::set_rollback_phase;
+use super::{EventNote, EventTarget, Observed, Step, status_of};
+use crate::api::conditions::events;
+use crate::api::{Agent, AgentRollback, LastRollback, RollbackPhase, RollbackStrategy};
+
+/// Why a rollback failed. Each is permanent: the rollback is `Failed` and nothing changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    /// No Agent of that name in the rollback's namespace.
+    AgentNotFound,
+    /// The Restore target does not exist (never made, popped or pruned).
+    VersionNotFound,
+    /// The Restore target is the active version.
+    AlreadyActive,
+    /// Previous with only one version left.
+    NoPreviousVersion,
+    /// Pop with only one version left.
+    AtFirstVersion,
+    /// `expectedActiveVersion` is no longer the active version.
+    ActiveVersionChanged,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 6] = [
+        Self::AgentNotFound,
+        Self::VersionNotFound,
+        Self::AlreadyActive,
+        Self::NoPreviousVersion,
+        Self::AtFirstVersion,
+        Self::ActiveVersionChanged,
+    ];
+
+    /// The machine-readable name: status.reason, the Event reason and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AgentNotFound => "AgentNotFound",
+            Self::VersionNotFound => "VersionNotFound",
+            Self::AlreadyActive => "AlreadyActive",
+            Self::NoPreviousVersion => "NoPreviousVersion",
+            Self::AtFirstVersion => "AtFirstVersion",
+            Self::ActiveVersionChanged => "ActiveVersionChanged",
+        }
+    }
+}
+
+/// A rollback that cannot run, and the message that says why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: FailureReason,
+    pub message: String,
+}
+
+/// What a rollback will do, chosen when it starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// Publish version `new` as a copy of version `target`.
+    Restore { target: i64, new: i64 },
+    /// Delete version `version`, the latest.
+    Pop { version: i64 },
+}
+
+/// Chooses what a rollback does, given the existing version numbers (ascending, non-empty in
+/// practice) and the active (newest) version.
+pub fn choose(
+    agent_name: &str,
+    strategy: RollbackStrategy,
+    target: Option<i64>,
+    expected_active: Option<i64>,
+    numbers: &[i64],
+) -> Result<Choice, Failure> {
+    let fail = |reason, message: String| Err(Failure { reason, message });
+    let Some(&active) = numbers.iter().max() else {
+        return fail(
+            FailureReason::VersionNotFound,
+            format!("Agent {agent_name} has no versions yet."),
+        );
+    };
+    if let Some(expected) = expected_active
+        && expected != active
+    {
+        return fail(
+            FailureReason::ActiveVersionChanged,
+            format!(
+                "expectedActiveVersion is {expected} but the active version of Agent {agent_name} is {active}; nothing was changed."
+            ),
+        );
+    }
+    match strategy {
+        RollbackStrategy::Restore => {
+            let Some(target) = target else {
+                return fail(
+                    FailureReason::VersionNotFound,
+                    "targetVersion is required when strategy is Restore.".into(),
+                );
+            };
+            if target == active {
+                return fail(
+                    FailureReason::AlreadyActive,
+                    format!("Cannot roll back to the current active version ({target})."),
+                );
+            }
+            if !numbers.contains(&target) {
+                return fail(
+                    FailureReason::VersionNotFound,
+                    format!(
+                        "Version {target} of Agent {agent_name} does not exist (never made, popped or pruned); existing versions: {}.",
+                        list(numbers)
+                    ),
+                );
+            }
+            Ok(Choice::Restore {
+                target,
+                new: active + 1,
+            })
+        }
+        RollbackStrategy::Previous => match numbers.iter().copied().filter(|n| *n < active).max() {
+            Some(target) => Ok(Choice::Restore {
+                target,
+                new: active + 1,
+            }),
+            None => fail(
+                FailureReason::NoPreviousVersion,
+                format!(
+                    "Agent {agent_name} has only one version ({active}); there is no previous version."
+                ),
+            ),
+        },
+        RollbackStrategy::Pop => {
+            if numbers.len() < 2 {
+                return fail(
+                    FailureReason::AtFirstVersion,
+                    format!(
+                        "Agent {agent_name} has only one version ({active}); the last version cannot be popped."
+                    ),
+                );
+            }
+            Ok(Choice::Pop { version: active })
+        }
+    }
+}
+
+fn list(numbers: &[i64]) -> String {
+    numbers
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Sort key that puts rollbacks in creation order. Creation timestamps have one-second
+/// resolution, so ties are broken by the resourceVersion the rollback had when created: its
+/// current one while the controller has not written to it, else the one recorded in status.
+/// (Kubernetes calls resourceVersions opaque; with etcd storage they are revision numbers, and
+/// only ties within one second depend on that.)
+pub fn queue_key(rollback: &AgentRollback) -> (Option<Time>, u64, String) {
+    let recorded = rollback
+        .status
+        .as_ref()
+        .and_then(|s| s.creation_revision.clone());
+    let revision = recorded
+        .or_else(|| rollback.resource_version())
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(u64::MAX);
+    (
+        rollback.metadata.creation_timestamp.clone(),
+        revision,
+        rollback.name_any(),
+    )
+}
+
+/// A status write on `rollback`, conditional on its current resourceVersion.
+fn cas(rollback: &AgentRollback, status: crate::api::AgentRollbackStatus) -> Step {
+    Step::PatchRollbackStatus {
+        name: rollback.name_any(),
+        resource_version: rollback.resource_version(),
+        status: Box::new(status),
+    }
+}
+
+fn event(
+    on: EventTarget,
+    warning: bool,
+    reason: &'static str,
+    action: &'static str,
+    note: String,
+) -> Step {
+    Step::Event(EventNote {
+        on,
+        warning,
+        reason,
+        action,
+        note,
+    })
+}
+
+/// The status a rollback gets on its first write: records its creation revision.
+fn first_status(rollback: &AgentRollback) -> crate::api::AgentRollbackStatus {
+    let mut status = status_of(rollback);
+    if status.creation_revision.is_none() {
+        status.creation_revision = rollback.resource_version();
+    }
+    status
+}
+
+/// Fails `rollback` with `failure`; `agent_exists` adds the Event on the Agent.
+pub fn fail(
+    rollback: &AgentRollback,
+    failure: Failure,
+    active: Option<i64>,
+    agent_exists: bool,
+    now: &Time,
+) -> Vec<Step> {
+    let mut status = first_status(rollback);
+    status.from_version = status.from_version.or(active);
+    status.active_version = active;
+    status.start_time = status.start_time.or_else(|| Some(now.clone()));
+    set_rollback_phase(
+        &mut status,
+        RollbackPhase::Failed,
+        Some(failure.reason.as_str()),
+        failure.message.clone(),
+        rollback.metadata.generation,
+        now,
+    );
+    let name = rollback.name_any();
+    let mut steps = vec![
+        cas(rollback, status),
+        event(
+            EventTarget::Rollback(name.clone()),
+            true,
+            events::ROLLBACK_FAILED,
+            "Rollback",
+            failure.message.clone(),
+        ),
+    ];
+    if agent_exists {
+        steps.push(event(
+            EventTarget::Agent,
+            true,
+            events::ROLLBACK_FAILED,
+            "Rollback",
+            format!(
+                "AgentRollback {name} failed ({}): {}",
+                failure.reason.as_str(),
+                failure.message
+            ),
+        ));
+    }
+    steps
+}
+
+/// Starts the head of the queue: fails it, or records its plan and moves it to Running.
+/// Rollbacks queued behind it that have no phase yet are marked Pending.
+pub fn start(
+    observed: &Observed,
+    agent: &Agent,
+    head: &AgentRollback,
+    queued: &[&AgentRollback],
+    now: &Time,
+) -> Vec<Step> {
+    let numbers = observed.version_numbers();
+    let active = observed.active_number();
+    let spec = &head.spec;
+    let mut steps = match choose(
+        &agent.name_any(),
+        spec.strategy,
+        spec.target_version,
+        spec.expected_active_version,
+        &numbers,
+    ) {
+        Err(failure) => fail(head, failure, active, true, now),
+        Ok(choice) => {
+            let mut status = first_status(head);
+            status.from_version = active;
+            status.start_time = Some(now.clone());
+            let message = match &choice {
+                Choice::Restore { target, new } => {
+                    status.restored_version = Some(*target);
+                    status.new_version = Some(*new);
+                    format!(
+                        "Rolling Agent {} back to version {target} as new version {new}.",
+                        agent.name_any()
+                    )
+                }
+                Choice::Pop { version } => {
+                    let popped = observed.version(*version);
+                    status.popped_version = Some(*version);
+                    status.popped_snapshot = popped.map(|v| v.spec.snapshot.clone());
+                    status.popped_snapshot_hash = popped.map(|v| v.spec.snapshot_hash.clone());
+                    format!("Deleting version {version} of Agent {}.", agent.name_any())
+                }
+            };
+            set_rollback_phase(
+                &mut status,
+                RollbackPhase::Running,
+                None,
+                message.clone(),
+                head.metadata.generation,
+                now,
+            );
+            vec![
+                cas(head, status),
+                event(
+                    EventTarget::Rollback(head.name_any()),
+                    false,
+                    events::ROLLBACK_STARTED,
+                    "Rollback",
+                    message.clone(),
+                ),
+                event(
+                    EventTarget::Agent,
+                    false,
+                    events::ROLLBACK_STARTED,
+                    "Rollback",
+                    format!("AgentRollback {}: {message}", head.name_any()),
+                ),
+            ]
+        }
+    };
+    for rollback in queued.iter().filter(|r| super::phase_of(r).is_none()) {
+        let mut status = first_status(rollback);
+        let message = format!("Waiting for AgentRollback {} to finish.", head.name_any());
+        set_rollback_phase(
+            &mut status,
+            RollbackPhase::Pending,
+            None,
+            message,
+            rollback.metadata.generation,
+            now,
+        );
+        steps.push(cas(rollback, status));
+    }
+    steps
+}
+
+/// Carries a Running rollback on from wherever it stopped.
+pub fn resume(
+    observed: &Observed,
+    agent: &Agent,
+    running: &AgentRollback,
+    busy_after: Option<&str>,
+    now: &Time,
+) -> Vec<Step> {
+    let status = status_of(running);
+    let name = running.name_any();
+    match running.spec.strategy {
+        RollbackStrategy::Restore | RollbackStrategy::Previous => {
+            let (Some(target), Some(new)) = (status.restored_version, status.new_version) else {
+                // A Running status without its plan was not written by this controller.
+                return start(observed, agent, running, &[], now);
+            };
+            match observed.version(new) {
+                Some(made) if made.spec.rollback_name.as_deref() == Some(name.as_str()) => {
+                    finish(observed, agent, running, busy_after, now)
+                }
+                Some(_) => fail(
+                    running,
+                    Failure {
+                        reason: FailureReason::ActiveVersionChanged,
+                        message: format!(
+                            "Version {new} was created by something else while this rollback ran; nothing was changed."
+                        ),
+                    },
+                    observed.active_number(),
+                    true,
+                    now,
+                ),
+                None => match observed.version(target) {
+                    Some(source) => {
+                        let origin = RollbackOrigin {
+                            from_version: target,
+                            rollback_name: &name,
+                        };
+                        let cause = running.spec.reason.clone().or_else(|| {
+                            Some(format!(
+                                "Rolled back to version {target} by AgentRollback {name}"
+                            ))
+                        });
+                        let version = new_version(
+                            agent,
+                            new,
+                            source.spec.snapshot.clone(),
+                            source.spec.snapshot_hash.clone(),
+                            Some(origin),
+                            cause,
+                        );
+                        vec![Step::CreateVersion(Box::new(version))]
+                    }
+                    None => fail(
+                        running,
+                        Failure {
+                            reason: FailureReason::VersionNotFound,
+                            message: format!(
+                                "Version {target} was deleted before it could be restored; nothing was changed."
+                            ),
+                        },
+                        observed.active_number(),
+                        true,
+                        now,
+                    ),
+                },
+            }
+        }
+        RollbackStrategy::Pop => {
+            let Some(popped) = status.popped_version else {
+                return start(observed, agent, running, &[], now);
+            };
+            match observed.version(popped) {
+                Some(version)
+                    if Some(&version.spec.snapshot_hash)
+                        == status.popped_snapshot_hash.as_ref()
+                        && observed.versions.len() > 1 =>
+                {
+                    vec![Step::DeleteVersion {
+                        name: version.name_any(),
+                        uid: version.metadata.uid.clone().unwrap_or_default(),
+                    }]
+                }
+                _ => finish(observed, agent, running, busy_after, now),
+            }
+        }
+    }
+}
+
+/// Ends a rollback whose writes are all done: Agent status first (so a reader who waits for
+/// the rollback sees the new active version on the Agent), then the rollback's terminal status.
+fn finish(
+    observed: &Observed,
+    agent: &Agent,
+    rollback: &AgentRollback,
+    busy_after: Option<&str>,
+    now: &Time,
+) -> Vec<Step> {
+    let name = rollback.name_any();
+    let active = observed.active_number();
+    let mut agent_status = agent.status.clone().unwrap_or_default();
+    agent_status.active_version = active;
+    agent_status.version_count = Some(observed.versions.len() as i64);
+    agent_status.last_rollback = Some(LastRollback {
+        name: name.clone(),
+        time: now.clone(),
+    });
+    agent_status.conditions = super::status::agent_conditions(
+        &agent_status.conditions,
+        agent.metadata.generation,
+        active,
+        busy_after,
+        now,
+    );
+
+    let mut status = status_of(rollback);
+    status.active_version = active;
+    let active_text = active.map_or_else(|| "none".to_string(), |a| a.to_string());
+    let message = match (
+        rollback.spec.strategy,
+        status.restored_version,
+        status.popped_version,
+    ) {
+        (RollbackStrategy::Pop, _, Some(popped)) => {
+            format!("Version {popped} was deleted. Version {active_text} is now active.")
+        }
+        (_, Some(target), _) => format!(
+            "Agent rolled back to version {target}. New version {active_text} is now active."
+        ),
+        _ => format!("Version {active_text} is now active."),
+    };
+    set_rollback_phase(
+        &mut status,
+        RollbackPhase::Succeeded,
+        None,
+        message.clone(),
+        rollback.metadata.generation,
+        now,
+    );
+    vec![
+        Step::PatchAgentStatus(Box::new(agent_status)),
+        cas(rollback, status),
+        event(
+            EventTarget::Rollback(name.clone()),
+            false,
+            events::ROLLBACK_SUCCEEDED,
+            "Rollback",
+            message.clone(),
+        ),
+        event(
+            EventTarget::Agent,
+            false,
+            events::ROLLED_BACK,
+            "Rollback",
+            format!("AgentRollback {name}: {message}"),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restore(target: i64) -> (RollbackStrategy, Option<i64>) {
+        (RollbackStrategy::Restore, Some(target))
+    }
+
+    /// One row per rule of SPEC.md "Behaviour" 3-5 and "Failures".
+    #[test]
+    fn choose_follows_every_rule_of_the_contract() {
+        let cases: Vec<(
+            &str,
+            (RollbackStrategy, Option<i64>),
+            Option<i64>,
+            Vec<i64>,
+            Result<Choice, FailureReason>,
+        )> = vec![
+            (
+                "restore publishes latest+1",
+                restore(2),
+                None,
+                vec![1, 2, 3],
+                Ok(Choice::Restore { target: 2, new: 4 }),
+            ),
+            (
+                "restore of an old version",
+                restore(1),
+                None,
+                vec![1, 2, 3, 4],
+                Ok(Choice::Restore { target: 1, new: 5 }),
+            ),
+            (
+                "restore of the active version",
+                restore(3),
+                None,
+                vec![1, 2, 3],
+                Err(FailureReason::AlreadyActive),
+            ),
+            (
+                "restore of a never-made version",
+                restore(9),
+                None,
+                vec![1, 2, 3],
+                Err(FailureReason::VersionNotFound),
+            ),
+            (
+                "restore of a pruned version",
+                restore(1),
+                None,
+                vec![4, 5, 6],
+                Err(FailureReason::VersionNotFound),
+            ),
+            (
+                "previous is the newest below active",
+                (RollbackStrategy::Previous, None),
+                None,
+                vec![1, 3, 5],
+                Ok(Choice::Restore { target: 3, new: 6 }),
+            ),
+            (
+                "previous with one version",
+                (RollbackStrategy::Previous, None),
+                None,
+                vec![4],
+                Err(FailureReason::NoPreviousVersion),
+            ),
+            (
+                "pop deletes the latest",
+                (RollbackStrategy::Pop, None),
+                None,
+                vec![1, 2, 3],
+                Ok(Choice::Pop { version: 3 }),
+            ),
+            (
+                "pop at one version",
+                (RollbackStrategy::Pop, None),
+                None,
+                vec![1],
+                Err(FailureReason::AtFirstVersion),
+            ),
+            (
+                "expected active matches",
+                restore(1),
+                Some(3),
+                vec![1, 2, 3],
+                Ok(Choice::Restore { target: 1, new: 4 }),
+            ),
+            (
+                "expected active changed",
+                restore(1),
+                Some(2),
+                vec![1, 2, 3],
+                Err(FailureReason::ActiveVersionChanged),
+            ),
+            (
+                "expected active is checked before the strategy",
+                (RollbackStrategy::Pop, None),
+                Some(5),
+                vec![1],
+                Err(FailureReason::ActiveVersionChanged),
+            ),
+        ];
+        for (name, (strategy, target), expected, numbers, want) in cases {
+            let got = choose("a", strategy, target, expected, &numbers).map_err(|f| f.reason);
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn restore_message_is_worded_as_the_contract_says() {
+        let err =
+            choose("a", RollbackStrategy::Restore, Some(3), None, &[1, 2, 3]).expect_err("active");
+        assert_eq!(
+            err.message,
+            "Cannot roll back to the current active version (3)."
+        );
+    }
+
+    #[test]
+    fn every_failure_reason_has_a_distinct_pascal_case_name() {
+        let names: std::collections::HashSet<_> =
+            FailureReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), FailureReason::ALL.len());
+        assert!(
+            names
+                .iter()
+                .all(|n| n.chars().next().is_some_and(char::is_uppercase) && !n.contains(' '))
+        );
+    }
+}

@@ -1,0 +1,678 @@
+//! Test-only model of the API server for one Agent, and property tests of the planner against
+//! an independent reference model of SPEC.md's rules.
+//!
+//! The model answers steps the way the API server does where it matters: names are unique
+//! (AlreadyExists), deletes and rollback status writes are conditional (uid and
+//! resourceVersion), resourceVersions grow. The driver mirrors the controller: decide, apply
+//! the unit step by step folding answers in, re-observe after an error or a crash.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use proptest::prelude::*;
+
+use super::sync::decide;
+use super::{Applied, EventNote, Observed, Step};
+use crate::api::{
+    Agent, AgentDefinition, AgentRollback, AgentRollbackSpec, AgentSpec, AgentVersion,
+    RollbackPhase, RollbackStrategy,
+};
+
+#[derive(Debug)]
+enum Refused {
+    AlreadyExists,
+    Conflict,
+}
+
+/// One Agent's corner of an API server.
+pub struct Cluster {
+    pub agent: Option<Agent>,
+    pub versions: Vec<AgentVersion>,
+    pub rollbacks: Vec<AgentRollback>,
+    pub events: Vec<EventNote>,
+    revision: u64,
+    uids: u64,
+    clock: i64,
+}
+
+fn time(seconds: i64) -> Time {
+    Time(Timestamp::from_second(seconds).expect("valid test time"))
+}
+
+pub fn content(n: u8) -> AgentDefinition {
+    AgentDefinition {
+        instructions: Some(format!("instructions {n}")),
+        ..AgentDefinition::default()
+    }
+}
+
+impl Cluster {
+    pub fn new(definition: AgentDefinition, limit: i32) -> Self {
+        let mut cluster = Self {
+            agent: None,
+            versions: Vec::new(),
+            rollbacks: Vec::new(),
+            events: Vec::new(),
+            revision: 100,
+            uids: 0,
+            clock: 1_700_000_000,
+        };
+        let meta = cluster.new_meta("a");
+        cluster.agent = Some(Agent {
+            metadata: ObjectMeta {
+                generation: Some(1),
+                ..meta
+            },
+            spec: AgentSpec {
+                definition,
+                revision_history_limit: limit,
+            },
+            status: None,
+        });
+        cluster
+    }
+
+    fn new_meta(&mut self, name: &str) -> ObjectMeta {
+        self.revision += 1;
+        self.uids += 1;
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            uid: Some(format!("uid-{}", self.uids)),
+            resource_version: Some(self.revision.to_string()),
+            // Every object shares one second, so ordering must come from the revision.
+            creation_timestamp: Some(time(self.clock)),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn bump(&mut self) -> Option<String> {
+        self.revision += 1;
+        Some(self.revision.to_string())
+    }
+
+    /// A user edit of the Agent's spec; the API server bumps the generation only on change.
+    pub fn edit(&mut self, definition: Option<AgentDefinition>, limit: Option<i32>) {
+        let rv = self.bump();
+        let agent = self.agent.as_mut().expect("agent exists");
+        let mut spec = agent.spec.clone();
+        if let Some(d) = definition {
+            spec.definition = d;
+        }
+        if let Some(l) = limit {
+            spec.revision_history_limit = l;
+        }
+        if spec != agent.spec {
+            agent.spec = spec;
+            agent.metadata.generation = agent.metadata.generation.map(|g| g + 1);
+            agent.metadata.resource_version = rv;
+        }
+    }
+
+    pub fn create_rollback(
+        &mut self,
+        name: &str,
+        strategy: RollbackStrategy,
+        target: Option<i64>,
+        expected: Option<i64>,
+    ) {
+        let meta = self.new_meta(name);
+        self.rollbacks.push(AgentRollback {
+            metadata: ObjectMeta {
+                generation: Some(1),
+                ..meta
+            },
+            spec: AgentRollbackSpec {
+                agent_name: "a".into(),
+                strategy,
+                target_version: target,
+                expected_active_version: expected,
+                reason: None,
+            },
+            status: None,
+        });
+    }
+
+    pub fn observe(&self) -> Observed {
+        Observed::new(
+            "ns".into(),
+            "a".into(),
+            self.agent.clone(),
+            self.versions.clone(),
+            self.rollbacks.clone(),
+        )
+    }
+
+    fn apply(&mut self, step: &Step) -> Result<Applied, Refused> {
+        match step {
+            Step::CreateVersion(version) => {
+                if self
+                    .versions
+                    .iter()
+                    .any(|v| v.name_any() == version.name_any())
+                {
+                    return Err(Refused::AlreadyExists);
+                }
+                let meta = self.new_meta(&version.name_any());
+                let mut created = (**version).clone();
+                created.metadata = ObjectMeta {
+                    labels: version.metadata.labels.clone(),
+                    owner_references: version.metadata.owner_references.clone(),
+                    ..meta
+                };
+                self.versions.push(created.clone());
+                Ok(Applied::VersionCreated(Box::new(created)))
+            }
+            Step::DeleteVersion { name, uid } => {
+                match self.versions.iter().position(|v| &v.name_any() == name) {
+                    Some(i) if self.versions[i].metadata.uid.as_ref() != Some(uid) => {
+                        Err(Refused::Conflict)
+                    }
+                    Some(i) => {
+                        self.versions.remove(i);
+                        Ok(Applied::VersionDeleted(name.clone()))
+                    }
+                    None => Ok(Applied::VersionDeleted(name.clone())),
+                }
+            }
+            Step::PatchAgentStatus(status) => {
+                let rv = self.bump();
+                let agent = self.agent.as_mut().expect("agent exists");
+                agent.status = Some((**status).clone());
+                agent.metadata.resource_version = rv;
+                Ok(Applied::Agent(Box::new(agent.clone())))
+            }
+            Step::PatchRollbackStatus {
+                name,
+                resource_version,
+                status,
+            } => {
+                let rv = self.bump();
+                let rollback = self
+                    .rollbacks
+                    .iter_mut()
+                    .find(|r| &r.name_any() == name)
+                    .expect("rollback exists");
+                if resource_version.is_some()
+                    && resource_version != &rollback.metadata.resource_version
+                {
+                    return Err(Refused::Conflict);
+                }
+                rollback.status = Some((**status).clone());
+                rollback.metadata.resource_version = rv;
+                Ok(Applied::Rollback(Box::new(rollback.clone())))
+            }
+            Step::Event(note) => {
+                self.events.push(note.clone());
+                Ok(Applied::Nothing)
+            }
+        }
+    }
+
+    /// Runs the controller loop until it has nothing to do. `crash` is asked before each step
+    /// whether the controller dies there (then it restarts and observes afresh).
+    pub fn converge(&mut self, crash: &mut dyn FnMut() -> bool) {
+        let mut observed = self.observe();
+        for _ in 0..10_000 {
+            self.clock += 1;
+            let steps = decide(&observed, &time(self.clock));
+            if steps.is_empty() {
+                return;
+            }
+            for step in &steps {
+                if crash() {
+                    observed = self.observe();
+                    break;
+                }
+                match self.apply(step) {
+                    Ok(applied) => observed.fold(applied),
+                    Err(_) => {
+                        observed = self.observe();
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("the planner did not converge");
+    }
+
+    pub fn history(&self) -> Vec<(i64, AgentDefinition)> {
+        let mut h: Vec<_> = self
+            .versions
+            .iter()
+            .map(|v| (v.spec.version, v.spec.snapshot.clone()))
+            .collect();
+        h.sort_by_key(|(n, _)| *n);
+        h
+    }
+
+    pub fn outcome(&self, name: &str) -> Outcome {
+        let status = self
+            .rollbacks
+            .iter()
+            .find(|r| r.name_any() == name)
+            .and_then(|r| r.status.clone())
+            .unwrap_or_default();
+        match status.phase {
+            Some(RollbackPhase::Succeeded) => {
+                Outcome::Succeeded(status.active_version.unwrap_or_default())
+            }
+            Some(RollbackPhase::Failed) => Outcome::Failed(status.reason.unwrap_or_default()),
+            other => Outcome::NotDone(other),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Succeeded(i64),
+    Failed(String),
+    NotDone(Option<RollbackPhase>),
+}
+
+/// SPEC.md's rules, written as plainly as possible and independently of the planner.
+#[derive(Clone, Debug)]
+struct Reference {
+    spec: AgentDefinition,
+    limit: i32,
+    versions: BTreeMap<i64, AgentDefinition>,
+}
+
+impl Reference {
+    fn new(spec: AgentDefinition, limit: i32) -> Self {
+        let mut r = Self {
+            spec: spec.clone(),
+            limit,
+            versions: BTreeMap::new(),
+        };
+        r.versions.insert(1, spec);
+        r
+    }
+
+    fn active(&self) -> i64 {
+        *self.versions.keys().max().expect("at least one version")
+    }
+
+    fn prune(&mut self) {
+        while self.versions.len() > self.limit.max(1) as usize {
+            let oldest = *self.versions.keys().min().expect("non-empty");
+            self.versions.remove(&oldest);
+        }
+    }
+
+    fn edit(&mut self, definition: Option<AgentDefinition>, limit: Option<i32>) {
+        if let Some(l) = limit {
+            self.limit = l;
+        }
+        if let Some(d) = definition
+            && d != self.spec
+        {
+            self.spec = d.clone();
+            if self.versions[&self.active()] != d {
+                self.versions.insert(self.active() + 1, d);
+            }
+        }
+        self.prune();
+    }
+
+    fn rollback(&mut self, op: &Op) -> Outcome {
+        let active = self.active();
+        let failed = |r: &str| Outcome::Failed(r.to_string());
+        let (strategy, target, expected) = match op {
+            Op::Rollback {
+                strategy,
+                target,
+                expected,
+            } => (*strategy, *target, *expected),
+            Op::Edit { .. } => unreachable!("not a rollback"),
+        };
+        if expected.is_some_and(|e| e != active) {
+            return failed("ActiveVersionChanged");
+        }
+        let restore_from = match strategy {
+            RollbackStrategy::Restore => {
+                let t = target.expect("Restore has a target");
+                if t == active {
+                    return failed("AlreadyActive");
+                }
+                if !self.versions.contains_key(&t) {
+                    return failed("VersionNotFound");
+                }
+                t
+            }
+            RollbackStrategy::Previous => match self.versions.keys().filter(|n| **n < active).max()
+            {
+                Some(t) => *t,
+                None => return failed("NoPreviousVersion"),
+            },
+            RollbackStrategy::Pop => {
+                if self.versions.len() < 2 {
+                    return failed("AtFirstVersion");
+                }
+                self.versions.remove(&active);
+                return Outcome::Succeeded(self.active());
+            }
+        };
+        let copy = self.versions[&restore_from].clone();
+        self.versions.insert(active + 1, copy);
+        self.prune();
+        Outcome::Succeeded(active + 1)
+    }
+
+    fn history(&self) -> Vec<(i64, AgentDefinition)> {
+        self.versions.iter().map(|(n, d)| (*n, d.clone())).collect()
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Edit {
+        definition: Option<u8>,
+        limit: Option<i32>,
+    },
+    Rollback {
+        strategy: RollbackStrategy,
+        target: Option<i64>,
+        expected: Option<i64>,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (proptest::option::of(0u8..6), proptest::option::weighted(0.2, 1i32..6)).prop_map(|(definition, limit)| Op::Edit { definition, limit }),
+        2 => (1i64..12, proptest::option::weighted(0.2, 1i64..12)).prop_map(|(t, expected)| Op::Rollback { strategy: RollbackStrategy::Restore, target: Some(t), expected }),
+        2 => proptest::option::weighted(0.2, 1i64..12).prop_map(|expected| Op::Rollback { strategy: RollbackStrategy::Previous, target: None, expected }),
+        2 => proptest::option::weighted(0.2, 1i64..12).prop_map(|expected| Op::Rollback { strategy: RollbackStrategy::Pop, target: None, expected }),
+    ]
+}
+
+fn submit(cluster: &mut Cluster, op: &Op, name: &str) {
+    match op {
+        Op::Edit { definition, limit } => cluster.edit(definition.map(content), *limit),
+        Op::Rollback {
+            strategy,
+            target,
+            expected,
+        } => cluster.create_rollback(name, *strategy, *target, *expected),
+    }
+}
+
+fn check_invariants(cluster: &Cluster) -> Result<(), TestCaseError> {
+    prop_assert!(
+        !cluster.versions.is_empty(),
+        "an Agent always has a version"
+    );
+    let newest = cluster.versions.iter().map(|v| v.spec.version).max();
+    let status = cluster
+        .agent
+        .as_ref()
+        .and_then(|a| a.status.clone())
+        .unwrap_or_default();
+    prop_assert_eq!(
+        status.active_version,
+        newest,
+        "the active version is the newest one"
+    );
+    prop_assert_eq!(status.version_count, Some(cluster.versions.len() as i64));
+    let limit = cluster
+        .agent
+        .as_ref()
+        .map_or(1, |a| a.spec.revision_history_limit);
+    prop_assert!(cluster.versions.len() <= limit.max(1) as usize);
+    for v in &cluster.versions {
+        prop_assert_eq!(
+            &v.spec.snapshot_hash,
+            &super::hash::snapshot_hash(&v.spec.snapshot)
+        );
+        prop_assert_eq!(v.name_any(), super::version_name("a", v.spec.version));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Each operation applied alone: the cluster matches the reference after every one, and a
+    /// Restore adds exactly one version equal to its target, a Pop removes exactly the latest.
+    #[test]
+    fn planner_matches_the_reference_one_operation_at_a_time(ops in proptest::collection::vec(op(), 1..25), limit in 1i32..6) {
+        let mut cluster = Cluster::new(content(0), limit);
+        let mut reference = Reference::new(content(0), limit);
+        cluster.converge(&mut || false);
+        for (i, op) in ops.iter().enumerate() {
+            let name = format!("rb-{i}");
+            let before = cluster.history();
+            submit(&mut cluster, op, &name);
+            cluster.converge(&mut || false);
+            check_invariants(&cluster)?;
+            match op {
+                Op::Edit { definition, limit } => reference.edit(definition.map(content), *limit),
+                Op::Rollback { strategy, .. } => {
+                    let want = reference.rollback(op);
+                    prop_assert_eq!(cluster.outcome(&name), want.clone(), "rollback {} {:?}", i, op);
+                    let after = cluster.history();
+                    if let Outcome::Succeeded(active) = want {
+                        let (last_before, last_after) = (before.last().expect("non-empty"), after.last().expect("non-empty"));
+                        match strategy {
+                            RollbackStrategy::Pop => {
+                                prop_assert_eq!(after.len() + 1, before.len());
+                                prop_assert_eq!(&before[..before.len() - 1], &after[..]);
+                            }
+                            _ => {
+                                prop_assert_eq!(last_after.0, last_before.0 + 1);
+                                prop_assert_eq!(active, last_after.0);
+                                let target = cluster.rollbacks.iter().find(|r| r.name_any() == name).and_then(|r| r.status.as_ref()?.restored_version);
+                                let source = before.iter().find(|(n, _)| Some(*n) == target).map(|(_, d)| d);
+                                prop_assert_eq!(Some(&last_after.1), source, "the new version copies the target");
+                                prop_assert!(target.is_some(), "a succeeded restore records its target");
+                            }
+                        }
+                    } else {
+                        prop_assert_eq!(before, after, "a failed rollback changes nothing");
+                    }
+                }
+            }
+            prop_assert_eq!(cluster.history(), reference.history());
+        }
+    }
+
+    /// Rollbacks created at once run one at a time in creation order: the end state equals the
+    /// reference applying them one by one, even with the controller crashing at random steps.
+    #[test]
+    fn queued_rollbacks_with_crashes_end_as_if_applied_one_by_one(
+        setup in proptest::collection::vec(0u8..6, 1..8),
+        batch in proptest::collection::vec(op().prop_filter("rollbacks only", |o| matches!(o, Op::Rollback { .. })), 1..20),
+        crash_rate in 0u32..40,
+        seed in any::<u64>(),
+        limit in 2i32..8,
+    ) {
+        let mut cluster = Cluster::new(content(0), limit);
+        let mut reference = Reference::new(content(0), limit);
+        cluster.converge(&mut || false);
+        for d in setup {
+            cluster.edit(Some(content(d)), None);
+            cluster.converge(&mut || false);
+            reference.edit(Some(content(d)), None);
+        }
+        for (i, op) in batch.iter().enumerate() {
+            submit(&mut cluster, op, &format!("rb-{i:02}"));
+        }
+        let mut rng = seed;
+        let mut crash = move || {
+            rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+            (rng % 100) < u64::from(crash_rate)
+        };
+        cluster.converge(&mut crash);
+        check_invariants(&cluster)?;
+        for (i, op) in batch.iter().enumerate() {
+            let want = reference.rollback(op);
+            prop_assert_eq!(cluster.outcome(&format!("rb-{i:02}")), want, "rollback {} {:?}", i, op);
+        }
+        prop_assert_eq!(cluster.history(), reference.history());
+        // Each succeeded Restore/Previous made exactly one version, named after it.
+        for r in &cluster.rollbacks {
+            let made = cluster.versions.iter().filter(|v| v.spec.rollback_name.as_deref() == Some(r.name_any().as_str())).count();
+            prop_assert!(made <= 1);
+        }
+    }
+}
+
+#[test]
+fn a_new_agent_gets_version_one_and_a_ready_status() {
+    let mut cluster = Cluster::new(content(1), 10);
+    cluster.converge(&mut || false);
+    assert_eq!(cluster.history(), vec![(1, content(1))]);
+    let status = cluster
+        .agent
+        .as_ref()
+        .and_then(|a| a.status.clone())
+        .expect("status written");
+    assert_eq!(
+        (
+            status.active_version,
+            status.version_count,
+            status.observed_generation
+        ),
+        (Some(1), Some(1), Some(1))
+    );
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(ready.status, "True");
+}
+
+#[test]
+fn changing_only_the_history_limit_publishes_nothing() {
+    let mut cluster = Cluster::new(content(1), 10);
+    cluster.converge(&mut || false);
+    cluster.edit(None, Some(3));
+    cluster.converge(&mut || false);
+    assert_eq!(cluster.history().len(), 1);
+    assert_eq!(
+        cluster
+            .agent
+            .as_ref()
+            .and_then(|a| a.status.as_ref()?.observed_generation),
+        Some(2)
+    );
+}
+
+#[test]
+fn rollback_leaves_the_spec_alone_and_a_later_edit_publishes() {
+    let mut cluster = Cluster::new(content(1), 10);
+    cluster.converge(&mut || false);
+    cluster.edit(Some(content(2)), None);
+    cluster.converge(&mut || false);
+    cluster.create_rollback("rb", RollbackStrategy::Previous, None, None);
+    cluster.converge(&mut || false);
+    assert_eq!(cluster.outcome("rb"), Outcome::Succeeded(3));
+    assert_eq!(
+        cluster.agent.as_ref().map(|a| a.spec.definition.clone()),
+        Some(content(2))
+    );
+    assert_eq!(
+        cluster.history(),
+        vec![(1, content(1)), (2, content(2)), (3, content(1))]
+    );
+    cluster.edit(Some(content(4)), None);
+    cluster.converge(&mut || false);
+    assert_eq!(cluster.history().last(), Some(&(4, content(4))));
+}
+
+#[test]
+fn two_previous_in_a_row_flip_between_two_states() {
+    let mut cluster = Cluster::new(content(1), 10);
+    cluster.converge(&mut || false);
+    cluster.edit(Some(content(2)), None);
+    cluster.converge(&mut || false);
+    cluster.create_rollback("p1", RollbackStrategy::Previous, None, None);
+    cluster.create_rollback("p2", RollbackStrategy::Previous, None, None);
+    cluster.converge(&mut || false);
+    let contents: Vec<_> = cluster.history().into_iter().map(|(_, d)| d).collect();
+    assert_eq!(
+        contents,
+        vec![content(1), content(2), content(1), content(2)]
+    );
+}
+
+#[test]
+fn pop_keeps_the_deleted_snapshot_in_status() {
+    let mut cluster = Cluster::new(content(1), 10);
+    cluster.converge(&mut || false);
+    cluster.edit(Some(content(2)), None);
+    cluster.converge(&mut || false);
+    cluster.create_rollback("pop", RollbackStrategy::Pop, None, None);
+    cluster.converge(&mut || false);
+    let status = cluster.rollbacks[0].status.clone().expect("status");
+    assert_eq!(status.popped_version, Some(2));
+    assert_eq!(status.popped_snapshot, Some(content(2)));
+    assert_eq!(
+        status.popped_snapshot_hash,
+        Some(super::hash::snapshot_hash(&content(2)))
+    );
+    assert_eq!(
+        (status.from_version, status.active_version),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        status.message.as_deref(),
+        Some("Version 2 was deleted. Version 1 is now active.")
+    );
+}
+
+#[test]
+fn a_rollback_of_a_missing_agent_fails_with_agent_not_found() {
+    let mut cluster = Cluster::new(content(1), 10);
+    cluster.agent = None;
+    cluster.create_rollback("rb", RollbackStrategy::Pop, None, None);
+    cluster.converge(&mut || false);
+    assert_eq!(
+        cluster.outcome("rb"),
+        Outcome::Failed("AgentNotFound".into())
+    );
+}
+
+#[test]
+fn restore_message_names_the_target_and_the_new_version() {
+    let mut cluster = Cluster::new(content(1), 10);
+    cluster.converge(&mut || false);
+    cluster.edit(Some(content(2)), None);
+    cluster.converge(&mut || false);
+    cluster.create_rollback("rb", RollbackStrategy::Restore, Some(1), None);
+    cluster.converge(&mut || false);
+    let status = cluster.rollbacks[0].status.clone().expect("status");
+    assert_eq!(
+        status.message.as_deref(),
+        Some("Agent rolled back to version 1. New version 3 is now active.")
+    );
+    assert_eq!(
+        (
+            status.restored_version,
+            status.new_version,
+            status.from_version
+        ),
+        (Some(1), Some(3), Some(2))
+    );
+    let made = cluster
+        .versions
+        .iter()
+        .find(|v| v.spec.version == 3)
+        .expect("v3");
+    assert_eq!(
+        (
+            made.spec.rollback_from_version,
+            made.spec.rollback_name.as_deref()
+        ),
+        (Some(1), Some("rb"))
+    );
+    assert!(
+        cluster
+            .events
+            .iter()
+            .any(|e| e.reason == "RollbackSucceeded")
+    );
+}

@@ -1,0 +1,273 @@
+//! Builds the status conditions (`Ready`, `Reconciling`, `Stalled`) of Agents and rollbacks.
+//! A condition keeps its `lastTransitionTime` while its status stays the same, so an unchanged
+//! state produces an identical status and therefore no write.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::conditions::{READY, RECONCILING, STALLED, reasons};
+use crate::api::{AgentRollbackStatus, RollbackPhase};
+
+/// What a condition should say; the builder fills in generation and transition time.
+pub struct ConditionSpec<'a> {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: &'a str,
+    pub message: String,
+}
+
+/// The three conditions in a fixed order, keeping `lastTransitionTime` from `existing` for
+/// every condition whose status did not change.
+pub fn conditions(
+    existing: &[Condition],
+    specs: [ConditionSpec<'_>; 3],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    specs
+        .into_iter()
+        .map(|spec| {
+            let status = if spec.status { "True" } else { "False" }.to_string();
+            let last_transition_time = existing
+                .iter()
+                .find(|c| c.type_ == spec.type_ && c.status == status)
+                .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+            Condition {
+                type_: spec.type_.to_string(),
+                status,
+                reason: spec.reason.to_string(),
+                message: spec.message,
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect()
+}
+
+/// The conditions of an Agent: `busy` while a publish or rollback is in flight.
+pub fn agent_conditions(
+    existing: &[Condition],
+    generation: Option<i64>,
+    active: Option<i64>,
+    busy: Option<&str>,
+    now: &Time,
+) -> Vec<Condition> {
+    let ready_message = match active {
+        Some(v) => format!("Version {v} is active"),
+        None => "No version published yet".to_string(),
+    };
+    let (ready, reconciling) = match busy {
+        Some(reason) => (
+            ConditionSpec {
+                type_: READY,
+                status: false,
+                reason,
+                message: ready_message.clone(),
+            },
+            ConditionSpec {
+                type_: RECONCILING,
+                status: true,
+                reason,
+                message: ready_message,
+            },
+        ),
+        None => (
+            ConditionSpec {
+                type_: READY,
+                status: active.is_some(),
+                reason: reasons::VERSION_ACTIVE,
+                message: ready_message,
+            },
+            ConditionSpec {
+                type_: RECONCILING,
+                status: false,
+                reason: reasons::AS_EXPECTED,
+                message: String::new(),
+            },
+        ),
+    };
+    let stalled = ConditionSpec {
+        type_: STALLED,
+        status: false,
+        reason: reasons::AS_EXPECTED,
+        message: String::new(),
+    };
+    conditions(existing, [ready, reconciling, stalled], generation, now)
+}
+
+/// Sets `phase`, `message`, `reason` and the matching conditions on a rollback status.
+pub fn set_rollback_phase(
+    status: &mut AgentRollbackStatus,
+    phase: RollbackPhase,
+    reason: Option<&str>,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let (ready, reconciling, stalled) = match phase {
+        RollbackPhase::Pending => (
+            ConditionSpec {
+                type_: READY,
+                status: false,
+                reason: reasons::QUEUED,
+                message: message.clone(),
+            },
+            ConditionSpec {
+                type_: RECONCILING,
+                status: true,
+                reason: reasons::QUEUED,
+                message: message.clone(),
+            },
+            ConditionSpec {
+                type_: STALLED,
+                status: false,
+                reason: reasons::AS_EXPECTED,
+                message: String::new(),
+            },
+        ),
+        RollbackPhase::Running => (
+            ConditionSpec {
+                type_: READY,
+                status: false,
+                reason: reasons::RUNNING,
+                message: message.clone(),
+            },
+            ConditionSpec {
+                type_: RECONCILING,
+                status: true,
+                reason: reasons::RUNNING,
+                message: message.clone(),
+            },
+            ConditionSpec {
+                type_: STALLED,
+                status: false,
+                reason: reasons::AS_EXPECTED,
+                message: String::new(),
+            },
+        ),
+        RollbackPhase::Succeeded => (
+            ConditionSpec {
+                type_: READY,
+                status: true,
+                reason: reasons::SUCCEEDED,
+                message: message.clone(),
+            },
+            ConditionSpec {
+                type_: RECONCILING,
+                status: false,
+                reason: reasons::SUCCEEDED,
+                message: String::new(),
+            },
+            ConditionSpec {
+                type_: STALLED,
+                status: false,
+                reason: reasons::AS_EXPECTED,
+                message: String::new(),
+            },
+        ),
+        RollbackPhase::Failed => {
+            let reason = reason.unwrap_or(reasons::FAILED);
+            (
+                ConditionSpec {
+                    type_: READY,
+                    status: false,
+                    reason,
+                    message: message.clone(),
+                },
+                ConditionSpec {
+                    type_: RECONCILING,
+                    status: false,
+                    reason: reasons::FAILED,
+                    message: String::new(),
+                },
+                ConditionSpec {
+                    type_: STALLED,
+                    status: true,
+                    reason,
+                    message: message.clone(),
+                },
+            )
+        }
+    };
+    status.conditions = conditions(
+        &status.conditions,
+        [ready, reconciling, stalled],
+        generation,
+        now,
+    );
+    status.phase = Some(phase);
+    status.reason = reason.map(str::to_string);
+    status.message = Some(message);
+    status.observed_generation = generation;
+    if phase.is_terminal() {
+        status.completion_time = Some(now.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).expect("valid timestamp"))
+    }
+
+    #[test]
+    fn unchanged_condition_keeps_its_transition_time() {
+        let first = agent_conditions(&[], Some(1), Some(1), None, &at(10));
+        let second = agent_conditions(&first, Some(1), Some(1), None, &at(20));
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn changed_condition_gets_a_new_transition_time() {
+        let first = agent_conditions(&[], Some(1), Some(1), None, &at(10));
+        let second = agent_conditions(&first, Some(2), Some(1), Some(reasons::PUBLISHING), &at(20));
+        let ready = second
+            .iter()
+            .find(|c| c.type_ == READY)
+            .expect("Ready is set");
+        assert_eq!(
+            (ready.status.as_str(), &ready.last_transition_time),
+            ("False", &at(20))
+        );
+        let stalled = second
+            .iter()
+            .find(|c| c.type_ == STALLED)
+            .expect("Stalled is set");
+        assert_eq!(stalled.last_transition_time, at(10));
+    }
+
+    #[test]
+    fn failed_rollback_is_stalled_with_its_reason() {
+        let mut status = AgentRollbackStatus::default();
+        set_rollback_phase(
+            &mut status,
+            RollbackPhase::Failed,
+            Some("AtFirstVersion"),
+            "no".into(),
+            Some(1),
+            &at(5),
+        );
+        let by_type = |t: &str| {
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        assert_eq!(
+            by_type(STALLED),
+            Some(("True".into(), "AtFirstVersion".into()))
+        );
+        assert_eq!(
+            by_type(READY),
+            Some(("False".into(), "AtFirstVersion".into()))
+        );
+        assert_eq!(
+            by_type(RECONCILING),
+            Some(("False".into(), "Failed".into()))
+        );
+        assert_eq!(status.completion_time, Some(at(5)));
+    }
+}

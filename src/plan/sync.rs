@@ -1,0 +1,140 @@
+//! The per-Agent decision: which unit of work comes next. Units, in priority order:
+//!
+//! 1. delete versions left over from a deleted Agent of the same name (they block names);
+//! 2. Agent gone: fail every pending rollback with `AgentNotFound`;
+//! 3. carry on the Running rollback, if any;
+//! 4. publish a new generation;
+//! 5. prune history beyond `revisionHistoryLimit`;
+//! 6. start the oldest pending rollback;
+//! 7. bring the Agent's status up to date.
+//!
+//! Pruning comes before the next rollback so that a queue of rollbacks ends exactly as if each
+//! had been applied alone, in creation order. An empty answer means nothing is left to do.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use super::rollback::{Failure, FailureReason};
+use super::{EventNote, EventTarget, Observed, Step, history, phase_of, publish, rollback, status};
+use crate::api::RollbackPhase;
+use crate::api::conditions::events;
+
+/// The next unit of work for one Agent, or nothing.
+pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
+    if !observed.foreign_versions.is_empty() {
+        return observed
+            .foreign_versions
+            .iter()
+            .map(|v| Step::DeleteVersion {
+                name: v.name_any(),
+                uid: v.metadata.uid.clone().unwrap_or_default(),
+            })
+            .collect();
+    }
+
+    let pending = observed.pending_rollbacks();
+    let Some(agent) = &observed.agent else {
+        let message = format!(
+            "Agent {} not found in namespace {}.",
+            observed.agent_name, observed.namespace
+        );
+        return pending
+            .iter()
+            .flat_map(|r| {
+                rollback::fail(
+                    r,
+                    Failure {
+                        reason: FailureReason::AgentNotFound,
+                        message: message.clone(),
+                    },
+                    None,
+                    false,
+                    now,
+                )
+            })
+            .collect();
+    };
+
+    let publish_pending = publish::needed(agent, observed);
+    if let Some(running) = pending
+        .iter()
+        .find(|r| phase_of(r) == Some(RollbackPhase::Running))
+    {
+        let busy_after = publish::busy_reason(publish_pending, pending.len() > 1);
+        return rollback::resume(observed, agent, running, busy_after, now);
+    }
+
+    if publish_pending {
+        return publish::steps(
+            observed,
+            agent,
+            publish::busy_reason(false, !pending.is_empty()),
+            now,
+        );
+    }
+
+    let active = observed.active_number();
+    let prune = history::versions_to_prune(
+        &observed.version_numbers(),
+        active,
+        agent.spec.revision_history_limit,
+    );
+    if !prune.is_empty() {
+        let mut steps: Vec<Step> = observed
+            .versions
+            .iter()
+            .filter(|v| prune.contains(&v.spec.version))
+            .map(|v| Step::DeleteVersion {
+                name: v.name_any(),
+                uid: v.metadata.uid.clone().unwrap_or_default(),
+            })
+            .collect();
+        let mut agent_status = agent.status.clone().unwrap_or_default();
+        agent_status.version_count = Some((observed.versions.len() - prune.len()) as i64);
+        agent_status.active_version = active;
+        agent_status.conditions = status::agent_conditions(
+            &agent_status.conditions,
+            agent.metadata.generation,
+            active,
+            publish::busy_reason(false, !pending.is_empty()),
+            now,
+        );
+        steps.push(Step::PatchAgentStatus(Box::new(agent_status)));
+        let list = prune
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        steps.push(Step::Event(EventNote {
+            on: EventTarget::Agent,
+            warning: false,
+            reason: events::VERSIONS_PRUNED,
+            action: "Prune",
+            note: format!(
+                "Deleted version(s) {list}: revisionHistoryLimit is {}",
+                agent.spec.revision_history_limit
+            ),
+        }));
+        return steps;
+    }
+
+    if let Some((head, queued)) = pending.split_first() {
+        return rollback::start(observed, agent, head, queued, now);
+    }
+
+    let mut desired = agent.status.clone().unwrap_or_default();
+    desired.active_version = active;
+    desired.version_count = Some(observed.versions.len() as i64);
+    desired.conditions = status::agent_conditions(
+        &desired.conditions,
+        agent.metadata.generation,
+        active,
+        None,
+        now,
+    );
+    if agent.status.as_ref() == Some(&desired) {
+        Vec::new()
+    } else {
+        vec![Step::PatchAgentStatus(Box::new(desired))]
+    }
+}
