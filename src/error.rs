@@ -67,11 +67,7 @@ pub enum Error {
     MissingObjectKey(&'static str),
 
     #[error("Agent {namespace}/{name} did not settle after {steps} units of work")]
-    NotSettled {
-        namespace: String,
-        name: String,
-        steps: usize,
-    },
+    NotSettled { namespace: String, name: String, steps: usize },
 
     #[error("failed to serialize {what}")]
     Serialize {

@@ -88,6 +88,8 @@ pub(crate) fn preserved_object_list(_: &mut schemars::SchemaGenerator) -> schema
 
 /// An AI agent's definition. Every change of the definition is published as a new
 /// AgentVersion; AgentRollbacks move the active version without touching this spec.
+// Several printcolumn(...) entries repeat the same keys, which clippy takes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "agentops.dev",
@@ -111,16 +113,8 @@ pub(crate) fn preserved_object_list(_: &mut schemars::SchemaGenerator) -> schema
         json_path = ".status.versionCount",
         description = "Versions kept"
     ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSpec {

@@ -10,6 +10,8 @@ use super::agent::AgentDefinition;
 
 /// A request to roll an Agent back, run exactly once. Not owned by its Agent: it is the audit
 /// record and outlives it. The API server refuses any change to `spec` after creation.
+// Several printcolumn(...) entries repeat the same keys, which clippy takes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "agentops.dev",
@@ -37,15 +39,11 @@ use super::agent::AgentDefinition;
         description = "Active version after"
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("AgentRollback spec is immutable; create a new AgentRollback instead"))]
-#[x_kube(validation = Rule::new("self.strategy != 'Restore' || has(self.targetVersion)").message("targetVersion is required when strategy is Restore"))]
-#[x_kube(validation = Rule::new("self.strategy == 'Restore' || !has(self.targetVersion)").message("targetVersion is only allowed when strategy is Restore"))]
+#[x_kube(validation = Rule::new("self.strategy != 'Restore' || has(self.targetVersion)").message("targetVersion is required when strategy is Restore").field_path(".targetVersion"))]
+#[x_kube(validation = Rule::new("self.strategy == 'Restore' || !has(self.targetVersion)").message("targetVersion is only allowed when strategy is Restore").field_path(".targetVersion"))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentRollbackSpec {
     /// The Agent to roll back, in this rollback's namespace.

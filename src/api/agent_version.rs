@@ -7,6 +7,8 @@ use super::agent::AgentDefinition;
 
 /// One immutable snapshot of an Agent's definition, named `<agent>-v<N>`. The API server
 /// refuses any change to `spec`, so immutability does not depend on the controller.
+// Several printcolumn(...) entries repeat the same keys, which clippy takes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "agentops.dev",
@@ -26,11 +28,7 @@ use super::agent::AgentDefinition;
         json_path = ".spec.rollbackFromVersion",
         description = "The version this one copies, when a rollback made it"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("AgentVersion spec is immutable"))]
 #[serde(rename_all = "camelCase")]

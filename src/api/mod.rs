@@ -8,7 +8,5 @@ pub mod conditions;
 pub mod keys;
 
 pub use agent::{Agent, AgentDefinition, AgentSpec, AgentStatus, LastRollback, Visibility};
-pub use agent_rollback::{
-    AgentRollback, AgentRollbackSpec, AgentRollbackStatus, RollbackPhase, RollbackStrategy,
-};
+pub use agent_rollback::{AgentRollback, AgentRollbackSpec, AgentRollbackStatus, RollbackPhase, RollbackStrategy};
 pub use agent_version::{AgentVersion, AgentVersionSpec};

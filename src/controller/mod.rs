@@ -1,1 +1,129 @@
-//! Kubernetes I/O.
+//! Kubernetes I/O: two controllers (Agent, AgentRollback) that both drive one per-Agent sync
+//! loop ([`sync::sync_agent`]): observe → plan → apply, until the plan is empty.
+//!
+//! The Agent controller runs it when an Agent or one of its versions changes (publishing,
+//! pruning, status). The AgentRollback controller runs it for the Agent a new rollback names,
+//! from its own store, which is why a rollback is never missed by a store that lags. A
+//! per-Agent lock makes the two take turns, so one Agent's work is serialized and different
+//! Agents run in parallel.
+
+pub mod agent;
+pub mod agent_rollback;
+pub mod apply;
+pub mod context;
+pub mod events;
+pub mod observe;
+pub mod sync;
+
+pub use context::{Context, Settings};
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::future::Shared;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tracing::{debug, warn};
+
+use crate::api::{Agent, AgentRollback, AgentVersion};
+use crate::plan::phase_of;
+
+/// Runs both controllers until `shutdown` resolves; work in flight is finished first.
+pub async fn run<F>(client: Client, settings: Settings, shutdown: Shared<F>) -> crate::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let agents: Api<Agent> = scoped(&client, settings.namespace.as_deref());
+    let versions: Api<AgentVersion> = scoped(&client, settings.namespace.as_deref());
+    let rollbacks: Api<AgentRollback> = scoped(&client, settings.namespace.as_deref());
+
+    let rollback_controller = Controller::new(rollbacks, watcher::Config::default());
+    let rollback_store = rollback_controller.store();
+    let ctx = Arc::new(Context::new(client.clone(), settings, rollback_store.clone()));
+
+    // An Agent's deletion (or any change) wakes the rollbacks still waiting on it, so those
+    // of a deleted Agent end as AgentNotFound.
+    let waiting = rollback_store.clone();
+    let rollback_controller = rollback_controller
+        .watches(agents.clone(), watcher::Config::default(), move |agent: Agent| {
+            let (namespace, name) = (agent.namespace(), agent.name_any());
+            waiting
+                .state()
+                .into_iter()
+                .filter(|r| {
+                    r.namespace() == namespace
+                        && r.spec.agent_name == name
+                        && !phase_of(r).is_some_and(|p| p.is_terminal())
+                })
+                .map(|r| ObjectRef::from_obj(&*r))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown.clone())
+        .run(agent_rollback::reconcile, agent_rollback::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(rollback = %object, "Reconciled AgentRollback"),
+                Err(error) => log_controller_error("AgentRollback", &error),
+            }
+        });
+
+    let agent_controller = Controller::new(agents, watcher::Config::default())
+        .owns(versions, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(agent::reconcile, agent::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(agent = %object, "Reconciled Agent"),
+                Err(error) => log_controller_error("Agent", &error),
+            }
+        });
+
+    let readiness = async {
+        // Ready once the rollback cache has its first full list.
+        if rollback_store.wait_until_ready().await.is_ok() {
+            ctx.mark_ready();
+        }
+        futures::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = futures::future::join(rollback_controller, agent_controller) => {}
+        _ = readiness => {}
+    }
+    ctx.events.flush().await;
+    Ok(())
+}
+
+fn log_controller_error<E: std::error::Error + 'static>(kind: &str, error: &E) {
+    // A trigger for an object that no longer exists is normal (a rollback naming a deleted Agent).
+    let text = error.to_string();
+    if text.contains("object not found") || text.contains("ObjectNotFound") {
+        debug!(kind, error = %text, "Skipped a reconcile of a deleted object");
+    } else {
+        warn!(kind, error = %error_chain(error), "Reconcile failed");
+    }
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}

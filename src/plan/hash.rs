@@ -73,10 +73,7 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_and_omits_absent_fields() {
         let d = definition(r#"{"temperature":1,"displayName":"x","steps":[{"z":true,"a":null}]}"#);
-        assert_eq!(
-            canonical_json(&d),
-            r#"{"displayName":"x","steps":[{"a":null,"z":true}],"temperature":1.0}"#
-        );
+        assert_eq!(canonical_json(&d), r#"{"displayName":"x","steps":[{"a":null,"z":true}],"temperature":1.0}"#);
     }
 
     #[test]

@@ -8,11 +8,7 @@ pub fn versions_to_prune(numbers: &[i64], active: Option<i64>, limit: i32) -> Ve
     sorted.sort_unstable();
     sorted.dedup();
     let excess = sorted.len().saturating_sub(limit);
-    sorted
-        .into_iter()
-        .filter(|n| Some(*n) != active)
-        .take(excess)
-        .collect()
+    sorted.into_iter().filter(|n| Some(*n) != active).take(excess).collect()
 }
 
 #[cfg(test)]

@@ -21,9 +21,7 @@ mod sim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
-use crate::api::{
-    Agent, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, RollbackPhase,
-};
+use crate::api::{Agent, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, RollbackPhase};
 
 pub use rollback::FailureReason;
 
@@ -53,23 +51,11 @@ impl Observed {
         rollbacks: Vec<AgentRollback>,
     ) -> Self {
         let uid = agent.as_ref().and_then(|a| a.metadata.uid.clone());
-        let (mut versions, foreign_versions): (Vec<_>, Vec<_>) = versions
-            .into_iter()
-            .partition(|v| uid.is_some() && owner_uid(v) == uid.as_deref());
+        let (mut versions, foreign_versions): (Vec<_>, Vec<_>) =
+            versions.into_iter().partition(|v| uid.is_some() && owner_uid(v) == uid.as_deref());
         versions.sort_by_key(|v| v.spec.version);
-        let foreign_versions = if agent.is_some() {
-            foreign_versions
-        } else {
-            Vec::new()
-        };
-        Self {
-            namespace,
-            agent_name,
-            agent,
-            versions,
-            foreign_versions,
-            rollbacks,
-        }
+        let foreign_versions = if agent.is_some() { foreign_versions } else { Vec::new() };
+        Self { namespace, agent_name, agent, versions, foreign_versions, rollbacks }
     }
 
     /// The newest existing version, which is always the active one.
@@ -93,22 +79,14 @@ impl Observed {
     /// again; otherwise numbers only grow, even when every version was deleted by hand.
     pub fn next_version_number(&self) -> i64 {
         let newest = self.active_number().unwrap_or(0);
-        let recorded = self
-            .agent
-            .as_ref()
-            .and_then(|a| a.status.as_ref())
-            .and_then(|s| s.active_version)
-            .unwrap_or(0);
+        let recorded = self.agent.as_ref().and_then(|a| a.status.as_ref()).and_then(|s| s.active_version).unwrap_or(0);
         newest.max(recorded) + 1
     }
 
     /// Rollbacks not yet terminal, in the order they must run.
     pub fn pending_rollbacks(&self) -> Vec<&AgentRollback> {
-        let mut pending: Vec<&AgentRollback> = self
-            .rollbacks
-            .iter()
-            .filter(|r| !phase_of(r).is_some_and(RollbackPhase::is_terminal))
-            .collect();
+        let mut pending: Vec<&AgentRollback> =
+            self.rollbacks.iter().filter(|r| !phase_of(r).is_some_and(RollbackPhase::is_terminal)).collect();
         pending.sort_by_key(|r| rollback::queue_key(r));
         pending
     }
@@ -130,14 +108,13 @@ impl Observed {
                 self.foreign_versions.retain(|v| v.name_any() != name);
             }
             Applied::Agent(agent) => self.agent = Some(*agent),
-            Applied::Rollback(updated) => match self
-                .rollbacks
-                .iter_mut()
-                .find(|r| r.name_any() == updated.name_any())
-            {
-                Some(slot) => *slot = *updated,
-                None => self.rollbacks.push(*updated),
-            },
+            Applied::Rollback(updated) => {
+                match self.rollbacks.iter_mut().find(|r| r.name_any() == updated.name_any()) {
+                    Some(slot) => *slot = *updated,
+                    None => self.rollbacks.push(*updated),
+                }
+            }
+            Applied::RollbackDeleted(name) => self.rollbacks.retain(|r| r.name_any() != name),
             Applied::Nothing => {}
         }
     }
@@ -150,6 +127,7 @@ pub enum Applied {
     VersionDeleted(String),
     Agent(Box<Agent>),
     Rollback(Box<AgentRollback>),
+    RollbackDeleted(String),
     Nothing,
 }
 
@@ -165,11 +143,7 @@ pub enum Step {
     PatchAgentStatus(Box<AgentStatus>),
     /// Replace a rollback's status, on condition that the rollback is still at
     /// `resource_version`: this compare-and-swap is what makes each rollback run exactly once.
-    PatchRollbackStatus {
-        name: String,
-        resource_version: Option<String>,
-        status: Box<AgentRollbackStatus>,
-    },
+    PatchRollbackStatus { name: String, resource_version: Option<String>, status: Box<AgentRollbackStatus> },
     /// Record an Event.
     Event(EventNote),
 }

@@ -20,12 +20,7 @@ pub fn needed(agent: &Agent, observed: &Observed) -> bool {
 
 /// Publishes the Agent's definition, or, when it equals the active version or did not change
 /// since the last handled generation, only records that this generation was handled.
-pub fn steps(
-    observed: &Observed,
-    agent: &Agent,
-    busy_after: Option<&str>,
-    now: &Time,
-) -> Vec<Step> {
+pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: &Time) -> Vec<Step> {
     let generation = agent.metadata.generation;
     let hash = snapshot_hash(&agent.spec.definition);
     let mut status = agent.status.clone().unwrap_or_default();
@@ -33,42 +28,21 @@ pub fn steps(
     status.observed_generation = generation;
     status.observed_definition_hash = Some(hash.clone());
 
-    let equals_active = observed
-        .newest()
-        .is_some_and(|v| v.spec.snapshot_hash == hash);
+    let equals_active = observed.newest().is_some_and(|v| v.spec.snapshot_hash == hash);
     if equals_active || (definition_unchanged && !observed.versions.is_empty()) {
         let active = observed.active_number();
         status.active_version = active;
         status.version_count = Some(observed.versions.len() as i64);
-        status.conditions = super::status::agent_conditions(
-            &status.conditions,
-            generation,
-            active,
-            busy_after,
-            now,
-        );
+        status.conditions = super::status::agent_conditions(&status.conditions, generation, active, busy_after, now);
         return vec![Step::PatchAgentStatus(Box::new(status))];
     }
 
     let number = observed.next_version_number();
     let change_cause = agent.annotations().get(CHANGE_CAUSE_ANNOTATION).cloned();
-    let version = new_version(
-        agent,
-        number,
-        agent.spec.definition.clone(),
-        hash,
-        None,
-        change_cause,
-    );
+    let version = new_version(agent, number, agent.spec.definition.clone(), hash, None, change_cause);
     status.active_version = Some(number);
     status.version_count = Some(observed.versions.len() as i64 + 1);
-    status.conditions = super::status::agent_conditions(
-        &status.conditions,
-        generation,
-        Some(number),
-        busy_after,
-        now,
-    );
+    status.conditions = super::status::agent_conditions(&status.conditions, generation, Some(number), busy_after, now);
     vec![
         Step::CreateVersion(Box::new(version)),
         Step::PatchAgentStatus(Box::new(status)),
@@ -106,10 +80,7 @@ pub fn new_version(
         (VERSION_LABEL.to_string(), number.to_string()),
     ]);
     if let Some(origin) = &origin {
-        labels.insert(
-            crate::api::keys::ROLLBACK_LABEL.to_string(),
-            origin.rollback_name.to_string(),
-        );
+        labels.insert(crate::api::keys::ROLLBACK_LABEL.to_string(), origin.rollback_name.to_string());
     }
     AgentVersion {
         metadata: ObjectMeta {

@@ -83,10 +83,7 @@ pub fn choose(
 ) -> Result<Choice, Failure> {
     let fail = |reason, message: String| Err(Failure { reason, message });
     let Some(&active) = numbers.iter().max() else {
-        return fail(
-            FailureReason::VersionNotFound,
-            format!("Agent {agent_name} has no versions yet."),
-        );
+        return fail(FailureReason::VersionNotFound, format!("Agent {agent_name} has no versions yet."));
     };
     if let Some(expected) = expected_active
         && expected != active
@@ -121,30 +118,20 @@ pub fn choose(
                     ),
                 );
             }
-            Ok(Choice::Restore {
-                target,
-                new: active + 1,
-            })
+            Ok(Choice::Restore { target, new: active + 1 })
         }
         RollbackStrategy::Previous => match numbers.iter().copied().filter(|n| *n < active).max() {
-            Some(target) => Ok(Choice::Restore {
-                target,
-                new: active + 1,
-            }),
+            Some(target) => Ok(Choice::Restore { target, new: active + 1 }),
             None => fail(
                 FailureReason::NoPreviousVersion,
-                format!(
-                    "Agent {agent_name} has only one version ({active}); there is no previous version."
-                ),
+                format!("Agent {agent_name} has only one version ({active}); there is no previous version."),
             ),
         },
         RollbackStrategy::Pop => {
             if numbers.len() < 2 {
                 return fail(
                     FailureReason::AtFirstVersion,
-                    format!(
-                        "Agent {agent_name} has only one version ({active}); the last version cannot be popped."
-                    ),
+                    format!("Agent {agent_name} has only one version ({active}); the last version cannot be popped."),
                 );
             }
             Ok(Choice::Pop { version: active })
@@ -153,11 +140,7 @@ pub fn choose(
 }
 
 fn list(numbers: &[i64]) -> String {
-    numbers
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    numbers.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// Sort key that puts rollbacks in creation order. Creation timestamps have one-second
@@ -166,19 +149,9 @@ fn list(numbers: &[i64]) -> String {
 /// (Kubernetes calls resourceVersions opaque; with etcd storage they are revision numbers, and
 /// only ties within one second depend on that.)
 pub fn queue_key(rollback: &AgentRollback) -> (Option<Time>, u64, String) {
-    let recorded = rollback
-        .status
-        .as_ref()
-        .and_then(|s| s.creation_revision.clone());
-    let revision = recorded
-        .or_else(|| rollback.resource_version())
-        .and_then(|rv| rv.parse().ok())
-        .unwrap_or(u64::MAX);
-    (
-        rollback.metadata.creation_timestamp.clone(),
-        revision,
-        rollback.name_any(),
-    )
+    let recorded = rollback.status.as_ref().and_then(|s| s.creation_revision.clone());
+    let revision = recorded.or_else(|| rollback.resource_version()).and_then(|rv| rv.parse().ok()).unwrap_or(u64::MAX);
+    (rollback.metadata.creation_timestamp.clone(), revision, rollback.name_any())
 }
 
 /// A status write on `rollback`, conditional on its current resourceVersion.
@@ -190,20 +163,8 @@ fn cas(rollback: &AgentRollback, status: crate::api::AgentRollbackStatus) -> Ste
     }
 }
 
-fn event(
-    on: EventTarget,
-    warning: bool,
-    reason: &'static str,
-    action: &'static str,
-    note: String,
-) -> Step {
-    Step::Event(EventNote {
-        on,
-        warning,
-        reason,
-        action,
-        note,
-    })
+fn event(on: EventTarget, warning: bool, reason: &'static str, action: &'static str, note: String) -> Step {
+    Step::Event(EventNote { on, warning, reason, action, note })
 }
 
 /// The status a rollback gets on its first write: records its creation revision.
@@ -238,13 +199,7 @@ pub fn fail(
     let name = rollback.name_any();
     let mut steps = vec![
         cas(rollback, status),
-        event(
-            EventTarget::Rollback(name.clone()),
-            true,
-            events::ROLLBACK_FAILED,
-            "Rollback",
-            failure.message.clone(),
-        ),
+        event(EventTarget::Rollback(name.clone()), true, events::ROLLBACK_FAILED, "Rollback", failure.message.clone()),
     ];
     if agent_exists {
         steps.push(event(
@@ -252,11 +207,7 @@ pub fn fail(
             true,
             events::ROLLBACK_FAILED,
             "Rollback",
-            format!(
-                "AgentRollback {name} failed ({}): {}",
-                failure.reason.as_str(),
-                failure.message
-            ),
+            format!("AgentRollback {name} failed ({}): {}", failure.reason.as_str(), failure.message),
         ));
     }
     steps
@@ -274,73 +225,58 @@ pub fn start(
     let numbers = observed.version_numbers();
     let active = observed.active_number();
     let spec = &head.spec;
-    let mut steps = match choose(
-        &agent.name_any(),
-        spec.strategy,
-        spec.target_version,
-        spec.expected_active_version,
-        &numbers,
-    ) {
-        Err(failure) => fail(head, failure, active, true, now),
-        Ok(choice) => {
-            let mut status = first_status(head);
-            status.from_version = active;
-            status.start_time = Some(now.clone());
-            let message = match &choice {
-                Choice::Restore { target, new } => {
-                    status.restored_version = Some(*target);
-                    status.new_version = Some(*new);
-                    format!(
-                        "Rolling Agent {} back to version {target} as new version {new}.",
-                        agent.name_any()
-                    )
-                }
-                Choice::Pop { version } => {
-                    let popped = observed.version(*version);
-                    status.popped_version = Some(*version);
-                    status.popped_snapshot = popped.map(|v| v.spec.snapshot.clone());
-                    status.popped_snapshot_hash = popped.map(|v| v.spec.snapshot_hash.clone());
-                    format!("Deleting version {version} of Agent {}.", agent.name_any())
-                }
-            };
-            set_rollback_phase(
-                &mut status,
-                RollbackPhase::Running,
-                None,
-                message.clone(),
-                head.metadata.generation,
-                now,
-            );
-            vec![
-                cas(head, status),
-                event(
-                    EventTarget::Rollback(head.name_any()),
-                    false,
-                    events::ROLLBACK_STARTED,
-                    "Rollback",
+    let mut steps =
+        match choose(&agent.name_any(), spec.strategy, spec.target_version, spec.expected_active_version, &numbers) {
+            Err(failure) => fail(head, failure, active, true, now),
+            Ok(choice) => {
+                let mut status = first_status(head);
+                status.from_version = active;
+                status.start_time = Some(now.clone());
+                let message = match &choice {
+                    Choice::Restore { target, new } => {
+                        status.restored_version = Some(*target);
+                        status.new_version = Some(*new);
+                        format!("Rolling Agent {} back to version {target} as new version {new}.", agent.name_any())
+                    }
+                    Choice::Pop { version } => {
+                        let popped = observed.version(*version);
+                        status.popped_version = Some(*version);
+                        status.popped_snapshot = popped.map(|v| v.spec.snapshot.clone());
+                        status.popped_snapshot_hash = popped.map(|v| v.spec.snapshot_hash.clone());
+                        format!("Deleting version {version} of Agent {}.", agent.name_any())
+                    }
+                };
+                set_rollback_phase(
+                    &mut status,
+                    RollbackPhase::Running,
+                    None,
                     message.clone(),
-                ),
-                event(
-                    EventTarget::Agent,
-                    false,
-                    events::ROLLBACK_STARTED,
-                    "Rollback",
-                    format!("AgentRollback {}: {message}", head.name_any()),
-                ),
-            ]
-        }
-    };
+                    head.metadata.generation,
+                    now,
+                );
+                vec![
+                    cas(head, status),
+                    event(
+                        EventTarget::Rollback(head.name_any()),
+                        false,
+                        events::ROLLBACK_STARTED,
+                        "Rollback",
+                        message.clone(),
+                    ),
+                    event(
+                        EventTarget::Agent,
+                        false,
+                        events::ROLLBACK_STARTED,
+                        "Rollback",
+                        format!("AgentRollback {}: {message}", head.name_any()),
+                    ),
+                ]
+            }
+        };
     for rollback in queued.iter().filter(|r| super::phase_of(r).is_none()) {
         let mut status = first_status(rollback);
         let message = format!("Waiting for AgentRollback {} to finish.", head.name_any());
-        set_rollback_phase(
-            &mut status,
-            RollbackPhase::Pending,
-            None,
-            message,
-            rollback.metadata.generation,
-            now,
-        );
+        set_rollback_phase(&mut status, RollbackPhase::Pending, None, message, rollback.metadata.generation, now);
         steps.push(cas(rollback, status));
     }
     steps
@@ -380,15 +316,12 @@ pub fn resume(
                 ),
                 None => match observed.version(target) {
                     Some(source) => {
-                        let origin = RollbackOrigin {
-                            from_version: target,
-                            rollback_name: &name,
-                        };
-                        let cause = running.spec.reason.clone().or_else(|| {
-                            Some(format!(
-                                "Rolled back to version {target} by AgentRollback {name}"
-                            ))
-                        });
+                        let origin = RollbackOrigin { from_version: target, rollback_name: &name };
+                        let cause = running
+                            .spec
+                            .reason
+                            .clone()
+                            .or_else(|| Some(format!("Rolled back to version {target} by AgentRollback {name}")));
                         let version = new_version(
                             agent,
                             new,
@@ -420,8 +353,7 @@ pub fn resume(
             };
             match observed.version(popped) {
                 Some(version)
-                    if Some(&version.spec.snapshot_hash)
-                        == status.popped_snapshot_hash.as_ref()
+                    if Some(&version.spec.snapshot_hash) == status.popped_snapshot_hash.as_ref()
                         && observed.versions.len() > 1 =>
                 {
                     vec![Step::DeleteVersion {
@@ -449,59 +381,28 @@ fn finish(
     let mut agent_status = agent.status.clone().unwrap_or_default();
     agent_status.active_version = active;
     agent_status.version_count = Some(observed.versions.len() as i64);
-    agent_status.last_rollback = Some(LastRollback {
-        name: name.clone(),
-        time: now.clone(),
-    });
-    agent_status.conditions = super::status::agent_conditions(
-        &agent_status.conditions,
-        agent.metadata.generation,
-        active,
-        busy_after,
-        now,
-    );
+    agent_status.last_rollback = Some(LastRollback { name: name.clone(), time: now.clone() });
+    agent_status.conditions =
+        super::status::agent_conditions(&agent_status.conditions, agent.metadata.generation, active, busy_after, now);
 
     let mut status = status_of(rollback);
     status.active_version = active;
     let active_text = active.map_or_else(|| "none".to_string(), |a| a.to_string());
-    let message = match (
-        rollback.spec.strategy,
-        status.restored_version,
-        status.popped_version,
-    ) {
+    let message = match (rollback.spec.strategy, status.restored_version, status.popped_version) {
         (RollbackStrategy::Pop, _, Some(popped)) => {
             format!("Version {popped} was deleted. Version {active_text} is now active.")
         }
-        (_, Some(target), _) => format!(
-            "Agent rolled back to version {target}. New version {active_text} is now active."
-        ),
+        (_, Some(target), _) => {
+            format!("Agent rolled back to version {target}. New version {active_text} is now active.")
+        }
         _ => format!("Version {active_text} is now active."),
     };
-    set_rollback_phase(
-        &mut status,
-        RollbackPhase::Succeeded,
-        None,
-        message.clone(),
-        rollback.metadata.generation,
-        now,
-    );
+    set_rollback_phase(&mut status, RollbackPhase::Succeeded, None, message.clone(), rollback.metadata.generation, now);
     vec![
         Step::PatchAgentStatus(Box::new(agent_status)),
         cas(rollback, status),
-        event(
-            EventTarget::Rollback(name.clone()),
-            false,
-            events::ROLLBACK_SUCCEEDED,
-            "Rollback",
-            message.clone(),
-        ),
-        event(
-            EventTarget::Agent,
-            false,
-            events::ROLLED_BACK,
-            "Rollback",
-            format!("AgentRollback {name}: {message}"),
-        ),
+        event(EventTarget::Rollback(name.clone()), false, events::ROLLBACK_SUCCEEDED, "Rollback", message.clone()),
+        event(EventTarget::Agent, false, events::ROLLED_BACK, "Rollback", format!("AgentRollback {name}: {message}")),
     ]
 }
 
@@ -513,23 +414,14 @@ mod tests {
         (RollbackStrategy::Restore, Some(target))
     }
 
+    /// Name, (strategy, target), expectedActiveVersion, existing versions, expected choice.
+    type Case = (&'static str, (RollbackStrategy, Option<i64>), Option<i64>, Vec<i64>, Result<Choice, FailureReason>);
+
     /// One row per rule of SPEC.md "Behaviour" 3-5 and "Failures".
     #[test]
     fn choose_follows_every_rule_of_the_contract() {
-        let cases: Vec<(
-            &str,
-            (RollbackStrategy, Option<i64>),
-            Option<i64>,
-            Vec<i64>,
-            Result<Choice, FailureReason>,
-        )> = vec![
-            (
-                "restore publishes latest+1",
-                restore(2),
-                None,
-                vec![1, 2, 3],
-                Ok(Choice::Restore { target: 2, new: 4 }),
-            ),
+        let cases: Vec<Case> = vec![
+            ("restore publishes latest+1", restore(2), None, vec![1, 2, 3], Ok(Choice::Restore { target: 2, new: 4 })),
             (
                 "restore of an old version",
                 restore(1),
@@ -537,27 +429,9 @@ mod tests {
                 vec![1, 2, 3, 4],
                 Ok(Choice::Restore { target: 1, new: 5 }),
             ),
-            (
-                "restore of the active version",
-                restore(3),
-                None,
-                vec![1, 2, 3],
-                Err(FailureReason::AlreadyActive),
-            ),
-            (
-                "restore of a never-made version",
-                restore(9),
-                None,
-                vec![1, 2, 3],
-                Err(FailureReason::VersionNotFound),
-            ),
-            (
-                "restore of a pruned version",
-                restore(1),
-                None,
-                vec![4, 5, 6],
-                Err(FailureReason::VersionNotFound),
-            ),
+            ("restore of the active version", restore(3), None, vec![1, 2, 3], Err(FailureReason::AlreadyActive)),
+            ("restore of a never-made version", restore(9), None, vec![1, 2, 3], Err(FailureReason::VersionNotFound)),
+            ("restore of a pruned version", restore(1), None, vec![4, 5, 6], Err(FailureReason::VersionNotFound)),
             (
                 "previous is the newest below active",
                 (RollbackStrategy::Previous, None),
@@ -579,27 +453,9 @@ mod tests {
                 vec![1, 2, 3],
                 Ok(Choice::Pop { version: 3 }),
             ),
-            (
-                "pop at one version",
-                (RollbackStrategy::Pop, None),
-                None,
-                vec![1],
-                Err(FailureReason::AtFirstVersion),
-            ),
-            (
-                "expected active matches",
-                restore(1),
-                Some(3),
-                vec![1, 2, 3],
-                Ok(Choice::Restore { target: 1, new: 4 }),
-            ),
-            (
-                "expected active changed",
-                restore(1),
-                Some(2),
-                vec![1, 2, 3],
-                Err(FailureReason::ActiveVersionChanged),
-            ),
+            ("pop at one version", (RollbackStrategy::Pop, None), None, vec![1], Err(FailureReason::AtFirstVersion)),
+            ("expected active matches", restore(1), Some(3), vec![1, 2, 3], Ok(Choice::Restore { target: 1, new: 4 })),
+            ("expected active changed", restore(1), Some(2), vec![1, 2, 3], Err(FailureReason::ActiveVersionChanged)),
             (
                 "expected active is checked before the strategy",
                 (RollbackStrategy::Pop, None),
@@ -616,23 +472,14 @@ mod tests {
 
     #[test]
     fn restore_message_is_worded_as_the_contract_says() {
-        let err =
-            choose("a", RollbackStrategy::Restore, Some(3), None, &[1, 2, 3]).expect_err("active");
-        assert_eq!(
-            err.message,
-            "Cannot roll back to the current active version (3)."
-        );
+        let err = choose("a", RollbackStrategy::Restore, Some(3), None, &[1, 2, 3]).expect_err("active");
+        assert_eq!(err.message, "Cannot roll back to the current active version (3).");
     }
 
     #[test]
     fn every_failure_reason_has_a_distinct_pascal_case_name() {
-        let names: std::collections::HashSet<_> =
-            FailureReason::ALL.iter().map(|r| r.as_str()).collect();
+        let names: std::collections::HashSet<_> = FailureReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(names.len(), FailureReason::ALL.len());
-        assert!(
-            names
-                .iter()
-                .all(|n| n.chars().next().is_some_and(char::is_uppercase) && !n.contains(' '))
-        );
+        assert!(names.iter().all(|n| n.chars().next().is_some_and(char::is_uppercase) && !n.contains(' ')));
     }
 }

@@ -16,8 +16,7 @@ use proptest::prelude::*;
 use super::sync::decide;
 use super::{Applied, EventNote, Observed, Step};
 use crate::api::{
-    Agent, AgentDefinition, AgentRollback, AgentRollbackSpec, AgentSpec, AgentVersion,
-    RollbackPhase, RollbackStrategy,
+    Agent, AgentDefinition, AgentRollback, AgentRollbackSpec, AgentSpec, AgentVersion, RollbackPhase, RollbackStrategy,
 };
 
 #[derive(Debug)]
@@ -42,10 +41,7 @@ fn time(seconds: i64) -> Time {
 }
 
 pub fn content(n: u8) -> AgentDefinition {
-    AgentDefinition {
-        instructions: Some(format!("instructions {n}")),
-        ..AgentDefinition::default()
-    }
+    AgentDefinition { instructions: Some(format!("instructions {n}")), ..AgentDefinition::default() }
 }
 
 impl Cluster {
@@ -61,14 +57,8 @@ impl Cluster {
         };
         let meta = cluster.new_meta("a");
         cluster.agent = Some(Agent {
-            metadata: ObjectMeta {
-                generation: Some(1),
-                ..meta
-            },
-            spec: AgentSpec {
-                definition,
-                revision_history_limit: limit,
-            },
+            metadata: ObjectMeta { generation: Some(1), ..meta },
+            spec: AgentSpec { definition, revision_history_limit: limit },
             status: None,
         });
         cluster
@@ -120,10 +110,7 @@ impl Cluster {
     ) {
         let meta = self.new_meta(name);
         self.rollbacks.push(AgentRollback {
-            metadata: ObjectMeta {
-                generation: Some(1),
-                ..meta
-            },
+            metadata: ObjectMeta { generation: Some(1), ..meta },
             spec: AgentRollbackSpec {
                 agent_name: "a".into(),
                 strategy,
@@ -136,23 +123,13 @@ impl Cluster {
     }
 
     pub fn observe(&self) -> Observed {
-        Observed::new(
-            "ns".into(),
-            "a".into(),
-            self.agent.clone(),
-            self.versions.clone(),
-            self.rollbacks.clone(),
-        )
+        Observed::new("ns".into(), "a".into(), self.agent.clone(), self.versions.clone(), self.rollbacks.clone())
     }
 
     fn apply(&mut self, step: &Step) -> Result<Applied, Refused> {
         match step {
             Step::CreateVersion(version) => {
-                if self
-                    .versions
-                    .iter()
-                    .any(|v| v.name_any() == version.name_any())
-                {
+                if self.versions.iter().any(|v| v.name_any() == version.name_any()) {
                     return Err(Refused::AlreadyExists);
                 }
                 let meta = self.new_meta(&version.name_any());
@@ -165,18 +142,14 @@ impl Cluster {
                 self.versions.push(created.clone());
                 Ok(Applied::VersionCreated(Box::new(created)))
             }
-            Step::DeleteVersion { name, uid } => {
-                match self.versions.iter().position(|v| &v.name_any() == name) {
-                    Some(i) if self.versions[i].metadata.uid.as_ref() != Some(uid) => {
-                        Err(Refused::Conflict)
-                    }
-                    Some(i) => {
-                        self.versions.remove(i);
-                        Ok(Applied::VersionDeleted(name.clone()))
-                    }
-                    None => Ok(Applied::VersionDeleted(name.clone())),
+            Step::DeleteVersion { name, uid } => match self.versions.iter().position(|v| &v.name_any() == name) {
+                Some(i) if self.versions[i].metadata.uid.as_ref() != Some(uid) => Err(Refused::Conflict),
+                Some(i) => {
+                    self.versions.remove(i);
+                    Ok(Applied::VersionDeleted(name.clone()))
                 }
-            }
+                None => Ok(Applied::VersionDeleted(name.clone())),
+            },
             Step::PatchAgentStatus(status) => {
                 let rv = self.bump();
                 let agent = self.agent.as_mut().expect("agent exists");
@@ -184,20 +157,10 @@ impl Cluster {
                 agent.metadata.resource_version = rv;
                 Ok(Applied::Agent(Box::new(agent.clone())))
             }
-            Step::PatchRollbackStatus {
-                name,
-                resource_version,
-                status,
-            } => {
+            Step::PatchRollbackStatus { name, resource_version, status } => {
                 let rv = self.bump();
-                let rollback = self
-                    .rollbacks
-                    .iter_mut()
-                    .find(|r| &r.name_any() == name)
-                    .expect("rollback exists");
-                if resource_version.is_some()
-                    && resource_version != &rollback.metadata.resource_version
-                {
+                let rollback = self.rollbacks.iter_mut().find(|r| &r.name_any() == name).expect("rollback exists");
+                if resource_version.is_some() && resource_version != &rollback.metadata.resource_version {
                     return Err(Refused::Conflict);
                 }
                 rollback.status = Some((**status).clone());
@@ -239,26 +202,16 @@ impl Cluster {
     }
 
     pub fn history(&self) -> Vec<(i64, AgentDefinition)> {
-        let mut h: Vec<_> = self
-            .versions
-            .iter()
-            .map(|v| (v.spec.version, v.spec.snapshot.clone()))
-            .collect();
+        let mut h: Vec<_> = self.versions.iter().map(|v| (v.spec.version, v.spec.snapshot.clone())).collect();
         h.sort_by_key(|(n, _)| *n);
         h
     }
 
     pub fn outcome(&self, name: &str) -> Outcome {
-        let status = self
-            .rollbacks
-            .iter()
-            .find(|r| r.name_any() == name)
-            .and_then(|r| r.status.clone())
-            .unwrap_or_default();
+        let status =
+            self.rollbacks.iter().find(|r| r.name_any() == name).and_then(|r| r.status.clone()).unwrap_or_default();
         match status.phase {
-            Some(RollbackPhase::Succeeded) => {
-                Outcome::Succeeded(status.active_version.unwrap_or_default())
-            }
+            Some(RollbackPhase::Succeeded) => Outcome::Succeeded(status.active_version.unwrap_or_default()),
             Some(RollbackPhase::Failed) => Outcome::Failed(status.reason.unwrap_or_default()),
             other => Outcome::NotDone(other),
         }
@@ -282,11 +235,7 @@ struct Reference {
 
 impl Reference {
     fn new(spec: AgentDefinition, limit: i32) -> Self {
-        let mut r = Self {
-            spec: spec.clone(),
-            limit,
-            versions: BTreeMap::new(),
-        };
+        let mut r = Self { spec: spec.clone(), limit, versions: BTreeMap::new() };
         r.versions.insert(1, spec);
         r
     }
@@ -321,11 +270,7 @@ impl Reference {
         let active = self.active();
         let failed = |r: &str| Outcome::Failed(r.to_string());
         let (strategy, target, expected) = match op {
-            Op::Rollback {
-                strategy,
-                target,
-                expected,
-            } => (*strategy, *target, *expected),
+            Op::Rollback { strategy, target, expected } => (*strategy, *target, *expected),
             Op::Edit { .. } => unreachable!("not a rollback"),
         };
         if expected.is_some_and(|e| e != active) {
@@ -342,8 +287,7 @@ impl Reference {
                 }
                 t
             }
-            RollbackStrategy::Previous => match self.versions.keys().filter(|n| **n < active).max()
-            {
+            RollbackStrategy::Previous => match self.versions.keys().filter(|n| **n < active).max() {
                 Some(t) => *t,
                 None => return failed("NoPreviousVersion"),
             },
@@ -368,15 +312,8 @@ impl Reference {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Edit {
-        definition: Option<u8>,
-        limit: Option<i32>,
-    },
-    Rollback {
-        strategy: RollbackStrategy,
-        target: Option<i64>,
-        expected: Option<i64>,
-    },
+    Edit { definition: Option<u8>, limit: Option<i32> },
+    Rollback { strategy: RollbackStrategy, target: Option<i64>, expected: Option<i64> },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -391,41 +328,20 @@ fn op() -> impl Strategy<Value = Op> {
 fn submit(cluster: &mut Cluster, op: &Op, name: &str) {
     match op {
         Op::Edit { definition, limit } => cluster.edit(definition.map(content), *limit),
-        Op::Rollback {
-            strategy,
-            target,
-            expected,
-        } => cluster.create_rollback(name, *strategy, *target, *expected),
+        Op::Rollback { strategy, target, expected } => cluster.create_rollback(name, *strategy, *target, *expected),
     }
 }
 
 fn check_invariants(cluster: &Cluster) -> Result<(), TestCaseError> {
-    prop_assert!(
-        !cluster.versions.is_empty(),
-        "an Agent always has a version"
-    );
+    prop_assert!(!cluster.versions.is_empty(), "an Agent always has a version");
     let newest = cluster.versions.iter().map(|v| v.spec.version).max();
-    let status = cluster
-        .agent
-        .as_ref()
-        .and_then(|a| a.status.clone())
-        .unwrap_or_default();
-    prop_assert_eq!(
-        status.active_version,
-        newest,
-        "the active version is the newest one"
-    );
+    let status = cluster.agent.as_ref().and_then(|a| a.status.clone()).unwrap_or_default();
+    prop_assert_eq!(status.active_version, newest, "the active version is the newest one");
     prop_assert_eq!(status.version_count, Some(cluster.versions.len() as i64));
-    let limit = cluster
-        .agent
-        .as_ref()
-        .map_or(1, |a| a.spec.revision_history_limit);
+    let limit = cluster.agent.as_ref().map_or(1, |a| a.spec.revision_history_limit);
     prop_assert!(cluster.versions.len() <= limit.max(1) as usize);
     for v in &cluster.versions {
-        prop_assert_eq!(
-            &v.spec.snapshot_hash,
-            &super::hash::snapshot_hash(&v.spec.snapshot)
-        );
+        prop_assert_eq!(&v.spec.snapshot_hash, &super::hash::snapshot_hash(&v.spec.snapshot));
         prop_assert_eq!(v.name_any(), super::version_name("a", v.spec.version));
     }
     Ok(())
@@ -524,24 +440,9 @@ fn a_new_agent_gets_version_one_and_a_ready_status() {
     let mut cluster = Cluster::new(content(1), 10);
     cluster.converge(&mut || false);
     assert_eq!(cluster.history(), vec![(1, content(1))]);
-    let status = cluster
-        .agent
-        .as_ref()
-        .and_then(|a| a.status.clone())
-        .expect("status written");
-    assert_eq!(
-        (
-            status.active_version,
-            status.version_count,
-            status.observed_generation
-        ),
-        (Some(1), Some(1), Some(1))
-    );
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .expect("Ready");
+    let status = cluster.agent.as_ref().and_then(|a| a.status.clone()).expect("status written");
+    assert_eq!((status.active_version, status.version_count, status.observed_generation), (Some(1), Some(1), Some(1)));
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready");
     assert_eq!(ready.status, "True");
 }
 
@@ -552,13 +453,7 @@ fn changing_only_the_history_limit_publishes_nothing() {
     cluster.edit(None, Some(3));
     cluster.converge(&mut || false);
     assert_eq!(cluster.history().len(), 1);
-    assert_eq!(
-        cluster
-            .agent
-            .as_ref()
-            .and_then(|a| a.status.as_ref()?.observed_generation),
-        Some(2)
-    );
+    assert_eq!(cluster.agent.as_ref().and_then(|a| a.status.as_ref()?.observed_generation), Some(2));
 }
 
 #[test]
@@ -570,14 +465,8 @@ fn rollback_leaves_the_spec_alone_and_a_later_edit_publishes() {
     cluster.create_rollback("rb", RollbackStrategy::Previous, None, None);
     cluster.converge(&mut || false);
     assert_eq!(cluster.outcome("rb"), Outcome::Succeeded(3));
-    assert_eq!(
-        cluster.agent.as_ref().map(|a| a.spec.definition.clone()),
-        Some(content(2))
-    );
-    assert_eq!(
-        cluster.history(),
-        vec![(1, content(1)), (2, content(2)), (3, content(1))]
-    );
+    assert_eq!(cluster.agent.as_ref().map(|a| a.spec.definition.clone()), Some(content(2)));
+    assert_eq!(cluster.history(), vec![(1, content(1)), (2, content(2)), (3, content(1))]);
     cluster.edit(Some(content(4)), None);
     cluster.converge(&mut || false);
     assert_eq!(cluster.history().last(), Some(&(4, content(4))));
@@ -593,10 +482,7 @@ fn two_previous_in_a_row_flip_between_two_states() {
     cluster.create_rollback("p2", RollbackStrategy::Previous, None, None);
     cluster.converge(&mut || false);
     let contents: Vec<_> = cluster.history().into_iter().map(|(_, d)| d).collect();
-    assert_eq!(
-        contents,
-        vec![content(1), content(2), content(1), content(2)]
-    );
+    assert_eq!(contents, vec![content(1), content(2), content(1), content(2)]);
 }
 
 #[test]
@@ -610,18 +496,9 @@ fn pop_keeps_the_deleted_snapshot_in_status() {
     let status = cluster.rollbacks[0].status.clone().expect("status");
     assert_eq!(status.popped_version, Some(2));
     assert_eq!(status.popped_snapshot, Some(content(2)));
-    assert_eq!(
-        status.popped_snapshot_hash,
-        Some(super::hash::snapshot_hash(&content(2)))
-    );
-    assert_eq!(
-        (status.from_version, status.active_version),
-        (Some(2), Some(1))
-    );
-    assert_eq!(
-        status.message.as_deref(),
-        Some("Version 2 was deleted. Version 1 is now active.")
-    );
+    assert_eq!(status.popped_snapshot_hash, Some(super::hash::snapshot_hash(&content(2))));
+    assert_eq!((status.from_version, status.active_version), (Some(2), Some(1)));
+    assert_eq!(status.message.as_deref(), Some("Version 2 was deleted. Version 1 is now active."));
 }
 
 #[test]
@@ -630,10 +507,7 @@ fn a_rollback_of_a_missing_agent_fails_with_agent_not_found() {
     cluster.agent = None;
     cluster.create_rollback("rb", RollbackStrategy::Pop, None, None);
     cluster.converge(&mut || false);
-    assert_eq!(
-        cluster.outcome("rb"),
-        Outcome::Failed("AgentNotFound".into())
-    );
+    assert_eq!(cluster.outcome("rb"), Outcome::Failed("AgentNotFound".into()));
 }
 
 #[test]
@@ -645,34 +519,9 @@ fn restore_message_names_the_target_and_the_new_version() {
     cluster.create_rollback("rb", RollbackStrategy::Restore, Some(1), None);
     cluster.converge(&mut || false);
     let status = cluster.rollbacks[0].status.clone().expect("status");
-    assert_eq!(
-        status.message.as_deref(),
-        Some("Agent rolled back to version 1. New version 3 is now active.")
-    );
-    assert_eq!(
-        (
-            status.restored_version,
-            status.new_version,
-            status.from_version
-        ),
-        (Some(1), Some(3), Some(2))
-    );
-    let made = cluster
-        .versions
-        .iter()
-        .find(|v| v.spec.version == 3)
-        .expect("v3");
-    assert_eq!(
-        (
-            made.spec.rollback_from_version,
-            made.spec.rollback_name.as_deref()
-        ),
-        (Some(1), Some("rb"))
-    );
-    assert!(
-        cluster
-            .events
-            .iter()
-            .any(|e| e.reason == "RollbackSucceeded")
-    );
+    assert_eq!(status.message.as_deref(), Some("Agent rolled back to version 1. New version 3 is now active."));
+    assert_eq!((status.restored_version, status.new_version, status.from_version), (Some(1), Some(3), Some(2)));
+    let made = cluster.versions.iter().find(|v| v.spec.version == 3).expect("v3");
+    assert_eq!((made.spec.rollback_from_version, made.spec.rollback_name.as_deref()), (Some(1), Some("rb")));
+    assert!(cluster.events.iter().any(|e| e.reason == "RollbackSucceeded"));
 }

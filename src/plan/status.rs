@@ -57,18 +57,8 @@ pub fn agent_conditions(
     };
     let (ready, reconciling) = match busy {
         Some(reason) => (
-            ConditionSpec {
-                type_: READY,
-                status: false,
-                reason,
-                message: ready_message.clone(),
-            },
-            ConditionSpec {
-                type_: RECONCILING,
-                status: true,
-                reason,
-                message: ready_message,
-            },
+            ConditionSpec { type_: READY, status: false, reason, message: ready_message.clone() },
+            ConditionSpec { type_: RECONCILING, status: true, reason, message: ready_message },
         ),
         None => (
             ConditionSpec {
@@ -77,20 +67,10 @@ pub fn agent_conditions(
                 reason: reasons::VERSION_ACTIVE,
                 message: ready_message,
             },
-            ConditionSpec {
-                type_: RECONCILING,
-                status: false,
-                reason: reasons::AS_EXPECTED,
-                message: String::new(),
-            },
+            ConditionSpec { type_: RECONCILING, status: false, reason: reasons::AS_EXPECTED, message: String::new() },
         ),
     };
-    let stalled = ConditionSpec {
-        type_: STALLED,
-        status: false,
-        reason: reasons::AS_EXPECTED,
-        message: String::new(),
-    };
+    let stalled = ConditionSpec { type_: STALLED, status: false, reason: reasons::AS_EXPECTED, message: String::new() };
     conditions(existing, [ready, reconciling, stalled], generation, now)
 }
 
@@ -105,95 +85,30 @@ pub fn set_rollback_phase(
 ) {
     let (ready, reconciling, stalled) = match phase {
         RollbackPhase::Pending => (
-            ConditionSpec {
-                type_: READY,
-                status: false,
-                reason: reasons::QUEUED,
-                message: message.clone(),
-            },
-            ConditionSpec {
-                type_: RECONCILING,
-                status: true,
-                reason: reasons::QUEUED,
-                message: message.clone(),
-            },
-            ConditionSpec {
-                type_: STALLED,
-                status: false,
-                reason: reasons::AS_EXPECTED,
-                message: String::new(),
-            },
+            ConditionSpec { type_: READY, status: false, reason: reasons::QUEUED, message: message.clone() },
+            ConditionSpec { type_: RECONCILING, status: true, reason: reasons::QUEUED, message: message.clone() },
+            ConditionSpec { type_: STALLED, status: false, reason: reasons::AS_EXPECTED, message: String::new() },
         ),
         RollbackPhase::Running => (
-            ConditionSpec {
-                type_: READY,
-                status: false,
-                reason: reasons::RUNNING,
-                message: message.clone(),
-            },
-            ConditionSpec {
-                type_: RECONCILING,
-                status: true,
-                reason: reasons::RUNNING,
-                message: message.clone(),
-            },
-            ConditionSpec {
-                type_: STALLED,
-                status: false,
-                reason: reasons::AS_EXPECTED,
-                message: String::new(),
-            },
+            ConditionSpec { type_: READY, status: false, reason: reasons::RUNNING, message: message.clone() },
+            ConditionSpec { type_: RECONCILING, status: true, reason: reasons::RUNNING, message: message.clone() },
+            ConditionSpec { type_: STALLED, status: false, reason: reasons::AS_EXPECTED, message: String::new() },
         ),
         RollbackPhase::Succeeded => (
-            ConditionSpec {
-                type_: READY,
-                status: true,
-                reason: reasons::SUCCEEDED,
-                message: message.clone(),
-            },
-            ConditionSpec {
-                type_: RECONCILING,
-                status: false,
-                reason: reasons::SUCCEEDED,
-                message: String::new(),
-            },
-            ConditionSpec {
-                type_: STALLED,
-                status: false,
-                reason: reasons::AS_EXPECTED,
-                message: String::new(),
-            },
+            ConditionSpec { type_: READY, status: true, reason: reasons::SUCCEEDED, message: message.clone() },
+            ConditionSpec { type_: RECONCILING, status: false, reason: reasons::SUCCEEDED, message: String::new() },
+            ConditionSpec { type_: STALLED, status: false, reason: reasons::AS_EXPECTED, message: String::new() },
         ),
         RollbackPhase::Failed => {
             let reason = reason.unwrap_or(reasons::FAILED);
             (
-                ConditionSpec {
-                    type_: READY,
-                    status: false,
-                    reason,
-                    message: message.clone(),
-                },
-                ConditionSpec {
-                    type_: RECONCILING,
-                    status: false,
-                    reason: reasons::FAILED,
-                    message: String::new(),
-                },
-                ConditionSpec {
-                    type_: STALLED,
-                    status: true,
-                    reason,
-                    message: message.clone(),
-                },
+                ConditionSpec { type_: READY, status: false, reason, message: message.clone() },
+                ConditionSpec { type_: RECONCILING, status: false, reason: reasons::FAILED, message: String::new() },
+                ConditionSpec { type_: STALLED, status: true, reason, message: message.clone() },
             )
         }
     };
-    status.conditions = conditions(
-        &status.conditions,
-        [ready, reconciling, stalled],
-        generation,
-        now,
-    );
+    status.conditions = conditions(&status.conditions, [ready, reconciling, stalled], generation, now);
     status.phase = Some(phase);
     status.reason = reason.map(str::to_string);
     status.message = Some(message);
@@ -223,51 +138,21 @@ mod tests {
     fn changed_condition_gets_a_new_transition_time() {
         let first = agent_conditions(&[], Some(1), Some(1), None, &at(10));
         let second = agent_conditions(&first, Some(2), Some(1), Some(reasons::PUBLISHING), &at(20));
-        let ready = second
-            .iter()
-            .find(|c| c.type_ == READY)
-            .expect("Ready is set");
-        assert_eq!(
-            (ready.status.as_str(), &ready.last_transition_time),
-            ("False", &at(20))
-        );
-        let stalled = second
-            .iter()
-            .find(|c| c.type_ == STALLED)
-            .expect("Stalled is set");
+        let ready = second.iter().find(|c| c.type_ == READY).expect("Ready is set");
+        assert_eq!((ready.status.as_str(), &ready.last_transition_time), ("False", &at(20)));
+        let stalled = second.iter().find(|c| c.type_ == STALLED).expect("Stalled is set");
         assert_eq!(stalled.last_transition_time, at(10));
     }
 
     #[test]
     fn failed_rollback_is_stalled_with_its_reason() {
         let mut status = AgentRollbackStatus::default();
-        set_rollback_phase(
-            &mut status,
-            RollbackPhase::Failed,
-            Some("AtFirstVersion"),
-            "no".into(),
-            Some(1),
-            &at(5),
-        );
-        let by_type = |t: &str| {
-            status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == t)
-                .map(|c| (c.status.clone(), c.reason.clone()))
-        };
-        assert_eq!(
-            by_type(STALLED),
-            Some(("True".into(), "AtFirstVersion".into()))
-        );
-        assert_eq!(
-            by_type(READY),
-            Some(("False".into(), "AtFirstVersion".into()))
-        );
-        assert_eq!(
-            by_type(RECONCILING),
-            Some(("False".into(), "Failed".into()))
-        );
+        set_rollback_phase(&mut status, RollbackPhase::Failed, Some("AtFirstVersion"), "no".into(), Some(1), &at(5));
+        let by_type =
+            |t: &str| status.conditions.iter().find(|c| c.type_ == t).map(|c| (c.status.clone(), c.reason.clone()));
+        assert_eq!(by_type(STALLED), Some(("True".into(), "AtFirstVersion".into())));
+        assert_eq!(by_type(READY), Some(("False".into(), "AtFirstVersion".into())));
+        assert_eq!(by_type(RECONCILING), Some(("False".into(), "Failed".into())));
         assert_eq!(status.completion_time, Some(at(5)));
     }
 }

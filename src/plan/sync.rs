@@ -25,28 +25,19 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
         return observed
             .foreign_versions
             .iter()
-            .map(|v| Step::DeleteVersion {
-                name: v.name_any(),
-                uid: v.metadata.uid.clone().unwrap_or_default(),
-            })
+            .map(|v| Step::DeleteVersion { name: v.name_any(), uid: v.metadata.uid.clone().unwrap_or_default() })
             .collect();
     }
 
     let pending = observed.pending_rollbacks();
     let Some(agent) = &observed.agent else {
-        let message = format!(
-            "Agent {} not found in namespace {}.",
-            observed.agent_name, observed.namespace
-        );
+        let message = format!("Agent {} not found in namespace {}.", observed.agent_name, observed.namespace);
         return pending
             .iter()
             .flat_map(|r| {
                 rollback::fail(
                     r,
-                    Failure {
-                        reason: FailureReason::AgentNotFound,
-                        message: message.clone(),
-                    },
+                    Failure { reason: FailureReason::AgentNotFound, message: message.clone() },
                     None,
                     false,
                     now,
@@ -56,38 +47,23 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
     };
 
     let publish_pending = publish::needed(agent, observed);
-    if let Some(running) = pending
-        .iter()
-        .find(|r| phase_of(r) == Some(RollbackPhase::Running))
-    {
+    if let Some(running) = pending.iter().find(|r| phase_of(r) == Some(RollbackPhase::Running)) {
         let busy_after = publish::busy_reason(publish_pending, pending.len() > 1);
         return rollback::resume(observed, agent, running, busy_after, now);
     }
 
     if publish_pending {
-        return publish::steps(
-            observed,
-            agent,
-            publish::busy_reason(false, !pending.is_empty()),
-            now,
-        );
+        return publish::steps(observed, agent, publish::busy_reason(false, !pending.is_empty()), now);
     }
 
     let active = observed.active_number();
-    let prune = history::versions_to_prune(
-        &observed.version_numbers(),
-        active,
-        agent.spec.revision_history_limit,
-    );
+    let prune = history::versions_to_prune(&observed.version_numbers(), active, agent.spec.revision_history_limit);
     if !prune.is_empty() {
         let mut steps: Vec<Step> = observed
             .versions
             .iter()
             .filter(|v| prune.contains(&v.spec.version))
-            .map(|v| Step::DeleteVersion {
-                name: v.name_any(),
-                uid: v.metadata.uid.clone().unwrap_or_default(),
-            })
+            .map(|v| Step::DeleteVersion { name: v.name_any(), uid: v.metadata.uid.clone().unwrap_or_default() })
             .collect();
         let mut agent_status = agent.status.clone().unwrap_or_default();
         agent_status.version_count = Some((observed.versions.len() - prune.len()) as i64);
@@ -100,20 +76,13 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
             now,
         );
         steps.push(Step::PatchAgentStatus(Box::new(agent_status)));
-        let list = prune
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = prune.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
         steps.push(Step::Event(EventNote {
             on: EventTarget::Agent,
             warning: false,
             reason: events::VERSIONS_PRUNED,
             action: "Prune",
-            note: format!(
-                "Deleted version(s) {list}: revisionHistoryLimit is {}",
-                agent.spec.revision_history_limit
-            ),
+            note: format!("Deleted version(s) {list}: revisionHistoryLimit is {}", agent.spec.revision_history_limit),
         }));
         return steps;
     }
@@ -125,16 +94,6 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
     let mut desired = agent.status.clone().unwrap_or_default();
     desired.active_version = active;
     desired.version_count = Some(observed.versions.len() as i64);
-    desired.conditions = status::agent_conditions(
-        &desired.conditions,
-        agent.metadata.generation,
-        active,
-        None,
-        now,
-    );
-    if agent.status.as_ref() == Some(&desired) {
-        Vec::new()
-    } else {
-        vec![Step::PatchAgentStatus(Box::new(desired))]
-    }
+    desired.conditions = status::agent_conditions(&desired.conditions, agent.metadata.generation, active, None, now);
+    if agent.status.as_ref() == Some(&desired) { Vec::new() } else { vec![Step::PatchAgentStatus(Box::new(desired))] }
 }

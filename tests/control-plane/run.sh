@@ -2,7 +2,10 @@
 # Starts a local control plane (etcd, kube-apiserver, kube-controller-manager) on free
 # 127.0.0.1 ports, the way controller-runtime's envtest does, with no kubelet and no containers.
 #
-#   run.sh DIR                 start, then serve until SIGINT/SIGTERM or until the parent exits
+#   run.sh DIR                 start, then serve until SIGINT/SIGTERM
+#   run.sh --exit-with-parent DIR
+#                              the same, but also stop when the process that started it exits
+#                              (a test binary that ends or is killed cannot leave servers behind)
 #   run.sh DIR -- CMD ARGS...  start, run CMD with KUBECONFIG set, stop, exit with CMD's status
 #
 # DIR receives: admin.kubeconfig, pki/ (the CA that also signs client certificates, see
@@ -11,11 +14,12 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-[[ $# -ge 1 ]] || { echo "usage: $0 DIR [-- CMD ARGS...]" >&2; exit 2; }
+watch_pid=
+if [[ ${1:-} == --exit-with-parent ]]; then watch_pid=$PPID; shift; fi
+[[ $# -ge 1 ]] || { echo "usage: $0 [--exit-with-parent] DIR [-- CMD ARGS...]" >&2; exit 2; }
 D=$(mkdir -p "$1" && cd "$1" && pwd)
 shift
 [[ ${1:-} == -- ]] && shift
-watch_pid=$PPID
 
 "$CP_DIR/build.sh"
 rm -f "$D/ready"
@@ -152,8 +156,8 @@ if [[ $# -gt 0 ]]; then
   PATH="$K8S_BIN:$PATH" AGENT_OPERATOR_TEST_KUBECONFIG=$KUBECONFIG AGENT_OPERATOR_TEST_PKI=$pki "$@"
   exit $?
 fi
-# Serve until signalled, or until whoever started us is gone (a test binary that exited).
-while kill -0 "$watch_pid" 2>/dev/null; do
+# Serve until signalled, or until whoever started us is gone (with --exit-with-parent).
+while [[ -z $watch_pid ]] || kill -0 "$watch_pid" 2>/dev/null; do
   for p in "${pids[@]}"; do
     kill -0 "$p" 2>/dev/null || { log "A control-plane process exited; logs in $D/logs"; exit 1; }
   done

@@ -1,0 +1,32 @@
+//! The AgentRollback controller: a rollback that is not yet terminal runs the sync of the Agent
+//! it names, which starts, resumes or finishes it in turn with that Agent's other rollbacks.
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use tracing::{instrument, warn};
+
+use super::Context;
+use super::sync::sync_agent;
+use crate::api::AgentRollback;
+use crate::plan::phase_of;
+use crate::{Error, Result};
+
+#[instrument(skip_all, fields(namespace = rollback.namespace(), rollback = rollback.name_any()))]
+pub async fn reconcile(rollback: Arc<AgentRollback>, ctx: Arc<Context>) -> Result<Action> {
+    // Terminal phases never change again.
+    if phase_of(&rollback).is_some_and(|p| p.is_terminal()) {
+        return Ok(Action::await_change());
+    }
+    let namespace = rollback.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    sync_agent(&ctx, &namespace, &rollback.spec.agent_name).await?;
+    ctx.reset_backoff(&rollback.uid().unwrap_or_default());
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(rollback: Arc<AgentRollback>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.next_backoff(&rollback.uid().unwrap_or_default());
+    warn!(namespace = rollback.namespace(), rollback = rollback.name_any(), error = %super::error_chain(error), retry_in = ?delay, "AgentRollback sync failed");
+    Action::requeue(delay)
+}

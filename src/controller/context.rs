@@ -1,0 +1,85 @@
+//! State shared by the controllers: cheap-to-clone handles only.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::reflector::Store;
+use tokio::sync::OwnedMutexGuard;
+
+use super::events::EventSink;
+use crate::api::AgentRollback;
+
+/// How the controllers were asked to run.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Watch only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// `reportingInstance` of Events (the pod name in a cluster).
+    pub instance: Option<String>,
+}
+
+/// Namespace and name of an Agent.
+type AgentKey = (String, String);
+
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    /// Every AgentRollback, as last seen by the AgentRollback controller's watch.
+    pub rollbacks: Store<AgentRollback>,
+    pub events: EventSink,
+    locks: Mutex<HashMap<AgentKey, Arc<tokio::sync::Mutex<()>>>>,
+    backoff: Mutex<HashMap<String, u32>>,
+    ready: AtomicBool,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, rollbacks: Store<AgentRollback>) -> Self {
+        let events = EventSink::start(client.clone(), settings.instance.clone());
+        Self {
+            client,
+            settings,
+            rollbacks,
+            events,
+            locks: Mutex::default(),
+            backoff: Mutex::default(),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes the Agent's lock: one sync per Agent at a time, whichever controller asks.
+    pub async fn lock_agent(&self, namespace: &str, name: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Drop the locks nobody holds or waits for, so the map does not grow with every
+            // Agent ever seen.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry((namespace.to_string(), name.to_string())).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// The delay before retrying an object that failed `attempts` times in a row: 0.2 s
+    /// doubling up to 60 s.
+    pub fn next_backoff(&self, uid: &str) -> Duration {
+        let mut backoff = self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let attempts = backoff.entry(uid.to_string()).or_insert(0);
+        *attempts = attempts.saturating_add(1);
+        let millis = 200u64.saturating_mul(1 << (*attempts - 1).min(9));
+        Duration::from_millis(millis.min(60_000))
+    }
+
+    pub fn reset_backoff(&self, uid: &str) {
+        self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(uid);
+    }
+
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}

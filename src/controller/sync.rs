@@ -1,0 +1,43 @@
+//! The per-Agent sync loop: observe once, then decide and apply one unit at a time, folding
+//! the API server's answers in, until the planner has nothing left to do.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use tracing::debug;
+
+use super::Context;
+use super::apply::{Outcome, apply_step};
+use super::observe::observe;
+use crate::plan::sync::decide;
+use crate::{Error, Result};
+
+/// Units of work one sync may do before it yields: enough for a long queue of rollbacks, and
+/// a bound should the planner ever fail to settle.
+const MAX_UNITS: usize = 2000;
+
+pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str) -> Result<()> {
+    let _turn = ctx.lock_agent(namespace, name).await;
+    let mut observed = observe(ctx, namespace, name).await?;
+    for _ in 0..MAX_UNITS {
+        let now = Time(Timestamp::now());
+        let steps = decide(&observed, &now);
+        if steps.is_empty() {
+            return Ok(());
+        }
+        debug!(namespace, agent = name, steps = steps.len(), "Applying a unit of work");
+        for step in steps {
+            match apply_step(ctx, &observed, step).await? {
+                Outcome::Done(applied) => observed.fold(applied),
+                Outcome::Stale(Some(fresh)) => {
+                    observed.fold(fresh);
+                    break;
+                }
+                Outcome::Stale(None) => {
+                    observed = observe(ctx, namespace, name).await?;
+                    break;
+                }
+            }
+        }
+    }
+    Err(Error::NotSettled { namespace: namespace.into(), name: name.into(), steps: MAX_UNITS })
+}
