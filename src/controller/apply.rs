@@ -9,7 +9,7 @@ use serde_json::json;
 use super::Context;
 use crate::api::keys::FIELD_MANAGER;
 use crate::api::{Agent, AgentRollback, AgentVersion};
-use crate::plan::{Applied, EventTarget, Observed, Step};
+use crate::plan::{Applied, EventTarget, Observed, RelatedObject, Step};
 use crate::{Error, Result};
 
 /// What became of one step.
@@ -90,8 +90,14 @@ pub async fn apply_step(ctx: &Context, observed: &Observed, step: Step) -> Resul
                 EventTarget::Agent => observed.agent.as_ref().map(|a| a.object_ref(&())),
                 EventTarget::Rollback(name) => observed.rollback(name).map(|r| r.object_ref(&())),
             };
+            let related = note.related.as_ref().and_then(|related| match related {
+                RelatedObject::Version(name) => {
+                    observed.versions.iter().find(|v| &v.name_any() == name).map(|v| v.object_ref(&()))
+                }
+                RelatedObject::Rollback(name) => observed.rollback(name).map(|r| r.object_ref(&())),
+            });
             if let Some(reference) = reference {
-                ctx.events.send(reference, note);
+                ctx.events.send(reference, related, note);
             }
             Ok(Outcome::Done(Applied::Nothing))
         }

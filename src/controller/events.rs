@@ -13,7 +13,7 @@ use crate::plan::EventNote;
 const QUEUE: usize = 4096;
 
 enum Message {
-    Publish(Box<ObjectReference>, EventNote),
+    Publish(Box<(ObjectReference, Option<ObjectReference>)>, EventNote),
     Flush(oneshot::Sender<()>),
 }
 
@@ -30,13 +30,14 @@ impl EventSink {
         tokio::spawn(async move {
             while let Some(message) = rx.recv().await {
                 match message {
-                    Message::Publish(reference, note) => {
+                    Message::Publish(references, note) => {
+                        let (reference, related) = *references;
                         let event = Event {
                             type_: if note.warning { EventType::Warning } else { EventType::Normal },
                             reason: note.reason.into(),
                             note: Some(truncate(note.note, 1000)),
                             action: note.action.into(),
-                            secondary: None,
+                            secondary: related,
                         };
                         if let Err(error) = recorder.publish(&event, &reference).await {
                             warn!(reason = note.reason, object = ?reference.name, error = %error, "Failed to publish Event");
@@ -52,8 +53,8 @@ impl EventSink {
     }
 
     /// Queues an Event; drops it (with a warning) when the queue is full.
-    pub fn send(&self, reference: ObjectReference, note: EventNote) {
-        if let Err(error) = self.queue.try_send(Message::Publish(Box::new(reference), note)) {
+    pub fn send(&self, reference: ObjectReference, related: Option<ObjectReference>, note: EventNote) {
+        if let Err(error) = self.queue.try_send(Message::Publish(Box::new((reference, related)), note)) {
             warn!(error = %error, "Dropped an Event: queue full");
         }
     }

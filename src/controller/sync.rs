@@ -26,7 +26,10 @@ pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str) -> Result<()
         }
         debug!(namespace, agent = name, steps = steps.len(), "Applying a unit of work");
         for step in steps {
-            match apply_step(ctx, &observed, step).await? {
+            let label = step_label(&step);
+            let outcome = apply_step(ctx, &observed, step).await?;
+            debug!(namespace, agent = name, step = %label, stale = matches!(outcome, Outcome::Stale(_)), "Applied step");
+            match outcome {
                 Outcome::Done(applied) => observed.fold(applied),
                 Outcome::Stale(Some(fresh)) => {
                     observed.fold(fresh);
@@ -40,4 +43,15 @@ pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str) -> Result<()
         }
     }
     Err(Error::NotSettled { namespace: namespace.into(), name: name.into(), steps: MAX_UNITS })
+}
+
+fn step_label(step: &crate::plan::Step) -> String {
+    use crate::plan::Step;
+    match step {
+        Step::CreateVersion(v) => format!("create {}", v.spec.version),
+        Step::DeleteVersion { name, .. } => format!("delete {name}"),
+        Step::PatchAgentStatus(s) => format!("agent status active={:?}", s.active_version),
+        Step::PatchRollbackStatus { name, status, .. } => format!("rollback {name} {:?}", status.phase),
+        Step::Event(e) => format!("event {}", e.reason),
+    }
 }

@@ -152,10 +152,20 @@ pub enum Step {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventNote {
     pub on: EventTarget,
+    /// The other object the Event concerns. It also keeps Events apart: the API's Event
+    /// series would otherwise fold two publishes of one Agent into one Event.
+    pub related: Option<RelatedObject>,
     pub warning: bool,
     pub reason: &'static str,
     pub action: &'static str,
     pub note: String,
+}
+
+/// The secondary object of an Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelatedObject {
+    Version(String),
+    Rollback(String),
 }
 
 /// The object an Event is about.

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::ResourceExt;
 
 use super::hash::snapshot_hash;
-use super::{EventNote, EventTarget, Observed, Step, owner_reference, version_name};
+use super::{EventNote, EventTarget, Observed, RelatedObject, Step, owner_reference, version_name};
 use crate::api::conditions::{events, reasons};
 use crate::api::keys::{AGENT_LABEL, CHANGE_CAUSE_ANNOTATION, VERSION_LABEL};
 use crate::api::{Agent, AgentDefinition, AgentVersion, AgentVersionSpec};
@@ -48,6 +48,7 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
         Step::PatchAgentStatus(Box::new(status)),
         Step::Event(EventNote {
             on: EventTarget::Agent,
+            related: Some(RelatedObject::Version(version_name(&agent.name_any(), number))),
             warning: false,
             reason: events::VERSION_PUBLISHED,
             action: "Publish",

@@ -12,7 +12,7 @@ use kube::ResourceExt;
 
 use super::publish::{RollbackOrigin, new_version};
 use super::status::set_rollback_phase;
-use super::{EventNote, EventTarget, Observed, Step, status_of};
+use super::{EventNote, EventTarget, Observed, RelatedObject, Step, status_of};
 use crate::api::conditions::events;
 use crate::api::{Agent, AgentRollback, LastRollback, RollbackPhase, RollbackStrategy};
 
@@ -143,15 +143,15 @@ fn list(numbers: &[i64]) -> String {
     numbers.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
 }
 
-/// Sort key that puts rollbacks in creation order. Creation timestamps have one-second
-/// resolution, so ties are broken by the resourceVersion the rollback had when created: its
-/// current one while the controller has not written to it, else the one recorded in status.
-/// (Kubernetes calls resourceVersions opaque; with etcd storage they are revision numbers, and
-/// only ties within one second depend on that.)
-pub fn queue_key(rollback: &AgentRollback) -> (Option<Time>, u64, String) {
+/// Sort key that puts rollbacks in creation order: the resourceVersion a rollback had when it
+/// was created (its current one while the controller has not written to it, else the one
+/// recorded in status). Creation timestamps have one-second resolution and are taken before the
+/// write commits, so they only break ties when a revision is unreadable. (Kubernetes calls
+/// resourceVersions opaque; with etcd storage they are the store's revision numbers.)
+pub fn queue_key(rollback: &AgentRollback) -> (u64, Option<Time>, String) {
     let recorded = rollback.status.as_ref().and_then(|s| s.creation_revision.clone());
     let revision = recorded.or_else(|| rollback.resource_version()).and_then(|rv| rv.parse().ok()).unwrap_or(u64::MAX);
-    (rollback.metadata.creation_timestamp.clone(), revision, rollback.name_any())
+    (revision, rollback.metadata.creation_timestamp.clone(), rollback.name_any())
 }
 
 /// A status write on `rollback`, conditional on its current resourceVersion.
@@ -163,8 +163,15 @@ fn cas(rollback: &AgentRollback, status: crate::api::AgentRollbackStatus) -> Ste
     }
 }
 
+/// An Event on a rollback.
 fn event(on: EventTarget, warning: bool, reason: &'static str, action: &'static str, note: String) -> Step {
-    Step::Event(EventNote { on, warning, reason, action, note })
+    Step::Event(EventNote { on, related: None, warning, reason, action, note })
+}
+
+/// An Event on the Agent, naming the rollback it is about.
+fn agent_event(rollback: &str, warning: bool, reason: &'static str, note: String) -> Step {
+    let related = Some(RelatedObject::Rollback(rollback.to_string()));
+    Step::Event(EventNote { on: EventTarget::Agent, related, warning, reason, action: "Rollback", note })
 }
 
 /// The status a rollback gets on its first write: records its creation revision.
@@ -202,11 +209,10 @@ pub fn fail(
         event(EventTarget::Rollback(name.clone()), true, events::ROLLBACK_FAILED, "Rollback", failure.message.clone()),
     ];
     if agent_exists {
-        steps.push(event(
-            EventTarget::Agent,
+        steps.push(agent_event(
+            &name,
             true,
             events::ROLLBACK_FAILED,
-            "Rollback",
             format!("AgentRollback {name} failed ({}): {}", failure.reason.as_str(), failure.message),
         ));
     }
@@ -263,11 +269,10 @@ pub fn start(
                         "Rollback",
                         message.clone(),
                     ),
-                    event(
-                        EventTarget::Agent,
+                    agent_event(
+                        &head.name_any(),
                         false,
                         events::ROLLBACK_STARTED,
-                        "Rollback",
                         format!("AgentRollback {}: {message}", head.name_any()),
                     ),
                 ]
@@ -402,7 +407,7 @@ fn finish(
         Step::PatchAgentStatus(Box::new(agent_status)),
         cas(rollback, status),
         event(EventTarget::Rollback(name.clone()), false, events::ROLLBACK_SUCCEEDED, "Rollback", message.clone()),
-        event(EventTarget::Agent, false, events::ROLLED_BACK, "Rollback", format!("AgentRollback {name}: {message}")),
+        agent_event(&name, false, events::ROLLED_BACK, format!("AgentRollback {name}: {message}")),
     ]
 }
 

@@ -79,6 +79,7 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
         let list = prune.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
         steps.push(Step::Event(EventNote {
             on: EventTarget::Agent,
+            related: None,
             warning: false,
             reason: events::VERSIONS_PRUNED,
             action: "Prune",

@@ -1,0 +1,9 @@
+//! Tests against a real API server (see `tests/support`). One binary, so the 2-core build links
+//! once; each test works in its own namespace.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod control_plane;
+mod crash;
+mod rollback;

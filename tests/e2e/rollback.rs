@@ -1,0 +1,446 @@
+//! The operator, running as its own process, does what SPEC.md says: publishing, Restore,
+//! Previous, Pop, every failure reason, history pruning, apply-time refusals, ordering.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use agent_operator::api::{Agent, AgentRollback, AgentVersion, RollbackPhase};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::support::reference::{History, Request};
+use crate::support::{Operator, client, eventually, install_crds, kubectl, kubectl_as, namespace, user_kubeconfig};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+pub struct Setup {
+    pub client: Client,
+    pub ns: String,
+    pub operator: Operator,
+}
+
+pub async fn setup(prefix: &str) -> Setup {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, prefix).await;
+    let operator = Operator::start(&ns);
+    Setup { client, ns, operator }
+}
+
+impl Setup {
+    pub fn agents(&self) -> Api<Agent> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn rollbacks(&self) -> Api<AgentRollback> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Server-side applies an Agent, as kubectl or a GitOps tool would.
+    pub async fn apply_agent(&self, name: &str, spec: Value) -> Agent {
+        let body =
+            json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "Agent", "metadata": {"name": name}, "spec": spec});
+        self.agents()
+            .patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(body))
+            .await
+            .expect("agent applied")
+    }
+
+    /// Waits until the operator has handled the Agent's current generation.
+    pub async fn settled_agent(&self, name: &str) -> Agent {
+        eventually(WAIT, || async {
+            let agent = self.agents().get(name).await.ok()?;
+            let status = agent.status.as_ref()?;
+            let ready = status.conditions.iter().any(|c| {
+                c.type_ == "Ready" && c.status == "True" && c.observed_generation == agent.metadata.generation
+            });
+            (status.observed_generation == agent.metadata.generation && ready).then_some(agent)
+        })
+        .await
+    }
+
+    pub async fn create_rollback(&self, name: &str, agent: &str, strategy: &str, target: Option<i64>) -> AgentRollback {
+        let mut spec = json!({"agentName": agent, "strategy": strategy});
+        if let Some(t) = target {
+            spec["targetVersion"] = json!(t);
+        }
+        let body: AgentRollback =
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).expect("rollback");
+        self.rollbacks().create(&PostParams::default(), &body).await.expect("rollback created")
+    }
+
+    pub async fn terminal(&self, name: &str) -> AgentRollback {
+        eventually(WAIT, || async {
+            let rb = self.rollbacks().get(name).await.ok()?;
+            rb.status.as_ref()?.phase.filter(|p| p.is_terminal())?;
+            Some(rb)
+        })
+        .await
+    }
+
+    /// The Agent's versions: number → instructions.
+    pub async fn history(&self, agent: &str) -> BTreeMap<i64, String> {
+        self.versions(agent)
+            .await
+            .into_iter()
+            .map(|v| (v.spec.version, v.spec.snapshot.instructions.unwrap_or_default()))
+            .collect()
+    }
+
+    pub async fn versions(&self, agent: &str) -> Vec<AgentVersion> {
+        let api: Api<AgentVersion> = Api::namespaced(self.client.clone(), &self.ns);
+        let mut items = api
+            .list(&ListParams::default().labels(&format!("agentops.dev/agent={agent}")))
+            .await
+            .expect("versions")
+            .items;
+        items.sort_by_key(|v| v.spec.version);
+        items
+    }
+
+    /// Waits until the object has at least `count` Events with `reason` (Events are published
+    /// in the background), and returns all its Events.
+    pub async fn wait_events(&self, name: &str, reason: &str, count: usize) -> Vec<(String, String)> {
+        eventually(WAIT, || async {
+            let events = self.events_for(name).await;
+            (events.iter().filter(|(r, _)| r == reason).count() >= count).then_some(events)
+        })
+        .await
+    }
+
+    pub async fn events_for(&self, name: &str) -> Vec<(String, String)> {
+        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let list = api.list(&ListParams::default()).await.expect("events");
+        list.items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Sets up an Agent with versions 1..=n, whose instructions are "i1".."in".
+    pub async fn agent_with_versions(&self, name: &str, n: i64, limit: i64) -> Agent {
+        for i in 1..=n {
+            self.apply_agent(name, json!({"instructions": format!("i{i}"), "revisionHistoryLimit": limit})).await;
+            self.settled_agent(name).await;
+        }
+        self.settled_agent(name).await
+    }
+}
+
+fn phase(rb: &AgentRollback) -> Option<RollbackPhase> {
+    rb.status.as_ref().and_then(|s| s.phase)
+}
+
+fn condition(rb: &AgentRollback, type_: &str) -> Option<(String, String)> {
+    rb.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test]
+async fn each_changed_generation_publishes_one_version_and_nothing_else_does() {
+    let s = setup("e2e-publish").await;
+    let agent = s
+        .apply_agent(
+            "support",
+            json!({"instructions": "one", "steps": [{"name": "greet", "custom": {"kept": true}}], "temperature": 1}),
+        )
+        .await;
+    let agent = s.settled_agent(&agent.name_any()).await;
+    assert_eq!(agent.status.as_ref().and_then(|st| st.active_version), Some(1));
+
+    // Unknown fields inside steps are kept, in the Agent and in the snapshot.
+    let v1 = &s.versions("support").await[0];
+    assert_eq!(v1.name_any(), "support-v1");
+    assert_eq!(v1.spec.snapshot.steps.as_ref().unwrap()[0]["custom"], json!({"kept": true}));
+    assert_eq!(v1.labels().get("agentops.dev/version").map(String::as_str), Some("1"));
+    assert_eq!(v1.owner_references()[0].uid, agent.uid().unwrap());
+
+    // An edit with a change-cause annotation publishes version 2.
+    s.agents()
+        .patch("support", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"agentops.dev/change-cause": "warmer"}}, "spec": {"temperature": 1.5}})))
+        .await
+        .unwrap();
+    s.settled_agent("support").await;
+    let versions = s.versions("support").await;
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[1].spec.change_cause.as_deref(), Some("warmer"));
+    assert_eq!(versions[1].spec.snapshot.temperature, Some(1.5));
+
+    // Only the history limit changes: a new generation, no new version.
+    let before = s.agents().get("support").await.unwrap().metadata.generation;
+    s.agents()
+        .patch("support", &PatchParams::default(), &Patch::Merge(json!({"spec": {"revisionHistoryLimit": 5}})))
+        .await
+        .unwrap();
+    let agent = s.settled_agent("support").await;
+    assert!(agent.metadata.generation > before);
+    assert_eq!(s.versions("support").await.len(), 2);
+
+    // `kubectl wait` reads the Agent's Ready condition.
+    let out = kubectl(&["-n", &s.ns, "wait", "--for=condition=Ready", "agent/support", "--timeout=30s"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events = s.wait_events("support", "VersionPublished", 2).await;
+    let published: Vec<&str> =
+        events.iter().filter(|(r, _)| r == "VersionPublished").map(|(_, n)| n.as_str()).collect();
+    assert_eq!(published.len(), 2, "{events:?}");
+    assert!(published.contains(&"Published version 2 from generation 2"), "{events:?}");
+}
+
+#[tokio::test]
+async fn restore_publishes_a_copy_as_a_new_version_and_leaves_the_spec_alone() {
+    let s = setup("e2e-restore").await;
+    let agent = s.agent_with_versions("support", 3, 10).await;
+    let spec_before = agent.spec.clone();
+
+    let manifest = format!(
+        "apiVersion: agentops.dev/v1alpha1\nkind: AgentRollback\nmetadata:\n  name: back-to-1\n  namespace: {}\nspec:\n  agentName: support\n  strategy: Restore\n  targetVersion: 1\n  reason: v3 answers badly\n",
+        s.ns
+    );
+    let out = kubectl(&["apply", "-f", "-"], Some(&manifest));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        kubectl(&["-n", &s.ns, "wait", "--for=condition=Ready", "agentrollback/back-to-1", "--timeout=60s"], None);
+    assert!(out.status.success(), "kubectl wait: {}", String::from_utf8_lossy(&out.stderr));
+
+    let rb = s.terminal("back-to-1").await;
+    let status = rb.status.clone().unwrap();
+    assert_eq!(status.phase, Some(RollbackPhase::Succeeded));
+    assert_eq!(status.message.as_deref(), Some("Agent rolled back to version 1. New version 4 is now active."));
+    assert_eq!(
+        (status.from_version, status.restored_version, status.new_version, status.active_version),
+        (Some(3), Some(1), Some(4), Some(4))
+    );
+    assert!(status.start_time.is_some() && status.completion_time.is_some());
+    assert_eq!(condition(&rb, "Stalled").map(|c| c.0), Some("False".into()));
+
+    let versions = s.versions("support").await;
+    let v4 = versions.iter().find(|v| v.spec.version == 4).expect("version 4");
+    assert_eq!(v4.spec.snapshot, versions[0].spec.snapshot);
+    assert_eq!(v4.spec.snapshot_hash, versions[0].spec.snapshot_hash);
+    assert_eq!((v4.spec.rollback_from_version, v4.spec.rollback_name.as_deref()), (Some(1), Some("back-to-1")));
+    assert_eq!(v4.spec.change_cause.as_deref(), Some("v3 answers badly"));
+
+    let agent = s.settled_agent("support").await;
+    assert_eq!(agent.spec, spec_before, "a rollback never rewrites the Agent's spec");
+    let st = agent.status.unwrap();
+    assert_eq!((st.active_version, st.version_count), (Some(4), Some(4)));
+    assert_eq!(st.last_rollback.map(|l| l.name), Some("back-to-1".into()));
+
+    // Re-applying the finished rollback's manifest changes nothing.
+    let out = kubectl(&["apply", "-f", "-"], Some(&manifest));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unchanged"), "{}", String::from_utf8_lossy(&out.stdout));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.rollbacks().get("back-to-1").await.unwrap().status, rb.status);
+    assert_eq!(s.versions("support").await.len(), 4);
+
+    let rb_events: Vec<String> = s.events_for("back-to-1").await.into_iter().map(|e| e.0).collect();
+    assert!(
+        rb_events.contains(&"RollbackStarted".into()) && rb_events.contains(&"RollbackSucceeded".into()),
+        "{rb_events:?}"
+    );
+    let agent_events: Vec<String> = s.events_for("support").await.into_iter().map(|e| e.0).collect();
+    assert!(agent_events.contains(&"RolledBack".into()), "{agent_events:?}");
+
+    // A later edit of the spec publishes as usual.
+    s.apply_agent("support", json!({"instructions": "i5", "revisionHistoryLimit": 10})).await;
+    s.settled_agent("support").await;
+    assert_eq!(s.history("support").await.get(&5).map(String::as_str), Some("i5"));
+}
+
+#[tokio::test]
+async fn previous_flips_between_two_states_and_pop_deletes_the_latest() {
+    let s = setup("e2e-prev-pop").await;
+    s.agent_with_versions("support", 2, 10).await;
+    s.create_rollback("prev-1", "support", "Previous", None).await;
+    assert_eq!(phase(&s.terminal("prev-1").await), Some(RollbackPhase::Succeeded));
+    s.create_rollback("prev-2", "support", "Previous", None).await;
+    assert_eq!(phase(&s.terminal("prev-2").await), Some(RollbackPhase::Succeeded));
+    let history: Vec<String> = s.history("support").await.into_values().collect();
+    assert_eq!(history, ["i1", "i2", "i1", "i2"]);
+
+    s.create_rollback("pop-1", "support", "Pop", None).await;
+    let rb = s.terminal("pop-1").await;
+    let st = rb.status.unwrap();
+    assert_eq!(st.phase, Some(RollbackPhase::Succeeded));
+    assert_eq!((st.from_version, st.popped_version, st.active_version), (Some(4), Some(4), Some(3)));
+    assert_eq!(st.popped_snapshot.and_then(|d| d.instructions).as_deref(), Some("i2"));
+    assert_eq!(st.message.as_deref(), Some("Version 4 was deleted. Version 3 is now active."));
+    assert_eq!(s.history("support").await.into_keys().collect::<Vec<_>>(), [1, 2, 3]);
+    let agent = s.settled_agent("support").await;
+    assert_eq!(agent.status.and_then(|st| st.active_version), Some(3));
+}
+
+#[tokio::test]
+async fn every_failure_reason_fails_the_rollback_and_changes_nothing() {
+    let s = setup("e2e-failures").await;
+    s.agent_with_versions("two", 2, 10).await;
+    s.agent_with_versions("one", 1, 10).await;
+    let cases: [(&str, &str, &str, Option<i64>, Option<i64>, &str); 6] = [
+        ("f-agent", "ghost", "Previous", None, None, "AgentNotFound"),
+        ("f-version", "two", "Restore", Some(7), None, "VersionNotFound"),
+        ("f-active", "two", "Restore", Some(2), None, "AlreadyActive"),
+        ("f-previous", "one", "Previous", None, None, "NoPreviousVersion"),
+        ("f-pop", "one", "Pop", None, None, "AtFirstVersion"),
+        ("f-expected", "two", "Restore", Some(1), Some(1), "ActiveVersionChanged"),
+    ];
+    for (name, agent, strategy, target, expected, reason) in cases {
+        let before = s.history(agent).await;
+        let mut spec = json!({"agentName": agent, "strategy": strategy});
+        if let Some(t) = target {
+            spec["targetVersion"] = json!(t);
+        }
+        if let Some(e) = expected {
+            spec["expectedActiveVersion"] = json!(e);
+        }
+        let body: AgentRollback = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+        s.rollbacks().create(&PostParams::default(), &body).await.unwrap();
+        let rb = s.terminal(name).await;
+        let st = rb.status.clone().unwrap();
+        assert_eq!(st.phase, Some(RollbackPhase::Failed), "{name}");
+        assert_eq!(st.reason.as_deref(), Some(reason), "{name}");
+        assert!(st.message.as_deref().is_some_and(|m| !m.is_empty()), "{name}");
+        assert_eq!(condition(&rb, "Stalled"), Some(("True".into(), reason.into())), "{name}");
+        assert_eq!(condition(&rb, "Ready").map(|c| c.0), Some("False".into()), "{name}");
+        assert_eq!(s.history(agent).await, before, "{name} changed nothing");
+        s.wait_events(name, "RollbackFailed", 1).await;
+    }
+    let out = kubectl(&["-n", &s.ns, "get", "agrb", "f-active", "-o", "jsonpath={.status.message}"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Cannot roll back to the current active version (2).");
+}
+
+#[tokio::test]
+async fn history_beyond_the_limit_is_pruned_oldest_first() {
+    let s = setup("e2e-prune").await;
+    s.agent_with_versions("support", 5, 3).await;
+    assert_eq!(s.history("support").await.into_keys().collect::<Vec<_>>(), [3, 4, 5]);
+    s.create_rollback("to-3", "support", "Restore", Some(3)).await;
+    assert_eq!(phase(&s.terminal("to-3").await), Some(RollbackPhase::Succeeded));
+    assert_eq!(s.history("support").await.into_keys().collect::<Vec<_>>(), [4, 5, 6]);
+    // A pruned version cannot be restored.
+    s.create_rollback("to-1", "support", "Restore", Some(1)).await;
+    assert_eq!(s.terminal("to-1").await.status.unwrap().reason.as_deref(), Some("VersionNotFound"));
+    let agent = s.settled_agent("support").await;
+    assert_eq!(agent.status.and_then(|st| st.version_count), Some(3));
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_at_apply_time_with_a_message_naming_the_rule() {
+    let s = setup("e2e-refuse").await;
+    s.agent_with_versions("support", 1, 10).await;
+    let ns = s.ns.as_str();
+    let rollback = |name: &str, spec: &str| {
+        format!(
+            "{{\"apiVersion\":\"agentops.dev/v1alpha1\",\"kind\":\"AgentRollback\",\"metadata\":{{\"name\":\"{name}\",\"namespace\":\"{ns}\"}},\"spec\":{spec}}}"
+        )
+    };
+    let agent = |name: &str, spec: &str| {
+        format!(
+            "{{\"apiVersion\":\"agentops.dev/v1alpha1\",\"kind\":\"Agent\",\"metadata\":{{\"name\":\"{name}\",\"namespace\":\"{ns}\"}},\"spec\":{spec}}}"
+        )
+    };
+    let cases = [
+        (
+            rollback("r1", r#"{"agentName":"support","strategy":"Restore"}"#),
+            "spec.targetVersion",
+            "targetVersion is required when strategy is Restore",
+        ),
+        (
+            rollback("r2", r#"{"agentName":"support","strategy":"Pop","targetVersion":1}"#),
+            "spec.targetVersion",
+            "targetVersion is only allowed when strategy is Restore",
+        ),
+        (
+            rollback("r3", r#"{"agentName":"support","strategy":"Restore","targetVersion":-2}"#),
+            "spec.targetVersion",
+            "greater than or equal to 1",
+        ),
+        (rollback("r4", r#"{"agentName":"support","strategy":"Undo"}"#), "spec.strategy", "supported values"),
+        (rollback("r5", r#"{"strategy":"Pop"}"#), "spec.agentName", "Required value"),
+        (agent("hot", r#"{"temperature":7}"#), "spec.temperature", "less than or equal to 2"),
+        (agent("short", r#"{"revisionHistoryLimit":0}"#), "spec.revisionHistoryLimit", "greater than or equal to 1"),
+        (agent("vis", r#"{"visibility":"everyone"}"#), "spec.visibility", "supported values"),
+    ];
+    for (manifest, field, message) in cases {
+        let out = kubectl(&["apply", "-f", "-"], Some(&manifest));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{manifest} was accepted");
+        assert!(stderr.contains(field) && stderr.contains(message), "{manifest}: {stderr}");
+    }
+
+    // A finished rollback and a version cannot be edited.
+    s.create_rollback("done", "support", "Pop", None).await;
+    s.terminal("done").await;
+    let out = kubectl(
+        &["-n", ns, "patch", "agrb", "done", "--type=merge", "-p", r#"{"spec":{"reason":"rewrite history"}}"#],
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("AgentRollback spec is immutable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl(
+        &["-n", ns, "patch", "agv", "support-v1", "--type=merge", "-p", r#"{"spec":{"changeCause":"edited"}}"#],
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("AgentVersion spec is immutable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_user_without_create_on_agentrollbacks_gets_403() {
+    let s = setup("e2e-forbidden").await;
+    let bob = user_kubeconfig("bob", &["test-users"]);
+    let manifest = format!(
+        "{{\"apiVersion\":\"agentops.dev/v1alpha1\",\"kind\":\"AgentRollback\",\"metadata\":{{\"name\":\"nope\",\"namespace\":\"{}\"}},\"spec\":{{\"agentName\":\"a\",\"strategy\":\"Pop\"}}}}",
+        s.ns
+    );
+    let out = kubectl_as(&bob, &["create", "-f", "-"], Some(&manifest));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Forbidden") && stderr.contains("agentrollbacks"), "{stderr}");
+}
+
+#[tokio::test]
+async fn fifty_rollbacks_created_at_once_end_as_if_applied_one_by_one_in_creation_order() {
+    let s = setup("e2e-fifty").await;
+    s.agent_with_versions("support", 3, 1000).await;
+    let strategies = ["Restore", "Previous", "Pop", "Restore", "Previous"];
+    let requests: Vec<Request> = (0..50)
+        .map(|i| {
+            let strategy = strategies[i % strategies.len()];
+            Request { strategy, target: (strategy == "Restore").then_some((i as i64 * 7) % 9 + 1) }
+        })
+        .collect();
+    let created = futures::future::join_all(requests.iter().enumerate().map(|(i, r)| {
+        let s = &s;
+        async move { (s.create_rollback(&format!("rb-{i:02}"), "support", r.strategy, r.target).await, r.clone()) }
+    }))
+    .await;
+
+    // Creation order is the order the API server stored them in.
+    let mut ordered: Vec<(u64, String, Request)> = created
+        .into_iter()
+        .map(|(rb, r)| (rb.resource_version().unwrap().parse().unwrap(), rb.name_any(), r))
+        .collect();
+    ordered.sort_by_key(|(rv, _, _)| *rv);
+    let mut expected = History((1..=3).map(|i| (i, format!("i{i}"))).collect());
+    for (_, name, request) in &ordered {
+        let want = expected.apply(request);
+        let rb = s.terminal(name).await;
+        let st = rb.status.unwrap();
+        match want {
+            Ok(active) => assert_eq!(
+                (st.phase, st.active_version),
+                (Some(RollbackPhase::Succeeded), Some(active)),
+                "{name} {request:?}: {:?}",
+                st.message
+            ),
+            Err(reason) => assert_eq!(st.reason.as_deref(), Some(reason), "{name} {request:?}: {:?}", st.message),
+        }
+    }
+    assert_eq!(s.history("support").await, expected.0);
+}

@@ -1,0 +1,229 @@
+//! Test fixture: one real control plane per test binary, a client, a namespace per test, the
+//! CRDs, and the operator as a separate process.
+//!
+//! The control plane is the one named by `AGENT_OPERATOR_TEST_KUBECONFIG` (what
+//! `scripts/test.sh` starts), or else one this fixture starts with
+//! `tests/control-plane/run.sh --exit-with-parent`, which stops when the test binary exits.
+
+#![allow(dead_code)] // Each test module uses a different part of the fixture.
+
+pub mod reference;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+pub struct ControlPlane {
+    pub kubeconfig: PathBuf,
+    pub pki: PathBuf,
+    pub bin: PathBuf,
+}
+
+static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read_env_file(path: &Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| l.strip_prefix(&format!("export {key}=")).map(str::to_string))
+}
+
+/// The control plane for this test binary, started on first use.
+pub fn control_plane() -> &'static ControlPlane {
+    CONTROL_PLANE.get_or_init(|| {
+        if let Ok(kubeconfig) = std::env::var("AGENT_OPERATOR_TEST_KUBECONFIG") {
+            let kubeconfig = PathBuf::from(kubeconfig);
+            let dir = kubeconfig.parent().expect("kubeconfig has a directory").to_path_buf();
+            let pki = std::env::var("AGENT_OPERATOR_TEST_PKI").map(PathBuf::from).unwrap_or(dir.join("pki"));
+            let bin = read_env_file(&dir.join("env"), "K8S_BIN").map(PathBuf::from).expect("env file names K8S_BIN");
+            return ControlPlane { kubeconfig, pki, bin };
+        }
+        let dir = std::env::temp_dir().join(format!("agent-operator-test-{}", std::process::id()));
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("agent-operator-test-{}.log", std::process::id())))
+                .expect("log file");
+        Command::new("bash")
+            .arg(repo().join("tests/control-plane/run.sh"))
+            .arg("--exit-with-parent")
+            .arg(&dir)
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("control plane starts");
+        // The first run may build the binaries (minutes); later ones start in seconds.
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        while !dir.join("ready").exists() {
+            assert!(Instant::now() < deadline, "control plane not ready; see {}", dir.display());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let bin = read_env_file(&dir.join("env"), "K8S_BIN").map(PathBuf::from).expect("env file names K8S_BIN");
+        ControlPlane { kubeconfig: dir.join("admin.kubeconfig"), pki: dir.join("pki"), bin }
+    })
+}
+
+/// An admin client for the test control plane (never the user's current context).
+pub async fn client() -> Client {
+    client_for(&control_plane().kubeconfig).await
+}
+
+pub async fn client_for(kubeconfig: &Path) -> Client {
+    let config = Kubeconfig::read_from(kubeconfig).expect("kubeconfig readable");
+    let config = Config::from_custom_kubeconfig(config, &KubeConfigOptions::default()).await.expect("kubeconfig valid");
+    Client::try_from(config).expect("client")
+}
+
+/// A fresh namespace named after the test.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let name = format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let ns = Namespace {
+        metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace created");
+    name
+}
+
+/// Installs (server-side apply) the operator's CRDs and waits until they are Established.
+pub async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, crd) in agent_operator::crds::all() {
+        let name = crd.metadata.name.clone().expect("CRD name");
+        api.patch(&name, &PatchParams::apply("agent-operator-tests").force(), &Patch::Apply(&crd))
+            .await
+            .expect("CRD applied");
+        wait_crd_established(&api, &name).await;
+    }
+}
+
+pub async fn wait_crd_established(api: &Api<CustomResourceDefinition>, name: &str) {
+    eventually(Duration::from_secs(30), || async {
+        let crd = api.get(name).await.ok()?;
+        let conditions = crd.status?.conditions?;
+        conditions.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+    })
+    .await;
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the control plane's kubectl with the admin kubeconfig (or `kubeconfig`).
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    kubectl_as(&control_plane().kubeconfig, args, stdin)
+}
+
+pub fn kubectl_as(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(control_plane().bin.join("kubectl"))
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("stdin written");
+    }
+    drop(input);
+    child.wait_with_output().expect("kubectl finishes")
+}
+
+/// A kubeconfig for a non-admin user: a client certificate signed by the control plane's CA.
+pub fn user_kubeconfig(user: &str, groups: &[&str]) -> PathBuf {
+    let cp = control_plane();
+    let mut subject = format!("/CN={user}");
+    for g in groups {
+        subject.push_str(&format!("/O={g}"));
+    }
+    let status = Command::new("bash")
+        .arg(repo().join("tests/control-plane/user-cert.sh"))
+        .arg(&cp.pki)
+        .arg(user)
+        .arg(&subject)
+        .status()
+        .expect("user-cert.sh runs");
+    assert!(status.success(), "user certificate issued");
+    let admin = std::fs::read_to_string(&cp.kubeconfig).expect("admin kubeconfig");
+    let text = admin.replace(&format!("{}/admin.", cp.pki.display()), &format!("{}/{user}.", cp.pki.display()));
+    let text =
+        text.replace("- name: admin", &format!("- name: {user}")).replace("user: admin", &format!("user: {user}"));
+    let path = cp.pki.join(format!("{user}.kubeconfig"));
+    std::fs::write(&path, text).expect("user kubeconfig written");
+    path
+}
+
+/// The operator, running as its own process (as a user would run it).
+pub struct Operator {
+    child: Child,
+}
+
+impl Operator {
+    /// Starts `agent-operator run` watching `namespace`, authenticated by `kubeconfig`.
+    pub fn start(namespace: &str) -> Self {
+        Self::start_as(&control_plane().kubeconfig, namespace)
+    }
+
+    pub fn start_as(kubeconfig: &Path, namespace: &str) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join(format!("agent-operator-{namespace}.log")))
+            .expect("operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_agent-operator"))
+            .args(["run", "--namespace", namespace])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .env("RUST_LOG", "info,agent_operator=debug")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("operator starts");
+        Self { child }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
