@@ -29,3 +29,29 @@ pub fn all_yaml() -> Result<String, serde_saphyr::ser::Error> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed YAML is what the types generate; on a mismatch, regenerate.
+    #[test]
+    fn committed_crds_match_the_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        for (file, crd) in all() {
+            let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            let generated = to_yaml(&crd).expect("CRD serializes");
+            assert!(committed == generated, "crds/{file} is out of date: run scripts/generate.sh and commit the result");
+        }
+    }
+
+    #[test]
+    fn every_crd_has_status_printer_columns_and_the_agentops_category() {
+        for (file, crd) in all() {
+            let version = &crd.spec.versions[0];
+            assert!(version.additional_printer_columns.as_ref().is_some_and(|c| c.len() >= 4), "{file}");
+            assert_eq!(crd.spec.names.categories.as_deref(), Some(&["agentops".to_string()][..]), "{file}");
+            assert!(crd.spec.names.short_names.as_ref().is_some_and(|s| !s.is_empty()), "{file}");
+        }
+    }
+}

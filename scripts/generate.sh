@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Regenerates the CRD YAML from the Rust types (the types are the source of truth).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo run --quiet --locked -- crds --write-dir crds
