@@ -41,7 +41,10 @@ mod tests {
         for (file, crd) in all() {
             let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
             let generated = to_yaml(&crd).expect("CRD serializes");
-            assert!(committed == generated, "crds/{file} is out of date: run scripts/generate.sh and commit the result");
+            assert!(
+                committed == generated,
+                "crds/{file} is out of date: run scripts/generate.sh and commit the result"
+            );
         }
     }
 

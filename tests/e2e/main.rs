@@ -1,6 +1,9 @@
 //! Tests against a real API server (see `tests/support`). One binary, so the 2-core build links
 //! once; each test works in its own namespace.
 
+// Tests fail by panicking; unwrap says so most briefly.
+#![allow(clippy::unwrap_used)]
+
 #[path = "../support/mod.rs"]
 mod support;
 
