@@ -276,7 +276,9 @@ async fn every_failure_reason_fails_the_rollback_and_changes_nothing() {
     let s = setup("e2e-failures").await;
     s.agent_with_versions("two", 2, 10).await;
     s.agent_with_versions("one", 1, 10).await;
-    let cases: [(&str, &str, &str, Option<i64>, Option<i64>, &str); 6] = [
+    // Rollback name, Agent, strategy, targetVersion, expectedActiveVersion, expected reason.
+    type Case = (&'static str, &'static str, &'static str, Option<i64>, Option<i64>, &'static str);
+    let cases: [Case; 6] = [
         ("f-agent", "ghost", "Previous", None, None, "AgentNotFound"),
         ("f-version", "two", "Restore", Some(7), None, "VersionNotFound"),
         ("f-active", "two", "Restore", Some(2), None, "AlreadyActive"),

@@ -52,6 +52,9 @@ pub fn control_plane() -> &'static ControlPlane {
         let log =
             std::fs::File::create(std::env::temp_dir().join(format!("agent-operator-test-{}.log", std::process::id())))
                 .expect("log file");
+        // Not waited for: run.sh --exit-with-parent stops the control plane when this test
+        // binary exits, which no destructor of a static could do.
+        #[allow(clippy::zombie_processes)]
         Command::new("bash")
             .arg(repo().join("tests/control-plane/run.sh"))
             .arg("--exit-with-parent")
