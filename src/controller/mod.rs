@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::future::Shared;
-use kube::runtime::controller::Controller;
+use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -96,13 +96,16 @@ where
     Ok(())
 }
 
-fn log_controller_error<E: std::error::Error + 'static>(kind: &str, error: &E) {
-    // A trigger for an object that no longer exists is normal (a rollback naming a deleted Agent).
-    let text = error.to_string();
-    if text.contains("object not found") || text.contains("ObjectNotFound") {
-        debug!(kind, error = %text, "Skipped a reconcile of a deleted object");
-    } else {
-        warn!(kind, error = %error_chain(error), "Reconcile failed");
+fn log_controller_error(kind: &str, error: &controller::Error<crate::Error, watcher::Error>) {
+    match error {
+        // A trigger for an object that no longer exists is normal (a rollback naming a deleted
+        // Agent); a failed reconcile was already logged by the error policy.
+        controller::Error::ObjectNotFound(_) | controller::Error::ReconcilerFailed(..) => {
+            debug!(kind, error = %error_chain(error), "Reconcile skipped or failed")
+        }
+        controller::Error::QueueError(_) | controller::Error::RunnerError(_) => {
+            warn!(kind, error = %error_chain(error), "Controller stream failed")
+        }
     }
 }
 
