@@ -85,6 +85,18 @@ pub async fn apply_step(ctx: &Context, observed: &Observed, step: Step) -> Resul
                 Err(source) => Err(Error::PatchRollbackStatus { namespace: ns.into(), name, source }),
             }
         }
+        Step::ReadRollback { name } => {
+            let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
+            let fresh = api.get_opt(&name).await.map_err(|source| Error::GetRollback {
+                namespace: ns.into(),
+                name: name.clone(),
+                source,
+            })?;
+            Ok(Outcome::Done(match fresh {
+                Some(rollback) => Applied::Rollback(Box::new(rollback)),
+                None => Applied::RollbackDeleted(name),
+            }))
+        }
         Step::Event(note) => {
             let reference = match &note.on {
                 EventTarget::Agent => observed.agent.as_ref().map(|a| a.object_ref(&())),

@@ -52,6 +52,7 @@ fn step_label(step: &crate::plan::Step) -> String {
         Step::DeleteVersion { name, .. } => format!("delete {name}"),
         Step::PatchAgentStatus(s) => format!("agent status active={:?}", s.active_version),
         Step::PatchRollbackStatus { name, status, .. } => format!("rollback {name} {:?}", status.phase),
+        Step::ReadRollback { name } => format!("read rollback {name}"),
         Step::Event(e) => format!("event {}", e.reason),
     }
 }

@@ -18,6 +18,8 @@ pub mod sync;
 #[cfg(test)]
 mod sim;
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
@@ -39,6 +41,9 @@ pub struct Observed {
     pub foreign_versions: Vec<AgentVersion>,
     /// Every rollback that names this Agent, in any phase.
     pub rollbacks: Vec<AgentRollback>,
+    /// Rollbacks read or written on the API server during this sync, as opposed to taken from
+    /// the watch cache, which may lag. Only these are resumed.
+    pub confirmed: BTreeSet<String>,
 }
 
 impl Observed {
@@ -55,7 +60,7 @@ impl Observed {
             versions.into_iter().partition(|v| uid.is_some() && owner_uid(v) == uid.as_deref());
         versions.sort_by_key(|v| v.spec.version);
         let foreign_versions = if agent.is_some() { foreign_versions } else { Vec::new() };
-        Self { namespace, agent_name, agent, versions, foreign_versions, rollbacks }
+        Self { namespace, agent_name, agent, versions, foreign_versions, rollbacks, confirmed: BTreeSet::new() }
     }
 
     /// The newest existing version, which is always the active one.
@@ -109,6 +114,7 @@ impl Observed {
             }
             Applied::Agent(agent) => self.agent = Some(*agent),
             Applied::Rollback(updated) => {
+                self.confirmed.insert(updated.name_any());
                 match self.rollbacks.iter_mut().find(|r| r.name_any() == updated.name_any()) {
                     Some(slot) => *slot = *updated,
                     None => self.rollbacks.push(*updated),
@@ -144,6 +150,9 @@ pub enum Step {
     /// Replace a rollback's status, on condition that the rollback is still at
     /// `resource_version`: this compare-and-swap is what makes each rollback run exactly once.
     PatchRollbackStatus { name: String, resource_version: Option<String>, status: Box<AgentRollbackStatus> },
+    /// Read a rollback from the API server: its cached copy is about to be resumed, and a
+    /// stale copy (a Running state long since finished) must not make a version again.
+    ReadRollback { name: String },
     /// Record an Event.
     Event(EventNote),
 }

@@ -23,6 +23,9 @@ use crate::api::{
 enum Refused {
     AlreadyExists,
     Conflict,
+    /// A rollback status write lost its compare-and-swap; carries the fresh rollback, which
+    /// the controller reads back and folds in.
+    StaleRollback(Box<AgentRollback>),
 }
 
 /// One Agent's corner of an API server.
@@ -31,6 +34,8 @@ pub struct Cluster {
     pub versions: Vec<AgentVersion>,
     pub rollbacks: Vec<AgentRollback>,
     pub events: Vec<EventNote>,
+    /// Every state the rollbacks went through: a watch cache may serve any recent one.
+    rollback_history: Vec<Vec<AgentRollback>>,
     revision: u64,
     uids: u64,
     clock: i64,
@@ -51,6 +56,7 @@ impl Cluster {
             versions: Vec::new(),
             rollbacks: Vec::new(),
             events: Vec::new(),
+            rollback_history: Vec::new(),
             revision: 100,
             uids: 0,
             clock: 1_700_000_000,
@@ -120,10 +126,21 @@ impl Cluster {
             },
             status: None,
         });
+        self.rollback_history.push(self.rollbacks.clone());
     }
 
     pub fn observe(&self) -> Observed {
         Observed::new("ns".into(), "a".into(), self.agent.clone(), self.versions.clone(), self.rollbacks.clone())
+    }
+
+    /// What the controller reads after a restart: the Agent and versions live, the rollbacks
+    /// from a watch cache that may be `lag` changes behind.
+    fn observe_lagging(&self, lag: usize) -> Observed {
+        let rollbacks = match self.rollback_history.len().checked_sub(1 + lag) {
+            Some(i) => self.rollback_history[i].clone(),
+            None => self.rollbacks.clone(),
+        };
+        Observed::new("ns".into(), "a".into(), self.agent.clone(), self.versions.clone(), rollbacks)
     }
 
     fn apply(&mut self, step: &Step) -> Result<Applied, Refused> {
@@ -161,12 +178,18 @@ impl Cluster {
                 let rv = self.bump();
                 let rollback = self.rollbacks.iter_mut().find(|r| &r.name_any() == name).expect("rollback exists");
                 if resource_version.is_some() && resource_version != &rollback.metadata.resource_version {
-                    return Err(Refused::Conflict);
+                    return Err(Refused::StaleRollback(Box::new(rollback.clone())));
                 }
                 rollback.status = Some((**status).clone());
                 rollback.metadata.resource_version = rv;
-                Ok(Applied::Rollback(Box::new(rollback.clone())))
+                let updated = rollback.clone();
+                self.rollback_history.push(self.rollbacks.clone());
+                Ok(Applied::Rollback(Box::new(updated)))
             }
+            Step::ReadRollback { name } => Ok(match self.rollbacks.iter().find(|r| &r.name_any() == name) {
+                Some(rollback) => Applied::Rollback(Box::new(rollback.clone())),
+                None => Applied::RollbackDeleted(name.clone()),
+            }),
             Step::Event(note) => {
                 self.events.push(note.clone());
                 Ok(Applied::Nothing)
@@ -175,24 +198,40 @@ impl Cluster {
     }
 
     /// Runs the controller loop until it has nothing to do. `crash` is asked before each step
-    /// whether the controller dies there (then it restarts and observes afresh).
+    /// whether the controller dies there; it then restarts and observes with a rollback cache
+    /// up to `lag()` changes stale.
     pub fn converge(&mut self, crash: &mut dyn FnMut() -> bool) {
-        let mut observed = self.observe();
+        self.converge_lagging(crash, &mut || 0);
+    }
+
+    pub fn converge_lagging(&mut self, crash: &mut dyn FnMut() -> bool, lag: &mut dyn FnMut() -> usize) {
+        let mut observed = self.observe_lagging(lag());
         for _ in 0..10_000 {
             self.clock += 1;
             let steps = decide(&observed, &time(self.clock));
             if steps.is_empty() {
-                return;
+                // Done only if the cache was current: a rollback it did not show yet triggers a
+                // sync of its own once the watch delivers it.
+                let fresh = self.observe();
+                if decide(&fresh, &time(self.clock)).is_empty() {
+                    return;
+                }
+                observed = fresh;
+                continue;
             }
             for step in &steps {
                 if crash() {
-                    observed = self.observe();
+                    observed = self.observe_lagging(lag());
                     break;
                 }
                 match self.apply(step) {
                     Ok(applied) => observed.fold(applied),
-                    Err(_) => {
-                        observed = self.observe();
+                    Err(Refused::StaleRollback(fresh)) => {
+                        observed.fold(Applied::Rollback(fresh));
+                        break;
+                    }
+                    Err(Refused::AlreadyExists | Refused::Conflict) => {
+                        observed = self.observe_lagging(lag());
                         break;
                     }
                 }
@@ -395,12 +434,14 @@ proptest! {
     }
 
     /// Rollbacks created at once run one at a time in creation order: the end state equals the
-    /// reference applying them one by one, even with the controller crashing at random steps.
+    /// reference applying them one by one, even with the controller crashing at random steps
+    /// and restarting on a rollback cache several changes stale.
     #[test]
     fn queued_rollbacks_with_crashes_end_as_if_applied_one_by_one(
         setup in proptest::collection::vec(0u8..6, 1..8),
         batch in proptest::collection::vec(op().prop_filter("rollbacks only", |o| matches!(o, Op::Rollback { .. })), 1..20),
         crash_rate in 0u32..40,
+        max_lag in 0usize..6,
         seed in any::<u64>(),
         limit in 2i32..8,
     ) {
@@ -415,12 +456,16 @@ proptest! {
         for (i, op) in batch.iter().enumerate() {
             submit(&mut cluster, op, &format!("rb-{i:02}"));
         }
-        let mut rng = seed;
-        let mut crash = move || {
-            rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-            (rng % 100) < u64::from(crash_rate)
+        let rng = std::cell::Cell::new(seed | 1);
+        let next = || {
+            let mut x = rng.get();
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            rng.set(x);
+            x
         };
-        cluster.converge(&mut crash);
+        let mut crash = || (next() % 100) < u64::from(crash_rate);
+        let mut lag = || (next() % (max_lag as u64 + 1)) as usize;
+        cluster.converge_lagging(&mut crash, &mut lag);
         check_invariants(&cluster)?;
         for (i, op) in batch.iter().enumerate() {
             let want = reference.rollback(op);

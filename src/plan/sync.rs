@@ -2,7 +2,8 @@
 //!
 //! 1. delete versions left over from a deleted Agent of the same name (they block names);
 //! 2. Agent gone: fail every pending rollback with `AgentNotFound`;
-//! 3. carry on the Running rollback, if any;
+//! 3. carry on the Running rollback, if any, once it has been read live (the cache may show
+//!    a Running state that has long since finished);
 //! 4. publish a new generation;
 //! 5. prune history beyond `revisionHistoryLimit`;
 //! 6. start the oldest pending rollback;
@@ -48,6 +49,9 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
 
     let publish_pending = publish::needed(agent, observed);
     if let Some(running) = pending.iter().find(|r| phase_of(r) == Some(RollbackPhase::Running)) {
+        if !observed.confirmed.contains(&running.name_any()) {
+            return vec![Step::ReadRollback { name: running.name_any() }];
+        }
         let busy_after = publish::busy_reason(publish_pending, pending.len() > 1);
         return rollback::resume(observed, agent, running, busy_after, now);
     }
