@@ -8,6 +8,9 @@ pub mod api;
 pub mod controller;
 pub mod crds;
 pub mod error;
+pub mod http;
+pub mod lease;
+pub mod metrics;
 pub mod plan;
 pub mod telemetry;
 

@@ -1,6 +1,9 @@
 //! The `agent-operator` binary: `run` starts the controllers, `crds` prints or writes the CRDs.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -12,6 +15,9 @@ use tracing::info;
 use agent_operator::api::Agent;
 use agent_operator::controller::{self, Settings};
 use agent_operator::crds;
+use agent_operator::http::{self, Health};
+use agent_operator::lease::{Leadership, LeaseSettings};
+use agent_operator::metrics::Metrics;
 use agent_operator::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -51,9 +57,27 @@ struct RunArgs {
     /// Log filter when RUST_LOG is unset.
     #[arg(long, env = "AGENT_OPERATOR_LOG", default_value = "info")]
     log: String,
-    /// Name of this replica in Events (the pod name in a cluster).
+    /// Name of this replica in Events and in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "AGENT_OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Run only while holding the leader Lease, so several replicas are safe.
+    #[arg(long, env = "AGENT_OPERATOR_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "AGENT_OPERATOR_LEASE_NAME", default_value = "agent-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease (in a cluster: the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Seconds the Lease stays valid without renewal: the longest a dead leader blocks the others.
+    #[arg(long, env = "AGENT_OPERATOR_LEASE_DURATION", default_value_t = 15)]
+    lease_duration: u64,
+    /// Seconds before expiry at which the leader renews (less than the duration).
+    #[arg(long, env = "AGENT_OPERATOR_LEASE_GRACE", default_value_t = 5)]
+    lease_grace: u64,
 }
 
 #[tokio::main]
@@ -94,9 +118,59 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     check_crds_installed(&client, args.namespace.as_deref()).await?;
 
     let shutdown = shutdown_signal().shared();
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("listening on {}", args.http_addr))?;
+    let http = tokio::spawn(http::serve(listener, metrics.clone(), health.clone(), shutdown.clone()));
+
+    let identity = args.instance.clone().unwrap_or_else(|| format!("agent-operator-{}", std::process::id()));
+    let leadership = if args.leader_elect {
+        if args.lease_grace == 0 || args.lease_grace >= args.lease_duration {
+            bail!("--lease-grace must be above 0 and below --lease-duration");
+        }
+        health.set_standby();
+        let lease = LeaseSettings {
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
+            identity,
+            duration: args.lease_duration,
+            grace: args.lease_grace,
+        };
+        tokio::select! {
+            leadership = Leadership::acquire(client.clone(), &lease) => Some(leadership?),
+            _ = shutdown.clone() => return stop_http(http).await,
+        }
+    } else {
+        None
+    };
+    metrics.leader.set(1);
+
     let settings = Settings { namespace: args.namespace, instance: args.instance };
-    info!(namespace = settings.namespace.as_deref().unwrap_or("<all>"), "Starting agent-operator");
-    controller::run(client, settings, shutdown).await?;
+    info!(namespace = settings.namespace.as_deref().unwrap_or("<all>"), "Starting the controllers");
+    let controllers = controller::run(client, settings, metrics.clone(), health, shutdown.clone());
+    match leadership {
+        None => controllers.await?,
+        Some(leadership) => {
+            let lease_duration = Duration::from_secs(args.lease_duration);
+            tokio::select! {
+                result = controllers => {
+                    result?;
+                    leadership.release().await;
+                }
+                _ = leadership.hold(lease_duration) => {
+                    metrics.leader.set(0);
+                    bail!("lost the leader Lease; exiting so that only the new leader writes");
+                }
+            }
+        }
+    }
+    stop_http(http).await
+}
+
+async fn stop_http(http: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
+    http.await.context("HTTP server task")?.context("HTTP server")?;
     info!("Stopped");
     Ok(())
 }

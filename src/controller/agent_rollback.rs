@@ -10,6 +10,7 @@ use tracing::{instrument, warn};
 use super::Context;
 use super::sync::sync_agent;
 use crate::api::AgentRollback;
+use crate::metrics::ErrorLabels;
 use crate::plan::phase_of;
 use crate::{Error, Result};
 
@@ -19,13 +20,16 @@ pub async fn reconcile(rollback: Arc<AgentRollback>, ctx: Arc<Context>) -> Resul
     if phase_of(&rollback).is_some_and(|p| p.is_terminal()) {
         return Ok(Action::await_change());
     }
+    let timer = ctx.metrics.reconcile("agentrollback");
     let namespace = rollback.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     sync_agent(&ctx, &namespace, &rollback.spec.agent_name).await?;
     ctx.reset_backoff(&rollback.uid().unwrap_or_default());
+    timer.succeeded();
     Ok(Action::await_change())
 }
 
 pub fn error_policy(rollback: Arc<AgentRollback>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.errors.get_or_create(&ErrorLabels { operation: error.metric_label() }).inc();
     let delay = ctx.next_backoff(&rollback.uid().unwrap_or_default());
     warn!(namespace = rollback.namespace(), rollback = rollback.name_any(), error = %super::error_chain(error), retry_in = ?delay, "AgentRollback sync failed");
     Action::requeue(delay)

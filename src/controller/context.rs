@@ -1,7 +1,6 @@
 //! State shared by the controllers: cheap-to-clone handles only.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::events::EventSink;
 use crate::api::AgentRollback;
+use crate::metrics::Metrics;
 
 /// How the controllers were asked to run.
 #[derive(Clone, Debug, Default)]
@@ -30,23 +30,15 @@ pub struct Context {
     /// Every AgentRollback, as last seen by the AgentRollback controller's watch.
     pub rollbacks: Store<AgentRollback>,
     pub events: EventSink,
+    pub metrics: Arc<Metrics>,
     locks: Mutex<HashMap<AgentKey, Arc<tokio::sync::Mutex<()>>>>,
     backoff: Mutex<HashMap<String, u32>>,
-    ready: AtomicBool,
 }
 
 impl Context {
-    pub fn new(client: Client, settings: Settings, rollbacks: Store<AgentRollback>) -> Self {
+    pub fn new(client: Client, settings: Settings, rollbacks: Store<AgentRollback>, metrics: Arc<Metrics>) -> Self {
         let events = EventSink::start(client.clone(), settings.instance.clone());
-        Self {
-            client,
-            settings,
-            rollbacks,
-            events,
-            locks: Mutex::default(),
-            backoff: Mutex::default(),
-            ready: AtomicBool::new(false),
-        }
+        Self { client, settings, rollbacks, events, metrics, locks: Mutex::default(), backoff: Mutex::default() }
     }
 
     /// Takes the Agent's lock: one sync per Agent at a time, whichever controller asks.
@@ -73,13 +65,5 @@ impl Context {
 
     pub fn reset_backoff(&self, uid: &str) {
         self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(uid);
-    }
-
-    pub fn mark_ready(&self) {
-        self.ready.store(true, Ordering::Release);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
     }
 }

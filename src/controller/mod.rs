@@ -29,10 +29,18 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{debug, warn};
 
 use crate::api::{Agent, AgentRollback, AgentVersion};
+use crate::http::Health;
+use crate::metrics::Metrics;
 use crate::plan::phase_of;
 
 /// Runs both controllers until `shutdown` resolves; work in flight is finished first.
-pub async fn run<F>(client: Client, settings: Settings, shutdown: Shared<F>) -> crate::Result<()>
+pub async fn run<F>(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: Shared<F>,
+) -> crate::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -42,7 +50,7 @@ where
 
     let rollback_controller = Controller::new(rollbacks, watcher::Config::default());
     let rollback_store = rollback_controller.store();
-    let ctx = Arc::new(Context::new(client.clone(), settings, rollback_store.clone()));
+    let ctx = Arc::new(Context::new(client.clone(), settings, rollback_store.clone(), metrics));
 
     // An Agent's deletion (or any change) wakes the rollbacks still waiting on it, so those
     // of a deleted Agent end as AgentNotFound.
@@ -70,7 +78,9 @@ where
             }
         });
 
-    let agent_controller = Controller::new(agents, watcher::Config::default())
+    let agent_controller = Controller::new(agents, watcher::Config::default());
+    let agent_store = agent_controller.store();
+    let agent_controller = agent_controller
         .owns(versions, watcher::Config::default())
         .graceful_shutdown_on(shutdown)
         .run(agent::reconcile, agent::error_policy, ctx.clone())
@@ -82,9 +92,9 @@ where
         });
 
     let readiness = async {
-        // Ready once the rollback cache has its first full list.
-        if rollback_store.wait_until_ready().await.is_ok() {
-            ctx.mark_ready();
+        // Ready once both caches have their first full list.
+        if rollback_store.wait_until_ready().await.is_ok() && agent_store.wait_until_ready().await.is_ok() {
+            health.set_ready();
         }
         futures::future::pending::<()>().await
     };

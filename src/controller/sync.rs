@@ -8,7 +8,10 @@ use tracing::debug;
 use super::Context;
 use super::apply::{Outcome, apply_step};
 use super::observe::observe;
+use crate::api::RollbackPhase;
+use crate::metrics::RollbackLabels;
 use crate::plan::sync::decide;
+use crate::plan::{Applied, FailureReason};
 use crate::{Error, Result};
 
 /// Units of work one sync may do before it yields: enough for a long queue of rollbacks, and
@@ -30,7 +33,10 @@ pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str) -> Result<()
             let outcome = apply_step(ctx, &observed, step).await?;
             debug!(namespace, agent = name, step = %label, stale = matches!(outcome, Outcome::Stale(_)), "Applied step");
             match outcome {
-                Outcome::Done(applied) => observed.fold(applied),
+                Outcome::Done(applied) => {
+                    count(ctx, &applied);
+                    observed.fold(applied);
+                }
                 Outcome::Stale(Some(fresh)) => {
                     observed.fold(fresh);
                     break;
@@ -43,6 +49,29 @@ pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str) -> Result<()
         }
     }
     Err(Error::NotSettled { namespace: namespace.into(), name: name.into(), steps: MAX_UNITS })
+}
+
+/// Counts what the API server confirmed: finished rollbacks and published versions.
+fn count(ctx: &Context, applied: &Applied) {
+    match applied {
+        Applied::Rollback(rollback) => {
+            let status = rollback.status.as_ref();
+            let outcome = match status.and_then(|s| s.phase) {
+                Some(RollbackPhase::Succeeded) => "Succeeded",
+                Some(RollbackPhase::Failed) => {
+                    let reason = status.and_then(|s| s.reason.as_deref());
+                    FailureReason::ALL.iter().map(|r| r.as_str()).find(|r| Some(*r) == reason).unwrap_or("Failed")
+                }
+                _ => return,
+            };
+            let labels = RollbackLabels { strategy: rollback.spec.strategy.as_str(), outcome };
+            ctx.metrics.rollbacks.get_or_create(&labels).inc();
+        }
+        Applied::VersionCreated(version) if version.spec.rollback_name.is_none() => {
+            ctx.metrics.versions_published.inc();
+        }
+        _ => {}
+    }
 }
 
 fn step_label(step: &crate::plan::Step) -> String {

@@ -9,4 +9,5 @@ mod support;
 
 mod control_plane;
 mod crash;
+mod operations;
 mod rollback;

@@ -184,6 +184,7 @@ pub fn user_kubeconfig(user: &str, groups: &[&str]) -> PathBuf {
 /// The operator, running as its own process (as a user would run it).
 pub struct Operator {
     child: Child,
+    http_port: u16,
 }
 
 impl Operator {
@@ -193,21 +194,60 @@ impl Operator {
     }
 
     pub fn start_as(kubeconfig: &Path, namespace: &str) -> Self {
+        Self::start_with(kubeconfig, namespace, &[])
+    }
+
+    /// A free 127.0.0.1 port for the operator's HTTP endpoints.
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    }
+
+    /// Starts the operator with extra flags; its HTTP endpoints on a free port (see `http_port`).
+    pub fn start_with(kubeconfig: &Path, namespace: &str, extra: &[&str]) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(std::env::temp_dir().join(format!("agent-operator-{namespace}.log")))
             .expect("operator log");
+        let http_port = Self::free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_agent-operator"))
             .args(["run", "--namespace", namespace])
             .arg("--kubeconfig")
             .arg(kubeconfig)
+            .arg(format!("--http-addr=127.0.0.1:{http_port}"))
+            .args(extra)
             .env("RUST_LOG", "info,agent_operator=debug")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("operator starts");
-        Self { child }
+        Self { child, http_port }
+    }
+
+    /// GETs a path of the operator's HTTP endpoints: status code and body.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Some((code, body))
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the process to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// SIGKILL: no chance to finish anything.

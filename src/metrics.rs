@@ -1,0 +1,103 @@
+//! Prometheus metrics. Every label has a bounded set of values: resource kinds, results,
+//! strategies, failure reasons and error operations, never object names.
+
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub resource: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RollbackLabels {
+    pub strategy: &'static str,
+    /// `Succeeded`, or the failure reason.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub operation: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    pub reconcile_duration: Family<ResourceLabels, Histogram>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub rollbacks: Family<RollbackLabels, Counter>,
+    pub versions_published: Counter,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("agentops");
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles by resource and result", reconciles.clone());
+        let reconcile_duration = Family::<ResourceLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        registry.register("reconcile_duration_seconds", "Time one reconcile took", reconcile_duration.clone());
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("reconcile_errors", "Failed reconciles by the operation that failed", errors.clone());
+        let rollbacks = Family::<RollbackLabels, Counter>::default();
+        registry.register("rollbacks", "Finished rollbacks by strategy and outcome", rollbacks.clone());
+        let versions_published = Counter::default();
+        registry.register("versions_published", "Versions published from Agent edits", versions_published.clone());
+        let leader = Gauge::default();
+        registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
+        Self { registry, reconciles, reconcile_duration, errors, rollbacks, versions_published, leader }
+    }
+}
+
+impl Metrics {
+    /// Starts timing a reconcile; the result is recorded when the guard is finished or dropped.
+    pub fn reconcile(&self, resource: &'static str) -> ReconcileTimer<'_> {
+        ReconcileTimer { metrics: self, resource, start: Instant::now(), result: "error" }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Records one reconcile's duration and result when dropped; a reconcile that returns early
+/// with an error (or panics) counts as an error.
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    resource: &'static str,
+    start: Instant,
+    result: &'static str,
+}
+
+impl ReconcileTimer<'_> {
+    pub fn succeeded(mut self) {
+        self.result = "success";
+    }
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        let labels = ResourceLabels { resource: self.resource };
+        self.metrics.reconcile_duration.get_or_create(&labels).observe(self.start.elapsed().as_secs_f64());
+        self.metrics.reconciles.get_or_create(&ReconcileLabels { resource: self.resource, result: self.result }).inc();
+    }
+}

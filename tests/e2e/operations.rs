@@ -1,0 +1,134 @@
+//! Running like a production controller: two replicas share a Lease and the standby takes
+//! over from a killed leader; /metrics, /healthz and /readyz are served; SIGTERM stops cleanly.
+
+use std::time::{Duration, Instant};
+
+use agent_operator::api::RollbackPhase;
+use serde_json::json;
+
+use crate::rollback::{Setup, setup};
+use crate::support::{Operator, control_plane, eventually};
+
+/// The value of one metric line (name with labels, exactly as exposed), if present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().split(' ').next()?.parse().ok()))
+}
+
+async fn scrape(operator: &Operator) -> String {
+    operator.get("/metrics").await.map(|(_, body)| body).unwrap_or_default()
+}
+
+fn replica(s: &Setup, lease: &str, name: &str) -> Operator {
+    let flags = [
+        "--leader-elect",
+        "--lease-name",
+        lease,
+        "--lease-namespace",
+        &s.ns,
+        "--lease-duration",
+        "4",
+        "--lease-grace",
+        "2",
+    ];
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend(["--instance", name]);
+    Operator::start_with(&control_plane().kubeconfig, &s.ns, &args)
+}
+
+#[tokio::test]
+async fn two_replicas_share_a_lease_and_the_standby_takes_over_when_the_leader_is_killed() {
+    let mut s = setup("ops-lease").await;
+    s.operator.kill(); // this test runs its own two replicas
+    let mut leader = replica(&s, "agent-operator", "replica-a");
+    eventually(Duration::from_secs(30), || async {
+        (metric(&scrape(&leader).await, "agentops_leader") == Some(1.0)).then_some(())
+    })
+    .await;
+    let standby = replica(&s, "agent-operator", "replica-b");
+    eventually(Duration::from_secs(30), || async {
+        let (code, body) = standby.get("/readyz").await?;
+        (code == 200 && body.starts_with("standby")).then_some(())
+    })
+    .await;
+
+    s.agent_with_versions("support", 2, 10).await;
+    // Only the leader reconciled: the standby never ran a reconcile.
+    let standby_metrics = scrape(&standby).await;
+    assert_eq!(metric(&standby_metrics, "agentops_leader"), Some(0.0));
+    assert!(!standby_metrics.contains("agentops_reconciles_total{"), "{standby_metrics}");
+    assert!(
+        metric(&scrape(&leader).await, "agentops_reconciles_total{resource=\"agent\",result=\"success\"}")
+            .unwrap_or(0.0)
+            > 0.0
+    );
+
+    // Kill the leader; rollbacks created meanwhile wait, then the standby finishes them.
+    leader.kill();
+    let killed = Instant::now();
+    s.create_rollback("after-kill-1", "support", "Previous", None).await;
+    s.create_rollback("after-kill-2", "support", "Pop", None).await;
+    eventually(Duration::from_secs(30), || async {
+        (metric(&scrape(&standby).await, "agentops_leader") == Some(1.0)).then_some(())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    println!("standby took over {takeover:?} after the leader was killed (lease duration 4 s)");
+    assert!(takeover < Duration::from_secs(4 + 3), "takeover took {takeover:?}");
+    for name in ["after-kill-1", "after-kill-2"] {
+        let rb = s.terminal(name).await;
+        assert_eq!(rb.status.and_then(|st| st.phase), Some(RollbackPhase::Succeeded), "{name}");
+    }
+    assert_eq!(s.history("support").await.into_values().collect::<Vec<_>>(), ["i1", "i2"]);
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness_are_served() {
+    let s = setup("ops-http").await;
+    let op = &s.operator;
+    eventually(Duration::from_secs(30), || async {
+        (op.get("/readyz").await? == (200, "ready\n".into())).then_some(())
+    })
+    .await;
+    assert_eq!(op.get("/healthz").await, Some((200, "ok\n".into())));
+
+    s.agent_with_versions("support", 2, 10).await;
+    s.create_rollback("back", "support", "Restore", Some(1)).await;
+    s.terminal("back").await;
+    s.create_rollback("too-far", "support", "Restore", Some(9)).await;
+    s.terminal("too-far").await;
+    s.apply_agent("support", json!({"instructions": "i3", "revisionHistoryLimit": 10})).await;
+    s.settled_agent("support").await;
+
+    let text = eventually(Duration::from_secs(10), || async {
+        let text = scrape(op).await;
+        (metric(&text, "agentops_versions_published_total") == Some(3.0)).then_some(text)
+    })
+    .await;
+    assert_eq!(
+        metric(&text, "agentops_rollbacks_total{strategy=\"Restore\",outcome=\"Succeeded\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "agentops_rollbacks_total{strategy=\"Restore\",outcome=\"VersionNotFound\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "agentops_reconciles_total{resource=\"agentrollback\",result=\"success\"}").unwrap_or(0.0) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "agentops_reconcile_duration_seconds_count{resource=\"agent\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "agentops_leader"), Some(1.0), "{text}");
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_operator_cleanly() {
+    let mut s = setup("ops-sigterm").await;
+    s.agent_with_versions("support", 1, 10).await;
+    let status = s.operator.terminate(Duration::from_secs(10)).expect("exited within 10 s of SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+}
