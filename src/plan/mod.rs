@@ -211,7 +211,9 @@ pub(crate) fn owner_reference(agent: &Agent) -> OwnerReference {
         name: agent.name_any(),
         uid: agent.metadata.uid.clone().unwrap_or_default(),
         controller: Some(true),
-        block_owner_deletion: Some(true),
+        // Not blocking: that would need `update` on agents/finalizers where owner-reference
+        // permissions are enforced, for no gain (versions go with their Agent either way).
+        block_owner_deletion: None,
     }
 }
 

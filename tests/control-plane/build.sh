@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager and kubectl from the Go module proxy
+# Builds etcd, kube-apiserver, kube-controller-manager, kubectl and helm from the Go module proxy
 # into the cache, keyed by version. A finished build leaves a stamp; with the stamp present
 # this does nothing, so every caller can run it unconditionally.
 set -euo pipefail
@@ -40,6 +40,22 @@ build_k8s() {
   touch "$out/.complete"
 }
 
+build_helm() {
+  local out=$HELM_BIN
+  [[ -f $out/.complete ]] && return
+  log "Building helm $HELM_VERSION (first time only)"
+  mkdir -p "$out"
+  # The version ldflags are what helm's Makefile sets; without them helm reports v3.21 and
+  # assumes Kubernetes v1.20 for `helm template` and `helm lint`.
+  local p=helm.sh/helm/v3
+  GOBIN=$out go install -trimpath -ldflags="-s -w -X $p/internal/version.version=$HELM_VERSION \
+    -X $p/pkg/chartutil.k8sVersionMajor=1 -X $p/pkg/chartutil.k8sVersionMinor=36 \
+    -X $p/pkg/lint/rules.k8sVersionMajor=1 -X $p/pkg/lint/rules.k8sVersionMinor=36" \
+    "$p/cmd/helm@$HELM_VERSION"
+  touch "$out/.complete"
+}
+
 build_etcd
 build_k8s
-log "Control-plane binaries ready: $K8S_BIN, $ETCD_BIN"
+build_helm
+log "Control-plane binaries ready: $K8S_BIN, $ETCD_BIN, $HELM_BIN"

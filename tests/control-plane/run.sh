@@ -146,6 +146,7 @@ export KUBECONFIG=$D/admin.kubeconfig
 export AGENT_OPERATOR_TEST_KUBECONFIG=$D/admin.kubeconfig
 export AGENT_OPERATOR_TEST_PKI=$pki
 export K8S_BIN=$K8S_BIN
+export HELM_BIN=$HELM_BIN
 export API_PORT=$API_PORT
 EOF
 echo "$ready_s" >"$D/ready"
@@ -153,7 +154,7 @@ log "Control plane $K8S_VERSION (etcd $ETCD_VERSION) ready in ${ready_s}s at htt
 
 if [[ $# -gt 0 ]]; then
   set +e
-  PATH="$K8S_BIN:$PATH" AGENT_OPERATOR_TEST_KUBECONFIG=$KUBECONFIG AGENT_OPERATOR_TEST_PKI=$pki "$@"
+  PATH="$K8S_BIN:$HELM_BIN:$PATH" AGENT_OPERATOR_TEST_KUBECONFIG=$KUBECONFIG AGENT_OPERATOR_TEST_PKI=$pki "$@"
   exit $?
 fi
 # Serve until signalled, or until whoever started us is gone (with --exit-with-parent).

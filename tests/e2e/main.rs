@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod chart;
 mod control_plane;
 mod crash;
 mod operations;

@@ -7,7 +7,7 @@ use agent_operator::api::RollbackPhase;
 use serde_json::json;
 
 use crate::rollback::{Setup, setup};
-use crate::support::{Operator, control_plane, eventually};
+use crate::support::{Operator, RELEASE_NAMESPACE, chart_identity, eventually};
 
 /// The value of one metric line (name with labels, exactly as exposed), if present.
 fn metric(text: &str, series: &str) -> Option<f64> {
@@ -18,33 +18,25 @@ async fn scrape(operator: &Operator) -> String {
     operator.get("/metrics").await.map(|(_, body)| body).unwrap_or_default()
 }
 
+/// A replica with leader election, as the chart runs it: its Lease in the release namespace.
 fn replica(s: &Setup, lease: &str, name: &str) -> Operator {
-    let flags = [
-        "--leader-elect",
-        "--lease-name",
-        lease,
-        "--lease-namespace",
-        &s.ns,
-        "--lease-duration",
-        "4",
-        "--lease-grace",
-        "2",
-    ];
+    let flags = ["--leader-elect", "--lease-name", lease, "--lease-namespace", RELEASE_NAMESPACE];
     let mut args: Vec<&str> = flags.to_vec();
-    args.extend(["--instance", name]);
-    Operator::start_with(&control_plane().kubeconfig, &s.ns, &args)
+    args.extend(["--lease-duration", "4", "--lease-grace", "2", "--instance", name]);
+    Operator::start_with(&chart_identity().kubeconfig, &s.ns, &args)
 }
 
 #[tokio::test]
 async fn two_replicas_share_a_lease_and_the_standby_takes_over_when_the_leader_is_killed() {
     let mut s = setup("ops-lease").await;
     s.operator.kill(); // this test runs its own two replicas
-    let mut leader = replica(&s, "agent-operator", "replica-a");
+    let lease = s.ns.clone();
+    let mut leader = replica(&s, &lease, "replica-a");
     eventually(Duration::from_secs(30), || async {
         (metric(&scrape(&leader).await, "agentops_leader") == Some(1.0)).then_some(())
     })
     .await;
-    let standby = replica(&s, "agent-operator", "replica-b");
+    let standby = replica(&s, &lease, "replica-b");
     eventually(Duration::from_secs(30), || async {
         let (code, body) = standby.get("/readyz").await?;
         (code == 200 && body.starts_with("standby")).then_some(())

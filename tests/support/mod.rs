@@ -24,7 +24,9 @@ use kube::{Api, Client, Config};
 pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     pub pki: PathBuf,
+    /// kubectl and the other Kubernetes binaries.
     pub bin: PathBuf,
+    pub helm: PathBuf,
 }
 
 static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
@@ -45,8 +47,12 @@ pub fn control_plane() -> &'static ControlPlane {
             let kubeconfig = PathBuf::from(kubeconfig);
             let dir = kubeconfig.parent().expect("kubeconfig has a directory").to_path_buf();
             let pki = std::env::var("AGENT_OPERATOR_TEST_PKI").map(PathBuf::from).unwrap_or(dir.join("pki"));
-            let bin = read_env_file(&dir.join("env"), "K8S_BIN").map(PathBuf::from).expect("env file names K8S_BIN");
-            return ControlPlane { kubeconfig, pki, bin };
+            let env = dir.join("env");
+            let bin = read_env_file(&env, "K8S_BIN").map(PathBuf::from).expect("env file names K8S_BIN");
+            let helm = read_env_file(&env, "HELM_BIN")
+                .map(|d| PathBuf::from(d).join("helm"))
+                .expect("env file names HELM_BIN");
+            return ControlPlane { kubeconfig, pki, bin, helm };
         }
         let dir = std::env::temp_dir().join(format!("agent-operator-test-{}", std::process::id()));
         let log =
@@ -69,8 +75,11 @@ pub fn control_plane() -> &'static ControlPlane {
             assert!(Instant::now() < deadline, "control plane not ready; see {}", dir.display());
             std::thread::sleep(Duration::from_millis(200));
         }
-        let bin = read_env_file(&dir.join("env"), "K8S_BIN").map(PathBuf::from).expect("env file names K8S_BIN");
-        ControlPlane { kubeconfig: dir.join("admin.kubeconfig"), pki: dir.join("pki"), bin }
+        let env = dir.join("env");
+        let bin = read_env_file(&env, "K8S_BIN").map(PathBuf::from).expect("env file names K8S_BIN");
+        let helm =
+            read_env_file(&env, "HELM_BIN").map(|d| PathBuf::from(d).join("helm")).expect("env file names HELM_BIN");
+        ControlPlane { kubeconfig: dir.join("admin.kubeconfig"), pki: dir.join("pki"), bin, helm }
     })
 }
 
@@ -181,6 +190,52 @@ pub fn user_kubeconfig(user: &str, groups: &[&str]) -> PathBuf {
     path
 }
 
+/// Where the chart is installed for the tests.
+pub const RELEASE_NAMESPACE: &str = "agent-operator-system";
+
+/// The identity the chart gives the operator.
+pub struct ChartIdentity {
+    /// A kubeconfig that authenticates as the chart's ServiceAccount (a TokenRequest token).
+    pub kubeconfig: PathBuf,
+    pub service_account: String,
+}
+
+static CHART_IDENTITY: OnceLock<ChartIdentity> = OnceLock::new();
+
+/// Renders the chart, applies it (its ServiceAccount and RBAC are what matter here; with no
+/// scheduler its Deployment never runs), and returns a kubeconfig for its ServiceAccount.
+pub fn chart_identity() -> &'static ChartIdentity {
+    CHART_IDENTITY.get_or_init(|| {
+        let cp = control_plane();
+        let rendered = Command::new(&cp.helm)
+            .args(["template", "agent-operator"])
+            .arg(repo().join("charts/agent-operator"))
+            .args(["--namespace", RELEASE_NAMESPACE])
+            .output()
+            .expect("helm runs");
+        assert!(rendered.status.success(), "helm template: {}", String::from_utf8_lossy(&rendered.stderr));
+        let _ = kubectl(&["create", "namespace", RELEASE_NAMESPACE], None);
+        let applied = kubectl(&["apply", "-f", "-"], Some(&String::from_utf8_lossy(&rendered.stdout)));
+        assert!(applied.status.success(), "chart applied: {}", String::from_utf8_lossy(&applied.stderr));
+
+        let service_account = "agent-operator".to_string();
+        let token = kubectl(&["create", "token", &service_account, "-n", RELEASE_NAMESPACE, "--duration=4h"], None);
+        assert!(token.status.success(), "token: {}", String::from_utf8_lossy(&token.stderr));
+        let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+
+        let admin = std::fs::read_to_string(&cp.kubeconfig).expect("admin kubeconfig");
+        let field = |key: &str| admin.lines().find_map(|l| l.trim().strip_prefix(key).map(str::trim)).expect("kubeconfig field").to_string();
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: operator\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context: {{cluster: local, user: operator}}\ncurrent-context: local\n",
+            field("server:"),
+            field("certificate-authority:"),
+        );
+        let kubeconfig = cp.pki.join("operator-sa.kubeconfig");
+        std::fs::write(&kubeconfig, text).expect("operator kubeconfig written");
+        ChartIdentity { kubeconfig, service_account }
+    })
+}
+
 /// The operator, running as its own process (as a user would run it).
 pub struct Operator {
     child: Child,
@@ -188,9 +243,10 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts `agent-operator run` watching `namespace`, authenticated by `kubeconfig`.
+    /// Starts `agent-operator run` watching `namespace`, authenticated as the chart's
+    /// ServiceAccount: every test that runs the operator also proves the chart's RBAC is enough.
     pub fn start(namespace: &str) -> Self {
-        Self::start_as(&control_plane().kubeconfig, namespace)
+        Self::start_as(&chart_identity().kubeconfig, namespace)
     }
 
     pub fn start_as(kubeconfig: &Path, namespace: &str) -> Self {

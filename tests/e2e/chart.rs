@@ -1,0 +1,161 @@
+//! The Helm chart: it lints, the API server accepts what it renders, the operator's identity
+//! can do nothing beyond its job, and the aggregated roles give namespace `edit` users
+//! rollbacks and `view` users read access, in their own namespace only.
+//! (That its RBAC is enough is shown by every other test: they run the operator as the
+//! chart's ServiceAccount.)
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{
+    RELEASE_NAMESPACE, chart_identity, client, control_plane, eventually, kubectl, kubectl_as, namespace,
+    user_kubeconfig,
+};
+
+fn chart_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/agent-operator")
+}
+
+#[test]
+fn helm_lint_passes() {
+    let out = Command::new(&control_plane().helm).args(["lint", "--strict"]).arg(chart_dir()).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_rendered_chart_passes_a_server_side_dry_run() {
+    for values in [
+        vec![],
+        vec![
+            "--set",
+            "serviceMonitor.enabled=false",
+            "--set",
+            "watchNamespace=team-a",
+            "--set",
+            "leaderElection.enabled=false",
+        ],
+    ] {
+        let out = Command::new(&control_plane().helm)
+            .args(["template", "agent-operator"])
+            .arg(chart_dir())
+            .args(["--namespace", RELEASE_NAMESPACE])
+            .args(&values)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let _ = kubectl(&["create", "namespace", RELEASE_NAMESPACE], None);
+        let _ = kubectl(&["create", "namespace", "team-a"], None);
+        let applied = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&String::from_utf8_lossy(&out.stdout)));
+        assert!(applied.status.success(), "{values:?}: {}", String::from_utf8_lossy(&applied.stderr));
+    }
+}
+
+#[test]
+fn values_outside_the_schema_are_refused() {
+    let out = Command::new(&control_plane().helm)
+        .args(["template", "agent-operator"])
+        .arg(chart_dir())
+        .args(["--set", "logFormat=xml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("logFormat"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn the_operators_identity_is_refused_everything_beyond_its_job() {
+    let admin = client().await;
+    let ns = namespace(&admin, "chart-deny").await;
+    let operator = &chart_identity().kubeconfig;
+    crate::support::install_crds(&admin).await;
+    let existing = format!(
+        "{{\"apiVersion\":\"agentops.dev/v1alpha1\",\"kind\":\"Agent\",\"metadata\":{{\"name\":\"support\",\"namespace\":\"{ns}\"}},\"spec\":{{}}}}"
+    );
+    assert!(kubectl(&["create", "-f", "-"], Some(&existing)).status.success());
+    let forbidden = [
+        vec!["get", "secrets", "-n", ns.as_str()],
+        vec!["get", "secrets", "-n", RELEASE_NAMESPACE],
+        vec!["create", "configmap", "x", "-n", ns.as_str()],
+        vec!["create", "namespace", "owned-by-operator"],
+        vec!["delete", "agent", "support", "-n", ns.as_str()],
+        vec!["patch", "agent", "support", "-n", ns.as_str(), "--type=merge", "-p", "{\"spec\":{\"model\":\"x\"}}"],
+        vec!["create", "-n", ns.as_str(), "-f", "-"],
+        vec!["delete", "crd", "agents.agentops.dev"],
+        vec!["create", "clusterrolebinding", "escalate", "--clusterrole=cluster-admin", "--user=x"],
+    ];
+    let agent = format!(
+        "{{\"apiVersion\":\"agentops.dev/v1alpha1\",\"kind\":\"Agent\",\"metadata\":{{\"name\":\"a\",\"namespace\":\"{ns}\"}},\"spec\":{{}}}}"
+    );
+    for args in forbidden {
+        let stdin = args.contains(&"-f").then_some(agent.as_str());
+        let out = kubectl_as(operator, &args, stdin);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("forbidden"), "{args:?} was not refused: {stderr}");
+    }
+    // Its own job, by contrast, is allowed.
+    let out =
+        kubectl_as(operator, &["auth", "can-i", "patch", "agentrollbacks", "--subresource=status", "-n", &ns], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+}
+
+#[tokio::test]
+async fn edit_users_may_roll_back_and_view_users_may_read_in_their_namespace_only() {
+    let admin = client().await;
+    crate::support::install_crds(&admin).await;
+    chart_identity(); // the aggregated roles come with the chart
+    let ns = namespace(&admin, "chart-team").await;
+    let other = namespace(&admin, "chart-other").await;
+    for (user, role) in [("erin", "edit"), ("victor", "view")] {
+        let out = kubectl(
+            &[
+                "create",
+                "rolebinding",
+                &format!("{user}-{role}"),
+                &format!("--clusterrole={role}"),
+                &format!("--user={user}"),
+                "-n",
+                &ns,
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let editor = user_kubeconfig("erin", &["team"]);
+    let viewer = user_kubeconfig("victor", &["team"]);
+    let rollback = |name: &str, ns: &str| {
+        format!(
+            "{{\"apiVersion\":\"agentops.dev/v1alpha1\",\"kind\":\"AgentRollback\",\"metadata\":{{\"name\":\"{name}\",\"namespace\":\"{ns}\"}},\"spec\":{{\"agentName\":\"support\",\"strategy\":\"Pop\"}}}}"
+        )
+    };
+
+    // The aggregation controller folds the chart's roles into edit/view shortly after install.
+    eventually(Duration::from_secs(30), || async {
+        let out = kubectl_as(&editor, &["auth", "can-i", "create", "agentrollbacks", "-n", &ns], None);
+        (String::from_utf8_lossy(&out.stdout).trim() == "yes").then_some(())
+    })
+    .await;
+    let out = kubectl_as(&editor, &["create", "-f", "-"], Some(&rollback("by-editor", &ns)));
+    assert!(out.status.success(), "edit user creates a rollback: {}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl_as(&editor, &["get", "agentversions", "-n", &ns], None);
+    assert!(out.status.success(), "edit user reads versions: {}", String::from_utf8_lossy(&out.stderr));
+
+    let out = kubectl_as(&viewer, &["create", "-f", "-"], Some(&rollback("by-viewer", &ns)));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+        "view user refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl_as(&viewer, &["get", "agentrollback", "by-editor", "-n", &ns], None);
+    assert!(out.status.success(), "view user reads rollbacks: {}", String::from_utf8_lossy(&out.stderr));
+
+    for (who, kubeconfig) in [("edit", &editor), ("view", &viewer)] {
+        let out = kubectl_as(kubeconfig, &["create", "-f", "-"], Some(&rollback("elsewhere", &other)));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+            "{who} user in another namespace: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = kubectl_as(kubeconfig, &["get", "agentrollbacks", "-n", &other], None);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"), "{who} user reads another namespace");
+    }
+}
