@@ -11,4 +11,5 @@ mod chart;
 mod control_plane;
 mod crash;
 mod operations;
+mod plugin;
 mod rollback;

@@ -1,0 +1,135 @@
+//! `history`, `show` and `diff`: reading an agent's versions.
+
+use std::process::ExitCode;
+
+use agent_operator::api::keys::AGENT_LABEL;
+use agent_operator::api::{Agent, AgentVersion};
+use anyhow::{Context as _, bail};
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+use crate::{Output, Session, diff};
+
+/// The Agent, or an error that says how to find the right name.
+pub async fn fetch_agent(session: &Session, name: &str) -> anyhow::Result<Agent> {
+    let api: Api<Agent> = Api::namespaced(session.client.clone(), &session.namespace);
+    match api.get_opt(name).await.with_context(|| format!("reading agent {name}"))? {
+        Some(agent) => Ok(agent),
+        None => bail!(
+            "agent \"{name}\" not found in namespace \"{ns}\" (list them with: kubectl get agents -n {ns})",
+            ns = session.namespace
+        ),
+    }
+}
+
+/// The Agent's versions, oldest first.
+pub async fn fetch_versions(session: &Session, agent: &Agent) -> anyhow::Result<Vec<AgentVersion>> {
+    let api: Api<AgentVersion> = Api::namespaced(session.client.clone(), &session.namespace);
+    let params = ListParams::default().labels(&format!("{AGENT_LABEL}={}", agent.name_any()));
+    let uid = agent.uid();
+    let mut versions: Vec<AgentVersion> = api
+        .list(&params)
+        .await
+        .context("listing versions")?
+        .items
+        .into_iter()
+        .filter(|v| v.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
+        .collect();
+    versions.sort_by_key(|v| v.spec.version);
+    Ok(versions)
+}
+
+fn active(agent: &Agent, versions: &[AgentVersion]) -> Option<i64> {
+    agent.status.as_ref().and_then(|s| s.active_version).or_else(|| versions.last().map(|v| v.spec.version))
+}
+
+fn pick<'a>(agent: &Agent, versions: &'a [AgentVersion], number: i64) -> anyhow::Result<&'a AgentVersion> {
+    versions.iter().find(|v| v.spec.version == number).with_context(|| {
+        let existing: Vec<String> = versions.iter().map(|v| v.spec.version.to_string()).collect();
+        format!(
+            "version {number} of agent \"{}\" not found (existing: {}; see: kubectl agent history {})",
+            agent.name_any(),
+            existing.join(", "),
+            agent.name_any()
+        )
+    })
+}
+
+pub async fn history(session: &Session, name: &str, output: Output) -> anyhow::Result<ExitCode> {
+    let agent = fetch_agent(session, name).await?;
+    let mut versions = fetch_versions(session, &agent).await?;
+    versions.reverse();
+    match output {
+        Output::Json | Output::Yaml => print_list(&versions, output)?,
+        Output::Table => {
+            let active = active(&agent, &versions);
+            let rows: Vec<[String; 5]> = versions
+                .iter()
+                .map(|v| {
+                    [
+                        v.spec.version.to_string(),
+                        if Some(v.spec.version) == active { "*".into() } else { String::new() },
+                        v.creation_timestamp().map(|t| t.0.to_string()).unwrap_or_default(),
+                        v.spec.rollback_from_version.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                        v.spec.change_cause.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_table(["VERSION", "ACTIVE", "CREATED", "FROM-ROLLBACK", "CHANGE-CAUSE"], &rows);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn show(session: &Session, name: &str, version: Option<i64>, output: Output) -> anyhow::Result<ExitCode> {
+    let agent = fetch_agent(session, name).await?;
+    let versions = fetch_versions(session, &agent).await?;
+    let number = version.or_else(|| active(&agent, &versions)).context("the agent has no versions yet")?;
+    let chosen = pick(&agent, &versions, number)?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&chosen.spec.snapshot)?),
+        Output::Yaml | Output::Table => {
+            let marker = if Some(number) == active(&agent, &versions) { ", active" } else { "" };
+            println!("# {} (version {number}{marker})", chosen.name_any());
+            print!("{}", serde_saphyr::to_string(&chosen.spec.snapshot)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn diff(session: &Session, name: &str, a: i64, b: Option<i64>) -> anyhow::Result<ExitCode> {
+    let agent = fetch_agent(session, name).await?;
+    let versions = fetch_versions(session, &agent).await?;
+    let b = b.or_else(|| active(&agent, &versions)).context("the agent has no versions yet")?;
+    let (from, to) = (pick(&agent, &versions, a)?, pick(&agent, &versions, b)?);
+    println!("--- version {a}\n+++ version {b}");
+    print!("{}", diff::render(&diff::changes(&from.spec.snapshot, &to.spec.snapshot)));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_list(versions: &[AgentVersion], output: Output) -> anyhow::Result<()> {
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": versions});
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+        _ => print!("{}", serde_saphyr::to_string(&list)?),
+    }
+    Ok(())
+}
+
+/// Prints rows under a header, columns padded like kubectl's.
+pub fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", text.join("   ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

@@ -1,0 +1,116 @@
+//! `kubectl agent`: history, show, diff and rollback of agents, for people at a terminal.
+//!
+//! Exit codes: 0 success; 1 a rollback failed (or would fail, with `--dry-run`) or an object is
+//! missing; 2 bad usage; 3 a rollback did not finish within `--timeout`.
+
+mod diff;
+mod history;
+mod rollback;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "kubectl agent",
+    bin_name = "kubectl agent",
+    version,
+    about = "Inspect agent versions and roll agents back",
+    after_help = "Examples:\n  kubectl agent history support\n  kubectl agent diff support 1\n  kubectl agent rollback support --to 1 --reason \"v2 answers badly\"\n  kubectl agent rollback support --previous --dry-run"
+)]
+struct Cli {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The kubectl flags that choose the cluster and namespace.
+#[derive(Args)]
+struct Target {
+    /// Namespace (default: the kubeconfig context's, else `default`).
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    /// Kubeconfig context.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List an agent's versions, newest first.
+    History {
+        agent: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Show one version's snapshot (the active version by default).
+    Show {
+        agent: String,
+        version: Option<i64>,
+        #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+        output: Output,
+    },
+    /// Show what differs between two versions (B defaults to the active version).
+    Diff { agent: String, a: i64, b: Option<i64> },
+    /// Roll an agent back, and follow the rollback until it finishes.
+    Rollback(rollback::RollbackArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// A client and the namespace to work in.
+pub struct Session {
+    pub client: Client,
+    pub namespace: String,
+}
+
+impl Target {
+    async fn connect(&self) -> anyhow::Result<Session> {
+        let kubeconfig = match &self.kubeconfig {
+            Some(path) => {
+                Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?
+            }
+            None => Kubeconfig::read().context("reading kubeconfig ($KUBECONFIG or ~/.kube/config)")?,
+        };
+        let options = KubeConfigOptions { context: self.context.clone(), ..KubeConfigOptions::default() };
+        let config = Config::from_custom_kubeconfig(kubeconfig, &options).await.context("loading kubeconfig")?;
+        let namespace = self.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+        Ok(Session { client: Client::try_from(config)?, namespace })
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = async {
+        let session = cli.target.connect().await?;
+        match cli.command {
+            Command::History { agent, output } => history::history(&session, &agent, output).await,
+            Command::Show { agent, version, output } => history::show(&session, &agent, version, output).await,
+            Command::Diff { agent, a, b } => history::diff(&session, &agent, a, b).await,
+            Command::Rollback(args) => rollback::run(&session, args).await,
+        }
+    }
+    .await;
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}

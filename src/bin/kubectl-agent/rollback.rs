@@ -1,0 +1,207 @@
+//! `rollback`: creates an AgentRollback and follows it (phase changes and Events, from watches)
+//! until it is terminal. `--dry-run` asks the controller's own planner what would happen.
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agent_operator::api::{AgentRollback, RollbackPhase, RollbackStrategy};
+use agent_operator::plan::rollback::{Choice, choose};
+use anyhow::Context as _;
+use clap::Args;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::PostParams;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::history::{fetch_agent, fetch_versions};
+use crate::{Session, diff};
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("strategy").required(true).args(["to", "previous", "pop"]))]
+pub struct RollbackArgs {
+    agent: String,
+    /// Restore this version (published again as a new version).
+    #[arg(long, value_name = "VERSION")]
+    to: Option<i64>,
+    /// Restore the newest version below the active one.
+    #[arg(long)]
+    previous: bool,
+    /// Delete the latest version; the one before it becomes active.
+    #[arg(long)]
+    pop: bool,
+    /// Why; kept in the rollback for the audit trail.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Run only if this is still the active version (default with --dry-run: the one it saw).
+    #[arg(long, value_name = "VERSION")]
+    expect_active: Option<i64>,
+    /// Show the plan and the diff; create nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Follow the rollback until it finishes (the default).
+    #[arg(long, overrides_with = "no_wait")]
+    wait: bool,
+    /// Create the rollback and return at once.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to follow the rollback, e.g. 30s or 2m.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().map_err(|_| format!("not a duration: {text} (try 30s or 2m)"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("not a duration: {text} (try 30s or 2m)")),
+    }
+}
+
+impl RollbackArgs {
+    fn strategy(&self) -> RollbackStrategy {
+        match (self.to, self.previous) {
+            (Some(_), _) => RollbackStrategy::Restore,
+            (None, true) => RollbackStrategy::Previous,
+            (None, false) => RollbackStrategy::Pop,
+        }
+    }
+}
+
+pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCode> {
+    if args.dry_run {
+        return dry_run(session, &args).await;
+    }
+    let api: Api<AgentRollback> = Api::namespaced(session.client.clone(), &session.namespace);
+    let mut spec = json!({"agentName": args.agent, "strategy": args.strategy().as_str()});
+    if let Some(t) = args.to {
+        spec["targetVersion"] = json!(t);
+    }
+    if let Some(e) = args.expect_active {
+        spec["expectedActiveVersion"] = json!(e);
+    }
+    if let Some(r) = &args.reason {
+        spec["reason"] = json!(r);
+    }
+    let request: AgentRollback = serde_json::from_value(
+        json!({"metadata": {"generateName": format!("{}-rollback-", args.agent)}, "spec": spec}),
+    )?;
+    let created = api.create(&PostParams::default(), &request).await.context("creating the AgentRollback")?;
+    let name = created.name_any();
+    println!("agentrollback.agentops.dev/{name} created");
+    if args.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(session, &api, &name, args.timeout).await
+}
+
+/// Prints phase changes and Events as they happen, until the rollback is terminal.
+async fn follow(
+    session: &Session,
+    api: &Api<AgentRollback>,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let rollbacks =
+        watcher(api.clone(), watcher::Config::default().fields(&format!("metadata.name={name}"))).applied_objects();
+    let events_api: Api<Event> = Api::namespaced(session.client.clone(), &session.namespace);
+    let event_filter = format!("involvedObject.name={name},involvedObject.kind=AgentRollback");
+    let events = watcher(events_api, watcher::Config::default().fields(&event_filter)).applied_objects();
+    let (mut rollbacks, mut events) = (rollbacks.boxed(), events.boxed());
+    let mut seen_events = HashSet::new();
+    let mut last_phase = None;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let finished = loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break None,
+            Some(item) = rollbacks.next() => {
+                let Ok(rollback) = item else { continue };
+                let status = rollback.status.clone().unwrap_or_default();
+                if status.phase != last_phase {
+                    last_phase = status.phase;
+                    if let Some(phase) = status.phase {
+                        println!("{}: {}", phase.as_str(), status.message.clone().unwrap_or_default());
+                    }
+                }
+                if status.phase.is_some_and(RollbackPhase::is_terminal) {
+                    break Some(status);
+                }
+            }
+            Some(item) = events.next() => {
+                if let Ok(event) = item {
+                    print_event(&event, &mut seen_events);
+                }
+            }
+        }
+    };
+    let Some(status) = finished else {
+        eprintln!(
+            "error: agentrollback/{name} did not finish within {timeout:?} (it keeps running; follow it with: kubectl get agentrollback {name} -w)"
+        );
+        return Ok(ExitCode::from(3));
+    };
+    // Events are published just after the status: give the last ones a moment to arrive.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Some(Ok(event)) = events.next().await {
+            print_event(&event, &mut seen_events);
+        }
+    })
+    .await;
+    match status.phase {
+        Some(RollbackPhase::Succeeded) => Ok(ExitCode::SUCCESS),
+        _ => {
+            eprintln!(
+                "error: rollback {name} failed ({}): {}",
+                status.reason.unwrap_or_default(),
+                status.message.unwrap_or_default()
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn print_event(event: &Event, seen: &mut HashSet<String>) {
+    if seen.insert(event.uid().unwrap_or_default()) {
+        println!("  event {}: {}", event.reason.as_deref().unwrap_or(""), event.message.as_deref().unwrap_or(""));
+    }
+}
+
+/// What the rollback would do now, from the controller's own planner; nothing is created.
+async fn dry_run(session: &Session, args: &RollbackArgs) -> anyhow::Result<ExitCode> {
+    let agent = fetch_agent(session, &args.agent).await?;
+    let versions = fetch_versions(session, &agent).await?;
+    let numbers: Vec<i64> = versions.iter().map(|v| v.spec.version).collect();
+    let snapshot = |n: i64| versions.iter().find(|v| v.spec.version == n).map(|v| v.spec.snapshot.clone());
+    let active = numbers.last().copied();
+    match choose(&args.agent, args.strategy(), args.to, args.expect_active, &numbers) {
+        Ok(Choice::Restore { target, new }) => {
+            println!(
+                "Dry run: would publish version {new} as a copy of version {target}; version {new} would become active."
+            );
+            if let (Some(from), Some(to)) = (active.and_then(snapshot), snapshot(target)) {
+                println!("--- version {} (active)\n+++ version {target}", active.unwrap_or_default());
+                print!("{}", diff::render(&diff::changes(&from, &to)));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Choice::Pop { version }) => {
+            let next = numbers.iter().copied().filter(|n| *n < version).max();
+            let next_text = next.map_or_else(|| "none".to_string(), |n| n.to_string());
+            println!("Dry run: would delete version {version}; version {next_text} would become active.");
+            if let (Some(from), Some(to)) = (snapshot(version), next.and_then(snapshot)) {
+                println!("--- version {version} (active)\n+++ version {next_text}");
+                print!("{}", diff::render(&diff::changes(&from, &to)));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(failure) => {
+            eprintln!("Dry run: the rollback would fail ({}): {}", failure.reason.as_str(), failure.message);
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! `kubectl agent`, driven as a process: its output and exit codes for every command, each
+//! failure reason, a missing agent, dry runs, and kubectl's own plugin mechanism.
+
+use std::process::{Command, Output};
+
+use kube::api::ListParams;
+
+use crate::rollback::{Setup, setup};
+use crate::support::{client, control_plane, install_crds, namespace};
+
+fn plugin(s: &Setup, args: &[&str]) -> Output {
+    plugin_in(&s.ns, args)
+}
+
+fn plugin_in(ns: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kubectl-agent"))
+        .arg("--kubeconfig")
+        .arg(&control_plane().kubeconfig)
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .expect("kubectl-agent runs")
+}
+
+fn text(out: &Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test]
+async fn history_show_and_diff_read_an_agents_versions() {
+    let s = setup("plugin-read").await;
+    s.agent_with_versions("support", 3, 10).await;
+
+    let (code, out, _) = text(&plugin(&s, &["history", "support"]));
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("VERSION") && lines[0].contains("CHANGE-CAUSE"), "{out}");
+    let first: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(&first[..2], ["3", "*"], "newest first, marked active: {out}");
+    assert!(lines[3].starts_with('1'), "{out}");
+
+    let (code, out, _) = text(&plugin(&s, &["history", "support", "-o", "json"]));
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(3));
+    assert_eq!(list["items"][0]["spec"]["version"], 3);
+    let (_, out, _) = text(&plugin(&s, &["history", "support", "-o", "yaml"]));
+    assert!(out.contains("kind: List"), "{out}");
+
+    let (code, out, _) = text(&plugin(&s, &["show", "support"]));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("# support-v3 (version 3, active)") && out.contains("instructions: i3"), "{out}");
+    let (_, out, _) = text(&plugin(&s, &["show", "support", "1"]));
+    assert!(out.contains("instructions: i1"), "{out}");
+
+    let (code, out, _) = text(&plugin(&s, &["diff", "support", "1"]));
+    assert_eq!(code, 0);
+    assert_eq!(out, "--- version 1\n+++ version 3\n~ instructions: \"i1\" -> \"i3\"\n");
+    let (_, out, _) = text(&plugin(&s, &["diff", "support", "2", "2"]));
+    assert!(out.ends_with("No differences.\n"), "{out}");
+
+    let (code, _, err) = text(&plugin(&s, &["show", "support", "9"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("version 9 of agent \"support\" not found") && err.contains("kubectl agent history support"),
+        "{err}"
+    );
+    let (code, _, err) = text(&plugin(&s, &["history", "ghost"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("agent \"ghost\" not found in namespace") && err.contains("kubectl get agents"), "{err}");
+}
+
+#[tokio::test]
+async fn rollback_streams_its_progress_and_exits_by_its_outcome() {
+    let s = setup("plugin-rollback").await;
+    s.agent_with_versions("support", 2, 10).await;
+
+    let (code, out, err) = text(&plugin(&s, &["rollback", "support", "--to", "1", "--reason", "v2 is worse"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("agentrollback.agentops.dev/support-rollback-") && out.contains(" created"), "{out}");
+    assert!(out.contains("Succeeded: Agent rolled back to version 1. New version 3 is now active."), "{out}");
+    assert!(out.contains("event RollbackStarted") && out.contains("event RollbackSucceeded"), "{out}");
+    let rollbacks = s.rollbacks().list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(rollbacks[0].spec.reason.as_deref(), Some("v2 is worse"));
+
+    let (code, out, _) = text(&plugin(&s, &["rollback", "support", "--previous"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Succeeded: Agent rolled back to version 2. New version 4 is now active."), "{out}");
+    let (code, out, _) = text(&plugin(&s, &["rollback", "support", "--pop"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Succeeded: Version 4 was deleted. Version 3 is now active."), "{out}");
+
+    let (code, out, _) = text(&plugin(&s, &["rollback", "support", "--pop", "--no-wait"]));
+    assert_eq!(code, 0);
+    assert!(out.trim().ends_with("created"), "{out}");
+}
+
+#[tokio::test]
+async fn every_failure_reason_exits_non_zero_with_the_reason_and_message() {
+    let s = setup("plugin-fail").await;
+    s.agent_with_versions("two", 2, 10).await;
+    s.agent_with_versions("one", 1, 10).await;
+    let cases: [(&[&str], &str); 6] = [
+        (&["rollback", "ghost", "--previous"], "AgentNotFound"),
+        (&["rollback", "two", "--to", "9"], "VersionNotFound"),
+        (&["rollback", "two", "--to", "2"], "AlreadyActive"),
+        (&["rollback", "one", "--previous"], "NoPreviousVersion"),
+        (&["rollback", "one", "--pop"], "AtFirstVersion"),
+        (&["rollback", "two", "--to", "1", "--expect-active", "1"], "ActiveVersionChanged"),
+    ];
+    for (args, reason) in cases {
+        let (code, out, err) = text(&plugin(&s, args));
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(out.contains("Failed: "), "{args:?}: {out}");
+        assert!(err.contains(&format!("failed ({reason}): ")), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn dry_run_shows_the_plan_and_the_diff_and_creates_nothing() {
+    let s = setup("plugin-dry").await;
+    s.agent_with_versions("support", 2, 10).await;
+    let (code, out, _) = text(&plugin(&s, &["rollback", "support", "--to", "1", "--dry-run"]));
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "Dry run: would publish version 3 as a copy of version 1; version 3 would become active.\n--- version 2 (active)\n+++ version 1\n~ instructions: \"i2\" -> \"i1\"\n"
+    );
+    let (code, out, _) = text(&plugin(&s, &["rollback", "support", "--pop", "--dry-run"]));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("Dry run: would delete version 2; version 1 would become active."), "{out}");
+    let (code, _, err) = text(&plugin(&s, &["rollback", "support", "--to", "2", "--dry-run"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("would fail (AlreadyActive)"), "{err}");
+    assert!(s.rollbacks().list(&ListParams::default()).await.unwrap().items.is_empty(), "a dry run created a rollback");
+}
+
+#[tokio::test]
+async fn a_rollback_that_does_not_finish_in_time_exits_with_code_3() {
+    // No operator watches this namespace, so the rollback never starts.
+    let admin = client().await;
+    install_crds(&admin).await;
+    let ns = namespace(&admin, "plugin-timeout").await;
+    let (code, _, err) = text(&plugin_in(&ns, &["rollback", "support", "--pop", "--timeout", "2s"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("did not finish within"), "{err}");
+}
+
+#[tokio::test]
+async fn it_runs_as_a_kubectl_plugin_with_kubectls_conventions() {
+    let s = setup("plugin-kubectl").await;
+    s.agent_with_versions("support", 1, 10).await;
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-agent")).parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}:{}",
+        bin_dir.display(),
+        control_plane().bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // KUBECONFIG from the environment, namespace from the flag, as kubectl does.
+    let out = Command::new(control_plane().bin.join("kubectl"))
+        .env("PATH", &path)
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .args(["agent", "history", "support", "-n", &s.ns, "--context", "local"])
+        .output()
+        .unwrap();
+    let (code, out, err) = text(&out);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("VERSION"), "{out}");
+
+    let help = Command::new(env!("CARGO_BIN_EXE_kubectl-agent")).args(["rollback", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--to",
+        "--previous",
+        "--pop",
+        "--reason",
+        "--dry-run",
+        "--no-wait",
+        "--timeout",
+        "--namespace",
+        "--context",
+        "--kubeconfig",
+    ] {
+        assert!(help.contains(flag), "rollback --help lacks {flag}: {help}");
+    }
+    let (code, _, err) = text(&plugin(&s, &["rollback", "support"]));
+    assert_eq!(code, 2, "a rollback needs one of --to, --previous, --pop: {err}");
+    assert!(err.contains("--to") || err.contains("required"), "{err}");
+}
