@@ -155,6 +155,12 @@ pub struct AgentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_definition_hash: Option<String>,
 
+    /// Digest of the versions when this status was written (each one's number, snapshot hash
+    /// and making rollback). The controller trusts its cached list of versions only while the
+    /// list matches it, and reads them from the API server otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions_digest: Option<String>,
+
     /// The last AgentRollback that succeeded on this Agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rollback: Option<LastRollback>,

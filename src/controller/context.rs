@@ -1,6 +1,6 @@
 //! State shared by the controllers: cheap-to-clone handles only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,12 +33,23 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     locks: Mutex<HashMap<AgentKey, Arc<tokio::sync::Mutex<()>>>>,
     backoff: Mutex<HashMap<String, u32>>,
+    /// Agents whose last sync in this process ended cleanly.
+    settled: Mutex<HashSet<AgentKey>>,
 }
 
 impl Context {
     pub fn new(client: Client, settings: Settings, rollbacks: Store<AgentRollback>, metrics: Arc<Metrics>) -> Self {
         let events = EventSink::start(client.clone(), settings.instance.clone());
-        Self { client, settings, rollbacks, events, metrics, locks: Mutex::default(), backoff: Mutex::default() }
+        Self {
+            client,
+            settings,
+            rollbacks,
+            events,
+            metrics,
+            locks: Mutex::default(),
+            backoff: Mutex::default(),
+            settled: Mutex::default(),
+        }
     }
 
     /// Takes the Agent's lock: one sync per Agent at a time, whichever controller asks.
@@ -61,6 +72,18 @@ impl Context {
         *attempts = attempts.saturating_add(1);
         let millis = 200u64.saturating_mul(1 << (*attempts - 1).min(9));
         Duration::from_millis(millis.min(60_000))
+    }
+
+    /// Whether the Agent's last sync in this process ended cleanly; forgets it, so a sync that
+    /// fails part-way leaves the Agent unsettled.
+    pub fn take_settled(&self, namespace: &str, name: &str) -> bool {
+        let mut settled = self.settled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        settled.remove(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn mark_settled(&self, namespace: &str, name: &str) {
+        let mut settled = self.settled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        settled.insert((namespace.to_string(), name.to_string()));
     }
 
     pub fn reset_backoff(&self, uid: &str) {

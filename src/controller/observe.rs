@@ -1,7 +1,12 @@
-//! Observe: every read of one sync. The Agent and its versions are read from the API server
-//! (a stale Agent could republish a generation a rollback replaced; a stale version list could
-//! restore a pruned version). Rollbacks come from the watch cache: a stale one is harmless,
-//! because every rollback status write is conditional on the resourceVersion it was read at.
+//! Observe: every read of one sync. The Agent is read from the API server (a stale Agent could
+//! republish a generation a rollback replaced). Its versions come from the API server's watch
+//! cache when that list matches the digest the Agent's status recorded and this process's last
+//! sync of the Agent ended cleanly; otherwise (after a restart, an error, a write that met a
+//! newer state, or a change made by someone else) they are read with a consistent list, which
+//! waits for the cache to catch up with etcd and so costs tens of milliseconds after a write.
+//! Rollbacks come from the watch cache: a stale one is harmless, because every rollback
+//! status write is conditional on the resourceVersion it was read at, and a Running rollback
+//! is read live before it is resumed.
 
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -12,21 +17,44 @@ use crate::api::{Agent, AgentRollback, AgentVersion};
 use crate::plan::Observed;
 use crate::{Error, Result};
 
-pub async fn observe(ctx: &Context, namespace: &str, name: &str) -> Result<Observed> {
+/// How far the versions may come from the watch cache.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// The cached list, if it matches the Agent's recorded digest.
+    CacheIfConfirmed,
+    /// A consistent list.
+    Consistent,
+}
+
+pub async fn observe(ctx: &Context, namespace: &str, name: &str, freshness: Freshness) -> Result<Observed> {
     let agents: Api<Agent> = Api::namespaced(ctx.client.clone(), namespace);
     let agent = agents.get_opt(name).await.map_err(|source| Error::GetAgent {
         namespace: namespace.into(),
         name: name.into(),
         source,
     })?;
-    let versions = fetch_versions(ctx, namespace, name).await?;
     let rollbacks = cached_rollbacks(ctx, namespace, name);
+    let recorded = agent.as_ref().and_then(|a| a.status.as_ref()).and_then(|s| s.versions_digest.clone());
+    if freshness == Freshness::CacheIfConfirmed
+        && let Some(recorded) = recorded
+    {
+        let cached = fetch_versions(ctx, namespace, name, true).await?;
+        let observed = Observed::new(namespace.into(), name.into(), agent.clone(), cached, rollbacks.clone());
+        if observed.foreign_versions.is_empty() && observed.versions_digest() == recorded {
+            return Ok(observed);
+        }
+    }
+    let versions = fetch_versions(ctx, namespace, name, false).await?;
     Ok(Observed::new(namespace.into(), name.into(), agent, versions, rollbacks))
 }
 
-async fn fetch_versions(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<AgentVersion>> {
+async fn fetch_versions(ctx: &Context, namespace: &str, name: &str, from_cache: bool) -> Result<Vec<AgentVersion>> {
     let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), namespace);
-    let params = ListParams::default().labels(&format!("{AGENT_LABEL}={name}"));
+    let mut params = ListParams::default().labels(&format!("{AGENT_LABEL}={name}"));
+    if from_cache {
+        // resourceVersion=0: whatever the API server's watch cache holds, without waiting.
+        params = params.match_any();
+    }
     let list = api.list(&params).await.map_err(|source| Error::ListVersions {
         namespace: namespace.into(),
         name: name.into(),

@@ -7,7 +7,7 @@ use tracing::debug;
 
 use super::Context;
 use super::apply::{Outcome, apply_step};
-use super::observe::observe;
+use super::observe::{Freshness, observe};
 use crate::api::RollbackPhase;
 use crate::metrics::RollbackLabels;
 use crate::plan::sync::decide;
@@ -20,7 +20,20 @@ const MAX_UNITS: usize = 2000;
 
 pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str) -> Result<()> {
     let _turn = ctx.lock_agent(namespace, name).await;
-    let mut observed = observe(ctx, namespace, name).await?;
+    // Trust cached versions only if this process's last sync of the Agent ended cleanly: after a
+    // restart or an error, the Agent's recorded digest may describe a state that was changed
+    // after it was written.
+    let settled = ctx.take_settled(namespace, name);
+    let result = run_units(ctx, namespace, name, settled).await;
+    if result.is_ok() {
+        ctx.mark_settled(namespace, name);
+    }
+    result
+}
+
+async fn run_units(ctx: &Context, namespace: &str, name: &str, settled: bool) -> Result<()> {
+    let freshness = if settled { Freshness::CacheIfConfirmed } else { Freshness::Consistent };
+    let mut observed = observe(ctx, namespace, name, freshness).await?;
     for _ in 0..MAX_UNITS {
         let now = Time(Timestamp::now());
         let steps = decide(&observed, &now);
@@ -42,7 +55,7 @@ pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str) -> Result<()
                     break;
                 }
                 Outcome::Stale(None) => {
-                    observed = observe(ctx, namespace, name).await?;
+                    observed = observe(ctx, namespace, name, Freshness::Consistent).await?;
                     break;
                 }
             }

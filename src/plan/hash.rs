@@ -8,11 +8,24 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::api::AgentDefinition;
+use crate::api::{AgentDefinition, AgentVersionSpec};
 
 /// Lowercase hex sha256 of the definition's canonical JSON.
 pub fn snapshot_hash(definition: &AgentDefinition) -> String {
     let digest = Sha256::digest(canonical_json(definition).as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Digest of a history: sha256 over each version's number, snapshot hash and making rollback,
+/// in number order. Everything a decision reads from a version, apart from the snapshot that
+/// the snapshot hash stands for.
+pub fn versions_digest<'a>(versions: impl IntoIterator<Item = &'a AgentVersionSpec>) -> String {
+    let mut entries: Vec<String> = versions
+        .into_iter()
+        .map(|v| format!("{}:{}:{}", v.version, v.snapshot_hash, v.rollback_name.as_deref().unwrap_or("")))
+        .collect();
+    entries.sort_by_key(|e| e.split(':').next().and_then(|n| n.parse::<i64>().ok()));
+    let digest = Sha256::digest(entries.join("\n").as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -76,6 +76,11 @@ impl Observed {
         self.versions.iter().find(|v| v.spec.version == number)
     }
 
+    /// Digest of the versions as observed (see [`hash::versions_digest`]).
+    pub fn versions_digest(&self) -> String {
+        hash::versions_digest(self.versions.iter().map(|v| &v.spec))
+    }
+
     pub fn version_numbers(&self) -> Vec<i64> {
         self.versions.iter().map(|v| v.spec.version).collect()
     }

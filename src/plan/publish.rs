@@ -33,6 +33,7 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
         let active = observed.active_number();
         status.active_version = active;
         status.version_count = Some(observed.versions.len() as i64);
+        status.versions_digest = Some(observed.versions_digest());
         status.conditions = super::status::agent_conditions(&status.conditions, generation, active, busy_after, now);
         return vec![Step::PatchAgentStatus(Box::new(status))];
     }
@@ -42,6 +43,8 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
     let version = new_version(agent, number, agent.spec.definition.clone(), hash, None, change_cause);
     status.active_version = Some(number);
     status.version_count = Some(observed.versions.len() as i64 + 1);
+    status.versions_digest =
+        Some(super::hash::versions_digest(observed.versions.iter().map(|v| &v.spec).chain([&version.spec])));
     status.conditions = super::status::agent_conditions(&status.conditions, generation, Some(number), busy_after, now);
     vec![
         Step::CreateVersion(Box::new(version)),

@@ -386,6 +386,7 @@ fn finish(
     let mut agent_status = agent.status.clone().unwrap_or_default();
     agent_status.active_version = active;
     agent_status.version_count = Some(observed.versions.len() as i64);
+    agent_status.versions_digest = Some(observed.versions_digest());
     agent_status.last_rollback = Some(LastRollback { name: name.clone(), time: now.clone() });
     agent_status.conditions =
         super::status::agent_conditions(&agent_status.conditions, agent.metadata.generation, active, busy_after, now);

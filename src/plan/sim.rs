@@ -377,6 +377,8 @@ fn check_invariants(cluster: &Cluster) -> Result<(), TestCaseError> {
     let status = cluster.agent.as_ref().and_then(|a| a.status.clone()).unwrap_or_default();
     prop_assert_eq!(status.active_version, newest, "the active version is the newest one");
     prop_assert_eq!(status.version_count, Some(cluster.versions.len() as i64));
+    let digest = super::hash::versions_digest(cluster.versions.iter().map(|v| &v.spec));
+    prop_assert_eq!(status.versions_digest, Some(digest), "the status digest describes the versions that exist");
     let limit = cluster.agent.as_ref().map_or(1, |a| a.spec.revision_history_limit);
     prop_assert!(cluster.versions.len() <= limit.max(1) as usize);
     for v in &cluster.versions {

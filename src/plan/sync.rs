@@ -71,6 +71,8 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
             .collect();
         let mut agent_status = agent.status.clone().unwrap_or_default();
         agent_status.version_count = Some((observed.versions.len() - prune.len()) as i64);
+        let kept = observed.versions.iter().filter(|v| !prune.contains(&v.spec.version)).map(|v| &v.spec);
+        agent_status.versions_digest = Some(super::hash::versions_digest(kept));
         agent_status.active_version = active;
         agent_status.conditions = status::agent_conditions(
             &agent_status.conditions,
@@ -99,6 +101,7 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
     let mut desired = agent.status.clone().unwrap_or_default();
     desired.active_version = active;
     desired.version_count = Some(observed.versions.len() as i64);
+    desired.versions_digest = Some(observed.versions_digest());
     desired.conditions = status::agent_conditions(&desired.conditions, agent.metadata.generation, active, None, now);
     if agent.status.as_ref() == Some(&desired) { Vec::new() } else { vec![Step::PatchAgentStatus(Box::new(desired))] }
 }

@@ -258,8 +258,13 @@ impl Operator {
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
     }
 
-    /// Starts the operator with extra flags; its HTTP endpoints on a free port (see `http_port`).
+    /// Starts the operator with extra flags; its HTTP endpoints on a free port (see `get`).
     pub fn start_with(kubeconfig: &Path, namespace: &str, extra: &[&str]) -> Self {
+        Self::start_logged(kubeconfig, namespace, extra, "info,agent_operator=debug")
+    }
+
+    /// Like `start_with`, with this log filter (benchmarks log little).
+    pub fn start_logged(kubeconfig: &Path, namespace: &str, extra: &[&str], filter: &str) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -272,7 +277,7 @@ impl Operator {
             .arg(kubeconfig)
             .arg(format!("--http-addr=127.0.0.1:{http_port}"))
             .args(extra)
-            .env("RUST_LOG", "info,agent_operator=debug")
+            .env("RUST_LOG", filter)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -314,6 +319,18 @@ impl Operator {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Resident memory in bytes and CPU seconds used so far, from /proc.
+    pub fn usage(&self) -> Option<(u64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let rss_kb: u64 =
+            status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some((rss_kb * 1024, ticks as f64 / 100.0))
     }
 
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {

@@ -1,0 +1,459 @@
+//! Rollback latency, throughput and memory against the raw API floor, on the real control
+//! plane with the release-built operator. Run it with `scripts/bench.sh`; it prints one table
+//! and writes the figures as JSON under `target/bench/`. Every ratio compares figures taken in
+//! the same run, since the machine is shared and absolute times drift.
+//!
+//! Sizes can be lowered for a quick look: BENCH_LATENCY_N (default 200), BENCH_THROUGHPUT_AGENTS
+//! (100), BENCH_THROUGHPUT_PER_AGENT (10), BENCH_SCALE_AGENTS (1000).
+
+#![allow(clippy::unwrap_used)] // A benchmark fails by panicking.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use agent_operator::api::{
+    Agent, AgentDefinition, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, RollbackPhase,
+};
+use agent_operator::plan::hash::snapshot_hash;
+use agent_operator::plan::publish::new_version;
+use agent_operator::plan::status::{agent_conditions, set_rollback_phase};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use support::{Operator, client, control_plane, eventually, install_crds, namespace};
+
+const MANAGER: &str = "agentops.dev/agent-operator";
+
+fn env_size(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+struct Percentiles {
+    n: usize,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+}
+
+fn percentiles(mut samples: Vec<f64>) -> Percentiles {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    Percentiles { n: samples.len(), p50_ms: at(0.50), p95_ms: at(0.95), p99_ms: at(0.99) }
+}
+
+fn agent_body(name: &str, instructions: &str, limit: i64) -> serde_json::Value {
+    json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "Agent", "metadata": {"name": name},
+           "spec": {"instructions": instructions, "model": "auto", "temperature": 0.7, "revisionHistoryLimit": limit,
+                    "steps": [{"name": "greet", "prompt": "Greet the customer."}, {"name": "triage", "prompt": "Find out what they need."}]}})
+}
+
+fn definition(instructions: &str) -> AgentDefinition {
+    serde_json::from_value(agent_body("x", instructions, 10)["spec"].clone()).unwrap()
+}
+
+async fn create_agent(api: &Api<Agent>, name: &str, instructions: &str, limit: i64) -> Agent {
+    api.create(&PostParams::default(), &serde_json::from_value(agent_body(name, instructions, limit)).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn create_rollback(
+    api: &Api<AgentRollback>,
+    name: &str,
+    agent: &str,
+    strategy: &str,
+    target: Option<i64>,
+) -> AgentRollback {
+    let mut spec = json!({"agentName": agent, "strategy": strategy});
+    if let Some(t) = target {
+        spec["targetVersion"] = json!(t);
+    }
+    let body: AgentRollback = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+    api.create(&PostParams::default(), &body).await.unwrap()
+}
+
+/// The writes one Restore needs, made directly, as the operator makes them: the rollback's
+/// Running status, the new version, the Agent's status, the rollback's Succeeded status.
+async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &AgentRollback, number: i64) {
+    let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), ns);
+    let versions: Api<AgentVersion> = Api::namespaced(client.clone(), ns);
+    let agents: Api<Agent> = Api::namespaced(client.clone(), ns);
+    let t = now();
+    let mut status = AgentRollbackStatus {
+        from_version: Some(number - 1),
+        restored_version: Some(1),
+        new_version: Some(number),
+        ..Default::default()
+    };
+    set_rollback_phase(&mut status, RollbackPhase::Running, None, "Rolling back.".into(), Some(1), &t);
+    let body = json!({"metadata": {"resourceVersion": rollback.resource_version()}, "status": status});
+    let running =
+        rollbacks.patch_status(&rollback.name_any(), &PatchParams::default(), &Patch::Merge(body)).await.unwrap();
+
+    let snapshot = definition("restored");
+    let hash = snapshot_hash(&snapshot);
+    let version = new_version(agent, number, snapshot, hash, None, None);
+    versions.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &version).await.unwrap();
+
+    let agent_status = AgentStatus {
+        active_version: Some(number),
+        version_count: Some(number),
+        observed_generation: Some(1),
+        conditions: agent_conditions(&[], Some(1), Some(number), None, &t),
+        ..Default::default()
+    };
+    let body = json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "Agent", "status": agent_status});
+    agents.patch_status(&agent.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(body)).await.unwrap();
+
+    status.active_version = Some(number);
+    set_rollback_phase(&mut status, RollbackPhase::Succeeded, None, "Rolled back.".into(), Some(1), &t);
+    let body = json!({"metadata": {"resourceVersion": running.resource_version()}, "status": status});
+    rollbacks.patch_status(&rollback.name_any(), &PatchParams::default(), &Patch::Merge(body)).await.unwrap();
+}
+
+/// Floor: the same writes made directly, one Restore at a time.
+async fn floor(client: &Client, n: usize) -> Percentiles {
+    let ns = namespace(client, "bench-floor").await;
+    let agent = create_agent(&Api::namespaced(client.clone(), &ns), "floor", "v1", 10_000).await;
+    let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
+    let mut samples = Vec::new();
+    for i in 0..n {
+        let rollback = create_rollback(&rollbacks, &format!("rb-{i}"), "floor", "Restore", Some(1)).await;
+        let start = Instant::now();
+        direct_restore(client, &ns, &agent, &rollback, i as i64 + 2).await;
+        samples.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    percentiles(samples)
+}
+
+/// Waits on a rollback watch until each of `names` is terminal; returns when each finished.
+async fn wait_terminal(
+    events: &mut (impl futures::Stream<Item = Result<AgentRollback, watcher::Error>> + Unpin),
+    names: &mut HashMap<String, Option<Instant>>,
+) {
+    while names.values().any(Option::is_none) {
+        let rollback = events.try_next().await.unwrap().expect("watch open");
+        if rollback.status.as_ref().and_then(|s| s.phase).is_some_and(RollbackPhase::is_terminal)
+            && let Some(slot @ None) = names.get_mut(&rollback.name_any())
+        {
+            *slot = Some(Instant::now());
+        }
+    }
+}
+
+fn start_operator(ns: &str) -> Operator {
+    Operator::start_logged(&control_plane().kubeconfig, ns, &[], "warn")
+}
+
+async fn settled(api: &Api<Agent>, name: &str) {
+    eventually(Duration::from_secs(120), || async {
+        let a = api.get(name).await.ok()?;
+        (a.status.as_ref()?.observed_generation == a.metadata.generation).then_some(())
+    })
+    .await;
+}
+
+/// Rollback latency: create an AgentRollback, observe it Succeeded; one at a time.
+async fn latency(client: &Client, n: usize) -> Percentiles {
+    let ns = namespace(client, "bench-latency").await;
+    let _operator = start_operator(&ns);
+    let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
+    let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
+    create_agent(&agents, "lat", "v1", 10).await;
+    settled(&agents, "lat").await;
+    agents.patch("lat", &PatchParams::default(), &Patch::Merge(json!({"spec": {"instructions": "v2"}}))).await.unwrap();
+    settled(&agents, "lat").await;
+    let mut events = watcher(rollbacks.clone(), watcher::Config::default()).applied_objects().boxed();
+    let mut samples = Vec::new();
+    for (i, active) in (0..n).zip(2i64..) {
+        let name = format!("rb-{i}");
+        let start = Instant::now();
+        create_rollback(&rollbacks, &name, "lat", "Restore", Some(active - 1)).await;
+        let mut waiting = HashMap::from([(name, None)]);
+        wait_terminal(&mut events, &mut waiting).await;
+        samples.push(waiting.into_values().next().flatten().unwrap().duration_since(start).as_secs_f64() * 1000.0);
+    }
+    percentiles(samples)
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Throughput {
+    rollbacks: usize,
+    agents: usize,
+    operator_seconds: f64,
+    operator_per_second: f64,
+    direct_seconds: f64,
+    direct_per_second: f64,
+}
+
+/// Throughput: many rollbacks over many agents at once, against the same writes made directly
+/// by one worker per agent (the concurrency the operator has: one Agent's work is serial).
+async fn throughput(client: &Client, agents_n: usize, per_agent: usize) -> Throughput {
+    let ns = namespace(client, "bench-throughput").await;
+    let _operator = start_operator(&ns);
+    let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
+    let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
+    futures::stream::iter(0..agents_n)
+        .for_each_concurrent(16, |a| {
+            let agents = agents.clone();
+            async move {
+                let name = format!("tp-{a}");
+                create_agent(&agents, &name, "v1", 10).await;
+                settled(&agents, &name).await;
+                agents
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"instructions": "v2"}})))
+                    .await
+                    .unwrap();
+                settled(&agents, &name).await;
+            }
+        })
+        .await;
+    let mut events = watcher(rollbacks.clone(), watcher::Config::default()).applied_objects().boxed();
+    let total = agents_n * per_agent;
+    let mut waiting: HashMap<String, Option<Instant>> = (0..total).map(|i| (format!("rb-{i}"), None)).collect();
+    let start = Instant::now();
+    futures::stream::iter(0..total)
+        .for_each_concurrent(64, |i| {
+            let rollbacks = rollbacks.clone();
+            async move {
+                create_rollback(&rollbacks, &format!("rb-{i}"), &format!("tp-{}", i % agents_n), "Previous", None)
+                    .await;
+            }
+        })
+        .await;
+    wait_terminal(&mut events, &mut waiting).await;
+    let operator_seconds = start.elapsed().as_secs_f64();
+
+    // The same writes, directly, one worker per agent.
+    let direct_ns = namespace(client, "bench-direct").await;
+    let direct_agents: Api<Agent> = Api::namespaced(client.clone(), &direct_ns);
+    let direct_rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &direct_ns);
+    let mut work = Vec::new();
+    for a in 0..agents_n {
+        let agent = create_agent(&direct_agents, &format!("tp-{a}"), "v1", 10_000).await;
+        let mut mine = Vec::new();
+        for k in 0..per_agent {
+            mine.push(
+                create_rollback(&direct_rollbacks, &format!("rb-{a}-{k}"), &agent.name_any(), "Previous", None).await,
+            );
+        }
+        work.push((agent, mine));
+    }
+    let start = Instant::now();
+    futures::future::join_all(work.iter().map(|(agent, mine)| {
+        let (client, ns) = (client.clone(), direct_ns.clone());
+        async move {
+            for (k, rollback) in mine.iter().enumerate() {
+                direct_restore(&client, &ns, agent, rollback, k as i64 + 3).await;
+            }
+        }
+    }))
+    .await;
+    let direct_seconds = start.elapsed().as_secs_f64();
+    Throughput {
+        rollbacks: total,
+        agents: agents_n,
+        operator_seconds,
+        operator_per_second: total as f64 / operator_seconds,
+        direct_seconds,
+        direct_per_second: total as f64 / direct_seconds,
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Scale {
+    agents: usize,
+    versions_per_agent: i64,
+    reconcile_all_seconds: f64,
+    rss_mib: f64,
+    cpu_seconds: f64,
+}
+
+/// Writes versions `from..=to` of each agent directly, and a status that says so, as the
+/// operator would have left them: so a restarted operator has only to read and confirm.
+async fn grow_history(client: &Client, ns: &str, agents: &[Agent], from: i64, to: i64) {
+    futures::stream::iter(agents.iter())
+        .for_each_concurrent(32, |agent| async move {
+            let versions: Api<AgentVersion> = Api::namespaced(client.clone(), ns);
+            for v in from..=to {
+                let snapshot = if v == to {
+                    agent.spec.definition.clone()
+                } else {
+                    definition(&format!("{}-v{v}", agent.name_any()))
+                };
+                let hash = snapshot_hash(&snapshot);
+                let version = new_version(agent, v, snapshot, hash, None, Some(format!("edit {v}")));
+                versions
+                    .create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &version)
+                    .await
+                    .unwrap();
+            }
+            let t = now();
+            let status = AgentStatus {
+                active_version: Some(to),
+                version_count: Some(to),
+                observed_generation: agent.metadata.generation,
+                observed_definition_hash: Some(snapshot_hash(&agent.spec.definition)),
+                conditions: agent_conditions(&[], agent.metadata.generation, Some(to), None, &t),
+                ..Default::default()
+            };
+            let body = json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "Agent", "status": status});
+            let agents: Api<Agent> = Api::namespaced(client.clone(), ns);
+            agents
+                .patch_status(&agent.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(body))
+                .await
+                .unwrap();
+        })
+        .await;
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().split(' ').next()?.parse().ok()))
+}
+
+/// Starts the operator on a namespace of `n` settled agents; time until it has reconciled each
+/// once, then its memory and CPU.
+async fn restart_and_measure(ns: &str, n: usize, versions_per_agent: i64) -> Scale {
+    let start = Instant::now();
+    let operator = start_operator(ns);
+    let series = "agentops_reconciles_total{resource=\"agent\",result=\"success\"}";
+    eventually(Duration::from_secs(600), || async {
+        let (_, body) = operator.get("/metrics").await?;
+        (metric(&body, series)? >= n as f64).then_some(())
+    })
+    .await;
+    let reconcile_all_seconds = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (rss, cpu_seconds) = operator.usage().unwrap();
+    Scale { agents: n, versions_per_agent, reconcile_all_seconds, rss_mib: rss as f64 / (1024.0 * 1024.0), cpu_seconds }
+}
+
+async fn scale(client: &Client, n: usize) -> Vec<Scale> {
+    let ns = namespace(client, "bench-scale").await;
+    let api: Api<Agent> = Api::namespaced(client.clone(), &ns);
+    let agents: Vec<Agent> = futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move { create_agent(&api, &format!("sc-{i}"), &format!("sc-{i}-final"), 25).await }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut results = Vec::new();
+    grow_history(client, &ns, &agents, 1, 5).await;
+    results.push(restart_and_measure(&ns, n, 5).await);
+    grow_history(client, &ns, &agents, 6, 20).await;
+    results.push(restart_and_measure(&ns, n, 20).await);
+    results
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+#[tokio::main]
+async fn main() {
+    let client = client().await;
+    install_crds(&client).await;
+    let version = client.apiserver_version().await.map(|v| v.git_version).unwrap_or_default();
+    let (lat_n, tp_agents, tp_each, scale_n) = (
+        env_size("BENCH_LATENCY_N", 200),
+        env_size("BENCH_THROUGHPUT_AGENTS", 100),
+        env_size("BENCH_THROUGHPUT_PER_AGENT", 10),
+        env_size("BENCH_SCALE_AGENTS", 1000),
+    );
+
+    eprintln!("floor: {lat_n} Restores' writes made directly ...");
+    let floor = floor(&client, lat_n).await;
+    eprintln!("latency: {lat_n} Restores through the operator ...");
+    let latency = latency(&client, lat_n).await;
+    eprintln!("throughput: {} rollbacks over {tp_agents} agents ...", tp_agents * tp_each);
+    let throughput = throughput(&client, tp_agents, tp_each).await;
+    eprintln!("scale: {scale_n} agents with 5, then 20 versions each ...");
+    let scale = scale(&client, scale_n).await;
+
+    let p50_ratio = latency.p50_ms / floor.p50_ms;
+    let p99_ratio = latency.p99_ms / floor.p99_ms;
+    let tp_ratio = throughput.operator_per_second / throughput.direct_per_second;
+    let (small, large) = (&scale[0], &scale[1]);
+    let rss_growth = large.rss_mib / small.rss_mib;
+    let version_growth = large.versions_per_agent as f64 / small.versions_per_agent as f64;
+
+    println!(
+        "agent-operator benchmark on Kubernetes {version} (127.0.0.1, {} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("{:<44} {:>10} {:>10} {:>10}", "", "p50 ms", "p95 ms", "p99 ms");
+    println!(
+        "{:<44} {:>10.2} {:>10.2} {:>10.2}",
+        format!("floor: one Restore's writes, direct (n={})", floor.n),
+        floor.p50_ms,
+        floor.p95_ms,
+        floor.p99_ms
+    );
+    println!(
+        "{:<44} {:>10.2} {:>10.2} {:>10.2}",
+        format!("rollback: create to Succeeded (n={})", latency.n),
+        latency.p50_ms,
+        latency.p95_ms,
+        latency.p99_ms
+    );
+    println!("{:<44} {:>10.2} {:>21.2}", "ratio rollback/floor (p50, p99)", p50_ratio, p99_ratio);
+    println!(
+        "throughput: {} rollbacks over {} agents: {:.1}/s ({:.1} s); direct writes {:.1}/s ({:.1} s); ratio {:.2}",
+        throughput.rollbacks,
+        throughput.agents,
+        throughput.operator_per_second,
+        throughput.operator_seconds,
+        throughput.direct_per_second,
+        throughput.direct_seconds,
+        tp_ratio
+    );
+    for s in &scale {
+        println!(
+            "scale: {} agents x {} versions: reconcile all after restart {:.1} s, RSS {:.1} MiB, CPU {:.1} s",
+            s.agents, s.versions_per_agent, s.reconcile_all_seconds, s.rss_mib, s.cpu_seconds
+        );
+    }
+    println!("RSS growth {rss_growth:.2}x for {version_growth:.0}x the versions");
+    println!("targets (ratios from this run):");
+    println!("  rollback p50 <= 1.5x floor p50: {p50_ratio:.2}x {}", verdict(p50_ratio <= 1.5));
+    println!("  rollback p99 <= 2x floor p99: {p99_ratio:.2}x {}", verdict(p99_ratio <= 2.0));
+    println!("  throughput >= 0.5x direct: {tp_ratio:.2}x {}", verdict(tp_ratio >= 0.5));
+    println!(
+        "  RSS < 64 MiB at {} x {}: {:.1} MiB {}",
+        large.agents,
+        large.versions_per_agent,
+        large.rss_mib,
+        verdict(large.rss_mib < 64.0)
+    );
+    println!(
+        "  RSS grows less than linearly in versions: {rss_growth:.2}x < {version_growth:.0}x {}",
+        verdict(rss_growth < version_growth)
+    );
+
+    let report = json!({
+        "kubernetes": version, "floor": floor, "latency": latency, "ratio_p50": p50_ratio, "ratio_p99": p99_ratio,
+        "throughput": throughput, "throughput_ratio": tp_ratio, "scale": scale, "rss_growth": rss_growth,
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = serde_json::to_string_pretty(&report).unwrap();
+    std::fs::write(dir.join(format!("rollback-{}.json", report["unix_time"])), &text).unwrap();
+    std::fs::write(dir.join("rollback-latest.json"), &text).unwrap();
+    println!("figures written to {}", dir.join("rollback-latest.json").display());
+}
