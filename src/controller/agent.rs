@@ -10,8 +10,14 @@ use tracing::{instrument, warn};
 
 use super::Context;
 use super::sync::sync_agent;
-use crate::api::Agent;
+use kube::Api;
+use kube::api::ListParams;
+
+use crate::api::conditions::READY;
+use crate::api::keys::AGENT_LABEL;
+use crate::api::{Agent, AgentVersion};
 use crate::metrics::ErrorLabels;
+use crate::plan::{Observed, phase_of};
 use crate::{Error, Result};
 
 /// A periodic re-check, in case an event was missed.
@@ -21,10 +27,47 @@ const RESYNC: Duration = Duration::from_secs(600);
 pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
     let timer = ctx.metrics.reconcile("agent");
     let namespace = agent.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-    sync_agent(&ctx, &namespace, &agent.name_any()).await?;
+    if !up_to_date(&ctx, &agent, &namespace).await? {
+        sync_agent(&ctx, &namespace, &agent.name_any(), || false).await?;
+    }
     ctx.reset_backoff(&agent.uid().unwrap_or_default());
     timer.succeeded();
     Ok(Action::requeue(RESYNC))
+}
+
+/// True when nothing can be left to do for the Agent: its generation is handled, no rollback of
+/// it is pending, and its versions (from the API server's cache) are the ones its status
+/// records. Most Agent reconciles are echoes of the controller's own writes; this check costs
+/// one cached list and no lock, where a sync would wait its turn and read everything again.
+async fn up_to_date(ctx: &Context, agent: &Agent, namespace: &str) -> Result<bool> {
+    let Some(status) = agent.status.as_ref() else { return Ok(false) };
+    let Some(recorded) = status.versions_digest.as_ref() else { return Ok(false) };
+    let name = agent.name_any();
+    let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = ListParams::default().labels(&format!("{AGENT_LABEL}={name}")).match_any();
+    let versions = api.list(&params).await.map_err(|source| Error::ListVersions {
+        namespace: namespace.into(),
+        name: name.clone(),
+        source,
+    })?;
+    let observed = Observed::new(namespace.into(), name.clone(), Some(agent.clone()), versions.items, Vec::new());
+    if !observed.foreign_versions.is_empty() || &observed.versions_digest() != recorded {
+        // Versions changed behind the controller's back (or it is mid-way): the next sync
+        // reads them with a consistent list.
+        ctx.take_settled(namespace, &name);
+        return Ok(false);
+    }
+    // A status written while work was in flight still says so: the sync must replace it.
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.status == "True" && c.observed_generation == agent.metadata.generation);
+    let pending = ctx.rollbacks.state().iter().any(|r| {
+        r.namespace().as_deref() == Some(namespace)
+            && r.spec.agent_name == name
+            && !phase_of(r).is_some_and(|p| p.is_terminal())
+    });
+    Ok(ready && status.observed_generation == agent.metadata.generation && !pending)
 }
 
 pub fn error_policy(agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use tracing::{instrument, warn};
 
 use super::Context;
@@ -22,7 +23,10 @@ pub async fn reconcile(rollback: Arc<AgentRollback>, ctx: Arc<Context>) -> Resul
     }
     let timer = ctx.metrics.reconcile("agentrollback");
     let namespace = rollback.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-    sync_agent(&ctx, &namespace, &rollback.spec.agent_name).await?;
+    // A sync that ran while this one waited for its turn may have finished the rollback.
+    let reference = ObjectRef::from_obj(&*rollback);
+    let finished = || ctx.rollbacks.get(&reference).is_some_and(|r| phase_of(&r).is_some_and(|p| p.is_terminal()));
+    sync_agent(&ctx, &namespace, &rollback.spec.agent_name, finished).await?;
     ctx.reset_backoff(&rollback.uid().unwrap_or_default());
     timer.succeeded();
     Ok(Action::await_change())

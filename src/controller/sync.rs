@@ -18,8 +18,13 @@ use crate::{Error, Result};
 /// a bound should the planner ever fail to settle.
 const MAX_UNITS: usize = 2000;
 
-pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str) -> Result<()> {
+/// Runs the sync of one Agent, unless `done` (asked once the Agent's turn has come) says the
+/// work that asked for it has been done by a sync that ran meanwhile.
+pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str, done: impl FnOnce() -> bool) -> Result<()> {
     let _turn = ctx.lock_agent(namespace, name).await;
+    if done() {
+        return Ok(());
+    }
     // Trust cached versions only if this process's last sync of the Agent ended cleanly: after a
     // restart or an error, the Agent's recorded digest may describe a state that was changed
     // after it was written.
