@@ -56,6 +56,7 @@ where
     // of a deleted Agent end as AgentNotFound.
     let waiting = rollback_store.clone();
     let rollback_controller = rollback_controller
+        .with_config(controller_config())
         .watches(agents.clone(), watcher::Config::default(), move |agent: Agent| {
             let (namespace, name) = (agent.namespace(), agent.name_any());
             waiting
@@ -81,6 +82,7 @@ where
     let agent_controller = Controller::new(agents, watcher::Config::default());
     let agent_store = agent_controller.store();
     let agent_controller = agent_controller
+        .with_config(controller_config())
         .owns(versions, watcher::Config::default())
         .graceful_shutdown_on(shutdown)
         .run(agent::reconcile, agent::error_policy, ctx.clone())
@@ -104,6 +106,14 @@ where
     }
     ctx.events.flush().await;
     Ok(())
+}
+
+/// Reconciles in flight per controller. Unbounded, a restart over a thousand Agents starts a
+/// thousand syncs at once, each holding its reads in memory while they wait on the API server.
+const CONCURRENCY: u16 = 16;
+
+fn controller_config() -> controller::Config {
+    controller::Config::default().concurrency(CONCURRENCY)
 }
 
 fn log_controller_error(kind: &str, error: &controller::Error<crate::Error, watcher::Error>) {
