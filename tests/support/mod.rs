@@ -300,7 +300,8 @@ impl Operator {
 
     /// Sends SIGTERM and waits up to `timeout` for the process to exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        // bash's built-in kill: no dependency on a kill binary being installed.
+        let _ = Command::new("bash").arg("-c").arg(format!("kill -TERM {}", self.child.id())).status();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("wait") {
