@@ -9,13 +9,10 @@ use kube::runtime::controller::Action;
 use tracing::{instrument, warn};
 
 use super::Context;
+use super::observe::fetch_versions;
 use super::sync::sync_agent;
-use kube::Api;
-use kube::api::ListParams;
-
+use crate::api::Agent;
 use crate::api::conditions::READY;
-use crate::api::keys::AGENT_LABEL;
-use crate::api::{Agent, AgentVersion};
 use crate::metrics::ErrorLabels;
 use crate::plan::{Observed, phase_of};
 use crate::{Error, Result};
@@ -43,14 +40,8 @@ async fn up_to_date(ctx: &Context, agent: &Agent, namespace: &str) -> Result<boo
     let Some(status) = agent.status.as_ref() else { return Ok(false) };
     let Some(recorded) = status.versions_digest.as_ref() else { return Ok(false) };
     let name = agent.name_any();
-    let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), namespace);
-    let params = ListParams::default().labels(&format!("{AGENT_LABEL}={name}")).match_any();
-    let versions = api.list(&params).await.map_err(|source| Error::ListVersions {
-        namespace: namespace.into(),
-        name: name.clone(),
-        source,
-    })?;
-    let observed = Observed::new(namespace.into(), name.clone(), Some(agent.clone()), versions.items, Vec::new());
+    let versions = fetch_versions(ctx, namespace, &name, true).await?;
+    let observed = Observed::new(namespace.into(), name.clone(), Some(agent.clone()), versions, Vec::new());
     if !observed.foreign_versions.is_empty() || &observed.versions_digest() != recorded {
         // Versions changed behind the controller's back (or it is mid-way): the next sync
         // reads them with a consistent list.
@@ -62,11 +53,7 @@ async fn up_to_date(ctx: &Context, agent: &Agent, namespace: &str) -> Result<boo
         .conditions
         .iter()
         .any(|c| c.type_ == READY && c.status == "True" && c.observed_generation == agent.metadata.generation);
-    let pending = ctx.rollbacks.state().iter().any(|r| {
-        r.namespace().as_deref() == Some(namespace)
-            && r.spec.agent_name == name
-            && !phase_of(r).is_some_and(|p| p.is_terminal())
-    });
+    let pending = ctx.rollbacks_of(namespace, &name).iter().any(|r| !phase_of(r).is_some_and(|p| p.is_terminal()));
     Ok(ready && status.observed_generation == agent.metadata.generation && !pending)
 }
 

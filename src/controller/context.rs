@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::Client;
 use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
 use tokio::sync::OwnedMutexGuard;
 
 use super::events::EventSink;
@@ -19,6 +19,15 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// `reportingInstance` of Events (the pod name in a cluster).
     pub instance: Option<String>,
+}
+
+/// The rollbacks in `store` that name the Agent `namespace/name`.
+pub fn rollbacks_of(store: &Store<AgentRollback>, namespace: &str, name: &str) -> Vec<Arc<AgentRollback>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|r| r.namespace().as_deref() == Some(namespace) && r.spec.agent_name == name)
+        .collect()
 }
 
 /// Namespace and name of an Agent.
@@ -50,6 +59,11 @@ impl Context {
             backoff: Mutex::default(),
             settled: Mutex::default(),
         }
+    }
+
+    /// The rollbacks in the watch cache that name this Agent, in any phase.
+    pub fn rollbacks_of(&self, namespace: &str, name: &str) -> Vec<Arc<AgentRollback>> {
+        rollbacks_of(&self.rollbacks, namespace, name)
     }
 
     /// Takes the Agent's lock: one sync per Agent at a time, whichever controller asks.

@@ -58,15 +58,10 @@ where
     let rollback_controller = rollback_controller
         .with_config(controller_config())
         .watches(agents.clone(), watcher::Config::default(), move |agent: Agent| {
-            let (namespace, name) = (agent.namespace(), agent.name_any());
-            waiting
-                .state()
+            let namespace = agent.namespace().unwrap_or_default();
+            context::rollbacks_of(&waiting, &namespace, &agent.name_any())
                 .into_iter()
-                .filter(|r| {
-                    r.namespace() == namespace
-                        && r.spec.agent_name == name
-                        && !phase_of(r).is_some_and(|p| p.is_terminal())
-                })
+                .filter(|r| !phase_of(r).is_some_and(|p| p.is_terminal()))
                 .map(|r| ObjectRef::from_obj(&*r))
                 .collect::<Vec<_>>()
         })

@@ -8,8 +8,8 @@
 //! status write is conditional on the resourceVersion it was read at, and a Running rollback
 //! is read live before it is resumed.
 
+use kube::Api;
 use kube::api::ListParams;
-use kube::{Api, ResourceExt};
 
 use super::Context;
 use crate::api::keys::AGENT_LABEL;
@@ -48,7 +48,7 @@ pub async fn observe(ctx: &Context, namespace: &str, name: &str, freshness: Fres
     Ok(Observed::new(namespace.into(), name.into(), agent, versions, rollbacks))
 }
 
-async fn fetch_versions(ctx: &Context, namespace: &str, name: &str, from_cache: bool) -> Result<Vec<AgentVersion>> {
+pub async fn fetch_versions(ctx: &Context, namespace: &str, name: &str, from_cache: bool) -> Result<Vec<AgentVersion>> {
     let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), namespace);
     let mut params = ListParams::default().labels(&format!("{AGENT_LABEL}={name}"));
     if from_cache {
@@ -64,10 +64,5 @@ async fn fetch_versions(ctx: &Context, namespace: &str, name: &str, from_cache: 
 }
 
 fn cached_rollbacks(ctx: &Context, namespace: &str, name: &str) -> Vec<AgentRollback> {
-    ctx.rollbacks
-        .state()
-        .into_iter()
-        .filter(|r| r.namespace().as_deref() == Some(namespace) && r.spec.agent_name == name)
-        .map(|r| (*r).clone())
-        .collect()
+    ctx.rollbacks_of(namespace, name).into_iter().map(|r| (*r).clone()).collect()
 }
