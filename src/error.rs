@@ -68,23 +68,6 @@ pub enum Error {
 
     #[error("Agent {namespace}/{name} did not settle after {steps} units of work")]
     NotSettled { namespace: String, name: String, steps: usize },
-
-    #[error("failed to serialize {what}")]
-    Serialize {
-        what: &'static str,
-        #[source]
-        source: serde_json::Error,
-    },
-
-    #[error("CRD {0} did not become Established")]
-    CrdNotEstablished(String),
-
-    #[error("failed to check CRD {name}")]
-    GetCrd {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
 }
 
 impl Error {
@@ -100,9 +83,6 @@ impl Error {
             Self::PatchRollbackStatus { .. } => "patch_rollback_status",
             Self::MissingObjectKey(_) => "missing_object_key",
             Self::NotSettled { .. } => "not_settled",
-            Self::Serialize { .. } => "serialize",
-            Self::CrdNotEstablished(_) => "crd_not_established",
-            Self::GetCrd { .. } => "get_crd",
         }
     }
 }

@@ -318,10 +318,6 @@ impl Operator {
         let _ = self.child.wait();
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Resident memory in bytes and CPU seconds used so far, from /proc.
     pub fn usage(&self) -> Option<(u64, f64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
@@ -332,10 +328,6 @@ impl Operator {
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
         Some((rss_kb * 1024, ticks as f64 / 100.0))
-    }
-
-    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().expect("wait")
     }
 }
 
