@@ -14,7 +14,7 @@ use super::sync::sync_agent;
 use crate::api::Agent;
 use crate::api::conditions::READY;
 use crate::metrics::ErrorLabels;
-use crate::plan::{Observed, phase_of};
+use crate::plan::Observed;
 use crate::{Error, Result};
 
 /// A periodic re-check, in case an event was missed.
@@ -32,10 +32,11 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
     Ok(Action::requeue(RESYNC))
 }
 
-/// True when nothing can be left to do for the Agent: its generation is handled, no rollback of
-/// it is pending, and its versions (from the API server's cache) are the ones its status
-/// records. Most Agent reconciles are echoes of the controller's own writes; this check costs
-/// one cached list and no lock, where a sync would wait its turn and read everything again.
+/// True when nothing can be left for the Agent controller to do: the Agent's generation is
+/// handled and its versions (from the API server's cache) are the ones its status records.
+/// Pending rollbacks are left to the AgentRollback controller, which is triggered by each of
+/// them. Most Agent reconciles are echoes of the controller's own writes; this check costs one
+/// cached list and no lock, where a sync would wait its turn and read everything again.
 async fn up_to_date(ctx: &Context, agent: &Agent, namespace: &str) -> Result<bool> {
     let Some(status) = agent.status.as_ref() else { return Ok(false) };
     let Some(recorded) = status.versions_digest.as_ref() else { return Ok(false) };
@@ -53,8 +54,7 @@ async fn up_to_date(ctx: &Context, agent: &Agent, namespace: &str) -> Result<boo
         .conditions
         .iter()
         .any(|c| c.type_ == READY && c.status == "True" && c.observed_generation == agent.metadata.generation);
-    let pending = ctx.rollbacks_of(namespace, &name).iter().any(|r| !phase_of(r).is_some_and(|p| p.is_terminal()));
-    Ok(ready && status.observed_generation == agent.metadata.generation && !pending)
+    Ok(ready && status.observed_generation == agent.metadata.generation)
 }
 
 pub fn error_policy(agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -23,9 +23,13 @@ pub async fn reconcile(rollback: Arc<AgentRollback>, ctx: Arc<Context>) -> Resul
     }
     let timer = ctx.metrics.reconcile("agentrollback");
     let namespace = rollback.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-    // A sync that ran while this one waited for its turn may have finished the rollback.
+    // A sync that ran while this one waited for its turn may have finished the rollback. Most
+    // triggers are echoes of that sync's own writes: the rollback's status, the Agent's.
     let reference = ObjectRef::from_obj(&*rollback);
-    let finished = || ctx.rollbacks.get(&reference).is_some_and(|r| phase_of(&r).is_some_and(|p| p.is_terminal()));
+    let finished = || {
+        let current = ctx.rollbacks.get(&reference).unwrap_or(rollback.clone());
+        phase_of(&current).is_some_and(|p| p.is_terminal()) || ctx.handled(&namespace, &current)
+    };
     sync_agent(&ctx, &namespace, &rollback.spec.agent_name, finished).await?;
     ctx.reset_backoff(&rollback.uid().unwrap_or_default());
     timer.succeeded();

@@ -1,6 +1,6 @@
 //! State shared by the controllers: cheap-to-clone handles only.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use tokio::sync::OwnedMutexGuard;
 use super::events::EventSink;
 use crate::api::AgentRollback;
 use crate::metrics::Metrics;
+use crate::plan::phase_of;
 
 /// How the controllers were asked to run.
 #[derive(Clone, Debug, Default)]
@@ -33,6 +34,18 @@ pub fn rollbacks_of(store: &Store<AgentRollback>, namespace: &str, name: &str) -
 /// Namespace and name of an Agent.
 type AgentKey = (String, String);
 
+/// What an Agent's last clean sync left behind.
+struct Settled {
+    /// The resourceVersion at which the sync last saw each of the Agent's rollbacks, by uid.
+    rollbacks: HashMap<String, u64>,
+}
+
+/// An object's resourceVersion as a number: etcd revisions, which grow with every write (the
+/// same assumption that orders rollbacks by creation).
+fn revision(rollback: &AgentRollback) -> Option<u64> {
+    rollback.metadata.resource_version.as_deref()?.parse().ok()
+}
+
 pub struct Context {
     pub client: Client,
     pub settings: Settings,
@@ -42,8 +55,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     locks: Mutex<HashMap<AgentKey, Arc<tokio::sync::Mutex<()>>>>,
     backoff: Mutex<HashMap<String, u32>>,
-    /// Agents whose last sync in this process ended cleanly.
-    settled: Mutex<HashSet<AgentKey>>,
+    /// Agents whose last sync in this process ended cleanly, with what it left.
+    settled: Mutex<HashMap<AgentKey, Settled>>,
 }
 
 impl Context {
@@ -92,12 +105,29 @@ impl Context {
     /// fails part-way leaves the Agent unsettled.
     pub fn take_settled(&self, namespace: &str, name: &str) -> bool {
         let mut settled = self.settled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        settled.remove(&(namespace.to_string(), name.to_string()))
+        settled.remove(&(namespace.to_string(), name.to_string())).is_some()
     }
 
-    pub fn mark_settled(&self, namespace: &str, name: &str) {
+    /// Records that a sync of the Agent ended cleanly, leaving these rollbacks as they are.
+    pub fn mark_settled<'a>(&self, namespace: &str, name: &str, rollbacks: impl IntoIterator<Item = &'a AgentRollback>) {
+        let rollbacks = rollbacks
+            .into_iter()
+            .filter(|r| phase_of(r).is_some_and(|p| p.is_terminal()))
+            .filter_map(|r| Some((r.metadata.uid.clone()?, revision(r)?)))
+            .collect();
         let mut settled = self.settled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        settled.insert((namespace.to_string(), name.to_string()));
+        settled.insert((namespace.to_string(), name.to_string()), Settled { rollbacks });
+    }
+
+    /// Whether the last clean sync of the rollback's Agent left it terminal at this
+    /// resourceVersion or a newer one: the watch cache has yet to show the end.
+    pub fn handled(&self, namespace: &str, rollback: &AgentRollback) -> bool {
+        let (Some(uid), Some(seen)) = (rollback.metadata.uid.as_deref(), revision(rollback)) else { return false };
+        let settled = self.settled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        settled
+            .get(&(namespace.to_string(), rollback.spec.agent_name.clone()))
+            .and_then(|s| s.rollbacks.get(uid))
+            .is_some_and(|handled| *handled >= seen)
     }
 
     pub fn reset_backoff(&self, uid: &str) {

@@ -28,24 +28,25 @@ pub enum Freshness {
 
 pub async fn observe(ctx: &Context, namespace: &str, name: &str, freshness: Freshness) -> Result<Observed> {
     let agents: Api<Agent> = Api::namespaced(ctx.client.clone(), namespace);
-    let agent = agents.get_opt(name).await.map_err(|source| Error::GetAgent {
-        namespace: namespace.into(),
-        name: name.into(),
-        source,
-    })?;
+    let get_agent = async {
+        agents.get_opt(name).await.map_err(|source| Error::GetAgent {
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        })
+    };
+    // Both reads at once: the versions are checked against the Agent afterwards.
+    let from_cache = freshness == Freshness::CacheIfConfirmed;
+    let (agent, versions) = tokio::try_join!(get_agent, fetch_versions(ctx, namespace, name, from_cache))?;
     let rollbacks = cached_rollbacks(ctx, namespace, name);
     let recorded = agent.as_ref().and_then(|a| a.status.as_ref()).and_then(|s| s.versions_digest.clone());
-    if freshness == Freshness::CacheIfConfirmed
-        && let Some(recorded) = recorded
-    {
-        let cached = fetch_versions(ctx, namespace, name, true).await?;
-        let observed = Observed::new(namespace.into(), name.into(), agent.clone(), cached, rollbacks.clone());
-        if observed.foreign_versions.is_empty() && observed.versions_digest() == recorded {
-            return Ok(observed);
-        }
+    let observed = Observed::new(namespace.into(), name.into(), agent, versions, rollbacks);
+    let confirmed = observed.foreign_versions.is_empty() && recorded == Some(observed.versions_digest());
+    if !from_cache || confirmed {
+        return Ok(observed);
     }
     let versions = fetch_versions(ctx, namespace, name, false).await?;
-    Ok(Observed::new(namespace.into(), name.into(), agent, versions, rollbacks))
+    Ok(Observed::new(namespace.into(), name.into(), observed.agent, versions, observed.rollbacks))
 }
 
 pub async fn fetch_versions(ctx: &Context, namespace: &str, name: &str, from_cache: bool) -> Result<Vec<AgentVersion>> {

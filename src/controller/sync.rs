@@ -11,7 +11,7 @@ use super::observe::{Freshness, observe};
 use crate::api::RollbackPhase;
 use crate::metrics::RollbackLabels;
 use crate::plan::sync::decide;
-use crate::plan::{Applied, FailureReason};
+use crate::plan::{Applied, FailureReason, Observed};
 use crate::{Error, Result};
 
 /// Units of work one sync may do before it yields: enough for a long queue of rollbacks, and
@@ -21,6 +21,7 @@ const MAX_UNITS: usize = 2000;
 /// Runs the sync of one Agent, unless `done` (asked once the Agent's turn has come) says the
 /// work that asked for it has been done by a sync that ran meanwhile.
 pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str, done: impl FnOnce() -> bool) -> Result<()> {
+    debug!(namespace, agent = name, "Sync requested");
     let _turn = ctx.lock_agent(namespace, name).await;
     if done() {
         return Ok(());
@@ -29,21 +30,21 @@ pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str, done: impl F
     // restart or an error, the Agent's recorded digest may describe a state that was changed
     // after it was written.
     let settled = ctx.take_settled(namespace, name);
-    let result = run_units(ctx, namespace, name, settled).await;
-    if result.is_ok() {
-        ctx.mark_settled(namespace, name);
-    }
-    result
+    let observed = run_units(ctx, namespace, name, settled).await?;
+    ctx.mark_settled(namespace, name, &observed.rollbacks);
+    Ok(())
 }
 
-async fn run_units(ctx: &Context, namespace: &str, name: &str, settled: bool) -> Result<()> {
+/// Works until the planner has nothing left to do; returns the state it left.
+async fn run_units(ctx: &Context, namespace: &str, name: &str, settled: bool) -> Result<Observed> {
     let freshness = if settled { Freshness::CacheIfConfirmed } else { Freshness::Consistent };
     let mut observed = observe(ctx, namespace, name, freshness).await?;
+    debug!(namespace, agent = name, settled, "Observed");
     for _ in 0..MAX_UNITS {
         let now = Time(Timestamp::now());
         let steps = decide(&observed, &now);
         if steps.is_empty() {
-            return Ok(());
+            return Ok(observed);
         }
         debug!(namespace, agent = name, steps = steps.len(), "Applying a unit of work");
         for step in steps {
