@@ -4,7 +4,8 @@
 //! the same run, since the machine is shared and absolute times drift.
 //!
 //! Sizes can be lowered for a quick look: BENCH_LATENCY_N (default 200), BENCH_THROUGHPUT_AGENTS
-//! (100), BENCH_THROUGHPUT_PER_AGENT (10), BENCH_SCALE_AGENTS (1000).
+//! (100), BENCH_THROUGHPUT_PER_AGENT (10), BENCH_SCALE_AGENTS (1000). BENCH_LOG sets the
+//! operator's log filter (default `warn`); BENCH_TRACE prints the latency samples' timeline.
 
 #![allow(clippy::unwrap_used)] // A benchmark fails by panicking.
 
@@ -124,19 +125,31 @@ async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &Age
     rollbacks.patch_status(&rollback.name_any(), &PatchParams::default(), &Patch::Merge(body)).await.unwrap();
 }
 
-/// Floor: the same writes made directly, one Restore at a time.
-async fn floor(client: &Client, n: usize) -> Percentiles {
+/// The floor, two ways, from the same repetitions.
+#[derive(Debug, serde::Serialize)]
+struct Floor {
+    /// Every write between the start and the end of the measured rollback latency: the
+    /// AgentRollback's create, then the four writes the operator makes.
+    writes: Percentiles,
+    /// The four writes without the AgentRollback's create.
+    without_create: Percentiles,
+}
+
+/// Floor: the writes of one Restore made directly, one Restore at a time.
+async fn floor(client: &Client, n: usize) -> Floor {
     let ns = namespace(client, "bench-floor").await;
     let agent = create_agent(&Api::namespaced(client.clone(), &ns), "floor", "v1", 10_000).await;
     let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
-    let mut samples = Vec::new();
+    let (mut writes, mut without_create) = (Vec::new(), Vec::new());
     for i in 0..n {
-        let rollback = create_rollback(&rollbacks, &format!("rb-{i}"), "floor", "Restore", Some(1)).await;
         let start = Instant::now();
+        let rollback = create_rollback(&rollbacks, &format!("rb-{i}"), "floor", "Restore", Some(1)).await;
+        let created = Instant::now();
         direct_restore(client, &ns, &agent, &rollback, i as i64 + 2).await;
-        samples.push(start.elapsed().as_secs_f64() * 1000.0);
+        writes.push(start.elapsed().as_secs_f64() * 1000.0);
+        without_create.push(created.elapsed().as_secs_f64() * 1000.0);
     }
-    percentiles(samples)
+    Floor { writes: percentiles(writes), without_create: percentiles(without_create) }
 }
 
 /// Waits on a rollback watch until each of `names` is terminal; returns when each finished.
@@ -155,7 +168,8 @@ async fn wait_terminal(
 }
 
 fn start_operator(ns: &str) -> Operator {
-    Operator::start_logged(&control_plane().kubeconfig, ns, &[], "warn")
+    let filter = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    Operator::start_logged(&control_plane().kubeconfig, ns, &[], &filter)
 }
 
 async fn settled(api: &Api<Agent>, name: &str) {
@@ -164,6 +178,14 @@ async fn settled(api: &Api<Agent>, name: &str) {
         (a.status.as_ref()?.observed_generation == a.metadata.generation).then_some(())
     })
     .await;
+}
+
+/// With BENCH_TRACE set, prints when each latency sample's steps happened, to match against the
+/// operator's debug log (BENCH_LOG=agent_operator=debug) and see where the time goes.
+fn trace(what: &str, rollback: &str) {
+    if std::env::var_os("BENCH_TRACE").is_some() {
+        eprintln!("TRACE {} {what} {rollback}", Timestamp::now());
+    }
 }
 
 /// Rollback latency: create an AgentRollback, observe it Succeeded; one at a time.
@@ -181,9 +203,12 @@ async fn latency(client: &Client, n: usize) -> Percentiles {
     for (i, active) in (0..n).zip(2i64..) {
         let name = format!("rb-{i}");
         let start = Instant::now();
+        trace("create", &name);
         create_rollback(&rollbacks, &name, "lat", "Restore", Some(active - 1)).await;
+        trace("created", &name);
         let mut waiting = HashMap::from([(name, None)]);
         wait_terminal(&mut events, &mut waiting).await;
+        trace("observed", &format!("rb-{i}"));
         samples.push(waiting.into_values().next().flatten().unwrap().duration_since(start).as_secs_f64() * 1000.0);
     }
     percentiles(samples)
@@ -385,8 +410,10 @@ async fn main() {
     eprintln!("scale: {scale_n} agents with 5, then 20 versions each ...");
     let scale = scale(&client, scale_n).await;
 
-    let p50_ratio = latency.p50_ms / floor.p50_ms;
-    let p99_ratio = latency.p99_ms / floor.p99_ms;
+    let p50_ratio = latency.p50_ms / floor.writes.p50_ms;
+    let p99_ratio = latency.p99_ms / floor.writes.p99_ms;
+    let (p50_ratio_without_create, p99_ratio_without_create) =
+        (latency.p50_ms / floor.without_create.p50_ms, latency.p99_ms / floor.without_create.p99_ms);
     let tp_ratio = throughput.operator_per_second / throughput.direct_per_second;
     let (small, large) = (&scale[0], &scale[1]);
     let rss_growth = large.rss_mib / small.rss_mib;
@@ -397,13 +424,18 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("{:<44} {:>10} {:>10} {:>10}", "", "p50 ms", "p95 ms", "p99 ms");
-    println!(
-        "{:<44} {:>10.2} {:>10.2} {:>10.2}",
-        format!("floor: one Restore's writes, direct (n={})", floor.n),
-        floor.p50_ms,
-        floor.p95_ms,
-        floor.p99_ms
-    );
+    for (label, figures) in [
+        ("floor: one Restore's 5 writes, direct", &floor.writes),
+        ("  the same without the rollback's create", &floor.without_create),
+    ] {
+        println!(
+            "{:<44} {:>10.2} {:>10.2} {:>10.2}",
+            format!("{label} (n={})", figures.n),
+            figures.p50_ms,
+            figures.p95_ms,
+            figures.p99_ms
+        );
+    }
     println!(
         "{:<44} {:>10.2} {:>10.2} {:>10.2}",
         format!("rollback: create to Succeeded (n={})", latency.n),
@@ -412,6 +444,10 @@ async fn main() {
         latency.p99_ms
     );
     println!("{:<44} {:>10.2} {:>21.2}", "ratio rollback/floor (p50, p99)", p50_ratio, p99_ratio);
+    println!(
+        "{:<44} {:>10.2} {:>21.2}",
+        "  against the floor without the create", p50_ratio_without_create, p99_ratio_without_create
+    );
     println!(
         "throughput: {} rollbacks over {} agents: {:.1}/s ({:.1} s); direct writes {:.1}/s ({:.1} s); ratio {:.2}",
         throughput.rollbacks,
@@ -447,6 +483,7 @@ async fn main() {
 
     let report = json!({
         "kubernetes": version, "floor": floor, "latency": latency, "ratio_p50": p50_ratio, "ratio_p99": p99_ratio,
+        "ratio_p50_without_create": p50_ratio_without_create, "ratio_p99_without_create": p99_ratio_without_create,
         "throughput": throughput, "throughput_ratio": tp_ratio, "scale": scale, "rss_growth": rss_growth,
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     });

@@ -24,8 +24,16 @@ const RESYNC: Duration = Duration::from_secs(600);
 pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
     let timer = ctx.metrics.reconcile("agent");
     let namespace = agent.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-    if !up_to_date(&ctx, &agent, &namespace).await? {
-        sync_agent(&ctx, &namespace, &agent.name_any(), || false).await?;
+    let name = agent.name_any();
+    // The echo of a recent clean sync's last write: that sync left nothing to do.
+    let covered = || ctx.settled.covers(&agent);
+    if covered() {
+        // Nothing to do.
+    } else if ctx.syncing(&namespace, &name) {
+        // Most likely an echo of the sync in progress: wait for it to end, then look again.
+        sync_agent(&ctx, &namespace, &name, covered).await?;
+    } else if !up_to_date(&ctx, &agent, &namespace).await? {
+        sync_agent(&ctx, &namespace, &name, || false).await?;
     }
     ctx.reset_backoff(&agent.uid().unwrap_or_default());
     timer.succeeded();
@@ -46,7 +54,7 @@ async fn up_to_date(ctx: &Context, agent: &Agent, namespace: &str) -> Result<boo
     if !observed.foreign_versions.is_empty() || &observed.versions_digest() != recorded {
         // Versions changed behind the controller's back (or it is mid-way): the next sync
         // reads them with a consistent list.
-        ctx.take_settled(namespace, &name);
+        ctx.settled.unsettle(namespace, &name);
         return Ok(false);
     }
     // A status written while work was in flight still says so: the sync must replace it.

@@ -28,7 +28,7 @@ pub async fn reconcile(rollback: Arc<AgentRollback>, ctx: Arc<Context>) -> Resul
     let reference = ObjectRef::from_obj(&*rollback);
     let finished = || {
         let current = ctx.rollbacks.get(&reference).unwrap_or(rollback.clone());
-        phase_of(&current).is_some_and(|p| p.is_terminal()) || ctx.handled(&namespace, &current)
+        phase_of(&current).is_some_and(|p| p.is_terminal()) || ctx.settled.handled(&namespace, &current)
     };
     sync_agent(&ctx, &namespace, &rollback.spec.agent_name, finished).await?;
     ctx.reset_backoff(&rollback.uid().unwrap_or_default());

@@ -7,6 +7,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::Context;
+use super::echoes::Echo;
 use crate::api::keys::FIELD_MANAGER;
 use crate::api::{Agent, AgentRollback, AgentVersion};
 use crate::plan::{Applied, EventTarget, Observed, RelatedObject, Step};
@@ -34,7 +35,13 @@ pub async fn apply_step(ctx: &Context, observed: &Observed, step: Step) -> Resul
         Step::CreateVersion(version) => {
             let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), ns);
             let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
-            match api.create(&params, &version).await {
+            let echo = Echo::Created { namespace: ns.into(), name: version.name_any() };
+            ctx.echoes.expect(echo.clone());
+            let result = api.create(&params, &version).await;
+            if result.is_err() {
+                ctx.echoes.forget(&echo);
+            }
+            match result {
                 Ok(created) => Ok(Outcome::Done(Applied::VersionCreated(Box::new(created)))),
                 Err(e) if status_code(&e) == Some(409) => Ok(Outcome::Stale(None)),
                 Err(source) => Err(Error::CreateVersion { namespace: ns.into(), name: version.name_any(), source }),
@@ -42,11 +49,17 @@ pub async fn apply_step(ctx: &Context, observed: &Observed, step: Step) -> Resul
         }
         Step::DeleteVersion { name, uid } => {
             let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), ns);
+            let echo = Echo::Deleted { uid: uid.clone() };
             let params = DeleteParams {
                 preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
                 ..DeleteParams::default()
             };
-            match api.delete(&name, &params).await {
+            ctx.echoes.expect(echo.clone());
+            let result = api.delete(&name, &params).await;
+            if result.is_err() {
+                ctx.echoes.forget(&echo);
+            }
+            match result {
                 Ok(_) => Ok(Outcome::Done(Applied::VersionDeleted(name))),
                 Err(e) if status_code(&e) == Some(404) => Ok(Outcome::Done(Applied::VersionDeleted(name))),
                 Err(e) if status_code(&e) == Some(409) => Ok(Outcome::Stale(None)),

@@ -11,8 +11,10 @@ pub mod agent;
 pub mod agent_rollback;
 pub mod apply;
 pub mod context;
+pub mod echoes;
 pub mod events;
 pub mod observe;
+pub mod settled;
 pub mod sync;
 
 pub use context::{Context, Settings};
@@ -50,7 +52,9 @@ where
 
     let rollback_controller = Controller::new(rollbacks, watcher::Config::default());
     let rollback_store = rollback_controller.store();
-    let ctx = Arc::new(Context::new(client.clone(), settings, rollback_store.clone(), metrics));
+    let agent_controller = Controller::new(agents.clone(), watcher::Config::default());
+    let agent_store = agent_controller.store();
+    let ctx = Arc::new(Context::new(client.clone(), settings, rollback_store.clone(), agent_store.clone(), metrics));
 
     // An Agent's deletion (or any change) wakes the rollbacks still waiting on it, so those
     // of a deleted Agent end as AgentNotFound.
@@ -74,11 +78,19 @@ where
             }
         });
 
-    let agent_controller = Controller::new(agents, watcher::Config::default());
-    let agent_store = agent_controller.store();
+    // A change to a version wakes its Agent, unless it is the echo of this process's own write.
+    let echoes = ctx.clone();
     let agent_controller = agent_controller
         .with_config(controller_config())
-        .owns(versions, watcher::Config::default())
+        .watches(versions, watcher::Config::default(), move |version: AgentVersion| {
+            if echoes.echoes.matches(&version) {
+                return None;
+            }
+            let namespace = version.namespace()?;
+            let agent = version.owner_references().iter().find(|o| o.kind == "Agent")?.name.clone();
+            echoes.settled.versions_changed(&namespace, &agent);
+            Some(ObjectRef::<Agent>::new(&agent).within(&namespace))
+        })
         .graceful_shutdown_on(shutdown)
         .run(agent::reconcile, agent::error_policy, ctx.clone())
         .for_each(|result| async move {

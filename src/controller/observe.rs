@@ -1,5 +1,6 @@
-//! Observe: every read of one sync. The Agent is read from the API server (a stale Agent could
-//! republish a generation a rollback replaced). Its versions come from the API server's watch
+//! Observe: every read of one sync. A sync that follows a clean one of this process starts from
+//! the state that one left ([`resume_from`]), with no reads. Otherwise the Agent is read from the
+//! API server (a stale Agent could republish a generation a rollback replaced). Its versions come from the API server's watch
 //! cache when that list matches the digest the Agent's status recorded and this process's last
 //! sync of the Agent ended cleanly; otherwise (after a restart, an error, a write that met a
 //! newer state, or a change made by someone else) they are read with a consistent list, which
@@ -10,8 +11,10 @@
 
 use kube::Api;
 use kube::api::ListParams;
+use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
+use super::settled::revision;
 use crate::api::keys::AGENT_LABEL;
 use crate::api::{Agent, AgentRollback, AgentVersion};
 use crate::plan::Observed;
@@ -62,6 +65,28 @@ pub async fn fetch_versions(ctx: &Context, namespace: &str, name: &str, from_cac
         source,
     })?;
     Ok(list.items)
+}
+
+/// The state the Agent's last clean sync left, brought up to date with the watch caches: the
+/// Agent and each rollback as the newer of the two (a cache can lag behind the sync's own
+/// writes, and the sync knows nothing of later changes by others), rollbacks new to the cache
+/// added, those gone from it dropped. `None` when the cache has no Agent, or another one of that
+/// name.
+pub fn resume_from(ctx: &Context, state: &Observed) -> Option<Observed> {
+    let reference = ObjectRef::<Agent>::new(&state.agent_name).within(&state.namespace);
+    let cached = ctx.agents.get(&reference)?;
+    let left = state.agent.as_ref().filter(|left| left.metadata.uid == cached.metadata.uid)?;
+    let agent = if revision(left) >= revision(&*cached) { left.clone() } else { (*cached).clone() };
+    let rollbacks = ctx
+        .rollbacks_of(&state.namespace, &state.agent_name)
+        .into_iter()
+        .map(|cached| match state.rollbacks.iter().find(|r| r.metadata.uid == cached.metadata.uid) {
+            Some(left) if revision(left) >= revision(&*cached) => left.clone(),
+            _ => (*cached).clone(),
+        })
+        .collect();
+    let versions = state.versions.iter().chain(&state.foreign_versions).cloned().collect();
+    Some(Observed::new(state.namespace.clone(), state.agent_name.clone(), Some(agent), versions, rollbacks))
 }
 
 fn cached_rollbacks(ctx: &Context, namespace: &str, name: &str) -> Vec<AgentRollback> {

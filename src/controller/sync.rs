@@ -7,7 +7,8 @@ use tracing::debug;
 
 use super::Context;
 use super::apply::{Outcome, apply_step};
-use super::observe::{Freshness, observe};
+use super::observe::{Freshness, observe, resume_from};
+use super::settled::Start;
 use crate::api::RollbackPhase;
 use crate::metrics::RollbackLabels;
 use crate::plan::sync::decide;
@@ -23,23 +24,36 @@ const MAX_UNITS: usize = 2000;
 pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str, done: impl FnOnce() -> bool) -> Result<()> {
     debug!(namespace, agent = name, "Sync requested");
     let _turn = ctx.lock_agent(namespace, name).await;
+    debug!(namespace, agent = name, "Sync started");
     if done() {
         return Ok(());
     }
-    // Trust cached versions only if this process's last sync of the Agent ended cleanly: after a
-    // restart or an error, the Agent's recorded digest may describe a state that was changed
-    // after it was written.
-    let settled = ctx.take_settled(namespace, name);
-    let observed = run_units(ctx, namespace, name, settled).await?;
-    ctx.mark_settled(namespace, name, &observed.rollbacks);
+    // Taken before the first read: a change to the versions by someone else from here on voids
+    // the state this sync ends with.
+    let epoch = ctx.settled.epoch(namespace, name);
+    let start = ctx.settled.take(namespace, name);
+    let observed = run_units(ctx, namespace, name, start).await?;
+    ctx.settled.settle(namespace, name, epoch, observed);
     Ok(())
 }
 
 /// Works until the planner has nothing left to do; returns the state it left.
-async fn run_units(ctx: &Context, namespace: &str, name: &str, settled: bool) -> Result<Observed> {
-    let freshness = if settled { Freshness::CacheIfConfirmed } else { Freshness::Consistent };
-    let mut observed = observe(ctx, namespace, name, freshness).await?;
-    debug!(namespace, agent = name, settled, "Observed");
+async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> Result<Observed> {
+    let kept = match &start {
+        Start::Settled(Some(state)) => resume_from(ctx, state),
+        _ => None,
+    };
+    let mut observed = match kept {
+        Some(observed) => observed,
+        // Trust cached versions only if this process's last sync of the Agent ended cleanly:
+        // after a restart or an error, the Agent's recorded digest may describe a state that
+        // was changed after it was written.
+        None if matches!(start, Start::Settled(_)) => {
+            observe(ctx, namespace, name, Freshness::CacheIfConfirmed).await?
+        }
+        None => observe(ctx, namespace, name, Freshness::Consistent).await?,
+    };
+    debug!(namespace, agent = name, settled = matches!(start, Start::Settled(_)), "Observed");
     for _ in 0..MAX_UNITS {
         let now = Time(Timestamp::now());
         let steps = decide(&observed, &now);

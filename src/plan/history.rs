@@ -1,4 +1,45 @@
-//! History pruning: which versions fall outside `revisionHistoryLimit`.
+//! History pruning: which versions fall outside `revisionHistoryLimit`, and the steps that
+//! delete them.
+
+use kube::ResourceExt;
+
+use super::{EventNote, EventTarget, Observed, Step};
+use crate::api::Agent;
+use crate::api::conditions::events;
+
+/// What pruning leaves of an Agent's versions: the count and digest its status records, and
+/// the steps (deletes and their Event) that get there. No steps when nothing is beyond the
+/// limit.
+pub struct Pruning {
+    pub count: i64,
+    pub digest: String,
+    pub steps: Vec<Step>,
+}
+
+/// Prunes `observed`'s versions beyond the Agent's `revisionHistoryLimit`, never the active one.
+pub fn pruning(observed: &Observed, agent: &Agent) -> Pruning {
+    let limit = agent.spec.revision_history_limit;
+    let prune = versions_to_prune(&observed.version_numbers(), observed.active_number(), limit);
+    let kept: Vec<_> = observed.versions.iter().filter(|v| !prune.contains(&v.spec.version)).collect();
+    let mut steps: Vec<Step> = observed
+        .versions
+        .iter()
+        .filter(|v| prune.contains(&v.spec.version))
+        .map(|v| Step::DeleteVersion { name: v.name_any(), uid: v.metadata.uid.clone().unwrap_or_default() })
+        .collect();
+    if !prune.is_empty() {
+        let list = prune.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        steps.push(Step::Event(EventNote {
+            on: EventTarget::Agent,
+            related: None,
+            warning: false,
+            reason: events::VERSIONS_PRUNED,
+            action: "Prune",
+            note: format!("Deleted version(s) {list}: revisionHistoryLimit is {limit}"),
+        }));
+    }
+    Pruning { count: kept.len() as i64, digest: super::hash::versions_digest(kept.iter().map(|v| &v.spec)), steps }
+}
 
 /// Version numbers to delete so that at most `limit` remain: the oldest first, never `active`.
 /// `numbers` may be in any order; a limit below 1 counts as 1.

@@ -373,7 +373,9 @@ pub fn resume(
 }
 
 /// Ends a rollback whose writes are all done: Agent status first (so a reader who waits for
-/// the rollback sees the new active version on the Agent), then the rollback's terminal status.
+/// the rollback sees the new active version on the Agent), then the rollback's terminal status,
+/// then the history pruning the change calls for. The Agent's status already records the
+/// versions kept: one status write for both, and the rollback is not held up by pruning.
 fn finish(
     observed: &Observed,
     agent: &Agent,
@@ -385,8 +387,9 @@ fn finish(
     let active = observed.active_number();
     let mut agent_status = agent.status.clone().unwrap_or_default();
     agent_status.active_version = active;
-    agent_status.version_count = Some(observed.versions.len() as i64);
-    agent_status.versions_digest = Some(observed.versions_digest());
+    let pruning = super::history::pruning(observed, agent);
+    agent_status.version_count = Some(pruning.count);
+    agent_status.versions_digest = Some(pruning.digest);
     agent_status.last_rollback = Some(LastRollback { name: name.clone(), time: now.clone() });
     agent_status.conditions =
         super::status::agent_conditions(&agent_status.conditions, agent.metadata.generation, active, busy_after, now);
@@ -404,12 +407,14 @@ fn finish(
         _ => format!("Version {active_text} is now active."),
     };
     set_rollback_phase(&mut status, RollbackPhase::Succeeded, None, message.clone(), rollback.metadata.generation, now);
-    vec![
+    let mut steps = vec![
         Step::PatchAgentStatus(Box::new(agent_status)),
         cas(rollback, status),
         event(EventTarget::Rollback(name.clone()), false, events::ROLLBACK_SUCCEEDED, "Rollback", message.clone()),
         agent_event(&name, false, events::ROLLED_BACK, format!("AgentRollback {name}: {message}")),
-    ]
+    ];
+    steps.extend(pruning.steps);
+    steps
 }
 
 #[cfg(test)]

@@ -16,9 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::rollback::{Failure, FailureReason};
-use super::{EventNote, EventTarget, Observed, Step, history, phase_of, publish, rollback, status};
+use super::{Observed, Step, history, phase_of, publish, rollback, status};
 use crate::api::RollbackPhase;
-use crate::api::conditions::events;
 
 /// The next unit of work for one Agent, or nothing.
 pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
@@ -61,18 +60,11 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
     }
 
     let active = observed.active_number();
-    let prune = history::versions_to_prune(&observed.version_numbers(), active, agent.spec.revision_history_limit);
-    if !prune.is_empty() {
-        let mut steps: Vec<Step> = observed
-            .versions
-            .iter()
-            .filter(|v| prune.contains(&v.spec.version))
-            .map(|v| Step::DeleteVersion { name: v.name_any(), uid: v.metadata.uid.clone().unwrap_or_default() })
-            .collect();
+    let pruning = history::pruning(observed, agent);
+    if !pruning.steps.is_empty() {
         let mut agent_status = agent.status.clone().unwrap_or_default();
-        agent_status.version_count = Some((observed.versions.len() - prune.len()) as i64);
-        let kept = observed.versions.iter().filter(|v| !prune.contains(&v.spec.version)).map(|v| &v.spec);
-        agent_status.versions_digest = Some(super::hash::versions_digest(kept));
+        agent_status.version_count = Some(pruning.count);
+        agent_status.versions_digest = Some(pruning.digest);
         agent_status.active_version = active;
         agent_status.conditions = status::agent_conditions(
             &agent_status.conditions,
@@ -81,16 +73,11 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
             publish::busy_reason(false, !pending.is_empty()),
             now,
         );
+        let mut steps = pruning.steps;
+        // The status goes before the Event, after the deletes.
+        let event = steps.pop();
         steps.push(Step::PatchAgentStatus(Box::new(agent_status)));
-        let list = prune.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
-        steps.push(Step::Event(EventNote {
-            on: EventTarget::Agent,
-            related: None,
-            warning: false,
-            reason: events::VERSIONS_PRUNED,
-            action: "Prune",
-            note: format!("Deleted version(s) {list}: revisionHistoryLimit is {}", agent.spec.revision_history_limit),
-        }));
+        steps.extend(event);
         return steps;
     }
 

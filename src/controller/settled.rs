@@ -1,0 +1,222 @@
+//! What this process knows an Agent was left as: the end state of its last sync that ended
+//! cleanly. A sync that starts from it needs no reads (the Agent's next rollback starts with
+//! its first write), and reconciles that are only echoes of the sync's own writes return
+//! without reading anything.
+//!
+//! The record is trusted only while nothing this process did not write has touched the Agent's
+//! versions: every such change (see [`super::echoes`]) moves the Agent's epoch, and a record
+//! from another epoch is not used. Changes to the Agent and its rollbacks need no epoch: both
+//! are in watch caches, and whichever of the record and the cache is newer wins.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+
+use crate::api::{Agent, AgentRollback};
+use crate::plan::{Observed, phase_of};
+
+/// Agents whose end state, with every version body, is kept in memory: the most recently
+/// synced ones. The rest keep only what `handled` needs, so memory does not grow with the
+/// number of Agents times versions.
+const KEPT_STATES: usize = 256;
+
+/// How long a clean sync's end state stands for the Agent without a read.
+const COVER_FOR: Duration = Duration::from_secs(60);
+
+/// Namespace and name of an Agent.
+type AgentKey = (String, String);
+
+#[derive(Default)]
+pub struct SettledAgents {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    records: HashMap<AgentKey, Record>,
+    /// Moved by every change to an Agent's versions that this process did not make.
+    epochs: HashMap<AgentKey, u64>,
+    /// Orders records by age, to drop the oldest kept states.
+    clock: u64,
+    kept: usize,
+}
+
+struct Record {
+    epoch: u64,
+    /// When the sync ended: `covers` trusts only recent records, so that the Agent
+    /// controller's periodic re-check still reads.
+    ended: Instant,
+    stamp: u64,
+    /// The resourceVersion at which the sync left each of the Agent's rollbacks terminal, by uid.
+    terminal: HashMap<String, u64>,
+    state: Option<Arc<Observed>>,
+}
+
+/// What a sync may start from.
+pub enum Start {
+    /// The last sync failed, or none ran in this process: read with a consistent list.
+    Unsettled,
+    /// The last sync ended cleanly; its end state, if kept and still current.
+    Settled(Option<Arc<Observed>>),
+}
+
+/// An object's resourceVersion as a number: etcd revisions, which grow with every write (the
+/// same assumption that orders rollbacks by creation).
+pub fn revision<K: kube::Resource>(object: &K) -> Option<u64> {
+    object.meta().resource_version.as_deref()?.parse().ok()
+}
+
+fn key(namespace: &str, name: &str) -> AgentKey {
+    (namespace.to_string(), name.to_string())
+}
+
+impl SettledAgents {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The Agent's current versions epoch, to hand back to [`Self::settle`].
+    pub fn epoch(&self, namespace: &str, name: &str) -> u64 {
+        self.lock().epochs.get(&key(namespace, name)).copied().unwrap_or(0)
+    }
+
+    /// Notes a change to the Agent's versions that this process did not make.
+    pub fn versions_changed(&self, namespace: &str, name: &str) {
+        let mut inner = self.lock();
+        *inner.epochs.entry(key(namespace, name)).or_insert(0) += 1;
+    }
+
+    /// Takes the record for a sync that starts: a sync that then fails leaves the Agent
+    /// unsettled.
+    pub fn take(&self, namespace: &str, name: &str) -> Start {
+        let mut inner = self.lock();
+        let key = key(namespace, name);
+        let epoch = inner.epochs.get(&key).copied().unwrap_or(0);
+        let Some(record) = inner.records.remove(&key) else { return Start::Unsettled };
+        if record.state.is_some() {
+            inner.kept -= 1;
+        }
+        Start::Settled(record.state.filter(|_| record.epoch == epoch))
+    }
+
+    /// Records the state a sync ended with; `epoch` is the Agent's epoch when the sync started.
+    pub fn settle(&self, namespace: &str, name: &str, epoch: u64, mut state: Observed) {
+        let terminal = state
+            .rollbacks
+            .iter()
+            .filter(|r| phase_of(r).is_some_and(|p| p.is_terminal()))
+            .filter_map(|r| Some((r.metadata.uid.clone()?, revision(r)?)))
+            .collect();
+        state.confirmed.clear();
+        let mut inner = self.lock();
+        inner.clock += 1;
+        let stamp = inner.clock;
+        let previous = inner.records.insert(
+            key(namespace, name),
+            Record { epoch, ended: Instant::now(), stamp, terminal, state: Some(Arc::new(state)) },
+        );
+        inner.kept += 1;
+        if previous.is_some_and(|p| p.state.is_some()) {
+            inner.kept -= 1;
+        }
+        if inner.kept > KEPT_STATES {
+            let oldest = inner.records.values_mut().filter(|r| r.state.is_some()).min_by_key(|r| r.stamp);
+            if let Some(oldest) = oldest {
+                oldest.state = None;
+                inner.kept -= 1;
+            }
+        }
+    }
+
+    /// Forgets the Agent's record: the next sync reads with a consistent list.
+    pub fn unsettle(&self, namespace: &str, name: &str) {
+        let mut inner = self.lock();
+        if inner.records.remove(&key(namespace, name)).is_some_and(|r| r.state.is_some()) {
+            inner.kept -= 1;
+        }
+    }
+
+    /// Whether the last clean sync of the rollback's Agent left it terminal at this
+    /// resourceVersion or a newer one: the watch cache has yet to show the end.
+    pub fn handled(&self, namespace: &str, rollback: &AgentRollback) -> bool {
+        let (Some(uid), Some(seen)) = (rollback.metadata.uid.as_deref(), revision(rollback)) else { return false };
+        let inner = self.lock();
+        inner
+            .records
+            .get(&key(namespace, &rollback.spec.agent_name))
+            .and_then(|r| r.terminal.get(uid))
+            .is_some_and(|handled| *handled >= seen)
+    }
+
+    /// Whether `agent` (from the watch cache) is no newer than the current end state of the
+    /// Agent's last clean sync, which left nothing to do, and that sync ended recently.
+    pub fn covers(&self, agent: &Agent) -> bool {
+        let (Some(namespace), Some(seen)) = (agent.namespace(), revision(agent)) else { return false };
+        let inner = self.lock();
+        let key = key(&namespace, &agent.name_any());
+        let epoch = inner.epochs.get(&key).copied().unwrap_or(0);
+        inner
+            .records
+            .get(&key)
+            .filter(|r| r.epoch == epoch && r.ended.elapsed() < COVER_FOR)
+            .and_then(|r| r.state.as_ref())
+            .and_then(|s| s.agent.as_ref())
+            .and_then(revision)
+            .is_some_and(|left| left >= seen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(rv: &str) -> Agent {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "agentops.dev/v1alpha1", "kind": "Agent",
+            "metadata": {"name": "a", "namespace": "ns", "resourceVersion": rv, "uid": "u"},
+            "spec": {"instructions": "x"}
+        }))
+        .unwrap()
+    }
+
+    fn state(rv: &str) -> Observed {
+        Observed::new("ns".into(), "a".into(), Some(agent(rv)), Vec::new(), Vec::new())
+    }
+
+    #[test]
+    fn a_foreign_change_to_versions_voids_the_kept_state_but_not_the_settling() {
+        let settled = SettledAgents::default();
+        let epoch = settled.epoch("ns", "a");
+        settled.settle("ns", "a", epoch, state("10"));
+        assert!(settled.covers(&agent("10")));
+        assert!(!settled.covers(&agent("11")), "a newer Agent is not covered");
+        settled.versions_changed("ns", "a");
+        assert!(!settled.covers(&agent("10")));
+        assert!(matches!(settled.take("ns", "a"), Start::Settled(None)));
+        assert!(matches!(settled.take("ns", "a"), Start::Unsettled), "taking forgets");
+    }
+
+    #[test]
+    fn a_change_during_the_sync_voids_the_state_it_ends_with() {
+        let settled = SettledAgents::default();
+        let epoch = settled.epoch("ns", "a");
+        settled.versions_changed("ns", "a");
+        settled.settle("ns", "a", epoch, state("10"));
+        assert!(matches!(settled.take("ns", "a"), Start::Settled(None)));
+    }
+
+    #[test]
+    fn only_the_most_recent_states_are_kept() {
+        let settled = SettledAgents::default();
+        for i in 0..KEPT_STATES + 10 {
+            settled.settle("ns", &format!("a{i}"), 0, state("1"));
+        }
+        assert_eq!(settled.lock().kept, KEPT_STATES);
+        assert!(matches!(settled.take("ns", "a0"), Start::Settled(None)), "the oldest state was dropped");
+        let newest = format!("a{}", KEPT_STATES + 9);
+        assert!(matches!(settled.take("ns", &newest), Start::Settled(Some(_))));
+        assert_eq!(settled.lock().kept, KEPT_STATES - 1);
+    }
+}
