@@ -8,37 +8,56 @@ use crate::api::Agent;
 use crate::api::conditions::events;
 
 /// What pruning leaves of an Agent's versions: the count and digest its status records, and
-/// the steps (deletes and their Event) that get there. No steps when nothing is beyond the
-/// limit.
+/// the deletes that get there (none when nothing is beyond the limit).
 pub struct Pruning {
     pub count: i64,
     pub digest: String,
-    pub steps: Vec<Step>,
+    pub deletes: Vec<Step>,
+    pruned: Vec<i64>,
+    limit: i32,
 }
 
-/// Prunes `observed`'s versions beyond the Agent's `revisionHistoryLimit`, never the active one.
-pub fn pruning(observed: &Observed, agent: &Agent) -> Pruning {
-    let limit = agent.spec.revision_history_limit;
-    let prune = versions_to_prune(&observed.version_numbers(), observed.active_number(), limit);
-    let kept: Vec<_> = observed.versions.iter().filter(|v| !prune.contains(&v.spec.version)).collect();
-    let mut steps: Vec<Step> = observed
-        .versions
-        .iter()
-        .filter(|v| prune.contains(&v.spec.version))
-        .map(|v| Step::DeleteVersion { name: v.name_any(), uid: v.metadata.uid.clone().unwrap_or_default() })
-        .collect();
-    if !prune.is_empty() {
-        let list = prune.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
-        steps.push(Step::Event(EventNote {
+impl Pruning {
+    /// What was deleted and why, for an Event.
+    pub fn note(&self) -> Option<String> {
+        if self.pruned.is_empty() {
+            return None;
+        }
+        let list = self.pruned.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        Some(format!("Deleted version(s) {list}: revisionHistoryLimit is {}", self.limit))
+    }
+
+    /// The Event of a prune on its own.
+    pub fn event(&self) -> Option<Step> {
+        Some(Step::Event(EventNote {
             on: EventTarget::Agent,
             related: None,
             warning: false,
             reason: events::VERSIONS_PRUNED,
             action: "Prune",
-            note: format!("Deleted version(s) {list}: revisionHistoryLimit is {limit}"),
-        }));
+            note: self.note()?,
+        }))
     }
-    Pruning { count: kept.len() as i64, digest: super::hash::versions_digest(kept.iter().map(|v| &v.spec)), steps }
+}
+
+/// Prunes `observed`'s versions beyond the Agent's `revisionHistoryLimit`, never the active one.
+pub fn pruning(observed: &Observed, agent: &Agent) -> Pruning {
+    let limit = agent.spec.revision_history_limit;
+    let pruned = versions_to_prune(&observed.version_numbers(), observed.active_number(), limit);
+    let kept: Vec<_> = observed.versions.iter().filter(|v| !pruned.contains(&v.spec.version)).collect();
+    let deletes = observed
+        .versions
+        .iter()
+        .filter(|v| pruned.contains(&v.spec.version))
+        .map(|v| Step::DeleteVersion { name: v.name_any(), uid: v.metadata.uid.clone().unwrap_or_default() })
+        .collect();
+    Pruning {
+        count: kept.len() as i64,
+        digest: super::hash::versions_digest(kept.iter().map(|v| &v.spec)),
+        deletes,
+        pruned,
+        limit,
+    }
 }
 
 /// Version numbers to delete so that at most `limit` remain: the oldest first, never `active`.

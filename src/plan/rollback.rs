@@ -260,21 +260,11 @@ pub fn start(
                     head.metadata.generation,
                     now,
                 );
+                // The Agent hears of the rollback when it ends: one Event fewer on every
+                // rollback's path, and the start is on the AgentRollback.
                 vec![
                     cas(head, status),
-                    event(
-                        EventTarget::Rollback(head.name_any()),
-                        false,
-                        events::ROLLBACK_STARTED,
-                        "Rollback",
-                        message.clone(),
-                    ),
-                    agent_event(
-                        &head.name_any(),
-                        false,
-                        events::ROLLBACK_STARTED,
-                        format!("AgentRollback {}: {message}", head.name_any()),
-                    ),
+                    event(EventTarget::Rollback(head.name_any()), false, events::ROLLBACK_STARTED, "Rollback", message),
                 ]
             }
         };
@@ -375,7 +365,8 @@ pub fn resume(
 /// Ends a rollback whose writes are all done: Agent status first (so a reader who waits for
 /// the rollback sees the new active version on the Agent), then the rollback's terminal status,
 /// then the history pruning the change calls for. The Agent's status already records the
-/// versions kept: one status write for both, and the rollback is not held up by pruning.
+/// versions kept: one status write for both, and the rollback is not held up by pruning. The
+/// Agent's Event, last, tells of both.
 fn finish(
     observed: &Observed,
     agent: &Agent,
@@ -389,7 +380,7 @@ fn finish(
     agent_status.active_version = active;
     let pruning = super::history::pruning(observed, agent);
     agent_status.version_count = Some(pruning.count);
-    agent_status.versions_digest = Some(pruning.digest);
+    agent_status.versions_digest = Some(pruning.digest.clone());
     agent_status.last_rollback = Some(LastRollback { name: name.clone(), time: now.clone() });
     agent_status.conditions =
         super::status::agent_conditions(&agent_status.conditions, agent.metadata.generation, active, busy_after, now);
@@ -407,13 +398,17 @@ fn finish(
         _ => format!("Version {active_text} is now active."),
     };
     set_rollback_phase(&mut status, RollbackPhase::Succeeded, None, message.clone(), rollback.metadata.generation, now);
+    let agent_note = match pruning.note() {
+        Some(pruned) => format!("AgentRollback {name}: {message} {pruned}."),
+        None => format!("AgentRollback {name}: {message}"),
+    };
     let mut steps = vec![
         Step::PatchAgentStatus(Box::new(agent_status)),
         cas(rollback, status),
-        event(EventTarget::Rollback(name.clone()), false, events::ROLLBACK_SUCCEEDED, "Rollback", message.clone()),
-        agent_event(&name, false, events::ROLLED_BACK, format!("AgentRollback {name}: {message}")),
+        event(EventTarget::Rollback(name.clone()), false, events::ROLLBACK_SUCCEEDED, "Rollback", message),
     ];
-    steps.extend(pruning.steps);
+    steps.extend(pruning.deletes);
+    steps.push(agent_event(&name, false, events::ROLLED_BACK, agent_note));
     steps
 }
 

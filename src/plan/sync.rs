@@ -61,10 +61,10 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
 
     let active = observed.active_number();
     let pruning = history::pruning(observed, agent);
-    if !pruning.steps.is_empty() {
+    if !pruning.deletes.is_empty() {
         let mut agent_status = agent.status.clone().unwrap_or_default();
         agent_status.version_count = Some(pruning.count);
-        agent_status.versions_digest = Some(pruning.digest);
+        agent_status.versions_digest = Some(pruning.digest.clone());
         agent_status.active_version = active;
         agent_status.conditions = status::agent_conditions(
             &agent_status.conditions,
@@ -73,9 +73,8 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
             publish::busy_reason(false, !pending.is_empty()),
             now,
         );
-        let mut steps = pruning.steps;
-        // The status goes before the Event, after the deletes.
-        let event = steps.pop();
+        let event = pruning.event();
+        let mut steps = pruning.deletes;
         steps.push(Step::PatchAgentStatus(Box::new(agent_status)));
         steps.extend(event);
         return steps;
