@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use tracing::{instrument, warn};
+use tracing::{debug, instrument, warn};
 
 use super::Context;
 use super::sync::sync_agent;
@@ -23,17 +23,39 @@ pub async fn reconcile(rollback: Arc<AgentRollback>, ctx: Arc<Context>) -> Resul
     }
     let timer = ctx.metrics.reconcile("agentrollback");
     let namespace = rollback.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-    // A sync that ran while this one waited for its turn may have finished the rollback. Most
-    // triggers are echoes of that sync's own writes: the rollback's status, the Agent's.
-    let reference = ObjectRef::from_obj(&*rollback);
-    let finished = || {
-        let current = ctx.rollbacks.get(&reference).unwrap_or(rollback.clone());
-        phase_of(&current).is_some_and(|p| p.is_terminal()) || ctx.settled.handled(&namespace, &current)
-    };
-    sync_agent(&ctx, &namespace, &rollback.spec.agent_name, finished).await?;
+    sync_agent(&ctx, &namespace, &rollback.spec.agent_name, || finished(&ctx, &namespace, &rollback)).await?;
     ctx.reset_backoff(&rollback.uid().unwrap_or_default());
     timer.succeeded();
     Ok(Action::await_change())
+}
+
+/// Whether a sync that ran while this one waited for its turn finished the rollback. Most
+/// triggers are echoes of that sync's own writes: the rollback's status, the Agent's.
+fn finished(ctx: &Context, namespace: &str, rollback: &Arc<AgentRollback>) -> bool {
+    let current = ctx.rollbacks.get(&ObjectRef::from_obj(&**rollback)).unwrap_or_else(|| rollback.clone());
+    phase_of(&current).is_some_and(|p| p.is_terminal()) || ctx.settled.handled(namespace, &current)
+}
+
+/// Starts the sync of a rollback new to the watch at once, in its own task: the controller's
+/// queue, which runs the reconcile next, holds every object until the next tick of its timer,
+/// about a millisecond, on the path of every rollback. The reconcile then finds the rollback
+/// finished, or runs (and retries) it if this sync failed. At most [`super::CONCURRENCY`] run
+/// at once; beyond that, new rollbacks wait for the reconcile.
+pub fn start_early(rollback: &AgentRollback, ctx: &Arc<Context>) {
+    if phase_of(rollback).is_some() {
+        return;
+    }
+    let (Some(namespace), Ok(permit)) = (rollback.namespace(), ctx.early_starts.clone().try_acquire_owned()) else {
+        return;
+    };
+    let (ctx, rollback) = (ctx.clone(), Arc::new(rollback.clone()));
+    tokio::spawn(async move {
+        let _permit = permit;
+        let agent = rollback.spec.agent_name.clone();
+        if let Err(error) = sync_agent(&ctx, &namespace, &agent, || finished(&ctx, &namespace, &rollback)).await {
+            debug!(namespace, rollback = rollback.name_any(), error = %super::error_chain(&error), "Early start failed; the reconcile retries");
+        }
+    });
 }
 
 pub fn error_policy(rollback: Arc<AgentRollback>, error: &Error, ctx: Arc<Context>) -> Action {

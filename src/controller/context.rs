@@ -46,6 +46,8 @@ pub struct Context {
     pub settled: SettledAgents,
     /// Version writes of this process not yet seen on the versions watch.
     pub echoes: Echoes,
+    /// Permits for syncs started straight from the rollback watch.
+    pub early_starts: Arc<tokio::sync::Semaphore>,
     pub events: EventSink,
     pub metrics: Arc<Metrics>,
     locks: Mutex<HashMap<AgentKey, Arc<tokio::sync::Mutex<()>>>>,
@@ -68,6 +70,7 @@ impl Context {
             agents,
             settled: SettledAgents::default(),
             echoes: Echoes::default(),
+            early_starts: Arc::new(tokio::sync::Semaphore::new(usize::from(super::CONCURRENCY))),
             events,
             metrics,
             locks: Mutex::default(),

@@ -22,11 +22,12 @@ pub use context::{Context, Settings};
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use futures::future::Shared;
+use futures::{StreamExt, TryStreamExt};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, warn};
 
@@ -50,11 +51,18 @@ where
     let versions: Api<AgentVersion> = scoped(&client, settings.namespace.as_deref());
     let rollbacks: Api<AgentRollback> = scoped(&client, settings.namespace.as_deref());
 
-    let rollback_controller = Controller::new(rollbacks, watcher::Config::default());
-    let rollback_store = rollback_controller.store();
+    let (rollback_store, rollback_writer) = reflector::store();
     let agent_controller = Controller::new(agents.clone(), watcher::Config::default());
     let agent_store = agent_controller.store();
     let ctx = Arc::new(Context::new(client.clone(), settings, rollback_store.clone(), agent_store.clone(), metrics));
+
+    // The rollback watch as the controller would build it, plus an early start for each new
+    // rollback (see `agent_rollback::start_early`).
+    let early = ctx.clone();
+    let rollback_events = reflector(rollback_writer, watcher(rollbacks, watcher::Config::default()))
+        .applied_objects()
+        .inspect_ok(move |rollback| agent_rollback::start_early(rollback, &early));
+    let rollback_controller = Controller::for_stream(rollback_events, rollback_store.clone());
 
     // An Agent's deletion (or any change) wakes the rollbacks still waiting on it, so those
     // of a deleted Agent end as AgentNotFound.
