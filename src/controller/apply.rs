@@ -2,6 +2,7 @@
 //! is idempotent: a create whose name is taken, a delete of a missing object and a status write
 //! that lost a race each tell the caller to look again instead of failing.
 
+use futures::future::try_join_all;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -29,7 +30,19 @@ fn status_code(error: &kube::Error) -> Option<u16> {
     }
 }
 
-pub async fn apply_step(ctx: &Context, observed: &Observed, step: Step) -> Result<Outcome> {
+/// Applies one planned step: a single write, or writes made together (all at once).
+pub async fn apply(ctx: &Context, observed: &Observed, step: Step) -> Result<Vec<Outcome>> {
+    try_join_all(flatten(step).into_iter().map(|write| apply_one(ctx, observed, write))).await
+}
+
+fn flatten(step: Step) -> Vec<Step> {
+    match step {
+        Step::Together(steps) => steps.into_iter().flat_map(flatten).collect(),
+        step => vec![step],
+    }
+}
+
+async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Outcome> {
     let ns = observed.namespace.as_str();
     match step {
         Step::CreateVersion(version) => {
@@ -110,6 +123,8 @@ pub async fn apply_step(ctx: &Context, observed: &Observed, step: Step) -> Resul
                 None => Applied::RollbackDeleted(name),
             }))
         }
+        // `apply` hands single writes only.
+        Step::Together(_) => Ok(Outcome::Done(Applied::Nothing)),
         Step::Event(note) => {
             let reference = match &note.on {
                 EventTarget::Agent => observed.agent.as_ref().map(|a| a.object_ref(&())),

@@ -6,13 +6,13 @@ use k8s_openapi::jiff::Timestamp;
 use tracing::debug;
 
 use super::Context;
-use super::apply::{Outcome, apply_step};
+use super::apply::{Outcome, apply};
 use super::observe::{Freshness, observe, resume_from};
 use super::settled::Start;
 use crate::api::RollbackPhase;
 use crate::metrics::RollbackLabels;
 use crate::plan::sync::decide;
-use crate::plan::{Applied, FailureReason, Observed};
+use crate::plan::{Applied, FailureReason, Observed, Step};
 use crate::{Error, Result};
 
 /// Units of work one sync may do before it yields: enough for a long queue of rollbacks, and
@@ -61,23 +61,27 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
             return Ok(observed);
         }
         debug!(namespace, agent = name, steps = steps.len(), "Applying a unit of work");
-        for step in steps {
+        'unit: for step in steps {
             let label = step_label(&step);
-            let outcome = apply_step(ctx, &observed, step).await?;
-            debug!(namespace, agent = name, step = %label, stale = matches!(outcome, Outcome::Stale(_)), "Applied step");
-            match outcome {
-                Outcome::Done(applied) => {
-                    count(ctx, &applied);
-                    observed.fold(applied);
+            let outcomes = apply(ctx, &observed, step).await?;
+            let stale = outcomes.iter().any(|o| matches!(o, Outcome::Stale(_)));
+            debug!(namespace, agent = name, step = %label, stale, "Applied step");
+            let mut observe_again = false;
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Done(applied) => {
+                        count(ctx, &applied);
+                        observed.fold(applied);
+                    }
+                    Outcome::Stale(Some(fresh)) => observed.fold(fresh),
+                    Outcome::Stale(None) => observe_again = true,
                 }
-                Outcome::Stale(Some(fresh)) => {
-                    observed.fold(fresh);
-                    break;
-                }
-                Outcome::Stale(None) => {
-                    observed = observe(ctx, namespace, name, Freshness::Consistent).await?;
-                    break;
-                }
+            }
+            if observe_again {
+                observed = observe(ctx, namespace, name, Freshness::Consistent).await?;
+            }
+            if stale {
+                break 'unit;
             }
         }
     }
@@ -107,9 +111,9 @@ fn count(ctx: &Context, applied: &Applied) {
     }
 }
 
-fn step_label(step: &crate::plan::Step) -> String {
-    use crate::plan::Step;
+fn step_label(step: &Step) -> String {
     match step {
+        Step::Together(steps) => steps.iter().map(step_label).collect::<Vec<_>>().join(" + "),
         Step::CreateVersion(v) => format!("create {}", v.spec.version),
         Step::DeleteVersion { name, .. } => format!("delete {name}"),
         Step::PatchAgentStatus(s) => format!("agent status active={:?}", s.active_version),

@@ -160,6 +160,9 @@ pub enum Step {
     ReadRollback { name: String },
     /// Record an Event.
     Event(EventNote),
+    /// Writes with no order between them, made at once; the unit goes on when all are done.
+    /// Each must be safe to happen without the others, as after a crash.
+    Together(Vec<Step>),
 }
 
 /// An Event to record; best effort, never a reason to stop.

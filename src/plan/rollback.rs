@@ -362,11 +362,11 @@ pub fn resume(
     }
 }
 
-/// Ends a rollback whose writes are all done: Agent status first (so a reader who waits for
-/// the rollback sees the new active version on the Agent), then the rollback's terminal status,
-/// then the history pruning the change calls for. The Agent's status already records the
-/// versions kept: one status write for both, and the rollback is not held up by pruning. The
-/// Agent's Event, last, tells of both.
+/// Ends a rollback whose writes are all done: Agent status and the history pruning the change
+/// calls for first, at once (so a reader who waits for the rollback sees the new active
+/// version on the Agent, and the history as it stays), then the rollback's terminal status.
+/// The Agent's status records the versions kept: one status write for both. The Agent's Event
+/// tells of both.
 fn finish(
     observed: &Observed,
     agent: &Agent,
@@ -402,14 +402,20 @@ fn finish(
         Some(pruned) => format!("AgentRollback {name}: {message} {pruned}."),
         None => format!("AgentRollback {name}: {message}"),
     };
-    let mut steps = vec![
-        Step::PatchAgentStatus(Box::new(agent_status)),
+    let agent_status = Step::PatchAgentStatus(Box::new(agent_status));
+    // The deletes need not wait for the status, nor it for them: the new version is in place,
+    // so the history is over its limit either way.
+    let writes = if pruning.deletes.is_empty() {
+        agent_status
+    } else {
+        Step::Together([vec![agent_status], pruning.deletes].concat())
+    };
+    vec![
+        writes,
         cas(rollback, status),
         event(EventTarget::Rollback(name.clone()), false, events::ROLLBACK_SUCCEEDED, "Rollback", message),
-    ];
-    steps.extend(pruning.deletes);
-    steps.push(agent_event(&name, false, events::ROLLED_BACK, agent_note));
-    steps
+        agent_event(&name, false, events::ROLLED_BACK, agent_note),
+    ]
 }
 
 #[cfg(test)]

@@ -194,6 +194,7 @@ impl Cluster {
                 self.events.push(note.clone());
                 Ok(Applied::Nothing)
             }
+            Step::Together(_) => unreachable!("converge takes writes made together in turn"),
         }
     }
 
@@ -219,6 +220,20 @@ impl Cluster {
                 observed = fresh;
                 continue;
             }
+            // Writes made together may land in any order: the model takes them in turn,
+            // backwards every other tick.
+            let steps: Vec<Step> = steps
+                .into_iter()
+                .flat_map(|step| match step {
+                    Step::Together(mut writes) => {
+                        if self.clock % 2 == 1 {
+                            writes.reverse();
+                        }
+                        writes
+                    }
+                    step => vec![step],
+                })
+                .collect();
             for step in &steps {
                 if crash() {
                     observed = self.observe_lagging(lag());
