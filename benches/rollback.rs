@@ -135,21 +135,53 @@ struct Floor {
     without_create: Percentiles,
 }
 
-/// Floor: the writes of one Restore made directly, one Restore at a time.
-async fn floor(client: &Client, n: usize) -> Floor {
-    let ns = namespace(client, "bench-floor").await;
-    let agent = create_agent(&Api::namespaced(client.clone(), &ns), "floor", "v1", 10_000).await;
+/// Pause after each sample, so that the next starts on a quiet server: one Restore at a time
+/// means one, not one on the heels of the last one's trailing work (its Events, the API
+/// server's watch fan-out).
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// The floor and the rollback latency, sample by sample in turn (one direct Restore, one
+/// through the operator), so that both see the same machine: on a shared one, load drifts
+/// between phases run one after the other.
+async fn latency_against_floor(client: &Client, n: usize) -> (Floor, Percentiles) {
+    let floor_ns = namespace(client, "bench-floor").await;
+    let floor_agent = create_agent(&Api::namespaced(client.clone(), &floor_ns), "floor", "v1", 10_000).await;
+    let floor_rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &floor_ns);
+
+    // The operator watches only its own namespace: the direct writes do not reach it.
+    let ns = namespace(client, "bench-latency").await;
+    let _operator = start_operator(&ns);
+    let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
     let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
-    let (mut writes, mut without_create) = (Vec::new(), Vec::new());
-    for i in 0..n {
+    create_agent(&agents, "lat", "v1", 10).await;
+    settled(&agents, "lat").await;
+    agents.patch("lat", &PatchParams::default(), &Patch::Merge(json!({"spec": {"instructions": "v2"}}))).await.unwrap();
+    settled(&agents, "lat").await;
+    let mut events = watcher(rollbacks.clone(), watcher::Config::default()).applied_objects().boxed();
+
+    let (mut writes, mut without_create, mut latency) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, active) in (0..n).zip(2i64..) {
+        let name = format!("rb-{i}");
         let start = Instant::now();
-        let rollback = create_rollback(&rollbacks, &format!("rb-{i}"), "floor", "Restore", Some(1)).await;
+        let rollback = create_rollback(&floor_rollbacks, &name, "floor", "Restore", Some(1)).await;
         let created = Instant::now();
-        direct_restore(client, &ns, &agent, &rollback, i as i64 + 2).await;
+        direct_restore(client, &floor_ns, &floor_agent, &rollback, i as i64 + 2).await;
         writes.push(start.elapsed().as_secs_f64() * 1000.0);
         without_create.push(created.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(SETTLE).await;
+
+        let start = Instant::now();
+        trace("create", &name);
+        create_rollback(&rollbacks, &name, "lat", "Restore", Some(active - 1)).await;
+        trace("created", &name);
+        let mut waiting = HashMap::from([(name.clone(), None)]);
+        wait_terminal(&mut events, &mut waiting).await;
+        trace("observed", &name);
+        latency.push(waiting.into_values().next().flatten().unwrap().duration_since(start).as_secs_f64() * 1000.0);
+        tokio::time::sleep(SETTLE).await;
     }
-    Floor { writes: percentiles(writes), without_create: percentiles(without_create) }
+    let floor = Floor { writes: percentiles(writes), without_create: percentiles(without_create) };
+    (floor, percentiles(latency))
 }
 
 /// Waits on a rollback watch until each of `names` is terminal; returns when each finished.
@@ -186,32 +218,6 @@ fn trace(what: &str, rollback: &str) {
     if std::env::var_os("BENCH_TRACE").is_some() {
         eprintln!("TRACE {} {what} {rollback}", Timestamp::now());
     }
-}
-
-/// Rollback latency: create an AgentRollback, observe it Succeeded; one at a time.
-async fn latency(client: &Client, n: usize) -> Percentiles {
-    let ns = namespace(client, "bench-latency").await;
-    let _operator = start_operator(&ns);
-    let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
-    let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
-    create_agent(&agents, "lat", "v1", 10).await;
-    settled(&agents, "lat").await;
-    agents.patch("lat", &PatchParams::default(), &Patch::Merge(json!({"spec": {"instructions": "v2"}}))).await.unwrap();
-    settled(&agents, "lat").await;
-    let mut events = watcher(rollbacks.clone(), watcher::Config::default()).applied_objects().boxed();
-    let mut samples = Vec::new();
-    for (i, active) in (0..n).zip(2i64..) {
-        let name = format!("rb-{i}");
-        let start = Instant::now();
-        trace("create", &name);
-        create_rollback(&rollbacks, &name, "lat", "Restore", Some(active - 1)).await;
-        trace("created", &name);
-        let mut waiting = HashMap::from([(name, None)]);
-        wait_terminal(&mut events, &mut waiting).await;
-        trace("observed", &format!("rb-{i}"));
-        samples.push(waiting.into_values().next().flatten().unwrap().duration_since(start).as_secs_f64() * 1000.0);
-    }
-    percentiles(samples)
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -401,10 +407,8 @@ async fn main() {
         env_size("BENCH_SCALE_AGENTS", 1000),
     );
 
-    eprintln!("floor: {lat_n} Restores' writes made directly ...");
-    let floor = floor(&client, lat_n).await;
-    eprintln!("latency: {lat_n} Restores through the operator ...");
-    let latency = latency(&client, lat_n).await;
+    eprintln!("floor and latency: {lat_n} Restores made directly and {lat_n} through the operator, in turn ...");
+    let (floor, latency) = latency_against_floor(&client, lat_n).await;
     eprintln!("throughput: {} rollbacks over {tp_agents} agents ...", tp_agents * tp_each);
     let throughput = throughput(&client, tp_agents, tp_each).await;
     eprintln!("scale: {scale_n} agents with 5, then 20 versions each ...");
