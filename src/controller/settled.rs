@@ -18,9 +18,9 @@ use crate::api::{Agent, AgentRollback};
 use crate::plan::{Observed, phase_of};
 
 /// Agents whose end state, with every version body, is kept in memory: the most recently
-/// synced ones. The rest keep only what `handled` needs, so memory does not grow with the
-/// number of Agents times versions.
-const KEPT_STATES: usize = 256;
+/// synced ones, which are the ones likely to see the next rollback. The rest keep only what
+/// `handled` needs, so memory does not grow with the number of Agents times versions.
+const KEPT_STATES: usize = 64;
 
 /// How long a clean sync's end state stands for the Agent without a read.
 const COVER_FOR: Duration = Duration::from_secs(60);
@@ -110,6 +110,18 @@ impl SettledAgents {
             .filter_map(|r| Some((r.metadata.uid.clone()?, revision(r)?)))
             .collect();
         state.confirmed.clear();
+        // Managed fields are the bulk of a small object's metadata, and no decision reads them.
+        for meta in state
+            .agent
+            .iter_mut()
+            .map(|a| &mut a.metadata)
+            .chain(state.versions.iter_mut().chain(state.foreign_versions.iter_mut()).map(|v| &mut v.metadata))
+        {
+            meta.managed_fields = None;
+        }
+        for rollback in &mut state.rollbacks {
+            rollback.metadata.managed_fields = None;
+        }
         let mut inner = self.lock();
         inner.clock += 1;
         let stamp = inner.clock;
