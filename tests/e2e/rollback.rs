@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agent_operator::api::{Agent, AgentRollback, AgentVersion, RollbackPhase};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -324,6 +324,32 @@ async fn history_beyond_the_limit_is_pruned_oldest_first() {
     assert_eq!(s.terminal("to-1").await.status.unwrap().reason.as_deref(), Some("VersionNotFound"));
     let agent = s.settled_agent("support").await;
     assert_eq!(agent.status.and_then(|st| st.version_count), Some(3));
+}
+
+#[tokio::test]
+async fn a_version_deleted_by_someone_else_is_noticed_by_the_status_and_the_next_rollback() {
+    let s = setup("e2e-foreign-delete").await;
+    s.agent_with_versions("support", 4, 10).await;
+    // A rollback first: the operator now holds the state its sync left.
+    s.create_rollback("to-1", "support", "Restore", Some(1)).await;
+    assert_eq!(phase(&s.terminal("to-1").await), Some(RollbackPhase::Succeeded));
+    assert_eq!(s.history("support").await.into_keys().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+
+    let versions: Api<AgentVersion> = Api::namespaced(s.client.clone(), &s.ns);
+    versions.delete("support-v4", &DeleteParams::default()).await.expect("deleted by hand");
+    let status = eventually(WAIT, || async {
+        let status = s.agents().get("support").await.ok()?.status?;
+        (status.version_count == Some(4)).then_some(status)
+    })
+    .await;
+    assert_eq!(status.active_version, Some(5));
+
+    // Previous goes to the newest version below the active one that still exists.
+    s.create_rollback("back", "support", "Previous", None).await;
+    let st = s.terminal("back").await.status.unwrap();
+    assert_eq!(st.phase, Some(RollbackPhase::Succeeded));
+    assert_eq!((st.restored_version, st.new_version), (Some(3), Some(6)));
+    assert_eq!(s.history("support").await.get(&6).map(String::as_str), Some("i3"));
 }
 
 #[tokio::test]
