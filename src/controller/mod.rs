@@ -1,11 +1,13 @@
 //! Kubernetes I/O: two controllers (Agent, AgentRollback) that both drive one per-Agent sync
 //! loop ([`sync::sync_agent`]): observe → plan → apply, until the plan is empty.
 //!
-//! The Agent controller runs it when an Agent or one of its versions changes (publishing,
-//! pruning, status). The AgentRollback controller runs it for the Agent a new rollback names,
-//! from its own store, which is why a rollback is never missed by a store that lags. A
-//! per-Agent lock makes the two take turns, so one Agent's work is serialized and different
-//! Agents run in parallel.
+//! The Agent controller runs it when an Agent changes, or one of its versions is changed by
+//! someone else (the operator's own version writes are recognised, [`echoes`]). The
+//! AgentRollback controller runs it for the Agent a new rollback names, from its own store,
+//! which is why a rollback is never missed by a store that lags; a new rollback's sync is also
+//! started straight from the watch, ahead of the controller's queue. A per-Agent lock makes
+//! them take turns, so one Agent's work is serialized and different Agents run in parallel. A
+//! sync starts from the state the Agent's last clean sync left, when it can ([`settled`]).
 
 pub mod agent;
 pub mod agent_rollback;
