@@ -39,7 +39,7 @@ fn finished(ctx: &Context, namespace: &str, rollback: &Arc<AgentRollback>) -> bo
 /// Starts the sync of a rollback new to the watch at once, in its own task: the controller's
 /// queue, which runs the reconcile next, holds every object until the next tick of its timer,
 /// about a millisecond, on the path of every rollback. The reconcile then finds the rollback
-/// finished, or runs (and retries) it if this sync failed. At most [`super::CONCURRENCY`] run
+/// finished, or runs (and retries) it if this sync failed. At most `CONCURRENCY` (16) run
 /// at once; beyond that, new rollbacks wait for the reconcile.
 pub fn start_early(rollback: &AgentRollback, ctx: &Arc<Context>) {
     if phase_of(rollback).is_some() {
