@@ -61,7 +61,7 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
             return Ok(observed);
         }
         debug!(namespace, agent = name, steps = steps.len(), "Applying a unit of work");
-        'unit: for step in steps {
+        for step in steps {
             let label = step_label(&step);
             let outcomes = apply(ctx, &observed, step).await?;
             let stale = outcomes.iter().any(|o| matches!(o, Outcome::Stale(_)));
@@ -81,7 +81,7 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
                 observed = observe(ctx, namespace, name, Freshness::Consistent).await?;
             }
             if stale {
-                break 'unit;
+                break;
             }
         }
     }
