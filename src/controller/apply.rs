@@ -3,6 +3,7 @@
 //! that lost a race each tell the caller to look again instead of failing.
 
 use futures::future::try_join_all;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -131,8 +132,19 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
                 EventTarget::Rollback(name) => observed.rollback(name).map(|r| r.object_ref(&())),
             };
             let related = note.related.as_ref().and_then(|related| match related {
+                // A pruned version is gone from `observed` by the time its Event is sent: its
+                // reference is made from the name.
                 RelatedObject::Version(name) => {
-                    observed.versions.iter().find(|v| &v.name_any() == name).map(|v| v.object_ref(&()))
+                    Some(observed.versions.iter().find(|v| &v.name_any() == name).map_or_else(
+                        || ObjectReference {
+                            api_version: Some(AgentVersion::api_version(&()).into()),
+                            kind: Some(AgentVersion::kind(&()).into()),
+                            namespace: Some(ns.into()),
+                            name: Some(name.clone()),
+                            ..ObjectReference::default()
+                        },
+                        |v| v.object_ref(&()),
+                    ))
                 }
                 RelatedObject::Rollback(name) => observed.rollback(name).map(|r| r.object_ref(&())),
             });

@@ -3,7 +3,7 @@
 
 use kube::ResourceExt;
 
-use super::{EventNote, EventTarget, Observed, Step};
+use super::{EventNote, EventTarget, Observed, RelatedObject, Step};
 use crate::api::Agent;
 use crate::api::conditions::events;
 
@@ -27,11 +27,16 @@ impl Pruning {
         Some(format!("Deleted version(s) {list}: revisionHistoryLimit is {}", self.limit))
     }
 
-    /// The Event of a prune on its own.
+    /// The Event of a prune on its own. It names the first version deleted, which also keeps
+    /// it apart from the last prune's Event (the Events API folds same-looking ones together).
     pub fn event(&self) -> Option<Step> {
+        let first = self.deletes.iter().find_map(|d| match d {
+            Step::DeleteVersion { name, .. } => Some(name.clone()),
+            _ => None,
+        })?;
         Some(Step::Event(EventNote {
             on: EventTarget::Agent,
-            related: None,
+            related: Some(RelatedObject::Version(first)),
             warning: false,
             reason: events::VERSIONS_PRUNED,
             action: "Prune",

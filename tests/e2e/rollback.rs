@@ -316,6 +316,17 @@ async fn history_beyond_the_limit_is_pruned_oldest_first() {
     let s = setup("e2e-prune").await;
     s.agent_with_versions("support", 5, 3).await;
     assert_eq!(s.history("support").await.into_keys().collect::<Vec<_>>(), [3, 4, 5]);
+    // Each prune is its own Event, not folded into the last one's series.
+    let notes: Vec<String> = s
+        .wait_events("support", "VersionsPruned", 2)
+        .await
+        .into_iter()
+        .filter(|(reason, _)| reason == "VersionsPruned")
+        .map(|(_, note)| note)
+        .collect();
+    for pruned in ["Deleted version(s) 1:", "Deleted version(s) 2:"] {
+        assert!(notes.iter().any(|n| n.starts_with(pruned)), "{notes:?}");
+    }
     s.create_rollback("to-3", "support", "Restore", Some(3)).await;
     assert_eq!(phase(&s.terminal("to-3").await), Some(RollbackPhase::Succeeded));
     assert_eq!(s.history("support").await.into_keys().collect::<Vec<_>>(), [4, 5, 6]);
