@@ -51,9 +51,15 @@ pub fn start_early(rollback: &AgentRollback, ctx: &Arc<Context>) {
     let (ctx, rollback) = (ctx.clone(), Arc::new(rollback.clone()));
     tokio::spawn(async move {
         let _permit = permit;
+        // Counted as a reconcile of the rollback: it is where the rollback's work is done.
+        let timer = ctx.metrics.reconcile("agentrollback");
         let agent = rollback.spec.agent_name.clone();
-        if let Err(error) = sync_agent(&ctx, &namespace, &agent, || finished(&ctx, &namespace, &rollback)).await {
-            debug!(namespace, rollback = rollback.name_any(), error = %super::error_chain(&error), "Early start failed; the reconcile retries");
+        match sync_agent(&ctx, &namespace, &agent, || finished(&ctx, &namespace, &rollback)).await {
+            Ok(()) => timer.succeeded(),
+            Err(error) => {
+                ctx.metrics.errors.get_or_create(&ErrorLabels { operation: error.metric_label() }).inc();
+                debug!(namespace, rollback = rollback.name_any(), error = %super::error_chain(&error), "Early start failed; the reconcile retries");
+            }
         }
     });
 }
