@@ -1,13 +1,13 @@
 //! Observe: every read of one sync. A sync that follows a clean one of this process starts from
-//! the state that one left ([`resume_from`]), with no reads. Otherwise the Agent is read from the
-//! API server (a stale Agent could republish a generation a rollback replaced). Its versions come from the API server's watch
-//! cache when that list matches the digest the Agent's status recorded and this process's last
-//! sync of the Agent ended cleanly; otherwise (after a restart, an error, a write that met a
-//! newer state, or a change made by someone else) they are read with a consistent list, which
-//! waits for the cache to catch up with etcd and so costs tens of milliseconds after a write.
-//! Rollbacks come from the watch cache: a stale one is harmless, because every rollback
-//! status write is conditional on the resourceVersion it was read at, and a Running rollback
-//! is read live before it is resumed.
+//! the state that one left ([`resume_from`]), with no reads. Otherwise the Agent is read from
+//! the API server (a stale Agent could republish a generation a rollback replaced). Its
+//! versions come from the API server's watch cache when that list matches the digest the
+//! Agent's status recorded and this process's last sync of the Agent ended cleanly; otherwise
+//! (after a restart, an error, a write that met a newer state, or a change made by someone
+//! else) they are read with a consistent list, which waits for the cache to catch up with etcd
+//! and so costs tens of milliseconds after a write. Rollbacks come from the watch cache: a
+//! stale one is harmless, because every rollback status write is conditional on the
+//! resourceVersion it was read at, and a Running rollback is read live before it is resumed.
 
 use kube::Api;
 use kube::api::ListParams;
