@@ -40,7 +40,13 @@ struct Inner {
     epochs: HashMap<AgentKey, u64>,
     /// Orders records by age, to drop the oldest kept states.
     clock: u64,
-    kept: usize,
+}
+
+impl Inner {
+    /// How many records keep their state.
+    fn kept(&self) -> usize {
+        self.records.values().filter(|r| r.state.is_some()).count()
+    }
 }
 
 struct Record {
@@ -95,9 +101,6 @@ impl SettledAgents {
         let key = key(namespace, name);
         let epoch = inner.epochs.get(&key).copied().unwrap_or(0);
         let Some(record) = inner.records.remove(&key) else { return Start::Unsettled };
-        if record.state.is_some() {
-            inner.kept -= 1;
-        }
         Start::Settled(record.state.filter(|_| record.epoch == epoch))
     }
 
@@ -125,29 +128,21 @@ impl SettledAgents {
         let mut inner = self.lock();
         inner.clock += 1;
         let stamp = inner.clock;
-        let previous = inner.records.insert(
+        inner.records.insert(
             key(namespace, name),
             Record { epoch, ended: Instant::now(), stamp, terminal, state: Some(Arc::new(state)) },
         );
-        inner.kept += 1;
-        if previous.is_some_and(|p| p.state.is_some()) {
-            inner.kept -= 1;
-        }
-        if inner.kept > KEPT_STATES {
+        if inner.kept() > KEPT_STATES {
             let oldest = inner.records.values_mut().filter(|r| r.state.is_some()).min_by_key(|r| r.stamp);
             if let Some(oldest) = oldest {
                 oldest.state = None;
-                inner.kept -= 1;
             }
         }
     }
 
     /// Forgets the Agent's record: the next sync reads with a consistent list.
     pub fn unsettle(&self, namespace: &str, name: &str) {
-        let mut inner = self.lock();
-        if inner.records.remove(&key(namespace, name)).is_some_and(|r| r.state.is_some()) {
-            inner.kept -= 1;
-        }
+        self.lock().records.remove(&key(namespace, name));
     }
 
     /// Whether the last clean sync of the rollback's Agent left it terminal at this
@@ -225,10 +220,10 @@ mod tests {
         for i in 0..KEPT_STATES + 10 {
             settled.settle("ns", &format!("a{i}"), 0, state("1"));
         }
-        assert_eq!(settled.lock().kept, KEPT_STATES);
+        assert_eq!(settled.lock().kept(), KEPT_STATES);
         assert!(matches!(settled.take("ns", "a0"), Start::Settled(None)), "the oldest state was dropped");
         let newest = format!("a{}", KEPT_STATES + 9);
         assert!(matches!(settled.take("ns", &newest), Start::Settled(Some(_))));
-        assert_eq!(settled.lock().kept, KEPT_STATES - 1);
+        assert_eq!(settled.lock().kept(), KEPT_STATES - 1);
     }
 }

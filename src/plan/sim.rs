@@ -518,12 +518,18 @@ fn changing_only_the_history_limit_publishes_nothing() {
     assert_eq!(cluster.agent.as_ref().and_then(|a| a.status.as_ref()?.observed_generation), Some(2));
 }
 
-#[test]
-fn rollback_leaves_the_spec_alone_and_a_later_edit_publishes() {
+/// An Agent with versions 1 and 2 (contents 1 and 2), settled.
+fn two_versions() -> Cluster {
     let mut cluster = Cluster::new(content(1), 10);
     cluster.converge(&mut || false);
     cluster.edit(Some(content(2)), None);
     cluster.converge(&mut || false);
+    cluster
+}
+
+#[test]
+fn rollback_leaves_the_spec_alone_and_a_later_edit_publishes() {
+    let mut cluster = two_versions();
     cluster.create_rollback("rb", RollbackStrategy::Previous, None, None);
     cluster.converge(&mut || false);
     assert_eq!(cluster.outcome("rb"), Outcome::Succeeded(3));
@@ -536,10 +542,7 @@ fn rollback_leaves_the_spec_alone_and_a_later_edit_publishes() {
 
 #[test]
 fn two_previous_in_a_row_flip_between_two_states() {
-    let mut cluster = Cluster::new(content(1), 10);
-    cluster.converge(&mut || false);
-    cluster.edit(Some(content(2)), None);
-    cluster.converge(&mut || false);
+    let mut cluster = two_versions();
     cluster.create_rollback("p1", RollbackStrategy::Previous, None, None);
     cluster.create_rollback("p2", RollbackStrategy::Previous, None, None);
     cluster.converge(&mut || false);
@@ -549,10 +552,7 @@ fn two_previous_in_a_row_flip_between_two_states() {
 
 #[test]
 fn pop_keeps_the_deleted_snapshot_in_status() {
-    let mut cluster = Cluster::new(content(1), 10);
-    cluster.converge(&mut || false);
-    cluster.edit(Some(content(2)), None);
-    cluster.converge(&mut || false);
+    let mut cluster = two_versions();
     cluster.create_rollback("pop", RollbackStrategy::Pop, None, None);
     cluster.converge(&mut || false);
     let status = cluster.rollbacks[0].status.clone().expect("status");
@@ -574,10 +574,7 @@ fn a_rollback_of_a_missing_agent_fails_with_agent_not_found() {
 
 #[test]
 fn restore_message_names_the_target_and_the_new_version() {
-    let mut cluster = Cluster::new(content(1), 10);
-    cluster.converge(&mut || false);
-    cluster.edit(Some(content(2)), None);
-    cluster.converge(&mut || false);
+    let mut cluster = two_versions();
     cluster.create_rollback("rb", RollbackStrategy::Restore, Some(1), None);
     cluster.converge(&mut || false);
     let status = cluster.rollbacks[0].status.clone().expect("status");
