@@ -1,33 +1,32 @@
 #!/usr/bin/env bash
-# The demo: starts a local control plane, installs the CRDs, runs the operator, applies
-# examples/ (an Agent, an edit, a Restore, a Previous, a Pop and one that fails) and shows what
-# happened. Everything it starts is stopped when it ends.
+# The demo: starts a local cluster (control plane and one real node), builds the operator's
+# image and installs it with Helm, as users do, applies examples/ (an Agent, an edit, a
+# Restore, a Previous, a Pop and one that fails) and shows what happened. Everything it starts
+# is stopped when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ ${1:-} != --inside ]]; then
   scripts/setup.sh
-  cargo build --locked --bin agent-operator
+  image=$(scripts/image.sh)
   dir=$(mktemp -d "${TMPDIR:-/tmp}/agent-operator-demo.XXXXXX")
   echo "Demo files and logs: $dir"
-  exec tests/control-plane/run.sh "$dir/cp" -- env DEMO_DIR="$dir" "$0" --inside
+  exec tests/control-plane/run.sh --node "$dir/cp" -- env DEMO_DIR="$dir" DEMO_IMAGE="$image" "$0" --inside
 fi
 
-# From here on KUBECONFIG points at the local control plane and kubectl is on PATH.
+# From here on KUBECONFIG points at the local cluster; kubectl and helm are on PATH.
 ns=demo
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
-say "Kubernetes $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])') on 127.0.0.1; installing the CRDs"
-run kubectl apply --server-side -f crds/
-kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+say "Kubernetes $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])'), one node"
+run kubectl get nodes
+say "Installing the operator with Helm (its image imported into the node, as a registry pull would)"
+tests/control-plane/node.sh import "$DEMO_DIR/cp" "$DEMO_IMAGE"
+run helm install agent-operator charts/agent-operator -n agent-operator-system --create-namespace --wait --timeout 180s
+run kubectl get pods -n agent-operator-system -o wide
 kubectl create namespace "$ns" >/dev/null
 kubectl config set-context --current --namespace="$ns" >/dev/null
-
-say "Starting the operator (log: $DEMO_DIR/operator.log)"
-target/debug/agent-operator run --namespace "$ns" >"$DEMO_DIR/operator.log" 2>&1 &
-operator=$!
-trap 'kill $operator 2>/dev/null || true' EXIT
 
 wait_agent() {
   for _ in $(seq 300); do
@@ -36,7 +35,7 @@ wait_agent() {
     [[ -n $seen && $gen == "$seen" ]] && return
     sleep 0.1
   done
-  echo "the Agent was not reconciled; see $DEMO_DIR/operator.log" >&2
+  echo "the Agent was not reconciled; see kubectl logs -n agent-operator-system -l app.kubernetes.io/instance=agent-operator" >&2
   exit 1
 }
 wait_rollback() {
@@ -69,3 +68,7 @@ say "Events"
 run kubectl get events.v1.events.k8s.io --sort-by=.eventTime -o custom-columns=TYPE:.type,REASON:.reason,KIND:.regarding.kind,OBJECT:.regarding.name,MESSAGE:.note
 say "The Agent's spec is untouched by the rollbacks (temperature is still the edited 0.3)"
 run kubectl get agent support -o jsonpath='{.spec.temperature}{"\n"}'
+say "The operator ran as Pods: the leader's log, and its Lease"
+leader=$(kubectl get lease agent-operator -n agent-operator-system -o jsonpath='{.spec.holderIdentity}')
+run kubectl logs -n agent-operator-system "$leader" --tail=5
+run kubectl get pods,lease -n agent-operator-system

@@ -1,18 +1,49 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints, CRD drift, unit and property tests, then the tests that
-# need a real API server, against a control plane started for this run and stopped after it.
+# need a real cluster, on a control plane with a node started for this run and stopped after
+# it: first those that run the operator as a process (as the chart's ServiceAccount), then the
+# in-cluster ones (the chart installed with Helm, the operator running as Pods from the image
+# scripts/image.sh builds), alone, since the chart's operator watches every namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
 
+if [[ ${1:-} == --inside ]]; then
+  start=$SECONDS
+  cargo test --locked --test e2e -- --skip in_cluster::
+  echo "Tests with the operator as a process took $((SECONDS - start))s"
+  start=$SECONDS
+  cargo test --locked --test e2e -- in_cluster:: --nocapture
+  echo "In-cluster tests took $((SECONDS - start))s"
+  exit
+fi
+
+scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 # Unit, property and drift tests: no server needed.
 cargo test --locked --lib --bins
+AGENT_OPERATOR_TEST_IMAGE=$(scripts/image.sh)
+export AGENT_OPERATOR_TEST_IMAGE
 
-# The real-server tests share one control plane, started here and stopped on exit.
 dir=$(mktemp -d "${TMPDIR:-/tmp}/agent-operator-test.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
-start=$(date +%s)
-tests/control-plane/run.sh "$dir/cp" -- cargo test --locked --test e2e
-echo "Real-server tests took $(($(date +%s) - start))s"
+# --one-file-system: never through a mount a failed teardown might have left.
+trap 'rm -rf --one-file-system "$dir"' EXIT
+ip_forward=$(cat /proc/sys/net/ipv4/ip_forward)
+
+# The harness itself: a run interrupted while its node starts leaves nothing behind.
+start=$SECONDS
+tests/control-plane/run.sh --node "$dir/interrupted" >"$dir/interrupted.log" 2>&1 &
+until [[ -f $dir/interrupted/node/pids/kubelet ]]; do
+  kill -0 $! 2>/dev/null || { cat "$dir/interrupted.log"; exit 1; }
+  sleep 0.2
+done
+kill -TERM $!
+wait $! || true
+tests/control-plane/leftovers.sh "$ip_forward"
+tests/control-plane/node.sh stop # a second stop finds nothing to do
+echo "Node interrupted while starting: nothing left behind ($((SECONDS - start))s)"
+
+start=$SECONDS
+tests/control-plane/run.sh --node "$dir/cp" -- "$0" --inside
+tests/control-plane/leftovers.sh "$ip_forward"
+echo "Real-cluster tests took $((SECONDS - start))s; nothing left behind"

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -114,7 +113,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => Config::infer().await.context("no kubeconfig and not in a cluster")?,
     };
-    let client = Client::try_from(config)?;
+    let client = Client::try_from(config.clone())?;
     check_crds_installed(&client, args.namespace.as_deref()).await?;
 
     let shutdown = shutdown_signal().shared();
@@ -139,7 +138,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             grace: args.lease_grace,
         };
         tokio::select! {
-            leadership = Leadership::acquire(client.clone(), &lease) => Some(leadership?),
+            leadership = Leadership::acquire(&config, &lease) => Some(leadership?),
             _ = shutdown.clone() => return stop_http(http).await,
         }
     } else {
@@ -153,15 +152,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     match leadership {
         None => controllers.await?,
         Some(leadership) => {
-            let lease_duration = Duration::from_secs(args.lease_duration);
             tokio::select! {
                 result = controllers => {
                     result?;
                     leadership.release().await;
                 }
-                _ = leadership.hold(lease_duration) => {
+                loss = leadership.hold() => {
                     metrics.leader.set(0);
-                    bail!("lost the leader Lease; exiting so that only the new leader writes");
+                    bail!("lost the leader Lease ({loss:?}); exiting so that only the new leader writes");
                 }
             }
         }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager, kubectl and helm from the Go module proxy
-# into the cache, keyed by version. A finished build leaves a stamp; with the stamp present
+# Builds etcd, the Kubernetes binaries (kube-apiserver, kube-controller-manager, kubectl, and the
+# node's kubelet, kube-proxy and kube-scheduler) and helm from the Go module proxy into the cache,
+# keyed by version. A finished build leaves a stamp; with the stamp present
 # this does nothing, so every caller can run it unconditionally.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -20,10 +21,13 @@ build_etcd() {
   touch "$out/.complete"
 }
 
+K8S_TOOLS=(kube-apiserver kube-controller-manager kubectl kubelet kube-proxy kube-scheduler)
+
 build_k8s() {
-  local out=$K8S_BIN
-  [[ -f $out/.complete ]] && return
-  log "Building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION (first time only; 20-40 min on 2 cores)"
+  local out=$K8S_BIN tool missing=0
+  for tool in "${K8S_TOOLS[@]}"; do [[ -x $out/$tool ]] || missing=1; done
+  [[ -f $out/.complete && $missing == 0 ]] && return
+  log "Building ${K8S_TOOLS[*]} $K8S_VERSION (first time only; 5-10 min on 2 cores)"
   mkdir -p "$out"
   local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   # Without these, /version reports v0.0.0-master and kubectl cannot parse the server version.
@@ -34,9 +38,7 @@ build_k8s() {
   done
   (cd "$CP_DIR/k8s" && go build -mod=readonly -trimpath -buildvcs=false \
     -tags=selinux,notest,grpcnotrace -ldflags="$ldflags" -o "$out/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl)
+    "${K8S_TOOLS[@]/#/k8s.io/kubernetes/cmd/}")
   touch "$out/.complete"
 }
 

@@ -14,6 +14,18 @@ K8S_BIN=$CACHE_DIR/k8s-$K8S_VERSION/bin
 HELM_BIN=$CACHE_DIR/helm-$HELM_VERSION/bin
 ETCD_BIN=$CACHE_DIR/etcd-$ETCD_VERSION/bin
 
+# The node (run.sh --node): its address sits on the loopback device; pods and Services get
+# ranges outside the private ones, so every packet plainly stays on this machine.
+NODE_NAME=agentops-node
+NODE_IP=198.18.1.1
+POD_CIDR=198.18.0.0/24
+SERVICE_CIDR=198.19.0.0/24
+SERVICE_IP=198.19.0.1
+BRIDGE=aobr0
+# Machine-wide, as the node is: which run's node is up, what to restore, and its lock.
+NODE_STATE=/run/agent-operator-node
+NODE_LOCK=/run/agent-operator-node.lock
+
 export GOTOOLCHAIN=local CGO_ENABLED=0
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Starts a local control plane (etcd, kube-apiserver, kube-controller-manager) on free
-# 127.0.0.1 ports, the way controller-runtime's envtest does, with no kubelet and no containers.
+# Starts a local control plane (etcd, kube-apiserver, kube-controller-manager) on free ports,
+# the way controller-runtime's envtest does; with --node, also a real node beside it (node.sh).
 #
 #   run.sh DIR                 start, then serve until SIGINT/SIGTERM
 #   run.sh --exit-with-parent DIR
 #                              the same, but also stop when the process that started it exits
 #                              (a test binary that ends or is killed cannot leave servers behind)
+#   run.sh --node DIR          with a node that runs pods (root; one per machine). The API
+#                              server then listens on the node's address instead of 127.0.0.1.
 #   run.sh DIR -- CMD ARGS...  start, run CMD with KUBECONFIG set, stop, exit with CMD's status
 #
 # DIR receives: admin.kubeconfig, pki/ (the CA that also signs client certificates, see
@@ -14,14 +16,29 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-watch_pid=
-if [[ ${1:-} == --exit-with-parent ]]; then watch_pid=$PPID; shift; fi
-[[ $# -ge 1 ]] || { echo "usage: $0 [--exit-with-parent] DIR [-- CMD ARGS...]" >&2; exit 2; }
+watch_pid= node=
+while [[ ${1:-} == --* ]]; do
+  case $1 in
+    --exit-with-parent) watch_pid=$PPID ;;
+    --node) node=1 ;;
+    *) echo "unknown flag $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ $# -ge 1 ]] || { echo "usage: $0 [--exit-with-parent] [--node] DIR [-- CMD ARGS...]" >&2; exit 2; }
 D=$(mkdir -p "$1" && cd "$1" && pwd)
 shift
 [[ ${1:-} == -- ]] && shift
 
 "$CP_DIR/build.sh"
+addr=127.0.0.1
+if [[ -n $node ]]; then
+  # Held for as long as this script runs (node.sh's daemons do not inherit it).
+  exec 8>"$NODE_LOCK"
+  flock -n 8 || { log "Another run's node is up on this machine (lock $NODE_LOCK)"; exit 1; }
+  "$CP_DIR/node.sh" prepare
+  addr=$NODE_IP
+fi
 rm -f "$D/ready"
 mkdir -p "$D/pki" "$D/logs"
 
@@ -30,6 +47,7 @@ stop() {
   local rc=$?
   trap - EXIT INT TERM
   rm -f "$D/ready"
+  [[ -z $node ]] || "$CP_DIR/node.sh" stop "$D" || true
   # Reverse order: the API server goes before etcd, so it does not log a storm of etcd errors.
   local i p
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
@@ -50,6 +68,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 ETCD_PORT=$(free_port)
 PEER_PORT=$(free_port)
 API_PORT=$(free_port)
+url=https://$addr:$API_PORT
 
 # --- certificates: one CA signs the serving cert and every client cert -----------------------
 pki=$D/pki
@@ -60,9 +79,12 @@ if [[ ! -f $pki/ca.crt ]]; then
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 fi
 # A leaf signed by the CA (rustls refuses a self-signed serving cert used as its own CA).
+# Valid for every name pods use for the API server: the `kubernetes` Service's IP and names.
 "$CP_DIR/user-cert.sh" "$pki" apiserver "/CN=kube-apiserver" \
-  "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+  "subjectAltName=IP:127.0.0.1,IP:$NODE_IP,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\nextendedKeyUsage=serverAuth\n"
 "$CP_DIR/user-cert.sh" "$pki" admin "/CN=admin/O=system:masters"
+# How the API server authenticates to kubelets (for logs, exec); bound to system:kubelet-api-admin.
+"$CP_DIR/user-cert.sh" "$pki" apiserver-kubelet-client "/CN=kube-apiserver-kubelet-client"
 
 kubeconfig() { # user -> kubeconfig text
   cat <<EOF
@@ -71,7 +93,7 @@ kind: Config
 clusters:
 - name: local
   cluster:
-    server: https://127.0.0.1:$API_PORT
+    server: $url
     certificate-authority: $pki/ca.crt
 users:
 - name: $1
@@ -96,30 +118,40 @@ rm -rf "$D/etcd"
 pids+=($!)
 
 # --- kube-apiserver --------------------------------------------------------------------------
-# --advertise-address and --endpoint-reconciler-type=none: a loopback-only host has no default
-# route to advertise and Endpoints refuse loopback IPs. ServiceAccount admission is off because
-# there are no pods, and it would refuse objects in namespaces whose default account is missing.
+api_flags=()
+if [[ -n $node ]]; then
+  # The node's address is the `kubernetes` Service's endpoint; the kubelet is a node to the
+  # Node authorizer, and the API server reaches it with its own client certificate.
+  api_flags+=(--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction
+    --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt"
+    --kubelet-client-key="$pki/apiserver-kubelet-client.key" --kubelet-certificate-authority="$pki/ca.crt"
+    --kubelet-preferred-address-types=InternalIP)
+else
+  # Endpoints refuse loopback IPs, so without a node the `kubernetes` Service has none.
+  api_flags+=(--authorization-mode=RBAC --endpoint-reconciler-type=none)
+fi
 "$K8S_BIN/kube-apiserver" \
   --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-  --bind-address=127.0.0.1 --secure-port="$API_PORT" \
-  --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
+  --bind-address="$addr" --secure-port="$API_PORT" --advertise-address="$addr" \
   --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
   --client-ca-file="$pki/ca.crt" \
-  --service-account-issuer="https://127.0.0.1:$API_PORT" \
+  --service-account-issuer="$url" \
   --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-  --api-audiences="https://127.0.0.1:$API_PORT" \
-  --service-cluster-ip-range=10.0.0.0/24 \
-  --authorization-mode=RBAC \
-  --disable-admission-plugins=ServiceAccount \
+  --api-audiences="$url" \
+  --service-cluster-ip-range="$SERVICE_CIDR" \
+  "${api_flags[@]}" \
   >"$D/logs/kube-apiserver.log" 2>&1 &
 pids+=($!)
 
 # --- kube-controller-manager -----------------------------------------------------------------
-# Only the controllers that API objects (not pods) depend on: ownerReference garbage collection,
-# namespace deletion, ServiceAccounts and their tokens, and the aggregated edit/view roles.
+# The controllers that API objects depend on: ownerReference garbage collection, namespace
+# deletion, ServiceAccounts and their tokens, the aggregated edit/view roles; with a node, also
+# what nodes and workloads need (node health and taints, Deployments, StatefulSets, endpoints).
+controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller,root-ca-certificate-publisher-controller
+[[ -z $node ]] || controllers+=,node-lifecycle-controller,deployment-controller,replicaset-controller,statefulset-controller,endpoints-controller,endpointslice-controller,pod-garbage-collector-controller
 "$K8S_BIN/kube-controller-manager" --kubeconfig="$D/admin.kubeconfig" \
   --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
-  --controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller,root-ca-certificate-publisher-controller \
+  --controllers="$controllers" \
   --root-ca-file="$pki/ca.crt" --service-account-private-key-file="$pki/sa.key" \
   --use-service-account-credentials=false \
   >"$D/logs/kube-controller-manager.log" 2>&1 &
@@ -140,6 +172,7 @@ until "$K8S_BIN/kubectl" get clusterrole edit -o jsonpath='{.rules}' 2>/dev/null
   sleep 0.2
 done
 ready_s=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
+log "Control plane $K8S_VERSION (etcd $ETCD_VERSION) ready in ${ready_s}s at $url"
 
 cat >"$D/env" <<EOF
 export KUBECONFIG=$D/admin.kubeconfig
@@ -148,19 +181,27 @@ export AGENT_OPERATOR_TEST_PKI=$pki
 export K8S_BIN=$K8S_BIN
 export HELM_BIN=$HELM_BIN
 export API_PORT=$API_PORT
+export API_ADDR=$addr
+export AGENT_OPERATOR_TEST_NODE=$node
 EOF
+if [[ -n $node ]]; then
+  "$K8S_BIN/kubectl" create clusterrolebinding kube-apiserver-kubelet-client \
+    --clusterrole=system:kubelet-api-admin --user=kube-apiserver-kubelet-client >/dev/null
+  "$CP_DIR/node.sh" start "$D"
+fi
 echo "$ready_s" >"$D/ready"
-log "Control plane $K8S_VERSION (etcd $ETCD_VERSION) ready in ${ready_s}s at https://127.0.0.1:$API_PORT; KUBECONFIG=$D/admin.kubeconfig"
+log "KUBECONFIG=$D/admin.kubeconfig"
 
 if [[ $# -gt 0 ]]; then
   set +e
-  PATH="$K8S_BIN:$HELM_BIN:$PATH" AGENT_OPERATOR_TEST_KUBECONFIG=$KUBECONFIG AGENT_OPERATOR_TEST_PKI=$pki "$@"
+  PATH="$K8S_BIN:$HELM_BIN:$PATH" AGENT_OPERATOR_TEST_KUBECONFIG=$KUBECONFIG AGENT_OPERATOR_TEST_PKI=$pki \
+    AGENT_OPERATOR_TEST_NODE=$node "$@"
   exit $?
 fi
 # Serve until signalled, or until whoever started us is gone (with --exit-with-parent).
 while [[ -z $watch_pid ]] || kill -0 "$watch_pid" 2>/dev/null; do
-  for p in "${pids[@]}"; do
-    kill -0 "$p" 2>/dev/null || { log "A control-plane process exited; logs in $D/logs"; exit 1; }
+  for p in "${pids[@]}" $(cat "$D"/node/pids/* 2>/dev/null); do
+    kill -0 "$p" 2>/dev/null || { log "A control-plane or node process exited; logs in $D/logs and $D/node/logs"; exit 1; }
   done
   sleep 1
 done

@@ -33,6 +33,8 @@ fn the_rendered_chart_passes_a_server_side_dry_run() {
             "watchNamespace=team-a",
             "--set",
             "leaderElection.enabled=false",
+            "--set",
+            "replicaCount=1",
         ],
     ] {
         let out = Command::new(&control_plane().helm)
@@ -60,6 +62,29 @@ fn values_outside_the_schema_are_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("logFormat"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn several_replicas_without_leader_election_are_refused() {
+    let render = |values: &[&str]| {
+        Command::new(&control_plane().helm)
+            .args(["template", "agent-operator"])
+            .arg(chart_dir())
+            .args(values)
+            .output()
+            .unwrap()
+    };
+    let out = render(&["--set", "leaderElection.enabled=false"]);
+    assert!(!out.status.success(), "two replicas without the Lease rendered");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("replicaCount") && stderr.contains("leaderElection.enabled"), "{stderr}");
+    for allowed in [
+        ["--set", "leaderElection.enabled=false", "--set", "replicaCount=1"],
+        ["--set", "replicaCount=3", "--set", "leaderElection.enabled=true"],
+    ] {
+        let out = render(&allowed);
+        assert!(out.status.success(), "{allowed:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 #[tokio::test]

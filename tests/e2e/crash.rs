@@ -54,8 +54,8 @@ async fn killing_the_operator_at_random_moments_loses_and_duplicates_nothing() {
             created.push((rb.resource_version().unwrap().parse::<u64>().unwrap(), name, Request { strategy, target }));
         }
         tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
-        s.operator.kill();
-        s.operator = Operator::start(&s.ns);
+        s.operator = None; // dropping it kills it
+        s.operator = Some(Operator::start(&s.ns));
 
         created.sort_by_key(|(rv, _, _)| *rv);
         for (_, name, request) in created {

@@ -4,6 +4,8 @@
 use std::time::{Duration, Instant};
 
 use agent_operator::api::RollbackPhase;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
 use serde_json::json;
 
 use crate::rollback::{Setup, setup};
@@ -29,7 +31,7 @@ fn replica(s: &Setup, lease: &str, name: &str) -> Operator {
 #[tokio::test]
 async fn two_replicas_share_a_lease_and_the_standby_takes_over_when_the_leader_is_killed() {
     let mut s = setup("ops-lease").await;
-    s.operator.kill(); // this test runs its own two replicas
+    s.operator = None; // this test runs its own two replicas
     let lease = s.ns.clone();
     let mut leader = replica(&s, &lease, "replica-a");
     eventually(Duration::from_secs(30), || async {
@@ -44,6 +46,25 @@ async fn two_replicas_share_a_lease_and_the_standby_takes_over_when_the_leader_i
     .await;
 
     s.agent_with_versions("support", 2, 10).await;
+
+    // Steady state: a healthy leader keeps the Lease, renewal after renewal, and the standby
+    // stays a standby. Watched for three lease durations.
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), RELEASE_NAMESPACE);
+    let holder =
+        |l: &Lease| l.spec.as_ref().and_then(|s| Some((s.holder_identity.clone()?, s.lease_transitions.unwrap_or(0))));
+    let before = holder(&leases.get(&lease).await.unwrap()).unwrap();
+    assert_eq!(before.0, "replica-a");
+    let mut renewals = std::collections::BTreeSet::new();
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3 * 4) {
+        assert!(leader.exited().is_none(), "the healthy leader exited: {:?}", leader.exited());
+        let current = leases.get(&lease).await.unwrap();
+        assert_eq!(holder(&current).unwrap(), before, "the Lease changed hands with a healthy leader");
+        renewals.extend(current.spec.and_then(|s| s.renew_time).map(|t| t.0.to_string()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(metric(&scrape(&leader).await, "agentops_leader"), Some(1.0));
+    assert!(renewals.len() >= 4, "the leader renewed only {} times in three lease durations", renewals.len());
     // Only the leader reconciled: the standby never ran a reconcile.
     let standby_metrics = scrape(&standby).await;
     assert_eq!(metric(&standby_metrics, "agentops_leader"), Some(0.0));
@@ -76,7 +97,7 @@ async fn two_replicas_share_a_lease_and_the_standby_takes_over_when_the_leader_i
 #[tokio::test]
 async fn metrics_health_and_readiness_are_served() {
     let s = setup("ops-http").await;
-    let op = &s.operator;
+    let op = s.operator.as_ref().unwrap();
     eventually(Duration::from_secs(30), || async {
         (op.get("/readyz").await? == (200, "ready\n".into())).then_some(())
     })
@@ -121,6 +142,7 @@ async fn metrics_health_and_readiness_are_served() {
 async fn sigterm_stops_the_operator_cleanly() {
     let mut s = setup("ops-sigterm").await;
     s.agent_with_versions("support", 1, 10).await;
-    let status = s.operator.terminate(Duration::from_secs(10)).expect("exited within 10 s of SIGTERM");
+    let status =
+        s.operator.as_mut().unwrap().terminate(Duration::from_secs(10)).expect("exited within 10 s of SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 }

@@ -17,15 +17,22 @@ const WAIT: Duration = Duration::from_secs(60);
 pub struct Setup {
     pub client: Client,
     pub ns: String,
-    pub operator: Operator,
+    /// The operator process watching `ns`; none where the operator runs in the cluster.
+    pub operator: Option<Operator>,
 }
 
 pub async fn setup(prefix: &str) -> Setup {
+    let mut s = setup_without_operator(prefix).await;
+    s.operator = Some(Operator::start(&s.ns));
+    s
+}
+
+/// A namespace with the CRDs installed, for an operator that runs elsewhere.
+pub async fn setup_without_operator(prefix: &str) -> Setup {
     let client = client().await;
     install_crds(&client).await;
     let ns = namespace(&client, prefix).await;
-    let operator = Operator::start(&ns);
-    Setup { client, ns, operator }
+    Setup { client, ns, operator: None }
 }
 
 impl Setup {

@@ -22,6 +22,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
 pub struct ControlPlane {
+    /// run.sh's directory: logs, and the node's state under `node/`.
+    pub dir: PathBuf,
+    /// Whether a node runs beside it (run.sh --node), so that pods run.
+    pub node: bool,
     pub kubeconfig: PathBuf,
     pub pki: PathBuf,
     /// kubectl and the other Kubernetes binaries.
@@ -31,7 +35,7 @@ pub struct ControlPlane {
 
 static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
 
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -52,7 +56,8 @@ pub fn control_plane() -> &'static ControlPlane {
             let helm = read_env_file(&env, "HELM_BIN")
                 .map(|d| PathBuf::from(d).join("helm"))
                 .expect("env file names HELM_BIN");
-            return ControlPlane { kubeconfig, pki, bin, helm };
+            let node = read_env_file(&env, "AGENT_OPERATOR_TEST_NODE").is_some_and(|v| !v.is_empty());
+            return ControlPlane { dir, node, kubeconfig, pki, bin, helm };
         }
         let dir = std::env::temp_dir().join(format!("agent-operator-test-{}", std::process::id()));
         let log =
@@ -61,9 +66,13 @@ pub fn control_plane() -> &'static ControlPlane {
         // Not waited for: run.sh --exit-with-parent stops the control plane when this test
         // binary exits, which no destructor of a static could do.
         #[allow(clippy::zombie_processes)]
+        // As root, with a node, so that the in-cluster tests run too.
+        let root = std::fs::read_to_string("/proc/self/status")
+            .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")));
         Command::new("bash")
             .arg(repo().join("tests/control-plane/run.sh"))
             .arg("--exit-with-parent")
+            .args(root.then_some("--node"))
             .arg(&dir)
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -79,7 +88,8 @@ pub fn control_plane() -> &'static ControlPlane {
         let bin = read_env_file(&env, "K8S_BIN").map(PathBuf::from).expect("env file names K8S_BIN");
         let helm =
             read_env_file(&env, "HELM_BIN").map(|d| PathBuf::from(d).join("helm")).expect("env file names HELM_BIN");
-        ControlPlane { kubeconfig: dir.join("admin.kubeconfig"), pki: dir.join("pki"), bin, helm }
+        let node = read_env_file(&env, "AGENT_OPERATOR_TEST_NODE").is_some_and(|v| !v.is_empty());
+        ControlPlane { kubeconfig: dir.join("admin.kubeconfig"), pki: dir.join("pki"), bin, helm, node, dir }
     })
 }
 
@@ -190,8 +200,11 @@ pub fn user_kubeconfig(user: &str, groups: &[&str]) -> PathBuf {
     path
 }
 
-/// Where the chart is installed for the tests.
-pub const RELEASE_NAMESPACE: &str = "agent-operator-system";
+/// Where the chart's identity for the operator processes lives. A release of its own, so that
+/// the in-cluster tests can `helm install` the chart as users do, as `agent-operator` in
+/// `agent-operator-system`, beside it.
+pub const RELEASE_NAMESPACE: &str = "agent-operator-tests";
+const RELEASE: &str = "agent-operator-tests";
 
 /// The identity the chart gives the operator.
 pub struct ChartIdentity {
@@ -202,23 +215,27 @@ pub struct ChartIdentity {
 
 static CHART_IDENTITY: OnceLock<ChartIdentity> = OnceLock::new();
 
-/// Renders the chart, applies it (its ServiceAccount and RBAC are what matter here; with no
-/// scheduler its Deployment never runs), and returns a kubeconfig for its ServiceAccount.
+/// Renders the chart, applies all of it but the Deployment (its ServiceAccount and RBAC are
+/// what matter here; the operator runs as a test process), and returns a kubeconfig for its
+/// ServiceAccount.
 pub fn chart_identity() -> &'static ChartIdentity {
     CHART_IDENTITY.get_or_init(|| {
         let cp = control_plane();
         let rendered = Command::new(&cp.helm)
-            .args(["template", "agent-operator"])
+            .args(["template", RELEASE])
             .arg(repo().join("charts/agent-operator"))
             .args(["--namespace", RELEASE_NAMESPACE])
             .output()
             .expect("helm runs");
         assert!(rendered.status.success(), "helm template: {}", String::from_utf8_lossy(&rendered.stderr));
         let _ = kubectl(&["create", "namespace", RELEASE_NAMESPACE], None);
-        let applied = kubectl(&["apply", "-f", "-"], Some(&String::from_utf8_lossy(&rendered.stdout)));
+        let rendered = String::from_utf8_lossy(&rendered.stdout);
+        let without_deployment: Vec<&str> =
+            rendered.split("\n---").filter(|doc| !doc.contains("\nkind: Deployment\n")).collect();
+        let applied = kubectl(&["apply", "-f", "-"], Some(&without_deployment.join("\n---")));
         assert!(applied.status.success(), "chart applied: {}", String::from_utf8_lossy(&applied.stderr));
 
-        let service_account = "agent-operator".to_string();
+        let service_account = RELEASE.to_string();
         let token = kubectl(&["create", "token", &service_account, "-n", RELEASE_NAMESPACE, "--duration=4h"], None);
         assert!(token.status.success(), "token: {}", String::from_utf8_lossy(&token.stderr));
         let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
@@ -310,6 +327,11 @@ impl Operator {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait")
     }
 
     /// SIGKILL: no chance to finish anything.
