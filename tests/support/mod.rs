@@ -63,12 +63,12 @@ pub fn control_plane() -> &'static ControlPlane {
         let log =
             std::fs::File::create(std::env::temp_dir().join(format!("agent-operator-test-{}.log", std::process::id())))
                 .expect("log file");
-        // Not waited for: run.sh --exit-with-parent stops the control plane when this test
-        // binary exits, which no destructor of a static could do.
-        #[allow(clippy::zombie_processes)]
         // As root, with a node, so that the in-cluster tests run too.
         let root = std::fs::read_to_string("/proc/self/status")
             .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")));
+        // Not waited for: run.sh --exit-with-parent stops the control plane when this test
+        // binary exits, which no destructor of a static could do.
+        #[allow(clippy::zombie_processes)]
         Command::new("bash")
             .arg(repo().join("tests/control-plane/run.sh"))
             .arg("--exit-with-parent")
