@@ -13,11 +13,12 @@ target=x86_64-unknown-linux-musl
 version=$(awk -F'"' '/^version = / {print $2; exit}' Cargo.toml)
 # ring compiles C: with musl-gcc the binary stays fully static.
 CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$target" --bin agent-operator >&2
-bin=target/$target/release/agent-operator
+out_dir=${CARGO_TARGET_DIR:-target}
+bin=$out_dir/$target/release/agent-operator
 # No shared libraries: the image has no libc.
 if readelf -d "$bin" | grep -q "(NEEDED)"; then echo "image.sh: $bin needs shared libraries" >&2; exit 1; fi
-mkdir -p target/images
-out=target/images/agent-operator-$version.tar
+mkdir -p "$out_dir/images"
+out=$out_dir/images/agent-operator-$version.tar
 python3 tests/control-plane/oci-image.py "docker.io/library/agent-operator:$version" "$out" \
   --file "$bin:/agent-operator" --entrypoint /agent-operator --cmd run --user 65532:65532 --port 8080 >&2
 echo "$out"
