@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use agent_operator::api::{
     Agent, AgentDefinition, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, RollbackPhase,
 };
+use agent_operator::plan::delivery::DeliveryState;
 use agent_operator::plan::hash::snapshot_hash;
 use agent_operator::plan::publish::new_version;
 use agent_operator::plan::status::{agent_conditions, set_rollback_phase};
@@ -113,7 +114,7 @@ async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &Age
         active_version: Some(number),
         version_count: Some(number),
         observed_generation: Some(1),
-        conditions: agent_conditions(&[], Some(1), Some(number), None, &t),
+        conditions: agent_conditions(&[], Some(1), Some(number), None, &DeliveryState::Delivered, &t),
         ..Default::default()
     };
     let body = json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "Agent", "status": agent_status});
@@ -338,7 +339,14 @@ async fn grow_history(client: &Client, ns: &str, agents: &[Agent], from: i64, to
                 version_count: Some(to),
                 observed_generation: agent.metadata.generation,
                 observed_definition_hash: Some(snapshot_hash(&agent.spec.definition)),
-                conditions: agent_conditions(&[], agent.metadata.generation, Some(to), None, &t),
+                conditions: agent_conditions(
+                    &[],
+                    agent.metadata.generation,
+                    Some(to),
+                    None,
+                    &DeliveryState::Delivered,
+                    &t,
+                ),
                 ..Default::default()
             };
             let body = json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "Agent", "status": status});

@@ -63,6 +63,30 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("failed to write the delivery ConfigMap {namespace}/{name}")]
+    WriteConfigMap {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to read workload {namespace}/{name}")]
+    ReadWorkload {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to roll workload {namespace}/{name}")]
+    RollWorkload {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("object has no {0}")]
     MissingObjectKey(&'static str),
 
@@ -81,6 +105,9 @@ impl Error {
             Self::DeleteVersion { .. } => "delete_version",
             Self::PatchAgentStatus { .. } => "patch_agent_status",
             Self::PatchRollbackStatus { .. } => "patch_rollback_status",
+            Self::WriteConfigMap { .. } => "write_config_map",
+            Self::ReadWorkload { .. } => "read_workload",
+            Self::RollWorkload { .. } => "roll_workload",
             Self::MissingObjectKey(_) => "missing_object_key",
             Self::NotSettled { .. } => "not_settled",
         }

@@ -126,6 +126,88 @@ pub struct AgentSpec {
     #[serde(default = "default_revision_history_limit")]
     #[schemars(range(min = 1))]
     pub revision_history_limit: i32,
+
+    /// How the active version reaches the agent's runtime: the ConfigMap that holds it, and the
+    /// workloads to roll when it changes. Policy: changing it publishes no version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+}
+
+/// Where the active version is delivered.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySpec {
+    /// Name of the ConfigMap whose `agent.json` is the active version's snapshot (default
+    /// `<agent>-agent`). The operator creates and owns it; it never writes into a ConfigMap
+    /// it did not create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub config_map_name: Option<String>,
+
+    /// Workloads in the Agent's namespace to roll out when the active version changes: the
+    /// operator sets two annotations on their pod template (active version, snapshot hash)
+    /// and touches nothing else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub restart: Vec<WorkloadRef>,
+}
+
+/// A workload in the Agent's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    /// `Deployment` or `StatefulSet`.
+    pub kind: WorkloadKind,
+    /// Its name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Kinds of workload the operator can roll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "Deployment",
+            Self::StatefulSet => "StatefulSet",
+        }
+    }
+}
+
+/// What the runtime has of the active version.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryStatus {
+    /// The ConfigMap that holds the active version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+    /// The version the ConfigMap holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// The workloads of `spec.delivery.restart`, and what their pod template carries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadDelivery>,
+}
+
+/// One workload's delivery.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadDelivery {
+    pub kind: WorkloadKind,
+    pub name: String,
+    /// The version its pod template carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// Whether its rollout of that template has finished.
+    pub rolled_out: bool,
+    /// What stands in the way, when something does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 fn default_revision_history_limit() -> i32 {
@@ -164,6 +246,10 @@ pub struct AgentStatus {
     /// The last AgentRollback that succeeded on this Agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rollback: Option<LastRollback>,
+
+    /// What the runtime has of the active version: the ConfigMap and each workload to roll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryStatus>,
 
     /// `Ready`, `Reconciling` and `Stalled`, each with the generation it describes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

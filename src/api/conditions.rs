@@ -18,6 +18,16 @@ pub mod reasons {
     pub const SUCCEEDED: &str = "Succeeded";
     pub const FAILED: &str = "Failed";
     pub const AS_EXPECTED: &str = "AsExpected";
+    /// The active version is on its way to the runtime (ConfigMap, workload rollouts).
+    pub const DELIVERING: &str = "Delivering";
+    /// The delivery ConfigMap's name is taken by a ConfigMap the operator did not create.
+    pub const CONFIG_MAP_CONFLICT: &str = "ConfigMapConflict";
+    /// A workload of `spec.delivery.restart` does not exist.
+    pub const WORKLOAD_NOT_FOUND: &str = "WorkloadNotFound";
+    /// The operator may not read or patch a workload of `spec.delivery.restart`.
+    pub const WORKLOAD_FORBIDDEN: &str = "WorkloadForbidden";
+    /// A workload's rollout stopped progressing.
+    pub const ROLLOUT_STUCK: &str = "RolloutStuck";
 }
 
 /// Event reasons.
@@ -28,4 +38,5 @@ pub mod events {
     pub const ROLLBACK_SUCCEEDED: &str = "RollbackSucceeded";
     pub const ROLLBACK_FAILED: &str = "RollbackFailed";
     pub const ROLLED_BACK: &str = "RolledBack";
+    pub const DELIVERY_BLOCKED: &str = "DeliveryBlocked";
 }

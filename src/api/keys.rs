@@ -13,7 +13,17 @@ pub const ROLLBACK_LABEL: &str = "agentops.dev/rollback";
 /// Annotation on an Agent, copied into `changeCause` of the version it publishes.
 pub const CHANGE_CAUSE_ANNOTATION: &str = "agentops.dev/change-cause";
 
+/// Annotation on the delivery ConfigMap and on rolled pod templates: the active version.
+pub const ACTIVE_VERSION_ANNOTATION: &str = "agentops.dev/active-version";
+/// Annotation on the delivery ConfigMap and on rolled pod templates: the snapshot's hash.
+pub const SNAPSHOT_HASH_ANNOTATION: &str = "agentops.dev/snapshot-hash";
+/// The delivery ConfigMap's key that holds the active snapshot (canonical JSON).
+pub const AGENT_JSON_KEY: &str = "agent.json";
+
 /// Field manager of every write the controller makes.
 pub const FIELD_MANAGER: &str = "agentops.dev/agent-operator";
+/// Field manager of the pod-template annotations on workloads: its own, so that it owns those
+/// two fields and nothing else of a workload someone else manages.
+pub const DELIVERY_FIELD_MANAGER: &str = "agentops.dev/agent-operator-delivery";
 /// `reportingController` of the controller's Events.
 pub const EVENT_CONTROLLER: &str = "agentops.dev/agent-operator";

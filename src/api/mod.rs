@@ -7,6 +7,9 @@ pub mod agent_version;
 pub mod conditions;
 pub mod keys;
 
-pub use agent::{Agent, AgentDefinition, AgentSpec, AgentStatus, LastRollback, Visibility};
+pub use agent::{
+    Agent, AgentDefinition, AgentSpec, AgentStatus, DeliverySpec, DeliveryStatus, LastRollback, Visibility,
+    WorkloadDelivery, WorkloadKind, WorkloadRef,
+};
 pub use agent_rollback::{AgentRollback, AgentRollbackSpec, AgentRollbackStatus, RollbackPhase, RollbackStrategy};
 pub use agent_version::{AgentVersion, AgentVersionSpec};

@@ -4,17 +4,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use tracing::{instrument, warn};
 
 use super::Context;
 use super::observe::fetch_versions;
 use super::sync::sync_agent;
 use crate::api::Agent;
-use crate::api::conditions::READY;
+use crate::api::conditions::{READY, reasons};
 use crate::metrics::ErrorLabels;
 use crate::plan::Observed;
+use crate::plan::delivery::{ConfigMapState, config_map_name};
 use crate::{Error, Result};
 
 /// A periodic re-check, in case an event was missed.
@@ -26,18 +30,71 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = agent.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let name = agent.name_any();
     // The echo of a recent clean sync's last write: that sync left nothing to do.
-    let covered = || ctx.settled.covers(&agent);
-    if covered() {
-        // Nothing to do.
+    let intact = delivery_intact(&ctx, &agent);
+    let covered = || intact && ctx.settled.covers(&agent);
+    let delivering = if covered() {
+        false
     } else if ctx.syncing(&namespace, &name) {
         // Most likely an echo of the sync in progress: wait for it to end, then look again.
-        sync_agent(&ctx, &namespace, &name, covered).await?;
-    } else if !up_to_date(&ctx, &agent, &namespace).await? {
-        sync_agent(&ctx, &namespace, &name, || false).await?;
-    }
-    ctx.reset_backoff(&agent.uid().unwrap_or_default());
+        sync_agent(&ctx, &namespace, &name, covered).await?
+    } else if !intact || !up_to_date(&ctx, &agent, &namespace).await? {
+        sync_agent(&ctx, &namespace, &name, || false).await?
+    } else {
+        false
+    };
+    let uid = agent.uid().unwrap_or_default();
+    ctx.reset_backoff(&uid);
     timer.succeeded();
+    if delivering {
+        return Ok(Action::requeue(ctx.next_delivery_poll(&uid)));
+    }
+    ctx.reset_delivery_poll(&uid);
     Ok(Action::requeue(RESYNC))
+}
+
+/// Whether the Agent's status says it waits for its delivery: a rollout in progress, or
+/// something in the way that may clear without a change to the Agent (a workload created, a
+/// foreign ConfigMap deleted).
+pub fn awaits_delivery(agent: &Agent) -> bool {
+    let conditions = agent.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    conditions.iter().any(|c| {
+        c.type_ == READY
+            && c.status == "False"
+            && [
+                reasons::DELIVERING,
+                reasons::CONFIG_MAP_CONFLICT,
+                reasons::WORKLOAD_NOT_FOUND,
+                reasons::WORKLOAD_FORBIDDEN,
+                reasons::ROLLOUT_STUCK,
+            ]
+            .contains(&c.reason.as_str())
+    })
+}
+
+/// Whether the delivery the Agent's status records still stands: the active version delivered
+/// to every listed workload, and the cached ConfigMap, owned by the Agent, holding it. A
+/// ConfigMap deleted or changed by someone else fails this, and the Agent is synced.
+fn delivery_intact(ctx: &Context, agent: &Agent) -> bool {
+    let Some(status) = agent.status.as_ref() else { return false };
+    let Some(delivery) = status.delivery.as_ref() else { return false };
+    let name = config_map_name(agent);
+    let listed = agent.spec.delivery.as_ref().map(|d| d.restart.as_slice()).unwrap_or_default();
+    let workloads_hold =
+        delivery.workloads.len() == listed.len()
+            && delivery.workloads.iter().zip(listed).all(|(w, l)| {
+                w.kind == l.kind && w.name == l.name && w.rolled_out && w.version == status.active_version
+            });
+    if delivery.config_map.as_ref() != Some(&name) || delivery.version != status.active_version || !workloads_hold {
+        return false;
+    }
+    let namespace = agent.namespace().unwrap_or_default();
+    let reference = ObjectRef::<PartialObjectMeta<ConfigMap>>::new(&name).within(&namespace);
+    ctx.config_maps.get(&reference).is_some_and(|c| {
+        let state = ConfigMapState::from_meta(&c.metadata);
+        state.owner_uid.is_some()
+            && state.owner_uid == agent.metadata.uid
+            && state.held.map(|h| h.version) == status.active_version
+    })
 }
 
 /// True when nothing can be left for the Agent controller to do: the Agent's generation is

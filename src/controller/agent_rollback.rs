@@ -55,7 +55,7 @@ pub fn start_early(rollback: &AgentRollback, ctx: &Arc<Context>) {
         let timer = ctx.metrics.reconcile("agentrollback");
         let agent = rollback.spec.agent_name.clone();
         match sync_agent(&ctx, &namespace, &agent, || finished(&ctx, &namespace, &rollback)).await {
-            Ok(()) => timer.succeeded(),
+            Ok(_) => timer.succeeded(),
             Err(error) => {
                 ctx.metrics.errors.get_or_create(&ErrorLabels { operation: error.metric_label() }).inc();
                 debug!(namespace, rollback = rollback.name_any(), error = %super::error_chain(&error), "Early start failed; the reconcile retries");

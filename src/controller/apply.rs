@@ -8,8 +8,8 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use super::Context;
 use super::echoes::Echo;
+use super::{Context, delivery};
 use crate::api::keys::FIELD_MANAGER;
 use crate::api::{Agent, AgentRollback, AgentVersion};
 use crate::plan::{Applied, EventTarget, Observed, RelatedObject, Step};
@@ -126,6 +126,15 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
         }
         // `apply` hands single writes only.
         Step::Together(_) => Ok(Outcome::Done(Applied::Nothing)),
+        Step::ApplyConfigMap { config_map, resource_version } => {
+            Ok(match delivery::apply_config_map(ctx, ns, &config_map, resource_version).await? {
+                delivery::Written::Done(applied) => Outcome::Done(applied),
+                delivery::Written::Stale(fresh) => Outcome::Stale(Some(fresh)),
+            })
+        }
+        Step::RollWorkload { workload, held } => {
+            Ok(Outcome::Done(delivery::roll_workload(ctx, ns, &workload, &held).await?))
+        }
         Step::Event(note) => {
             let reference = match &note.on {
                 EventTarget::Agent => observed.agent.as_ref().map(|a| a.object_ref(&())),

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use tokio::sync::OwnedMutexGuard;
@@ -42,6 +44,8 @@ pub struct Context {
     pub rollbacks: Store<AgentRollback>,
     /// Every Agent, as last seen by the Agent controller's watch.
     pub agents: Store<Agent>,
+    /// The delivery ConfigMaps (those labelled with an Agent), metadata only.
+    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
     /// What each Agent's last clean sync left.
     pub settled: SettledAgents,
     /// Version writes of this process not yet seen on the versions watch.
@@ -60,6 +64,7 @@ impl Context {
         settings: Settings,
         rollbacks: Store<AgentRollback>,
         agents: Store<Agent>,
+        config_maps: Store<PartialObjectMeta<ConfigMap>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let events = EventSink::start(client.clone(), settings.instance.clone());
@@ -68,6 +73,7 @@ impl Context {
             settings,
             rollbacks,
             agents,
+            config_maps,
             settled: SettledAgents::default(),
             echoes: Echoes::default(),
             early_starts: Arc::new(tokio::sync::Semaphore::new(usize::from(super::CONCURRENCY))),
@@ -113,5 +119,16 @@ impl Context {
 
     pub fn reset_backoff(&self, uid: &str) {
         self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(uid);
+    }
+
+    pub fn reset_delivery_poll(&self, uid: &str) {
+        self.reset_backoff(&format!("delivery/{uid}"));
+    }
+
+    /// The delay before looking again at an Agent that waits for its delivery: 0.2 s doubling
+    /// up to 10 s, so a rollout is seen to finish soon after it does, and a blocked delivery
+    /// costs a read every 10 s.
+    pub fn next_delivery_poll(&self, uid: &str) -> Duration {
+        self.next_backoff(&format!("delivery/{uid}")).min(Duration::from_secs(10))
     }
 }

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod agent_rollback;
 pub mod apply;
 pub mod context;
+pub mod delivery;
 pub mod echoes;
 pub mod events;
 pub mod observe;
@@ -26,6 +27,8 @@ use std::sync::Arc;
 
 use futures::future::Shared;
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, reflector};
@@ -33,6 +36,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, warn};
 
+use crate::api::keys::AGENT_LABEL;
 use crate::api::{Agent, AgentRollback, AgentVersion};
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -53,10 +57,26 @@ where
     let versions: Api<AgentVersion> = scoped(&client, settings.namespace.as_deref());
     let rollbacks: Api<AgentRollback> = scoped(&client, settings.namespace.as_deref());
 
+    // Api<PartialObjectMeta<_>> makes metadata-only requests.
+    let config_maps: Api<PartialObjectMeta<ConfigMap>> = scoped(&client, settings.namespace.as_deref());
+
     let (rollback_store, rollback_writer) = reflector::store();
     let agent_controller = Controller::new(agents.clone(), watcher::Config::default());
     let agent_store = agent_controller.store();
-    let ctx = Arc::new(Context::new(client.clone(), settings, rollback_store.clone(), agent_store.clone(), metrics));
+    // Only the ConfigMaps the operator labels, and only their metadata: what delivery needs
+    // to know (owner, the version they hold) without holding every snapshot in memory.
+    let (config_map_store, config_map_writer) = reflector::store();
+    let config_map_events =
+        reflector(config_map_writer, watcher(config_maps, watcher::Config::default().labels(AGENT_LABEL)))
+            .touched_objects();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        rollback_store.clone(),
+        agent_store.clone(),
+        config_map_store.clone(),
+        metrics,
+    ));
 
     // The rollback watch as the controller would build it, plus an early start for each new
     // rollback (see `agent_rollback::start_early`).
@@ -101,6 +121,13 @@ where
             echoes.settled.versions_changed(&namespace, &agent);
             Some(ObjectRef::<Agent>::new(&agent).within(&namespace))
         })
+        // A delivery ConfigMap changed or deleted by someone else wakes its Agent; the echoes of
+        // the operator's own writes find the Agent's delivery intact and return at once.
+        .watches_stream(config_map_events, |config_map: PartialObjectMeta<ConfigMap>| {
+            let namespace = config_map.namespace()?;
+            let agent = config_map.owner_references().iter().find(|o| o.kind == "Agent")?.name.clone();
+            Some(ObjectRef::<Agent>::new(&agent).within(&namespace))
+        })
         .graceful_shutdown_on(shutdown)
         .run(agent::reconcile, agent::error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -112,7 +139,10 @@ where
 
     let readiness = async {
         // Ready once both caches have their first full list.
-        if rollback_store.wait_until_ready().await.is_ok() && agent_store.wait_until_ready().await.is_ok() {
+        if rollback_store.wait_until_ready().await.is_ok()
+            && agent_store.wait_until_ready().await.is_ok()
+            && config_map_store.wait_until_ready().await.is_ok()
+        {
             health.set_ready();
         }
         futures::future::pending::<()>().await

@@ -20,21 +20,24 @@ use crate::{Error, Result};
 const MAX_UNITS: usize = 2000;
 
 /// Runs the sync of one Agent, unless `done` (asked once the Agent's turn has come) says the
-/// work that asked for it has been done by a sync that ran meanwhile.
-pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str, done: impl FnOnce() -> bool) -> Result<()> {
+/// work that asked for it has been done by a sync that ran meanwhile. True when the Agent is
+/// left waiting for its delivery (a rollout, or something to report): nothing watches
+/// workloads, so the Agent controller looks again after a while.
+pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str, done: impl FnOnce() -> bool) -> Result<bool> {
     debug!(namespace, agent = name, "Sync requested");
     let _turn = ctx.lock_agent(namespace, name).await;
     debug!(namespace, agent = name, "Sync started");
     if done() {
-        return Ok(());
+        return Ok(false);
     }
     // Taken before the first read: a change to the versions by someone else from here on voids
     // the state this sync ends with.
     let epoch = ctx.settled.epoch(namespace, name);
     let start = ctx.settled.take(namespace, name);
     let observed = run_units(ctx, namespace, name, start).await?;
+    let delivering = observed.agent.as_ref().is_some_and(super::agent::awaits_delivery);
     ctx.settled.settle(namespace, name, epoch, observed);
-    Ok(())
+    Ok(delivering)
 }
 
 /// Works until the planner has nothing left to do; returns the state it left.
@@ -53,6 +56,7 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
         }
         None => observe(ctx, namespace, name, Freshness::Consistent).await?,
     };
+    super::delivery::observe(ctx, &mut observed).await?;
     debug!(namespace, agent = name, settled = matches!(start, Start::Settled(_)), "Observed");
     for _ in 0..MAX_UNITS {
         let now = Time(Timestamp::now());
@@ -79,6 +83,7 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
             }
             if observe_again {
                 observed = observe(ctx, namespace, name, Freshness::Consistent).await?;
+                super::delivery::observe(ctx, &mut observed).await?;
             }
             if stale {
                 break;
@@ -120,5 +125,9 @@ fn step_label(step: &Step) -> String {
         Step::PatchRollbackStatus { name, status, .. } => format!("rollback {name} {:?}", status.phase),
         Step::ReadRollback { name } => format!("read rollback {name}"),
         Step::Event(e) => format!("event {}", e.reason),
+        Step::ApplyConfigMap { config_map, .. } => {
+            format!("config map {}", config_map.metadata.name.as_deref().unwrap_or_default())
+        }
+        Step::RollWorkload { workload, held } => format!("roll {} to {}", workload.name, held.version),
     }
 }

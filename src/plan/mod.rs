@@ -8,6 +8,7 @@
 //! empty. Every unit is safe to cut short at any step: the next observation shows what was
 //! done and the decision carries on from there.
 
+pub mod delivery;
 pub mod hash;
 pub mod history;
 pub mod publish;
@@ -23,7 +24,8 @@ use std::collections::BTreeSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
-use crate::api::{Agent, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, RollbackPhase};
+use crate::api::{Agent, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, RollbackPhase, WorkloadRef};
+use delivery::{ConfigMapState, Held, WorkloadState};
 
 pub use rollback::FailureReason;
 
@@ -44,6 +46,10 @@ pub struct Observed {
     /// Rollbacks read or written on the API server during this sync, as opposed to taken from
     /// the watch cache, which may lag. Only these are resumed.
     pub confirmed: BTreeSet<String>,
+    /// The ConfigMap of the delivery ConfigMap's name, if one exists.
+    pub config_map: Option<ConfigMapState>,
+    /// The workloads of `spec.delivery.restart` that were read.
+    pub workloads: Vec<WorkloadState>,
 }
 
 impl Observed {
@@ -60,7 +66,17 @@ impl Observed {
             versions.into_iter().partition(|v| uid.is_some() && owner_uid(v) == uid.as_deref());
         versions.sort_by_key(|v| v.spec.version);
         let foreign_versions = if agent.is_some() { foreign_versions } else { Vec::new() };
-        Self { namespace, agent_name, agent, versions, foreign_versions, rollbacks, confirmed: BTreeSet::new() }
+        Self {
+            namespace,
+            agent_name,
+            agent,
+            versions,
+            foreign_versions,
+            rollbacks,
+            confirmed: BTreeSet::new(),
+            config_map: None,
+            workloads: Vec::new(),
+        }
     }
 
     /// The newest existing version, which is always the active one.
@@ -126,6 +142,11 @@ impl Observed {
                 }
             }
             Applied::RollbackDeleted(name) => self.rollbacks.retain(|r| r.name_any() != name),
+            Applied::ConfigMap(state) => self.config_map = state,
+            Applied::Workload(state) => match self.workloads.iter_mut().find(|w| w.workload == state.workload) {
+                Some(slot) => *slot = state,
+                None => self.workloads.push(state),
+            },
             Applied::Nothing => {}
         }
     }
@@ -139,6 +160,9 @@ pub enum Applied {
     Agent(Box<Agent>),
     Rollback(Box<AgentRollback>),
     RollbackDeleted(String),
+    /// The delivery ConfigMap as written or read back; `None`: there is none.
+    ConfigMap(Option<ConfigMapState>),
+    Workload(WorkloadState),
     Nothing,
 }
 
@@ -158,6 +182,13 @@ pub enum Step {
     /// Read a rollback from the API server: its cached copy is about to be resumed, and a
     /// stale copy (a Running state long since finished) must not make a version again.
     ReadRollback { name: String },
+    /// Create the delivery ConfigMap (`resource_version` None), or replace its annotations and
+    /// data on condition that it is still at `resource_version`, as last seen owned by the
+    /// Agent: a ConfigMap someone else made in between is never written.
+    ApplyConfigMap { config_map: Box<k8s_openapi::api::core::v1::ConfigMap>, resource_version: Option<String> },
+    /// Set the pod-template annotations of a workload to `held` (its own field manager, those
+    /// two fields only), which rolls it out.
+    RollWorkload { workload: WorkloadRef, held: Held },
     /// Record an Event.
     Event(EventNote),
     /// Writes with no order between them, made at once; the unit goes on when all are done.

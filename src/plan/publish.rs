@@ -34,7 +34,9 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
         status.active_version = active;
         status.version_count = Some(observed.versions.len() as i64);
         status.versions_digest = Some(observed.versions_digest());
-        status.conditions = super::status::agent_conditions(&status.conditions, generation, active, busy_after, now);
+        let delivery = super::delivery::state_after(observed, agent, observed.newest());
+        status.conditions =
+            super::status::agent_conditions(&status.conditions, generation, active, busy_after, &delivery, now);
         return vec![Step::PatchAgentStatus(Box::new(status))];
     }
 
@@ -45,7 +47,9 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
     status.version_count = Some(observed.versions.len() as i64 + 1);
     status.versions_digest =
         Some(super::hash::versions_digest(observed.versions.iter().map(|v| &v.spec).chain([&version.spec])));
-    status.conditions = super::status::agent_conditions(&status.conditions, generation, Some(number), busy_after, now);
+    let delivery = super::delivery::state_after(observed, agent, Some(&version));
+    status.conditions =
+        super::status::agent_conditions(&status.conditions, generation, Some(number), busy_after, &delivery, now);
     vec![
         Step::CreateVersion(Box::new(version)),
         Step::PatchAgentStatus(Box::new(status)),

@@ -382,8 +382,15 @@ fn finish(
     agent_status.version_count = Some(pruning.count);
     agent_status.versions_digest = Some(pruning.digest.clone());
     agent_status.last_rollback = Some(LastRollback { name: name.clone(), time: now.clone() });
-    agent_status.conditions =
-        super::status::agent_conditions(&agent_status.conditions, agent.metadata.generation, active, busy_after, now);
+    let delivery = super::delivery::state_after(observed, agent, observed.newest());
+    agent_status.conditions = super::status::agent_conditions(
+        &agent_status.conditions,
+        agent.metadata.generation,
+        active,
+        busy_after,
+        &delivery,
+        now,
+    );
 
     let mut status = status_of(rollback);
     status.active_version = active;

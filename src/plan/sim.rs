@@ -13,6 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use proptest::prelude::*;
 
+use super::delivery::ConfigMapState;
 use super::sync::decide;
 use super::{Applied, EventNote, Observed, Step};
 use crate::api::{
@@ -34,6 +35,8 @@ pub struct Cluster {
     pub versions: Vec<AgentVersion>,
     pub rollbacks: Vec<AgentRollback>,
     pub events: Vec<EventNote>,
+    /// The delivery ConfigMap, and the snapshot its `agent.json` holds.
+    pub config_map: Option<(ConfigMapState, AgentDefinition)>,
     /// Every state the rollbacks went through: a watch cache may serve any recent one.
     rollback_history: Vec<Vec<AgentRollback>>,
     revision: u64,
@@ -56,6 +59,7 @@ impl Cluster {
             versions: Vec::new(),
             rollbacks: Vec::new(),
             events: Vec::new(),
+            config_map: None,
             rollback_history: Vec::new(),
             revision: 100,
             uids: 0,
@@ -64,7 +68,7 @@ impl Cluster {
         let meta = cluster.new_meta("a");
         cluster.agent = Some(Agent {
             metadata: ObjectMeta { generation: Some(1), ..meta },
-            spec: AgentSpec { definition, revision_history_limit: limit },
+            spec: AgentSpec { definition, revision_history_limit: limit, delivery: None },
             status: None,
         });
         cluster
@@ -130,7 +134,10 @@ impl Cluster {
     }
 
     pub fn observe(&self) -> Observed {
-        Observed::new("ns".into(), "a".into(), self.agent.clone(), self.versions.clone(), self.rollbacks.clone())
+        let mut observed =
+            Observed::new("ns".into(), "a".into(), self.agent.clone(), self.versions.clone(), self.rollbacks.clone());
+        observed.config_map = self.config_map.as_ref().map(|(state, _)| state.clone());
+        observed
     }
 
     /// What the controller reads after a restart: the Agent and versions live, the rollbacks
@@ -140,7 +147,9 @@ impl Cluster {
             Some(i) => self.rollback_history[i].clone(),
             None => self.rollbacks.clone(),
         };
-        Observed::new("ns".into(), "a".into(), self.agent.clone(), self.versions.clone(), rollbacks)
+        let mut observed = Observed::new("ns".into(), "a".into(), self.agent.clone(), self.versions.clone(), rollbacks);
+        observed.config_map = self.config_map.as_ref().map(|(state, _)| state.clone());
+        observed
     }
 
     fn apply(&mut self, step: &Step) -> Result<Applied, Refused> {
@@ -194,6 +203,31 @@ impl Cluster {
                 self.events.push(note.clone());
                 Ok(Applied::Nothing)
             }
+            Step::ApplyConfigMap { config_map, resource_version } => {
+                match (&self.config_map, resource_version) {
+                    (Some(_), None) => return Err(Refused::AlreadyExists),
+                    (Some((state, _)), Some(rv)) if state.resource_version.as_ref() != Some(rv) => {
+                        return Err(Refused::Conflict);
+                    }
+                    (None, Some(_)) => return Err(Refused::Conflict),
+                    _ => {}
+                }
+                let meta = self.new_meta(config_map.metadata.name.as_deref().unwrap_or_default());
+                let uid = self.config_map.as_ref().and_then(|(s, _)| s.uid.clone()).or(meta.uid.clone());
+                let written = ObjectMeta {
+                    uid,
+                    annotations: config_map.metadata.annotations.clone(),
+                    owner_references: config_map.metadata.owner_references.clone(),
+                    ..meta
+                };
+                let json =
+                    config_map.data.as_ref().and_then(|d| d.get(crate::api::keys::AGENT_JSON_KEY)).expect("agent.json");
+                let snapshot: AgentDefinition = serde_json::from_str(json).expect("agent.json is a definition");
+                let state = ConfigMapState::from_meta(&written);
+                self.config_map = Some((state.clone(), snapshot));
+                Ok(Applied::ConfigMap(Some(state)))
+            }
+            Step::RollWorkload { .. } => unreachable!("the modelled Agent lists no workloads"),
             Step::Together(_) => unreachable!("converge takes writes made together in turn"),
         }
     }
@@ -400,6 +434,14 @@ fn check_invariants(cluster: &Cluster) -> Result<(), TestCaseError> {
         prop_assert_eq!(&v.spec.snapshot_hash, &super::hash::snapshot_hash(&v.spec.snapshot));
         prop_assert_eq!(v.name_any(), super::version_name("a", v.spec.version));
     }
+    // Delivered: the ConfigMap holds the active version's snapshot, and the status says so.
+    let active = cluster.versions.iter().max_by_key(|v| v.spec.version).expect("a version");
+    let (state, snapshot) = cluster.config_map.clone().expect("the delivery ConfigMap exists");
+    prop_assert_eq!(state.held.map(|h| h.version), Some(active.spec.version));
+    prop_assert_eq!(&snapshot, &active.spec.snapshot);
+    prop_assert_eq!(status.delivery.and_then(|d| d.version), Some(active.spec.version));
+    let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    prop_assert!(ready, "Ready once delivered: {:?}", status.conditions);
     Ok(())
 }
 

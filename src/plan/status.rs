@@ -4,6 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::delivery::DeliveryState;
 use crate::api::conditions::{READY, RECONCILING, STALLED, reasons};
 use crate::api::{AgentRollbackStatus, RollbackPhase};
 
@@ -43,24 +44,50 @@ pub fn conditions(
         .collect()
 }
 
-/// The conditions of an Agent: `busy` while a publish or rollback is in flight.
+/// The conditions of an Agent: `busy` while a publish or rollback is in flight; otherwise
+/// `Ready` once the active version is delivered.
 pub fn agent_conditions(
     existing: &[Condition],
     generation: Option<i64>,
     active: Option<i64>,
     busy: Option<&str>,
+    delivery: &DeliveryState,
     now: &Time,
 ) -> Vec<Condition> {
     let ready_message = match active {
         Some(v) => format!("Version {v} is active"),
         None => "No version published yet".to_string(),
     };
-    let (ready, reconciling) = match busy {
-        Some(reason) => (
+    let not_stalled =
+        || ConditionSpec { type_: STALLED, status: false, reason: reasons::AS_EXPECTED, message: String::new() };
+    let (ready, reconciling, stalled) = match (busy, delivery) {
+        (Some(reason), _) => (
             ConditionSpec { type_: READY, status: false, reason, message: ready_message.clone() },
             ConditionSpec { type_: RECONCILING, status: true, reason, message: ready_message },
+            not_stalled(),
         ),
-        None => (
+        (None, DeliveryState::InProgress(progress)) if active.is_some() => {
+            let message = format!("{ready_message}; delivering it: {progress}");
+            (
+                ConditionSpec { type_: READY, status: false, reason: reasons::DELIVERING, message: message.clone() },
+                ConditionSpec { type_: RECONCILING, status: true, reason: reasons::DELIVERING, message },
+                not_stalled(),
+            )
+        }
+        (None, DeliveryState::Blocked { reason, message }) if active.is_some() => {
+            let message = format!("{ready_message} but not delivered: {message}");
+            (
+                ConditionSpec { type_: READY, status: false, reason, message: message.clone() },
+                ConditionSpec {
+                    type_: RECONCILING,
+                    status: false,
+                    reason: reasons::AS_EXPECTED,
+                    message: String::new(),
+                },
+                ConditionSpec { type_: STALLED, status: true, reason, message },
+            )
+        }
+        (None, _) => (
             ConditionSpec {
                 type_: READY,
                 status: active.is_some(),
@@ -68,9 +95,9 @@ pub fn agent_conditions(
                 message: ready_message,
             },
             ConditionSpec { type_: RECONCILING, status: false, reason: reasons::AS_EXPECTED, message: String::new() },
+            not_stalled(),
         ),
     };
-    let stalled = ConditionSpec { type_: STALLED, status: false, reason: reasons::AS_EXPECTED, message: String::new() };
     conditions(existing, [ready, reconciling, stalled], generation, now)
 }
 
@@ -129,15 +156,16 @@ mod tests {
 
     #[test]
     fn unchanged_condition_keeps_its_transition_time() {
-        let first = agent_conditions(&[], Some(1), Some(1), None, &at(10));
-        let second = agent_conditions(&first, Some(1), Some(1), None, &at(20));
+        let first = agent_conditions(&[], Some(1), Some(1), None, &DeliveryState::Delivered, &at(10));
+        let second = agent_conditions(&first, Some(1), Some(1), None, &DeliveryState::Delivered, &at(20));
         assert_eq!(first, second);
     }
 
     #[test]
     fn changed_condition_gets_a_new_transition_time() {
-        let first = agent_conditions(&[], Some(1), Some(1), None, &at(10));
-        let second = agent_conditions(&first, Some(2), Some(1), Some(reasons::PUBLISHING), &at(20));
+        let delivered = DeliveryState::Delivered;
+        let first = agent_conditions(&[], Some(1), Some(1), None, &delivered, &at(10));
+        let second = agent_conditions(&first, Some(2), Some(1), Some(reasons::PUBLISHING), &delivered, &at(20));
         let ready = second.iter().find(|c| c.type_ == READY).expect("Ready is set");
         assert_eq!((ready.status.as_str(), &ready.last_transition_time), ("False", &at(20)));
         let stalled = second.iter().find(|c| c.type_ == STALLED).expect("Stalled is set");

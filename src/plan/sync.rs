@@ -7,7 +7,8 @@
 //! 4. publish a new generation;
 //! 5. prune history beyond `revisionHistoryLimit`;
 //! 6. start the oldest pending rollback;
-//! 7. bring the Agent's status up to date.
+//! 7. deliver the active version (ConfigMap, workload rollouts) and bring the Agent's status
+//!    up to date.
 //!
 //! Pruning comes before the next rollback so that a queue of rollbacks ends exactly as if each
 //! had been applied alone, in creation order. An empty answer means nothing is left to do.
@@ -15,9 +16,11 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
+use super::delivery::{self, DeliveryState};
 use super::rollback::{Failure, FailureReason};
-use super::{Observed, Step, history, phase_of, publish, rollback, status};
-use crate::api::RollbackPhase;
+use super::{EventNote, EventTarget, Observed, Step, history, phase_of, publish, rollback, status};
+use crate::api::conditions::{STALLED, events};
+use crate::api::{Agent, RollbackPhase};
 
 /// The next unit of work for one Agent, or nothing.
 pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
@@ -71,6 +74,7 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
             agent.metadata.generation,
             active,
             publish::busy_reason(false, !pending.is_empty()),
+            &delivery::state_after(observed, agent, observed.newest()),
             now,
         );
         let event = pruning.event();
@@ -84,10 +88,38 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
         return rollback::start(observed, agent, head, queued, now);
     }
 
+    // Delivery last: the active version is settled by now.
+    let delivery = delivery::plan(observed, agent);
     let mut desired = agent.status.clone().unwrap_or_default();
     desired.active_version = active;
     desired.version_count = Some(observed.versions.len() as i64);
     desired.versions_digest = Some(observed.versions_digest());
-    desired.conditions = status::agent_conditions(&desired.conditions, agent.metadata.generation, active, None, now);
-    if agent.status.as_ref() == Some(&desired) { Vec::new() } else { vec![Step::PatchAgentStatus(Box::new(desired))] }
+    desired.delivery = delivery.status;
+    desired.conditions =
+        status::agent_conditions(&desired.conditions, agent.metadata.generation, active, None, &delivery.state, now);
+    let mut steps = delivery.steps;
+    if agent.status.as_ref() != Some(&desired) {
+        let newly_blocked = match &delivery.state {
+            DeliveryState::Blocked { reason, message } if !stalled_for(agent, reason) => Some(message.clone()),
+            _ => None,
+        };
+        steps.push(Step::PatchAgentStatus(Box::new(desired)));
+        steps.extend(newly_blocked.map(|note| {
+            Step::Event(EventNote {
+                on: EventTarget::Agent,
+                related: None,
+                warning: true,
+                reason: events::DELIVERY_BLOCKED,
+                action: "Deliver",
+                note,
+            })
+        }));
+    }
+    steps
+}
+
+/// Whether the Agent's status already reports it stalled for `reason` (its Event was sent).
+fn stalled_for(agent: &Agent, reason: &str) -> bool {
+    let conditions = agent.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    conditions.iter().any(|c| c.type_ == STALLED && c.status == "True" && c.reason == reason)
 }

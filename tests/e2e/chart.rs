@@ -100,7 +100,9 @@ async fn the_operators_identity_is_refused_everything_beyond_its_job() {
     let forbidden = [
         vec!["get", "secrets", "-n", ns.as_str()],
         vec!["get", "secrets", "-n", RELEASE_NAMESPACE],
-        vec!["create", "configmap", "x", "-n", ns.as_str()],
+        vec!["delete", "configmap", "x", "-n", ns.as_str()],
+        vec!["get", "deployments", "-n", ns.as_str()],
+        vec!["patch", "deployment", "x", "-n", ns.as_str(), "--type=merge", "-p", "{}"],
         vec!["create", "namespace", "owned-by-operator"],
         vec!["delete", "agent", "support", "-n", ns.as_str()],
         vec!["patch", "agent", "support", "-n", ns.as_str(), "--type=merge", "-p", "{\"spec\":{\"model\":\"x\"}}"],
@@ -117,10 +119,36 @@ async fn the_operators_identity_is_refused_everything_beyond_its_job() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains("forbidden"), "{args:?} was not refused: {stderr}");
     }
-    // Its own job, by contrast, is allowed.
-    let out =
-        kubectl_as(operator, &["auth", "can-i", "patch", "agentrollbacks", "--subresource=status", "-n", &ns], None);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    // Its own job, by contrast, is allowed: rollback status, and the delivery ConfigMaps.
+    for args in [
+        vec!["auth", "can-i", "patch", "agentrollbacks", "--subresource=status", "-n", ns.as_str()],
+        vec!["auth", "can-i", "create", "configmaps", "-n", ns.as_str()],
+        vec!["auth", "can-i", "patch", "configmaps", "-n", ns.as_str()],
+    ] {
+        let out = kubectl_as(operator, &args, None);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes", "{args:?}");
+    }
+}
+
+#[test]
+fn workload_patches_are_granted_only_when_the_chart_enables_restarts() {
+    let rules = |values: &[&str]| {
+        let out = Command::new(&control_plane().helm)
+            .args(["template", "agent-operator"])
+            .arg(chart_dir())
+            .args(["--show-only", "templates/clusterrole.yaml"])
+            .args(values)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!rules(&[]).contains("deployments"), "granted by default");
+    let enabled = rules(&["--set", "delivery.restartWorkloads=true"]);
+    assert!(
+        enabled.contains("resources: [deployments, statefulsets]") && enabled.contains("verbs: [get, patch]"),
+        "{enabled}"
+    );
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ mod support;
 mod chart;
 mod control_plane;
 mod crash;
+mod delivery;
 mod in_cluster;
 mod operations;
 mod plugin;

@@ -1,0 +1,235 @@
+//! Delivery I/O: what the planner needs to know of the delivery ConfigMap (from a metadata-only
+//! watch of the ConfigMaps the operator labels, so it never holds their data) and of the
+//! workloads to roll (read when a sync needs them: nothing watches every Deployment in the
+//! cluster), and the two delivery writes.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource};
+use serde_json::json;
+
+use super::Context;
+use super::settled::revision;
+use crate::api::keys::{DELIVERY_FIELD_MANAGER, FIELD_MANAGER};
+use crate::api::{Agent, WorkloadKind, WorkloadRef};
+use crate::plan::delivery::{ConfigMapState, Found, Held, Rollout, WorkloadState, config_map_name};
+use crate::plan::{Applied, Observed};
+use crate::{Error, Result};
+
+fn status_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// Fills in the delivery ConfigMap and the workloads to roll. The ConfigMap comes from the
+/// watch cache, unless the sync's own state holds a newer write of the same one (the cache may
+/// lag behind it); the workloads are read.
+pub async fn observe(ctx: &Context, observed: &mut Observed) -> Result<()> {
+    let Some(agent) = observed.agent.clone() else { return Ok(()) };
+    let name = config_map_name(&agent);
+    let reference = ObjectRef::<PartialObjectMeta<ConfigMap>>::new(&name).within(&observed.namespace);
+    let cached = ctx.config_maps.get(&reference);
+    let kept = observed.config_map.take().filter(|c| c.name == name);
+    observed.config_map = match (cached, kept) {
+        (Some(cached), Some(kept)) if kept.uid == cached.metadata.uid && newer(&kept, &cached) => Some(kept),
+        (Some(cached), _) => Some(ConfigMapState::from_meta(&cached.metadata)),
+        // Not in the cache: none exists, or one the operator did not label (someone else's),
+        // which the create finds.
+        (None, _) => None,
+    };
+    observed.workloads = read_workloads(ctx, &observed.namespace, &agent).await?;
+    Ok(())
+}
+
+fn newer(kept: &ConfigMapState, cached: &PartialObjectMeta<ConfigMap>) -> bool {
+    let kept = kept.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+    kept >= revision(cached)
+}
+
+async fn read_workloads(ctx: &Context, namespace: &str, agent: &Agent) -> Result<Vec<WorkloadState>> {
+    let listed = agent.spec.delivery.as_ref().map(|d| d.restart.clone()).unwrap_or_default();
+    futures::future::try_join_all(listed.into_iter().map(|w| read_workload(ctx, namespace, w))).await
+}
+
+async fn read_workload(ctx: &Context, namespace: &str, workload: WorkloadRef) -> Result<WorkloadState> {
+    let found = match workload.kind {
+        WorkloadKind::Deployment => {
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+            found(api.get_opt(&workload.name).await, deployment_rollout)
+        }
+        WorkloadKind::StatefulSet => {
+            let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+            found(api.get_opt(&workload.name).await, statefulset_rollout)
+        }
+    };
+    let found = found.map_err(|source| Error::ReadWorkload {
+        namespace: namespace.into(),
+        name: workload.name.clone(),
+        source,
+    })?;
+    Ok(WorkloadState { workload, found })
+}
+
+/// A workload read (or written) as the planner sees it: what its template carries and how far
+/// its rollout has come; missing and forbidden are states to report, not errors.
+fn found<K: Resource + HasTemplate>(
+    result: kube::Result<Option<K>>,
+    rollout: fn(&K) -> Rollout,
+) -> kube::Result<Found> {
+    match result {
+        Ok(Some(object)) => {
+            let held = object.template_annotations().and_then(Held::from_annotations);
+            Ok(Found::Present { held, rollout: rollout(&object) })
+        }
+        Ok(None) => Ok(Found::Missing),
+        Err(e) if status_code(&e) == Some(403) => Ok(Found::Forbidden(
+            "forbidden to the operator (the chart grants workload patches with delivery.restartWorkloads=true)".into(),
+        )),
+        Err(e) if status_code(&e) == Some(404) => Ok(Found::Missing),
+        Err(e) => Err(e),
+    }
+}
+
+/// Pod-template annotations of a workload.
+pub trait HasTemplate {
+    fn template_annotations(&self) -> Option<&std::collections::BTreeMap<String, String>>;
+}
+
+impl HasTemplate for Deployment {
+    fn template_annotations(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()
+    }
+}
+
+impl HasTemplate for StatefulSet {
+    fn template_annotations(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()
+    }
+}
+
+/// As `kubectl rollout status` judges a Deployment.
+fn deployment_rollout(d: &Deployment) -> Rollout {
+    let Some(status) = d.status.as_ref() else { return Rollout::Progressing("no status yet".into()) };
+    if status.observed_generation < d.metadata.generation {
+        return Rollout::Progressing("the new template is not yet observed".into());
+    }
+    let stuck = status.conditions.iter().flatten().any(|c| {
+        c.type_ == "Progressing" && c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if stuck {
+        return Rollout::Stuck("rollout exceeded its progress deadline".into());
+    }
+    let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    if updated < wanted {
+        Rollout::Progressing(format!("{updated} of {wanted} replicas updated"))
+    } else if total > updated {
+        Rollout::Progressing(format!("{} old replicas pending termination", total - updated))
+    } else if available < updated {
+        Rollout::Progressing(format!("{available} of {updated} updated replicas available"))
+    } else {
+        Rollout::Done
+    }
+}
+
+/// As `kubectl rollout status` judges a StatefulSet with rolling updates.
+fn statefulset_rollout(s: &StatefulSet) -> Rollout {
+    let Some(status) = s.status.as_ref() else { return Rollout::Progressing("no status yet".into()) };
+    if status.observed_generation < s.metadata.generation {
+        return Rollout::Progressing("the new template is not yet observed".into());
+    }
+    let wanted = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let ready = status.ready_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    if updated < wanted {
+        Rollout::Progressing(format!("{updated} of {wanted} pods updated"))
+    } else if status.update_revision.is_some() && status.current_revision != status.update_revision {
+        Rollout::Progressing("pods not yet on the current revision".into())
+    } else if ready < wanted {
+        Rollout::Progressing(format!("{ready} of {wanted} pods ready"))
+    } else {
+        Rollout::Done
+    }
+}
+
+/// What became of a delivery write.
+pub enum Written {
+    Done(Applied),
+    /// The ConfigMap was not as the plan assumed: this is what it is now.
+    Stale(Applied),
+}
+
+/// Creates the delivery ConfigMap, or replaces it on condition it is still at
+/// `resource_version`. A name taken (409 on create) or a changed ConfigMap (409 on replace) is
+/// read back for the planner to judge: it may be someone else's.
+pub async fn apply_config_map(
+    ctx: &Context,
+    namespace: &str,
+    config_map: &ConfigMap,
+    resource_version: Option<String>,
+) -> Result<Written> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = config_map.metadata.name.clone().unwrap_or_default();
+    let result = match resource_version {
+        None => {
+            let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+            api.create(&params, config_map).await
+        }
+        Some(resource_version) => {
+            let body = json!({
+                "metadata": {
+                    "resourceVersion": resource_version,
+                    "annotations": config_map.metadata.annotations,
+                },
+                "data": config_map.data,
+            });
+            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+            api.patch(&name, &params, &Patch::Merge(body)).await
+        }
+    };
+    let error = |source| Error::WriteConfigMap { namespace: namespace.into(), name: name.clone(), source };
+    match result {
+        Ok(written) => Ok(Written::Done(Applied::ConfigMap(Some(ConfigMapState::from_meta(&written.metadata))))),
+        Err(e) if matches!(status_code(&e), Some(409 | 404)) => {
+            let fresh = api.get_metadata_opt(&name).await.map_err(error)?;
+            Ok(Written::Stale(Applied::ConfigMap(fresh.map(|c| ConfigMapState::from_meta(&c.metadata)))))
+        }
+        Err(source) => Err(error(source)),
+    }
+}
+
+/// Sets the two pod-template annotations with server-side apply under the delivery field
+/// manager: it owns those fields and no other, so whoever manages the rest of the workload
+/// (a GitOps tool) sees no drift.
+pub async fn roll_workload(ctx: &Context, namespace: &str, workload: &WorkloadRef, held: &Held) -> Result<Applied> {
+    let body = json!({
+        "apiVersion": "apps/v1",
+        "kind": workload.kind.as_str(),
+        "metadata": { "name": workload.name },
+        "spec": { "template": { "metadata": { "annotations": held.annotations() } } },
+    });
+    let params = PatchParams::apply(DELIVERY_FIELD_MANAGER).force();
+    let found = match workload.kind {
+        WorkloadKind::Deployment => {
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+            found(api.patch(&workload.name, &params, &Patch::Apply(body)).await.map(Some), deployment_rollout)
+        }
+        WorkloadKind::StatefulSet => {
+            let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+            found(api.patch(&workload.name, &params, &Patch::Apply(body)).await.map(Some), statefulset_rollout)
+        }
+    };
+    let found = found.map_err(|source| Error::RollWorkload {
+        namespace: namespace.into(),
+        name: workload.name.clone(),
+        source,
+    })?;
+    Ok(Applied::Workload(WorkloadState { workload: workload.clone(), found }))
+}

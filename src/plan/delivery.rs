@@ -1,0 +1,468 @@
+//! Delivery: the active version reaches the agent's runtime. Every Agent has a ConfigMap it owns
+//! whose `agent.json` is the active snapshot; each workload of `spec.delivery.restart` carries
+//! the active version and snapshot hash as pod-template annotations, so it rolls out when they
+//! change. This module decides the writes and what to report; the controller observes the
+//! ConfigMap (metadata only) and the workloads, and applies the writes.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+
+use super::hash::canonical_json;
+use super::{Observed, Step, owner_reference};
+use crate::api::conditions::reasons;
+use crate::api::keys::{ACTIVE_VERSION_ANNOTATION, AGENT_JSON_KEY, AGENT_LABEL, SNAPSHOT_HASH_ANNOTATION};
+use crate::api::{Agent, AgentVersion, DeliveryStatus, WorkloadDelivery, WorkloadRef};
+
+/// The name of the Agent's delivery ConfigMap.
+pub fn config_map_name(agent: &Agent) -> String {
+    agent
+        .spec
+        .delivery
+        .as_ref()
+        .and_then(|d| d.config_map_name.clone())
+        .unwrap_or_else(|| format!("{}-agent", agent.name_any()))
+}
+
+/// The delivery ConfigMap as observed: its metadata, never its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigMapState {
+    pub name: String,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    /// uid of its controller owner, if it has one.
+    pub owner_uid: Option<String>,
+    /// What its annotations say it holds.
+    pub held: Option<Held>,
+}
+
+/// A version and its snapshot hash, as a ConfigMap or a pod template carries them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub version: i64,
+    pub snapshot_hash: String,
+}
+
+impl Held {
+    pub fn of(version: &AgentVersion) -> Self {
+        Self { version: version.spec.version, snapshot_hash: version.spec.snapshot_hash.clone() }
+    }
+
+    /// Read from the two annotations, when both are there and the version is a number.
+    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<Self> {
+        Some(Self {
+            version: annotations.get(ACTIVE_VERSION_ANNOTATION)?.parse().ok()?,
+            snapshot_hash: annotations.get(SNAPSHOT_HASH_ANNOTATION)?.clone(),
+        })
+    }
+
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (ACTIVE_VERSION_ANNOTATION.to_string(), self.version.to_string()),
+            (SNAPSHOT_HASH_ANNOTATION.to_string(), self.snapshot_hash.clone()),
+        ])
+    }
+}
+
+impl ConfigMapState {
+    pub fn from_meta(meta: &ObjectMeta) -> Self {
+        Self {
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            owner_uid: meta
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone()),
+            held: meta.annotations.as_ref().and_then(Held::from_annotations),
+        }
+    }
+}
+
+/// One workload of `spec.delivery.restart`, as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadState {
+    pub workload: WorkloadRef,
+    pub found: Found,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    Missing,
+    /// The operator may not read or patch it.
+    Forbidden(String),
+    Present {
+        /// What its pod template's annotations carry.
+        held: Option<Held>,
+        rollout: Rollout,
+    },
+}
+
+/// How far a workload's rollout of its current template has come.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rollout {
+    Done,
+    Progressing(String),
+    Stuck(String),
+}
+
+/// Where delivery of the active version stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryState {
+    Delivered,
+    /// Writes made or rollouts running: it will get there without help.
+    InProgress(String),
+    /// It will not get there without a change from outside.
+    Blocked {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// The writes delivery needs now, and the status as it stands once they are made.
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub status: Option<DeliveryStatus>,
+    pub state: DeliveryState,
+}
+
+/// What delivery of the newest version needs, given what was observed.
+pub fn plan(observed: &Observed, agent: &Agent) -> Plan {
+    let Some(active) = observed.newest() else {
+        return Plan { steps: Vec::new(), status: None, state: DeliveryState::Delivered };
+    };
+    let want = Held::of(active);
+    let name = config_map_name(agent);
+    let uid = agent.metadata.uid.clone();
+    let mut steps = Vec::new();
+    let mut status = DeliveryStatus { config_map: Some(name.clone()), ..DeliveryStatus::default() };
+
+    match observed.config_map.as_ref().filter(|c| c.name == name) {
+        Some(found) if found.owner_uid.is_none() || found.owner_uid != uid => {
+            status.version = None;
+            status.workloads = report(observed, agent, &want);
+            let message = format!(
+                "ConfigMap {name} exists and was not created by the operator for this Agent; it is left as it is. \
+                 Delete or rename it, or set spec.delivery.configMapName."
+            );
+            return Plan {
+                steps,
+                status: Some(status),
+                state: DeliveryState::Blocked { reason: reasons::CONFIG_MAP_CONFLICT, message },
+            };
+        }
+        Some(ours) if ours.held.as_ref() == Some(&want) => {}
+        existing => steps.push(Step::ApplyConfigMap {
+            config_map: Box::new(config_map(agent, active, &name)),
+            resource_version: existing.and_then(|c| c.resource_version.clone()),
+        }),
+    }
+    status.version = Some(want.version);
+
+    let mut rolls = Vec::new();
+    let mut state = DeliveryState::Delivered;
+    for (workload, found) in workloads(observed, agent) {
+        let (delivery, this) = match found {
+            Found::Missing => {
+                let message = format!(
+                    "{} {} not found in namespace {}.",
+                    workload.kind.as_str(),
+                    workload.name,
+                    observed.namespace
+                );
+                (None, DeliveryState::Blocked { reason: reasons::WORKLOAD_NOT_FOUND, message })
+            }
+            Found::Forbidden(why) => {
+                let message = format!("{} {}: {why}", workload.kind.as_str(), workload.name);
+                (None, DeliveryState::Blocked { reason: reasons::WORKLOAD_FORBIDDEN, message })
+            }
+            Found::Present { held, .. } if held.as_ref() != Some(&want) => {
+                rolls.push(Step::RollWorkload { workload: workload.clone(), held: want.clone() });
+                let message =
+                    format!("{} {} rolling out version {}.", workload.kind.as_str(), workload.name, want.version);
+                (Some((false, None)), DeliveryState::InProgress(message))
+            }
+            Found::Present { rollout: Rollout::Done, .. } => (Some((true, None)), DeliveryState::Delivered),
+            Found::Present { rollout: Rollout::Progressing(why), .. } => {
+                let message = format!("{} {}: {why}", workload.kind.as_str(), workload.name);
+                (Some((false, None)), DeliveryState::InProgress(message))
+            }
+            Found::Present { rollout: Rollout::Stuck(why), .. } => {
+                let message = format!("{} {}: {why}", workload.kind.as_str(), workload.name);
+                (
+                    Some((false, Some(message.clone()))),
+                    DeliveryState::Blocked { reason: reasons::ROLLOUT_STUCK, message },
+                )
+            }
+        };
+        let message = match &this {
+            DeliveryState::Blocked { message, .. } => Some(message.clone()),
+            _ => None,
+        };
+        status.workloads.push(WorkloadDelivery {
+            kind: workload.kind,
+            name: workload.name.clone(),
+            version: delivery.as_ref().map(|_| want.version),
+            rolled_out: delivery.is_some_and(|(done, _)| done),
+            message,
+        });
+        state = worse(state, this);
+    }
+    if !steps.is_empty() && state == DeliveryState::Delivered {
+        state = DeliveryState::InProgress(format!("Writing version {} to ConfigMap {name}.", want.version));
+    }
+    // The ConfigMap first: pods that a roll starts mount the new version.
+    if !rolls.is_empty() {
+        steps.push(Step::Together(rolls));
+    }
+    Plan { steps, status: Some(status), state }
+}
+
+/// Where delivery stands right after the active version becomes `after`: in progress unless
+/// the ConfigMap and every workload already carry it.
+pub fn state_after(observed: &Observed, agent: &Agent, after: Option<&AgentVersion>) -> DeliveryState {
+    let Some(after) = after else { return DeliveryState::Delivered };
+    let want = Held::of(after);
+    let name = config_map_name(agent);
+    let ours = observed
+        .config_map
+        .as_ref()
+        .filter(|c| c.name == name && c.owner_uid.is_some() && c.owner_uid == agent.metadata.uid);
+    let workloads_hold = workloads(observed, agent).iter().all(
+        |(_, found)| matches!(found, Found::Present { held: Some(held), rollout: Rollout::Done } if held == &want),
+    );
+    if ours.is_some_and(|c| c.held.as_ref() == Some(&want)) && workloads_hold {
+        DeliveryState::Delivered
+    } else {
+        DeliveryState::InProgress(format!("Delivering version {}.", want.version))
+    }
+}
+
+/// The workloads of `spec.delivery.restart`, each with what was observed of it (`Missing` when
+/// nothing was).
+fn workloads<'a>(observed: &'a Observed, agent: &'a Agent) -> Vec<(&'a WorkloadRef, Found)> {
+    let listed = agent.spec.delivery.as_ref().map(|d| d.restart.as_slice()).unwrap_or_default();
+    listed
+        .iter()
+        .map(|w| {
+            let found =
+                observed.workloads.iter().find(|s| &s.workload == w).map_or(Found::Missing, |s| s.found.clone());
+            (w, found)
+        })
+        .collect()
+}
+
+/// The workloads' delivery, reported while the ConfigMap blocks it.
+fn report(observed: &Observed, agent: &Agent, want: &Held) -> Vec<WorkloadDelivery> {
+    workloads(observed, agent)
+        .into_iter()
+        .map(|(w, found)| {
+            let held = match &found {
+                Found::Present { held, .. } => held.clone(),
+                _ => None,
+            };
+            WorkloadDelivery {
+                kind: w.kind,
+                name: w.name.clone(),
+                version: held.as_ref().map(|h| h.version),
+                rolled_out: matches!(found, Found::Present { rollout: Rollout::Done, .. })
+                    && held.as_ref() == Some(want),
+                message: None,
+            }
+        })
+        .collect()
+}
+
+/// The state to report of two: blocked over in progress over delivered; the first of equals.
+fn worse(a: DeliveryState, b: DeliveryState) -> DeliveryState {
+    let rank = |s: &DeliveryState| match s {
+        DeliveryState::Delivered => 0,
+        DeliveryState::InProgress(_) => 1,
+        DeliveryState::Blocked { .. } => 2,
+    };
+    if rank(&b) > rank(&a) { b } else { a }
+}
+
+/// The Agent's delivery ConfigMap holding `version`.
+fn config_map(agent: &Agent, version: &AgentVersion, name: &str) -> ConfigMap {
+    let held = Held::of(version);
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: agent.namespace(),
+            labels: Some(BTreeMap::from([(AGENT_LABEL.to_string(), agent.name_any())])),
+            annotations: Some(held.annotations()),
+            owner_references: Some(vec![owner_reference(agent)]),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([
+            (AGENT_JSON_KEY.to_string(), canonical_json(&version.spec.snapshot)),
+            ("agent".to_string(), agent.name_any()),
+            ("version".to_string(), held.version.to_string()),
+            ("snapshot-hash".to_string(), held.snapshot_hash.clone()),
+        ])),
+        ..ConfigMap::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AgentDefinition, AgentSpec, AgentVersionSpec, DeliverySpec, WorkloadKind};
+
+    fn agent(restart: Vec<WorkloadRef>) -> Agent {
+        let mut agent = Agent::new(
+            "support",
+            AgentSpec {
+                definition: AgentDefinition::default(),
+                revision_history_limit: 10,
+                delivery: Some(DeliverySpec { config_map_name: None, restart }),
+            },
+        );
+        agent.metadata.namespace = Some("ns".into());
+        agent.metadata.uid = Some("agent-uid".into());
+        agent
+    }
+
+    fn version(agent: &Agent, number: i64, hash: &str) -> AgentVersion {
+        let mut v = AgentVersion::new(
+            &format!("support-v{number}"),
+            AgentVersionSpec {
+                agent_name: "support".into(),
+                version: number,
+                snapshot: AgentDefinition::default(),
+                snapshot_hash: hash.into(),
+                rollback_from_version: None,
+                rollback_name: None,
+                change_cause: None,
+            },
+        );
+        v.metadata.owner_references = Some(vec![owner_reference(agent)]);
+        v
+    }
+
+    fn observed(agent: &Agent, config_map: Option<ConfigMapState>, workloads: Vec<WorkloadState>) -> Observed {
+        let mut o = Observed::new(
+            "ns".into(),
+            "support".into(),
+            Some(agent.clone()),
+            vec![version(agent, 1, "h1"), version(agent, 2, "h2")],
+            vec![],
+        );
+        o.config_map = config_map;
+        o.workloads = workloads;
+        o
+    }
+
+    fn ours(held: Option<Held>) -> ConfigMapState {
+        ConfigMapState {
+            name: "support-agent".into(),
+            uid: Some("cm".into()),
+            resource_version: Some("7".into()),
+            owner_uid: Some("agent-uid".into()),
+            held,
+        }
+    }
+
+    fn deployment() -> WorkloadRef {
+        WorkloadRef { kind: WorkloadKind::Deployment, name: "runtime".into() }
+    }
+
+    fn held(version: i64, hash: &str) -> Held {
+        Held { version, snapshot_hash: hash.into() }
+    }
+
+    #[test]
+    fn a_missing_config_map_is_created_with_the_active_snapshot() {
+        let agent = agent(vec![]);
+        let plan = plan(&observed(&agent, None, vec![]), &agent);
+        let [Step::ApplyConfigMap { config_map, resource_version: None }] = plan.steps.as_slice() else {
+            panic!("{:?}", plan.steps)
+        };
+        assert_eq!(config_map.metadata.name.as_deref(), Some("support-agent"));
+        assert_eq!(config_map.metadata.annotations.as_ref(), Some(&held(2, "h2").annotations()));
+        assert!(config_map.data.as_ref().unwrap().contains_key(AGENT_JSON_KEY));
+        assert!(matches!(plan.state, DeliveryState::InProgress(_)));
+    }
+
+    #[test]
+    fn an_up_to_date_config_map_needs_nothing() {
+        let agent = agent(vec![]);
+        let plan = plan(&observed(&agent, Some(ours(Some(held(2, "h2")))), vec![]), &agent);
+        assert!(plan.steps.is_empty());
+        assert_eq!(plan.state, DeliveryState::Delivered);
+        assert_eq!(plan.status.unwrap().version, Some(2));
+    }
+
+    #[test]
+    fn an_outdated_config_map_is_replaced_on_the_condition_it_did_not_change() {
+        let agent = agent(vec![]);
+        let plan = plan(&observed(&agent, Some(ours(Some(held(1, "h1")))), vec![]), &agent);
+        assert!(
+            matches!(plan.steps.as_slice(), [Step::ApplyConfigMap { resource_version: Some(rv), .. }] if rv == "7")
+        );
+    }
+
+    #[test]
+    fn a_config_map_someone_else_made_is_never_written() {
+        let agent = agent(vec![deployment()]);
+        let mut foreign = ours(None);
+        foreign.owner_uid = None;
+        let plan = plan(&observed(&agent, Some(foreign), vec![]), &agent);
+        assert!(plan.steps.is_empty());
+        assert!(matches!(plan.state, DeliveryState::Blocked { reason: reasons::CONFIG_MAP_CONFLICT, .. }));
+    }
+
+    #[test]
+    fn workloads_roll_after_the_config_map_and_report_their_rollout() {
+        let agent = agent(vec![deployment()]);
+        let old = WorkloadState {
+            workload: deployment(),
+            found: Found::Present { held: Some(held(1, "h1")), rollout: Rollout::Done },
+        };
+        let plan1 = plan(&observed(&agent, Some(ours(Some(held(1, "h1")))), vec![old]), &agent);
+        assert!(
+            matches!(plan1.steps.as_slice(), [Step::ApplyConfigMap { .. }, Step::Together(rolls)] if rolls.len() == 1)
+        );
+
+        let rolling = WorkloadState {
+            workload: deployment(),
+            found: Found::Present { held: Some(held(2, "h2")), rollout: Rollout::Progressing("1 of 2 updated".into()) },
+        };
+        let plan2 = plan(&observed(&agent, Some(ours(Some(held(2, "h2")))), vec![rolling]), &agent);
+        assert!(plan2.steps.is_empty());
+        assert!(matches!(plan2.state, DeliveryState::InProgress(_)));
+        assert!(!plan2.status.unwrap().workloads[0].rolled_out);
+
+        let done = WorkloadState {
+            workload: deployment(),
+            found: Found::Present { held: Some(held(2, "h2")), rollout: Rollout::Done },
+        };
+        let plan3 = plan(&observed(&agent, Some(ours(Some(held(2, "h2")))), vec![done]), &agent);
+        assert_eq!(plan3.state, DeliveryState::Delivered);
+        assert!(plan3.status.unwrap().workloads[0].rolled_out);
+    }
+
+    #[test]
+    fn missing_forbidden_and_stuck_workloads_block_with_their_reason() {
+        let agent = agent(vec![deployment()]);
+        let cm = Some(ours(Some(held(2, "h2"))));
+        for (found, reason) in [
+            (Found::Missing, reasons::WORKLOAD_NOT_FOUND),
+            (Found::Forbidden("forbidden".into()), reasons::WORKLOAD_FORBIDDEN),
+            (
+                Found::Present { held: Some(held(2, "h2")), rollout: Rollout::Stuck("deadline exceeded".into()) },
+                reasons::ROLLOUT_STUCK,
+            ),
+        ] {
+            let plan =
+                plan(&observed(&agent, cm.clone(), vec![WorkloadState { workload: deployment(), found }]), &agent);
+            assert!(plan.steps.is_empty());
+            assert!(matches!(plan.state, DeliveryState::Blocked { reason: r, .. } if r == reason), "{:?}", plan.state);
+        }
+    }
+}
