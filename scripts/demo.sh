@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The demo: starts a local cluster (control plane and one real node), builds the operator's
-# image and installs it with Helm, as users do, applies examples/ (an Agent, an edit, a
-# Restore, a Previous, a Pop and one that fails) and shows what happened. Everything it starts
-# is stopped when it ends.
+# image and installs it with Helm, as users do, applies examples/ (an Agent, its runtime, an
+# edit, a Restore, a Previous, a Pop and one that fails), shows after each step what the running
+# agent serves, and what happened. Everything it starts is stopped when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ ${1:-} != --inside ]]; then
   scripts/setup.sh
-  image=$(scripts/image.sh)
+  image=$(scripts/image.sh operator)
+  scripts/image.sh runtime >/dev/null
   dir=$(mktemp -d "${TMPDIR:-/tmp}/agent-operator-demo.XXXXXX")
   echo "Demo files and logs: $dir"
   exec tests/control-plane/run.sh --node "$dir/cp" -- env DEMO_DIR="$dir" DEMO_IMAGE="$image" "$0" --inside
@@ -22,8 +23,9 @@ run() { printf '$ %s\n' "$*"; "$@"; }
 say "Kubernetes $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])'), one node"
 run kubectl get nodes
 say "Installing the operator with Helm (its image imported into the node, as a registry pull would)"
-tests/control-plane/node.sh import "$DEMO_DIR/cp" "$DEMO_IMAGE"
-run helm install agent-operator charts/agent-operator -n agent-operator-system --create-namespace --wait --timeout 180s
+tests/control-plane/node.sh import "$DEMO_DIR/cp" "$DEMO_IMAGE" "$(dirname "$DEMO_IMAGE")/agent-runtime-$(basename "$DEMO_IMAGE" | sed 's/^agent-operator-//')"
+run helm install agent-operator charts/agent-operator -n agent-operator-system --create-namespace --wait --timeout 180s \
+  --set delivery.restartWorkloads=true
 run kubectl get pods -n agent-operator-system -o wide
 kubectl create namespace "$ns" >/dev/null
 kubectl config set-context --current --namespace="$ns" >/dev/null
@@ -38,32 +40,71 @@ wait_agent() {
   echo "the Agent was not reconciled; see kubectl logs -n agent-operator-system -l app.kubernetes.io/instance=agent-operator" >&2
   exit 1
 }
+# What the running agent serves: each Ready runtime pod, asked over HTTP once all serve the
+# Agent's active version.
+serves() {
+  local active
+  active=$(kubectl get agent support -o jsonpath='{.status.activeVersion}')
+  for _ in $(seq 600); do
+    pods=$(kubectl get pods -l app=support-runtime \
+      -o jsonpath='{range .items[*]}{.status.podIP} {.status.conditions[?(@.type=="Ready")].status} {.metadata.deletionTimestamp}{";"}{end}')
+    if out=$(python3 - "$active" "$pods" 2>/dev/null <<'PY'
+import json, sys, urllib.request
+active = sys.argv[1]
+# "IP True;" for each Ready pod not being deleted.
+ips = [p.split()[0] for p in sys.argv[2].split(";") if p.split()[1:] == ["True"]]
+answers = []
+for ip in ips:
+    with urllib.request.urlopen(f"http://{ip}:8080/", timeout=2) as r:
+        answers.append((r.headers["X-Agent-Version"], json.load(r)))
+if not answers or any(v != active for v, _ in answers):
+    sys.exit(1)
+v, d = answers[0]
+steps = ", ".join(s.get("name", "?") for s in d.get("steps", []))
+print(f"  the runtime serves version {v}: temperature {d.get('temperature')}, steps [{steps}]")
+PY
+    ); then
+      echo "$out"
+      return
+    fi
+    sleep 0.2
+  done
+  echo "the runtime never served version $active" >&2
+  exit 1
+}
 wait_rollback() {
   kubectl wait --for=jsonpath='{.status.phase}'="$2" "agentrollback/$1" --timeout=60s >/dev/null
   kubectl get agentrollback "$1" -o jsonpath='  {.metadata.name}: {.status.phase} {.status.reason} - {.status.message}{"\n"}'
 }
 
-say "1. An Agent: published as version 1"
-run kubectl apply -f examples/01-agent.yaml
+say "1. An Agent, and its runtime (a Deployment that mounts the Agent's ConfigMap): version 1"
+run kubectl apply -f examples/01-agent.yaml -f examples/runtime.yaml
 wait_agent
-say "2. An edit of its definition: published as version 2"
+serves
+say "2. An edit of its definition: published as version 2, and the runtime rolls out with it"
 run kubectl apply -f examples/02-agent-edit.yaml
 wait_agent
+serves
 say "3. Restore version 1 (publishes version 3, a copy of version 1)"
 run kubectl apply -f examples/03-restore.yaml
 wait_rollback support-restore-v1 Succeeded
+serves
 say "4. Previous (publishes version 4, a copy of version 2)"
 run kubectl apply -f examples/04-previous.yaml
 wait_rollback support-previous Succeeded
+serves
 say "5. Pop (deletes version 4; version 3 is active again)"
 run kubectl apply -f examples/05-pop.yaml
 wait_rollback support-pop Succeeded
+serves
 say "6. A Restore of a version that never existed fails and changes nothing"
 run kubectl apply -f examples/06-fails.yaml
 wait_rollback support-restore-v99 Failed
 
 say "Result"
 run kubectl get agents,agentversions,agentrollbacks
+run kubectl get configmap support-agent -o jsonpath='{.metadata.annotations}{"\n"}'
+run kubectl get agent support -o jsonpath='{.status.delivery}{"\n"}' 
 say "Events"
 run kubectl get events.v1.events.k8s.io --sort-by=.eventTime -o custom-columns=TYPE:.type,REASON:.reason,KIND:.regarding.kind,OBJECT:.regarding.name,MESSAGE:.note
 say "The Agent's spec is untouched by the rollbacks (temperature is still the edited 0.3)"

@@ -12,7 +12,8 @@ if [[ ${1:-} == --inside ]]; then
   cargo test --locked --test e2e -- --skip in_cluster::
   echo "Tests with the operator as a process took $((SECONDS - start))s"
   start=$SECONDS
-  cargo test --locked --test e2e -- in_cluster:: --nocapture
+  # One at a time: each installs the chart's release.
+  cargo test --locked --test e2e -- in_cluster:: --nocapture --test-threads=1
   echo "In-cluster tests took $((SECONDS - start))s"
   exit
 fi
@@ -22,8 +23,10 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 # Unit, property and drift tests: no server needed.
 cargo test --locked --lib --bins
-AGENT_OPERATOR_TEST_IMAGE=$(scripts/image.sh)
-export AGENT_OPERATOR_TEST_IMAGE
+# The images the in-cluster tests import into the node: the operator and the example runtime.
+AGENT_OPERATOR_TEST_IMAGES=$(dirname "$(scripts/image.sh operator)")
+scripts/image.sh runtime >/dev/null
+export AGENT_OPERATOR_TEST_IMAGES
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/agent-operator-test.XXXXXX")
 # --one-file-system: never through a mount a failed teardown might have left.

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub rollbacks: Family<RollbackLabels, Counter>,
     pub versions_published: Counter,
+    pub delivery_duration: Histogram,
     pub leader: Gauge,
 }
 
@@ -58,9 +59,26 @@ impl Default for Metrics {
         registry.register("rollbacks", "Finished rollbacks by strategy and outcome", rollbacks.clone());
         let versions_published = Counter::default();
         registry.register("versions_published", "Versions published from Agent edits", versions_published.clone());
+        // 0.25 s to about 17 min.
+        let delivery_duration = Histogram::new(exponential_buckets(0.25, 2.0, 13));
+        registry.register(
+            "delivery_duration_seconds",
+            "Time from an active version change to its delivery (ConfigMap written, listed workloads rolled out); \
+             measured from the version's or the rollback's timestamp, so to the second",
+            delivery_duration.clone(),
+        );
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
-        Self { registry, reconciles, reconcile_duration, errors, rollbacks, versions_published, leader }
+        Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            errors,
+            rollbacks,
+            versions_published,
+            delivery_duration,
+            leader,
+        }
     }
 }
 

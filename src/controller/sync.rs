@@ -57,11 +57,15 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
         None => observe(ctx, namespace, name, Freshness::Consistent).await?,
     };
     super::delivery::observe(ctx, &mut observed).await?;
+    let delivered_before = delivered(&observed);
     debug!(namespace, agent = name, settled = matches!(start, Start::Settled(_)), "Observed");
     for _ in 0..MAX_UNITS {
         let now = Time(Timestamp::now());
         let steps = decide(&observed, &now);
         if steps.is_empty() {
+            if !delivered_before && delivered(&observed) {
+                record_delivery(ctx, &observed);
+            }
             return Ok(observed);
         }
         debug!(namespace, agent = name, steps = steps.len(), "Applying a unit of work");
@@ -91,6 +95,30 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
         }
     }
     Err(Error::NotSettled { namespace: namespace.into(), name: name.into(), steps: MAX_UNITS })
+}
+
+/// Whether the Agent's status says its active version is delivered and it is Ready.
+fn delivered(observed: &Observed) -> bool {
+    let Some(status) = observed.agent.as_ref().and_then(|a| a.status.as_ref()) else { return false };
+    let holds = status.delivery.as_ref().is_some_and(|d| d.version.is_some() && d.version == status.active_version);
+    holds && status.conditions.iter().any(|c| c.type_ == crate::api::conditions::READY && c.status == "True")
+}
+
+/// Records the time a delivery took, by the sync whose status write completed it: from the
+/// active version's creation, or the rollback that made it active (Pop), to now.
+fn record_delivery(ctx: &Context, observed: &Observed) {
+    let Some(status) = observed.agent.as_ref().and_then(|a| a.status.as_ref()) else { return };
+    let now = Timestamp::now();
+    let Some(active) = observed.newest() else { return };
+    let changed =
+        [active.metadata.creation_timestamp.as_ref().map(|t| t.0), status.last_rollback.as_ref().map(|r| r.time.0)]
+            .into_iter()
+            .flatten()
+            .max();
+    if let Some(changed) = changed {
+        let seconds = now.duration_since(changed).as_secs_f64().max(0.0);
+        ctx.metrics.delivery_duration.observe(seconds);
+    }
 }
 
 /// Counts what the API server confirmed: finished rollbacks and published versions.

@@ -45,11 +45,11 @@ fn chart() -> String {
     repo().join("charts/agent-operator").display().to_string()
 }
 
-/// Imports the operator's image into the node's containerd, as a registry pull would.
-fn import_image() {
-    let image = std::env::var("AGENT_OPERATOR_TEST_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join(format!("target/images/agent-operator-{}.tar", env!("CARGO_PKG_VERSION"))));
+/// Imports an image that `scripts/image.sh` built (`agent-operator`, `agent-runtime`) into the
+/// node's containerd, as a registry pull would.
+fn import_image(name: &str) {
+    let dir = std::env::var("AGENT_OPERATOR_TEST_IMAGES").map_or_else(|_| repo().join("target/images"), PathBuf::from);
+    let image = dir.join(format!("{name}-{}.tar", env!("CARGO_PKG_VERSION")));
     assert!(image.exists(), "{} is missing: run scripts/image.sh first", image.display());
     let out = Command::new("bash")
         .arg(repo().join("tests/control-plane/node.sh"))
@@ -122,7 +122,7 @@ async fn succeeded_once(s: &Setup, name: &str, expected: &[(i64, &str)]) {
 async fn the_charts_default_install_runs_hands_over_upgrades_and_uninstalls() {
     let cp = control_plane();
     assert!(cp.node, "the in-cluster tests need a node: run them through scripts/test.sh (run.sh --node)");
-    import_image();
+    import_image("agent-operator");
     let admin = crate::support::client().await;
 
     // --- install, with the chart's defaults ---
@@ -223,4 +223,172 @@ async fn the_charts_default_install_runs_hands_over_upgrades_and_uninstalls() {
     assert_eq!(s.history("support").await.len(), 5);
     assert_eq!(s.rollbacks().list(&ListParams::default()).await.unwrap().items.len(), 6);
     println!("in-cluster phases took {:.0?}", started.elapsed());
+}
+
+/// The runtime Deployment of `examples/runtime.yaml`, for the Agent `agent`.
+fn runtime(agent: &str) -> Deployment {
+    let text = std::fs::read_to_string(repo().join("examples/runtime.yaml")).unwrap();
+    let text = text
+        .replace("support-runtime", &format!("{agent}-runtime"))
+        .replace("support-agent", &format!("{agent}-agent"));
+    serde_saphyr::from_str(&text).unwrap()
+}
+
+/// GETs the runtime on a pod: the version it serves and the definition.
+async fn serve(ip: &str) -> Option<(String, serde_json::Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connect = tokio::net::TcpStream::connect((ip, 8080));
+    let mut stream = tokio::time::timeout(Duration::from_secs(1), connect).await.ok()?.ok()?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: runtime\r\nConnection: close\r\n\r\n").await.ok()?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut response)).await.ok()?.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let version = head.lines().find_map(|l| l.strip_prefix("X-Agent-Version: "))?.to_string();
+    Some((version, serde_json::from_str(body).ok()?))
+}
+
+/// The instructions every Ready pod of the runtime serves, when they all serve `version`.
+async fn served(client: &Client, ns: &str, agent: &str, version: i64) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods.list(&ListParams::default().labels(&format!("app={agent}-runtime"))).await.ok()?;
+    let ips: Vec<String> = list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    let mut instructions = None;
+    for ip in ips {
+        let (v, definition) = serve(&ip).await?;
+        if v != version.to_string() {
+            return None;
+        }
+        instructions = Some(definition["instructions"].as_str()?.to_string());
+    }
+    instructions
+}
+
+/// Creates a rollback and times it from its create to every runtime pod serving the new active
+/// version; checks the definition served is that version's.
+async fn roll_back_and_time(s: &Setup, agent: &str, name: String, strategy: &str, target: Option<i64>) -> Duration {
+    let name = name.as_str();
+    let started = Instant::now();
+    let mut spec = serde_json::json!({"agentName": agent, "strategy": strategy});
+    if let Some(t) = target {
+        spec["targetVersion"] = serde_json::json!(t);
+    }
+    let rollback: AgentRollback =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+    s.rollbacks().create(&Default::default(), &rollback).await.unwrap();
+    let status = s.terminal(name).await.status.unwrap();
+    assert_eq!(status.phase, Some(RollbackPhase::Succeeded), "{name}: {:?}", status.message);
+    let active = status.active_version.unwrap();
+    let expected = s
+        .versions(agent)
+        .await
+        .into_iter()
+        .find(|v| v.spec.version == active)
+        .and_then(|v| v.spec.snapshot.instructions)
+        .unwrap();
+    let got = eventually(Duration::from_secs(90), || served(&s.client, &s.ns, agent, active)).await;
+    assert_eq!(got, expected, "{name}: the runtime serves another definition than version {active}'s");
+    started.elapsed()
+}
+
+fn p50_max(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    (samples[samples.len() / 2], *samples.last().unwrap())
+}
+
+#[tokio::test]
+async fn a_rollback_changes_what_the_running_agent_serves_with_and_without_restarts() {
+    let cp = control_plane();
+    assert!(cp.node, "the in-cluster tests need a node: run them through scripts/test.sh (run.sh --node)");
+    import_image("agent-operator");
+    import_image("agent-runtime");
+    let out = helm(&[
+        "install",
+        RELEASE,
+        &chart(),
+        "-n",
+        NS,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "180s",
+        "--set",
+        "delivery.restartWorkloads=true",
+    ]);
+    ok(&out, "helm install");
+
+    // Two Agents, each with a runtime Deployment that mounts its ConfigMap: `rolled` lists its
+    // Deployment in spec.delivery.restart, `refreshed` relies on the kubelet's refresh alone.
+    let s = setup_without_operator("delivery-node").await;
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.ns);
+    for (agent, restart) in [("rolled", true), ("refreshed", false)] {
+        for i in 1..=2 {
+            let mut spec = serde_json::json!({"instructions": format!("{agent} i{i}")});
+            if restart {
+                spec["delivery"] = serde_json::json!({"restart": [{"kind": "Deployment", "name": "rolled-runtime"}]});
+            }
+            s.apply_agent(agent, spec).await;
+            if i == 1 {
+                deployments.create(&Default::default(), &runtime(agent)).await.unwrap();
+            }
+        }
+    }
+    for agent in ["rolled", "refreshed"] {
+        let got = eventually(Duration::from_secs(120), || served(&s.client, &s.ns, agent, 2)).await;
+        assert_eq!(got, format!("{agent} i2"));
+    }
+    let agent = s.settled_agent("rolled").await;
+    let delivery = agent.status.unwrap().delivery.unwrap();
+    assert_eq!(delivery.version, Some(2));
+    assert!(delivery.workloads.iter().all(|w| w.rolled_out && w.version == Some(2)), "{delivery:?}");
+
+    // The operator owns the two template annotations and nothing else of the Deployment.
+    let d = deployments.get("rolled-runtime").await.unwrap();
+    let ours = d
+        .managed_fields()
+        .iter()
+        .find(|m| m.manager.as_deref() == Some("agentops.dev/agent-operator-delivery"))
+        .unwrap();
+    let fields = serde_json::to_string(&ours.fields_v1).unwrap();
+    assert!(
+        fields.contains("agentops.dev/active-version")
+            && !fields.contains("f:containers")
+            && !fields.contains("f:replicas"),
+        "{fields}"
+    );
+
+    // Restore, Previous and Pop, each served by both runtimes.
+    for (name, strategy, target) in
+        [("restore", "Restore", Some(1)), ("previous", "Previous", None), ("pop", "Pop", None)]
+    {
+        let (a, b) = tokio::join!(
+            roll_back_and_time(&s, "rolled", format!("rolled-{name}"), strategy, target),
+            roll_back_and_time(&s, "refreshed", format!("refreshed-{name}"), strategy, target),
+        );
+        println!("{strategy}: served after {a:.1?} with restart, {b:.1?} without");
+    }
+
+    // Twenty rollbacks each (Previous flips between two versions): create to served.
+    let (mut rolled, mut refreshed) = (Vec::new(), Vec::new());
+    for i in 0..20 {
+        let (a, b) = tokio::join!(
+            roll_back_and_time(&s, "rolled", format!("rolled-flip-{i}"), "Previous", None),
+            roll_back_and_time(&s, "refreshed", format!("refreshed-flip-{i}"), "Previous", None),
+        );
+        rolled.push(a);
+        refreshed.push(b);
+    }
+    let (p50, max) = p50_max(rolled);
+    println!("rollback create to served, with restart (20): p50 {p50:.2?}, max {max:.2?}");
+    let (p50, max) = p50_max(refreshed);
+    println!("rollback create to served, kubelet refresh only (20): p50 {p50:.2?}, max {max:.2?}");
+    let agent = s.settled_agent("rolled").await;
+    assert!(agent.status.unwrap().conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+
+    ok(&helm(&["uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "120s"]), "helm uninstall");
+    eventually(Duration::from_secs(60), || async { operator_pods(&s.client).await.is_empty().then_some(()) }).await;
 }

@@ -40,7 +40,8 @@ async fn history_show_and_diff_read_an_agents_versions() {
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("VERSION") && lines[0].contains("CHANGE-CAUSE"), "{out}");
     let first: Vec<&str> = lines[1].split_whitespace().collect();
-    assert_eq!(&first[..2], ["3", "*"], "newest first, marked active: {out}");
+    assert_eq!(&first[..3], ["3", "*", "yes"], "newest first, marked active and delivered: {out}");
+    assert!(lines[0].contains("DELIVERED"), "{out}");
     assert!(lines[3].starts_with('1'), "{out}");
 
     let (code, out, _) = text(&plugin(&s, &["history", "support", "-o", "json"]));
@@ -93,6 +94,15 @@ async fn rollback_streams_its_progress_and_exits_by_its_outcome() {
     let (code, out, _) = text(&plugin(&s, &["rollback", "support", "--pop"]));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("Succeeded: Version 4 was deleted. Version 3 is now active."), "{out}");
+
+    // Waiting for delivery: the ConfigMap's progress, then the delivered version.
+    let (code, out, err) = text(&plugin(&s, &["rollback", "support", "--previous", "--wait=delivered"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("New version 4 is now active."), "{out}");
+    assert!(out.contains("ConfigMap support-agent: version 4"), "{out}");
+    assert!(out.trim_end().ends_with("Delivered: version 4 is what the running agent has."), "{out}");
+    let (code, out, _) = text(&plugin(&s, &["rollback", "support", "--pop"]));
+    assert_eq!(code, 0, "{out}");
 
     let (code, out, _) = text(&plugin(&s, &["rollback", "support", "--pop", "--no-wait"]));
     assert_eq!(code, 0);

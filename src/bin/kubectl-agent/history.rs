@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use agent_operator::api::keys::AGENT_LABEL;
-use agent_operator::api::{Agent, AgentVersion};
+use agent_operator::api::{Agent, AgentVersion, DeliveryStatus};
 use anyhow::{Context as _, bail};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -39,6 +39,16 @@ pub async fn fetch_versions(session: &Session, agent: &Agent) -> anyhow::Result<
     Ok(versions)
 }
 
+/// Whether `version` is the one the runtime has: `yes` once the ConfigMap holds it and every
+/// listed workload has rolled out with it, `rolling` while they roll, empty otherwise.
+pub fn delivered(delivery: &DeliveryStatus, version: i64) -> String {
+    if delivery.version != Some(version) {
+        return String::new();
+    }
+    let rolled = delivery.workloads.iter().all(|w| w.rolled_out && w.version == Some(version));
+    if rolled { "yes" } else { "rolling" }.into()
+}
+
 fn active(agent: &Agent, versions: &[AgentVersion]) -> Option<i64> {
     agent.status.as_ref().and_then(|s| s.active_version).or_else(|| versions.last().map(|v| v.spec.version))
 }
@@ -63,19 +73,21 @@ pub async fn history(session: &Session, name: &str, output: Output) -> anyhow::R
         Output::Json | Output::Yaml => print_list(&versions, output)?,
         Output::Table => {
             let active = active(&agent, &versions);
-            let rows: Vec<[String; 5]> = versions
+            let delivery = agent.status.as_ref().and_then(|s| s.delivery.clone()).unwrap_or_default();
+            let rows: Vec<[String; 6]> = versions
                 .iter()
                 .map(|v| {
                     [
                         v.spec.version.to_string(),
                         if Some(v.spec.version) == active { "*".into() } else { String::new() },
+                        delivered(&delivery, v.spec.version),
                         v.creation_timestamp().map(|t| t.0.to_string()).unwrap_or_default(),
                         v.spec.rollback_from_version.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
                         v.spec.change_cause.clone().unwrap_or_default(),
                     ]
                 })
                 .collect();
-            print_table(["VERSION", "ACTIVE", "CREATED", "FROM-ROLLBACK", "CHANGE-CAUSE"], &rows);
+            print_table(["VERSION", "ACTIVE", "DELIVERED", "CREATED", "FROM-ROLLBACK", "CHANGE-CAUSE"], &rows);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use agent_operator::api::{AgentRollback, RollbackPhase, RollbackStrategy};
+use agent_operator::api::conditions::events;
+use agent_operator::api::{Agent, AgentRollback, DeliveryStatus, RollbackPhase, RollbackStrategy};
 use agent_operator::plan::rollback::{Choice, choose};
 use anyhow::Context as _;
 use clap::Args;
@@ -41,15 +42,25 @@ pub struct RollbackArgs {
     /// Show the plan and the diff; create nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Follow the rollback until it finishes (the default).
-    #[arg(long, overrides_with = "no_wait")]
-    wait: bool,
+    /// Follow the rollback until it finishes (the default), or, with --wait=delivered, until
+    /// the running agent has the new active version (ConfigMap written, workloads rolled out).
+    #[arg(long, value_enum, num_args = 0..=1, default_value = "finished", default_missing_value = "finished")]
+    wait: WaitFor,
     /// Create the rollback and return at once.
     #[arg(long)]
     no_wait: bool,
     /// How long to follow the rollback, e.g. 30s or 2m.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     timeout: Duration,
+}
+
+/// How far `rollback` follows.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WaitFor {
+    /// Until the rollback is Succeeded or Failed.
+    Finished,
+    /// Until the Agent reports the new active version delivered.
+    Delivered,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -97,16 +108,84 @@ pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCo
     if args.no_wait {
         return Ok(ExitCode::SUCCESS);
     }
-    follow(session, &api, &name, args.timeout).await
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let (code, active) = follow(session, &api, &name, deadline, args.timeout).await?;
+    match (args.wait, active) {
+        (WaitFor::Delivered, Some(active)) if code == ExitCode::SUCCESS => {
+            follow_delivery(session, &args.agent, active, deadline, args.timeout).await
+        }
+        _ => Ok(code),
+    }
 }
 
-/// Prints phase changes and Events as they happen, until the rollback is terminal.
+/// Prints the delivery's progress until the Agent reports `active` delivered (exit 0), reports
+/// it blocked (exit 1, with the reason), or the deadline passes (exit 3).
+async fn follow_delivery(
+    session: &Session,
+    agent: &str,
+    active: i64,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let api: Api<Agent> = Api::namespaced(session.client.clone(), &session.namespace);
+    let agents = watcher(api, watcher::Config::default().fields(&format!("metadata.name={agent}"))).applied_objects();
+    let mut agents = agents.boxed();
+    let mut last = String::new();
+    loop {
+        let item = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                eprintln!("error: version {active} of agent {agent} was not delivered within {timeout:?}");
+                return Ok(ExitCode::from(3));
+            }
+            item = agents.next() => item,
+        };
+        let Some(Ok(agent)) = item else { continue };
+        let status = agent.status.clone().unwrap_or_default();
+        let delivery = status.delivery.clone().unwrap_or_default();
+        let progress = delivery_progress(&delivery);
+        if progress != last {
+            println!("{progress}");
+            last = progress;
+        }
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled" && c.status == "True");
+        if status.active_version != Some(active) {
+            continue;
+        }
+        if let Some(stalled) = stalled {
+            eprintln!("error: version {active} is not delivered ({}): {}", stalled.reason, stalled.message);
+            return Ok(ExitCode::from(1));
+        }
+        if ready.is_some_and(|c| c.status == "True") && delivery.version == Some(active) {
+            println!("Delivered: version {active} is what the running agent has.");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+fn delivery_progress(delivery: &DeliveryStatus) -> String {
+    let mut text = format!(
+        "  ConfigMap {}: version {}",
+        delivery.config_map.as_deref().unwrap_or("-"),
+        delivery.version.map_or_else(|| "-".to_string(), |v| v.to_string())
+    );
+    for w in &delivery.workloads {
+        let version = w.version.map_or_else(|| "-".to_string(), |v| v.to_string());
+        let state = if w.rolled_out { "rolled out" } else { "rolling out" };
+        text.push_str(&format!("; {} {}: version {version}, {state}", w.kind.as_str(), w.name));
+    }
+    text
+}
+
+/// Prints phase changes and Events as they happen, until the rollback is terminal and its
+/// final Event is printed; returns the exit code and the active version it left.
 async fn follow(
     session: &Session,
     api: &Api<AgentRollback>,
     name: &str,
+    deadline: tokio::time::Instant,
     timeout: Duration,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<(ExitCode, Option<i64>)> {
     let rollbacks =
         watcher(api.clone(), watcher::Config::default().fields(&format!("metadata.name={name}"))).applied_objects();
     let events_api: Api<Event> = Api::namespaced(session.client.clone(), &session.namespace);
@@ -115,7 +194,7 @@ async fn follow(
     let (mut rollbacks, mut events) = (rollbacks.boxed(), events.boxed());
     let mut seen_events = HashSet::new();
     let mut last_phase = None;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let mut final_event_seen = false;
     let finished = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break None,
@@ -134,6 +213,7 @@ async fn follow(
             }
             Some(item) = events.next() => {
                 if let Ok(event) = item {
+                    final_event_seen |= is_final(&event);
                     print_event(&event, &mut seen_events);
                 }
             }
@@ -143,26 +223,37 @@ async fn follow(
         eprintln!(
             "error: agentrollback/{name} did not finish within {timeout:?} (it keeps running; follow it with: kubectl get agentrollback {name} -w)"
         );
-        return Ok(ExitCode::from(3));
+        return Ok((ExitCode::from(3), None));
     };
-    // Events are published just after the status: give the last ones a moment to arrive.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while let Some(Ok(event)) = events.next().await {
-            print_event(&event, &mut seen_events);
+    // The final Event is published just after the status: print it as soon as it arrives
+    // (never waiting past the deadline, nor long for an Event that may have been dropped).
+    let events_deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(2));
+    while !final_event_seen {
+        match tokio::time::timeout_at(events_deadline, events.next()).await {
+            Ok(Some(Ok(event))) => {
+                final_event_seen |= is_final(&event);
+                print_event(&event, &mut seen_events);
+            }
+            Ok(Some(Err(_))) => {}
+            Ok(None) | Err(_) => break,
         }
-    })
-    .await;
+    }
     match status.phase {
-        Some(RollbackPhase::Succeeded) => Ok(ExitCode::SUCCESS),
+        Some(RollbackPhase::Succeeded) => Ok((ExitCode::SUCCESS, status.active_version)),
         _ => {
             eprintln!(
                 "error: rollback {name} failed ({}): {}",
                 status.reason.unwrap_or_default(),
                 status.message.unwrap_or_default()
             );
-            Ok(ExitCode::from(1))
+            Ok((ExitCode::from(1), None))
         }
     }
+}
+
+/// The rollback's last Event: it succeeded or failed.
+fn is_final(event: &Event) -> bool {
+    matches!(event.reason.as_deref(), Some(events::ROLLBACK_SUCCEEDED | events::ROLLBACK_FAILED))
 }
 
 fn print_event(event: &Event, seen: &mut HashSet<String>) {
