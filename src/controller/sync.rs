@@ -63,7 +63,8 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
         let now = Time(Timestamp::now());
         let steps = decide(&observed, &now);
         if steps.is_empty() {
-            if !delivered_before && delivered(&observed) {
+            let delivered_after = delivered(&observed);
+            if delivered_after.is_some() && delivered_after != delivered_before {
                 record_delivery(ctx, &observed);
             }
             return Ok(observed);
@@ -97,14 +98,15 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
     Err(Error::NotSettled { namespace: namespace.into(), name: name.into(), steps: MAX_UNITS })
 }
 
-/// Whether the Agent's status says its active version is delivered and it is Ready.
-fn delivered(observed: &Observed) -> bool {
-    let Some(status) = observed.agent.as_ref().and_then(|a| a.status.as_ref()) else { return false };
+/// The active version, if the Agent's status says it is delivered (and the Agent Ready).
+fn delivered(observed: &Observed) -> Option<i64> {
+    let status = observed.agent.as_ref()?.status.as_ref()?;
     let holds = status.delivery.as_ref().is_some_and(|d| d.version.is_some() && d.version == status.active_version);
-    holds && status.conditions.iter().any(|c| c.type_ == crate::api::conditions::READY && c.status == "True")
+    let ready = status.conditions.iter().any(|c| c.type_ == crate::api::conditions::READY && c.status == "True");
+    (holds && ready).then_some(status.active_version?)
 }
 
-/// Records the time a delivery took, by the sync whose status write completed it: from the
+/// Records the time a delivery took, by the sync that completed it: from the
 /// active version's creation, or the rollback that made it active (Pop), to now.
 fn record_delivery(ctx: &Context, observed: &Observed) {
     let Some(status) = observed.agent.as_ref().and_then(|a| a.status.as_ref()) else { return };

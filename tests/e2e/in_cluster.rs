@@ -332,6 +332,12 @@ async fn a_rollback_changes_what_the_running_agent_serves_with_and_without_resta
                 spec["delivery"] = serde_json::json!({"restart": [{"kind": "Deployment", "name": "rolled-runtime"}]});
             }
             s.apply_agent(agent, spec).await;
+            // Each generation handled before the next: one the operator never saw is not published.
+            eventually(Duration::from_secs(60), || async {
+                let a = s.agents().get(agent).await.ok()?;
+                (a.status?.observed_generation == a.metadata.generation).then_some(())
+            })
+            .await;
             if i == 1 {
                 deployments.create(&Default::default(), &runtime(agent)).await.unwrap();
             }

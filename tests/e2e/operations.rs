@@ -117,6 +117,9 @@ async fn metrics_health_and_readiness_are_served() {
         (metric(&text, "agentops_versions_published_total") == Some(3.0)).then_some(text)
     })
     .await;
+    // One delivery per active version: v1, v2, the Restore's v3 and v4 (no restart listed, so
+    // each completes with its ConfigMap write).
+    assert_eq!(metric(&text, "agentops_delivery_duration_seconds_count"), Some(4.0), "{text}");
     assert_eq!(
         metric(&text, "agentops_rollbacks_total{strategy=\"Restore\",outcome=\"Succeeded\"}"),
         Some(1.0),
