@@ -24,7 +24,8 @@ pub enum Outcome {
     Stale(Option<Applied>),
 }
 
-fn status_code(error: &kube::Error) -> Option<u16> {
+/// The HTTP status of an error the API server answered.
+pub(super) fn status_code(error: &kube::Error) -> Option<u16> {
     match error {
         kube::Error::Api(status) => Some(status.code),
         _ => None,

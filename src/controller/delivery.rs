@@ -12,19 +12,13 @@ use kube::{Api, Resource};
 use serde_json::json;
 
 use super::Context;
+use super::apply::status_code;
 use super::settled::revision;
 use crate::api::keys::{DELIVERY_FIELD_MANAGER, FIELD_MANAGER};
 use crate::api::{Agent, WorkloadKind, WorkloadRef};
 use crate::plan::delivery::{ConfigMapState, Found, Held, Rollout, WorkloadState, config_map_name};
 use crate::plan::{Applied, Observed};
 use crate::{Error, Result};
-
-fn status_code(error: &kube::Error) -> Option<u16> {
-    match error {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    }
-}
 
 /// Fills in the delivery ConfigMap and the workloads to roll. The ConfigMap comes from the
 /// watch cache, unless the sync's own state holds a newer write of the same one (the cache may

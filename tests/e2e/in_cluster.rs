@@ -367,6 +367,26 @@ async fn a_rollback_changes_what_the_running_agent_serves_with_and_without_resta
         "{fields}"
     );
 
+    // What stands in the way is reported, with its reason: a workload that does not exist, and
+    // a rollout that cannot progress (its image is nowhere, its deadline 2 s).
+    let mut stuck = runtime("stuck");
+    let spec = stuck.spec.as_mut().unwrap();
+    spec.progress_deadline_seconds = Some(2);
+    spec.template.spec.as_mut().unwrap().containers[0].image = Some("agent-runtime:missing".into());
+    spec.template.spec.as_mut().unwrap().containers[0].image_pull_policy = Some("Never".into());
+    deployments.create(&Default::default(), &stuck).await.unwrap();
+    for (agent, workload, reason) in [("stuck", "stuck-runtime", "RolloutStuck"), ("lost", "nowhere", "WorkloadNotFound")] {
+        let restart = serde_json::json!([{"kind": "Deployment", "name": workload}]);
+        s.apply_agent(agent, serde_json::json!({"instructions": "i1", "delivery": {"restart": restart}})).await;
+        let message = eventually(Duration::from_secs(120), || async {
+            let a = s.agents().get(agent).await.ok()?;
+            let c = a.status?.conditions.into_iter().find(|c| c.type_ == "Stalled" && c.status == "True")?;
+            (c.reason == reason).then_some(c.message)
+        })
+        .await;
+        assert!(message.contains(workload), "{agent}: {message}");
+    }
+
     // Restore, Previous and Pop, each served by both runtimes.
     for (name, strategy, target) in
         [("restore", "Restore", Some(1)), ("previous", "Previous", None), ("pop", "Pop", None)]
