@@ -375,7 +375,9 @@ async fn a_rollback_changes_what_the_running_agent_serves_with_and_without_resta
     spec.template.spec.as_mut().unwrap().containers[0].image = Some("agent-runtime:missing".into());
     spec.template.spec.as_mut().unwrap().containers[0].image_pull_policy = Some("Never".into());
     deployments.create(&Default::default(), &stuck).await.unwrap();
-    for (agent, workload, reason) in [("stuck", "stuck-runtime", "RolloutStuck"), ("lost", "nowhere", "WorkloadNotFound")] {
+    for (agent, workload, reason) in
+        [("stuck", "stuck-runtime", "RolloutStuck"), ("lost", "nowhere", "WorkloadNotFound")]
+    {
         let restart = serde_json::json!([{"kind": "Deployment", "name": workload}]);
         s.apply_agent(agent, serde_json::json!({"instructions": "i1", "delivery": {"restart": restart}})).await;
         let message = eventually(Duration::from_secs(120), || async {
