@@ -151,6 +151,10 @@ where
         _ = futures::future::join(rollback_controller, agent_controller) => {}
         _ = readiness => {}
     }
+    // Syncs started early from the watch run in tasks of their own, which the controllers'
+    // graceful shutdown does not wait for. Holding every permit means none runs, and none can
+    // start.
+    let _all = ctx.early_starts.acquire_many(u32::from(CONCURRENCY)).await;
     ctx.events.flush().await;
     Ok(())
 }

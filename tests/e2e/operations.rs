@@ -149,3 +149,35 @@ async fn sigterm_stops_the_operator_cleanly() {
         s.operator.as_mut().unwrap().terminate(Duration::from_secs(10)).expect("exited within 10 s of SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test]
+async fn sigterm_finishes_every_sync_in_flight_including_those_started_from_the_watch() {
+    let mut s = setup("ops-sigterm-busy").await;
+    let agents: Vec<String> = (0..12).map(|i| format!("a{i}")).collect();
+    for agent in &agents {
+        s.agent_with_versions(agent, 2, 50).await;
+    }
+    // Queues of rollbacks on every Agent, then SIGTERM as soon as any of them runs: the syncs
+    // in flight then are mostly ones started straight from the watch.
+    for round in 0..4 {
+        for agent in &agents {
+            s.create_rollback(&format!("{agent}-{round}"), agent, "Previous", None).await;
+        }
+    }
+    eventually(Duration::from_secs(30), || async {
+        let list = s.rollbacks().list(&Default::default()).await.ok()?;
+        list.items.iter().any(|r| r.status.as_ref().and_then(|st| st.phase).is_some()).then_some(())
+    })
+    .await;
+    let status = s.operator.as_mut().unwrap().terminate(Duration::from_secs(30)).expect("exited within 30 s");
+    assert!(status.success(), "exit status {status:?}");
+    // Nothing was cut off mid-way: no rollback was left Running.
+    let list = s.rollbacks().list(&Default::default()).await.unwrap();
+    let running: Vec<String> = list
+        .items
+        .iter()
+        .filter(|r| r.status.as_ref().and_then(|st| st.phase) == Some(RollbackPhase::Running))
+        .map(|r| r.metadata.name.clone().unwrap_or_default())
+        .collect();
+    assert!(running.is_empty(), "left Running by the stopped operator: {running:?}");
+}
