@@ -436,7 +436,7 @@ mod tests {
     /// Name, (strategy, target), expectedActiveVersion, existing versions, expected choice.
     type Case = (&'static str, (RollbackStrategy, Option<i64>), Option<i64>, Vec<i64>, Result<Choice, FailureReason>);
 
-    /// One row per rule of SPEC.md "Behaviour" 3-5 and "Failures".
+    /// One row per rule of Restore, Previous and Pop, and per failure reason.
     #[test]
     fn choose_follows_every_rule_of_the_contract() {
         let cases: Vec<Case> = vec![

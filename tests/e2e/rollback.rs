@@ -1,5 +1,5 @@
-//! The operator, running as its own process, does what SPEC.md says: publishing, Restore,
-//! Previous, Pop, every failure reason, history pruning, apply-time refusals, ordering.
+//! The operator, running as its own process, does what the API contract says: publishing,
+//! Restore, Previous, Pop, every failure reason, history pruning, apply-time refusals, ordering.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
