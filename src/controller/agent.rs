@@ -91,9 +91,7 @@ fn delivery_intact(ctx: &Context, agent: &Agent) -> bool {
     let reference = ObjectRef::<PartialObjectMeta<ConfigMap>>::new(&name).within(&namespace);
     ctx.config_maps.get(&reference).is_some_and(|c| {
         let state = ConfigMapState::from_meta(&c.metadata);
-        state.owner_uid.is_some()
-            && state.owner_uid == agent.metadata.uid
-            && state.held.map(|h| h.version) == status.active_version
+        state.owned_by(agent) && state.held.map(|h| h.version) == status.active_version
     })
 }
 

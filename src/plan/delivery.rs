@@ -67,6 +67,12 @@ impl Held {
 }
 
 impl ConfigMapState {
+    /// Whether `agent` (this uid, not just this name) made it: the only ConfigMap the
+    /// operator ever writes.
+    pub fn owned_by(&self, agent: &Agent) -> bool {
+        self.owner_uid.is_some() && self.owner_uid == agent.metadata.uid
+    }
+
     pub fn from_meta(meta: &ObjectMeta) -> Self {
         Self {
             name: meta.name.clone().unwrap_or_default(),
@@ -137,12 +143,11 @@ pub fn plan(observed: &Observed, agent: &Agent) -> Plan {
     };
     let want = Held::of(active);
     let name = config_map_name(agent);
-    let uid = agent.metadata.uid.clone();
     let mut steps = Vec::new();
     let mut status = DeliveryStatus { config_map: Some(name.clone()), ..DeliveryStatus::default() };
 
     match observed.config_map.as_ref().filter(|c| c.name == name) {
-        Some(found) if found.owner_uid.is_none() || found.owner_uid != uid => {
+        Some(found) if !found.owned_by(agent) => {
             status.version = None;
             status.workloads = report(observed, agent, &want);
             let message = format!(
@@ -228,10 +233,7 @@ pub fn state_after(observed: &Observed, agent: &Agent, after: Option<&AgentVersi
     let Some(after) = after else { return DeliveryState::Delivered };
     let want = Held::of(after);
     let name = config_map_name(agent);
-    let ours = observed
-        .config_map
-        .as_ref()
-        .filter(|c| c.name == name && c.owner_uid.is_some() && c.owner_uid == agent.metadata.uid);
+    let ours = observed.config_map.as_ref().filter(|c| c.name == name && c.owned_by(agent));
     let workloads_hold = workloads(observed, agent).iter().all(
         |(_, found)| matches!(found, Found::Present { held: Some(held), rollout: Rollout::Done } if held == &want),
     );

@@ -253,6 +253,32 @@ pub fn chart_identity() -> &'static ChartIdentity {
     })
 }
 
+/// A plain HTTP answer.
+pub struct HttpResponse {
+    pub code: u16,
+    /// The status line and headers.
+    pub head: String,
+    pub body: String,
+}
+
+/// GETs `path` over plain HTTP/1.1 (no client library: the operator's endpoints and the example
+/// runtime both speak it); `None` if the server cannot be reached within 2 s.
+pub async fn http_get(host: &str, port: u16, path: &str) -> Option<HttpResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        Some(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(2), exchange).await.ok()??;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response.as_str(), ""));
+    Some(HttpResponse { code, head: head.to_string(), body: body.to_string() })
+}
+
 /// The operator, running as its own process (as a user would run it).
 pub struct Operator {
     child: Child,
@@ -304,15 +330,7 @@ impl Operator {
 
     /// GETs a path of the operator's HTTP endpoints: status code and body.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        let code = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Some((code, body))
+        http_get("127.0.0.1", self.http_port, path).await.map(|r| (r.code, r.body))
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the process to exit.
