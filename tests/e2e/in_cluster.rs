@@ -20,7 +20,7 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 
 use crate::rollback::{Setup, setup_without_operator};
-use crate::support::{control_plane, eventually, kubectl, repo};
+use crate::support::{control_plane, eventually, http_get, kubectl, repo};
 
 const NS: &str = "agent-operator-system";
 const RELEASE: &str = "agent-operator";
@@ -236,15 +236,9 @@ fn runtime(agent: &str) -> Deployment {
 
 /// GETs the runtime on a pod: the version it serves and the definition.
 async fn serve(ip: &str) -> Option<(String, serde_json::Value)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let connect = tokio::net::TcpStream::connect((ip, 8080));
-    let mut stream = tokio::time::timeout(Duration::from_secs(1), connect).await.ok()?.ok()?;
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: runtime\r\nConnection: close\r\n\r\n").await.ok()?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut response)).await.ok()?.ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let version = head.lines().find_map(|l| l.strip_prefix("X-Agent-Version: "))?.to_string();
-    Some((version, serde_json::from_str(body).ok()?))
+    let response = http_get(ip, 8080, "/").await?;
+    let version = response.head.lines().find_map(|l| l.strip_prefix("X-Agent-Version: "))?.to_string();
+    Some((version, serde_json::from_str(&response.body).ok()?))
 }
 
 /// The instructions every Ready pod of the runtime serves, when they all serve `version`.
@@ -419,4 +413,37 @@ async fn a_rollback_changes_what_the_running_agent_serves_with_and_without_resta
 
     ok(&helm(&["uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "120s"]), "helm uninstall");
     eventually(Duration::from_secs(60), || async { operator_pods(&s.client).await.is_empty().then_some(()) }).await;
+}
+
+#[test]
+fn the_cluster_listens_on_no_wildcard_address_and_the_kubelet_refuses_anonymous_requests() {
+    let cp = control_plane();
+    assert!(cp.node, "the in-cluster tests need a node: run them through scripts/test.sh (run.sh --node)");
+    let out = Command::new("ss").args(["-Hltnp"]).output().expect("ss (iproute2) runs");
+    let listening = String::from_utf8_lossy(&out.stdout);
+    // Process names as the kernel keeps them (15 characters).
+    let ours = ["etcd", "kube-apiserver", "kube-controller", "kubelet", "kube-proxy", "kube-scheduler", "containerd"];
+    let wildcard: Vec<&str> = listening
+        .lines()
+        .filter(|line| {
+            let local = line.split_whitespace().nth(3).unwrap_or_default();
+            ["0.0.0.0:", "*:", "[::]:"].iter().any(|w| local.starts_with(w))
+                && ours.iter().any(|p| line.contains(&format!("((\"{p}\"")))
+        })
+        .collect();
+    assert!(wildcard.is_empty(), "listening on every address: {wildcard:?}");
+
+    // The kubelet's API, asked with no credentials at all.
+    let kubeconfig = std::fs::read_to_string(&cp.kubeconfig).unwrap();
+    let server = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: https://")).unwrap();
+    let node = server.rsplit_once(':').unwrap().0;
+    // Python's client, because kubectl with no credentials asks for a password.
+    let script = format!(
+        "import ssl, urllib.request, urllib.error\n\
+         try:\n    urllib.request.urlopen('https://{node}:10250/pods', context=ssl._create_unverified_context(), timeout=5)\n    print('answered')\n\
+         except urllib.error.HTTPError as e:\n    print(e.code)"
+    );
+    let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.trim(), "401", "anonymous kubelet request: {stdout}{}", String::from_utf8_lossy(&out.stderr));
 }
