@@ -26,7 +26,7 @@ esac
 # ring compiles C: with musl-gcc the binary stays fully static.
 CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$target" "${build[@]}" >&2
 # No shared libraries: the image has no libc.
-if readelf -d "$bin" | grep -q "(NEEDED)"; then echo "image.sh: $bin needs shared libraries" >&2; exit 1; fi
+if readelf -d "$bin" | grep "(NEEDED)" >/dev/null; then echo "image.sh: $bin needs shared libraries" >&2; exit 1; fi
 mkdir -p "$out_dir/images"
 out=$out_dir/images/$name-$version.tar
 python3 tests/control-plane/oci-image.py "docker.io/library/$name:$version" "$out" \

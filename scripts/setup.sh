@@ -21,5 +21,5 @@ for tool in go cargo; do
   command -v "$tool" >/dev/null || { echo "setup: $tool is required (it comes with this kind of machine)" >&2; exit 1; }
 done
 # The operator's image holds a static binary (scripts/image.sh).
-rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+rustup target list --installed | grep -x x86_64-unknown-linux-musl >/dev/null || rustup target add x86_64-unknown-linux-musl
 tests/control-plane/build.sh

@@ -19,7 +19,7 @@ mounts=$(awk '$2 ~ /agent-operator-(test|demo)|\/node\/(kubelet|containerd)/ {pr
 netns=$(ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print $1}' | tr '\n' ' ')
 [[ -z $netns ]] || report "network namespaces: $netns"
 ! ip link show "$BRIDGE" >/dev/null 2>&1 || report "bridge $BRIDGE"
-! ip -o addr show dev lo | grep -q " $NODE_IP/" || report "address $NODE_IP on lo"
+[[ -z $(ip -o addr show dev lo to "$NODE_IP/32") ]] || report "address $NODE_IP on lo"
 for cmd in iptables ip6tables; do
   chains=$("$cmd-save" 2>/dev/null | grep -cE '^:(KUBE|CNI)-')
   [[ $chains == 0 ]] || report "$chains $cmd chains KUBE-*/CNI-*"

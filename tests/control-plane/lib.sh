@@ -29,3 +29,6 @@ NODE_LOCK=/run/agent-operator-node.lock
 export GOTOOLCHAIN=local CGO_ENABLED=0
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+# Note for these scripts: under pipefail, `cmd | grep -q` fails when grep exits at its first
+# match and cmd then dies of SIGPIPE; `grep PATTERN >/dev/null` reads to the end instead.

@@ -24,7 +24,7 @@ need_root() { [[ $(id -u) == 0 ]] || { log "node.sh: a node needs root (kubelet,
 install_packages() {
   local need=() p
   for p in containerd runc containernetworking-plugins iptables conntrack; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "ok installed" >/dev/null || need+=("$p")
   done
   command -v gcc >/dev/null || need+=(gcc)
   ((${#need[@]})) || return 0
@@ -225,7 +225,7 @@ sweep_iptables() {
   local cmd=$1 table rule chain
   command -v "$cmd" >/dev/null || return 0
   for table in filter nat mangle; do
-    "$cmd-save" -t "$table" 2>/dev/null | grep -q 'KUBE-' || continue
+    "$cmd-save" -t "$table" 2>/dev/null | grep KUBE- >/dev/null || continue
     while read -r rule; do
       # eval: iptables-save quotes words with spaces (comments) as a shell would.
       eval "\"\$cmd\" -t \"\$table\" -D ${rule#-A }" 2>/dev/null || true
@@ -267,7 +267,7 @@ stop() {
     if [[ -z $(ip netns pids "$ns" 2>/dev/null) ]]; then ip netns delete "$ns" 2>/dev/null || true; fi
   done
   if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link delete "$BRIDGE"; fi
-  if [[ -x $K8S_BIN/kube-proxy ]] && iptables-save 2>/dev/null | grep -q KUBE-; then
+  if [[ -x $K8S_BIN/kube-proxy ]] && iptables-save 2>/dev/null | grep KUBE- >/dev/null; then
     "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
   fi
   sweep_iptables iptables
@@ -283,7 +283,7 @@ stop() {
   # cgroups the kubelet made (cgroup v1: one tree per controller), deepest first.
   local c
   for c in $(find /sys/fs/cgroup/*/kubepods* -depth -type d 2>/dev/null); do rmdir "$c" 2>/dev/null || true; done
-  if ip addr show dev lo 2>/dev/null | grep -q " $NODE_IP/32"; then ip addr del "$NODE_IP/32" dev lo; fi
+  if [[ -n $(ip -o addr show dev lo to "$NODE_IP/32" 2>/dev/null) ]]; then ip addr del "$NODE_IP/32" dev lo; fi
   if [[ -f $NODE_STATE/ip_forward ]]; then
     cat "$NODE_STATE/ip_forward" >/proc/sys/net/ipv4/ip_forward
     rm -f "$NODE_STATE/ip_forward"

@@ -167,7 +167,7 @@ until "$K8S_BIN/kubectl" get --raw=/readyz >/dev/null 2>&1; do
   sleep 0.2
 done
 # Tests create namespaces at once, and the aggregated edit/view roles must be filled in first.
-until "$K8S_BIN/kubectl" get clusterrole edit -o jsonpath='{.rules}' 2>/dev/null | grep -q .; do
+until "$K8S_BIN/kubectl" get clusterrole edit -o jsonpath='{.rules}' 2>/dev/null | grep . >/dev/null; do
   if (($(date +%s) - ${start%.*} > 120)); then log "Aggregated roles never filled in; logs in $D/logs"; exit 1; fi
   sleep 0.2
 done
