@@ -15,6 +15,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use agent_operator::api::keys::ROLLBACK_RECORD_ANNOTATION;
 use agent_operator::api::{
     Agent, AgentDefinition, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, RollbackPhase,
 };
@@ -87,8 +88,27 @@ async fn create_rollback(
     api.create(&PostParams::default(), &body).await.unwrap()
 }
 
+/// A rollback's record, then its status, as the operator writes them (each on the
+/// resourceVersion the write before left).
+async fn write_rollback(
+    api: &Api<AgentRollback>,
+    rollback: &AgentRollback,
+    status: &AgentRollbackStatus,
+) -> AgentRollback {
+    let record = serde_json::to_string(&json!({ "status": status })).unwrap();
+    let body = json!({"metadata": {"resourceVersion": rollback.resource_version(),
+                                   "annotations": {ROLLBACK_RECORD_ANNOTATION: record}}});
+    let marked = api.patch_metadata(&rollback.name_any(), &PatchParams::default(), &Patch::Merge(body)).await.unwrap();
+    let mut object = rollback.clone();
+    object.metadata.resource_version = marked.metadata.resource_version;
+    object.metadata.managed_fields = None;
+    object.status = Some(status.clone());
+    api.replace_status(&rollback.name_any(), &PostParams::default(), &object).await.unwrap()
+}
+
 /// The writes one Restore needs, made directly, as the operator makes them: the rollback's
-/// Running status, the new version, the Agent's status, the rollback's Succeeded status.
+/// Running record and status, the new version, the Agent's status, the rollback's Succeeded
+/// record and status.
 async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &AgentRollback, number: i64) {
     let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), ns);
     let versions: Api<AgentVersion> = Api::namespaced(client.clone(), ns);
@@ -101,13 +121,11 @@ async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &Age
         ..Default::default()
     };
     set_rollback_phase(&mut status, RollbackPhase::Running, None, "Rolling back.".into(), Some(1), &t);
-    let body = json!({"metadata": {"resourceVersion": rollback.resource_version()}, "status": status});
-    let running =
-        rollbacks.patch_status(&rollback.name_any(), &PatchParams::default(), &Patch::Merge(body)).await.unwrap();
+    let running = write_rollback(&rollbacks, rollback, &status).await;
 
     let snapshot = definition("restored");
     let hash = snapshot_hash(&snapshot);
-    let version = new_version(agent, number, snapshot, hash, None, None);
+    let version = new_version(agent, number, snapshot, hash, None, None, None);
     versions.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &version).await.unwrap();
 
     let agent_status = AgentStatus {
@@ -122,8 +140,7 @@ async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &Age
 
     status.active_version = Some(number);
     set_rollback_phase(&mut status, RollbackPhase::Succeeded, None, "Rolled back.".into(), Some(1), &t);
-    let body = json!({"metadata": {"resourceVersion": running.resource_version()}, "status": status});
-    rollbacks.patch_status(&rollback.name_any(), &PatchParams::default(), &Patch::Merge(body)).await.unwrap();
+    write_rollback(&rollbacks, &running, &status).await;
 }
 
 /// The floor, two ways, from the same repetitions.
@@ -327,7 +344,7 @@ async fn grow_history(client: &Client, ns: &str, agents: &[Agent], from: i64, to
                     definition(&format!("{}-v{v}", agent.name_any()))
                 };
                 let hash = snapshot_hash(&snapshot);
-                let version = new_version(agent, v, snapshot, hash, None, Some(format!("edit {v}")));
+                let version = new_version(agent, v, snapshot, hash, None, Some(format!("edit {v}")), None);
                 versions
                     .create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &version)
                     .await

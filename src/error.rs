@@ -23,6 +23,14 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("failed to list the rollbacks of Agent {namespace}/{name}")]
+    ListRollbacks {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("failed to read AgentRollback {namespace}/{name}")]
     GetRollback {
         namespace: String,
@@ -49,6 +57,14 @@ pub enum Error {
 
     #[error("failed to write the status of Agent {namespace}/{name}")]
     PatchAgentStatus {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to write the record of AgentRollback {namespace}/{name}")]
+    WriteRollback {
         namespace: String,
         name: String,
         #[source]
@@ -100,10 +116,12 @@ impl Error {
         match self {
             Self::GetAgent { .. } => "get_agent",
             Self::ListVersions { .. } => "list_versions",
+            Self::ListRollbacks { .. } => "list_rollbacks",
             Self::GetRollback { .. } => "get_rollback",
             Self::CreateVersion { .. } => "create_version",
             Self::DeleteVersion { .. } => "delete_version",
             Self::PatchAgentStatus { .. } => "patch_agent_status",
+            Self::WriteRollback { .. } => "write_rollback",
             Self::PatchRollbackStatus { .. } => "patch_rollback_status",
             Self::WriteConfigMap { .. } => "write_config_map",
             Self::ReadWorkload { .. } => "read_workload",

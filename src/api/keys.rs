@@ -13,6 +13,14 @@ pub const ROLLBACK_LABEL: &str = "agentops.dev/rollback";
 /// Annotation on an Agent, copied into `changeCause` of the version it publishes.
 pub const CHANGE_CAUSE_ANNOTATION: &str = "agentops.dev/change-cause";
 
+/// Annotation on every AgentRollback the controller has written: its record (status as JSON,
+/// with the Agent it ran on). Status is a cache; this is what it is rebuilt from.
+pub const ROLLBACK_RECORD_ANNOTATION: &str = "agentops.dev/record";
+/// Annotations on every AgentVersion: the Agent's generation, and the hash of the spec's
+/// definition at that generation, that had been handled when the version was made.
+pub const OBSERVED_GENERATION_ANNOTATION: &str = "agentops.dev/observed-generation";
+pub const OBSERVED_DEFINITION_HASH_ANNOTATION: &str = "agentops.dev/observed-definition-hash";
+
 /// Annotation on the delivery ConfigMap and on rolled pod templates: the active version.
 pub const ACTIVE_VERSION_ANNOTATION: &str = "agentops.dev/active-version";
 /// Annotation on the delivery ConfigMap and on rolled pod templates: the snapshot's hash.

@@ -4,14 +4,16 @@
 
 use futures::future::try_join_all;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::echoes::Echo;
 use super::{Context, delivery};
-use crate::api::keys::FIELD_MANAGER;
+use crate::api::keys::{FIELD_MANAGER, ROLLBACK_RECORD_ANNOTATION};
 use crate::api::{Agent, AgentRollback, AgentVersion};
+use crate::plan::durable::RollbackRecord;
 use crate::plan::{Applied, EventTarget, Observed, RelatedObject, Step};
 use crate::{Error, Result};
 
@@ -91,39 +93,22 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
                 Err(source) => Err(Error::PatchAgentStatus { namespace: ns.into(), name: name.into(), source }),
             }
         }
-        Step::PatchRollbackStatus { name, resource_version, status } => {
-            let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
-            // A merge patch that carries resourceVersion is refused with 409 when the object
-            // changed since: the compare-and-swap that runs each rollback exactly once.
-            let body = json!({ "metadata": { "resourceVersion": resource_version }, "status": status });
-            match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(body)).await {
-                Ok(rollback) => Ok(Outcome::Done(Applied::Rollback(Box::new(rollback)))),
-                Err(e) if status_code(&e) == Some(409) => {
-                    let fresh = api.get_opt(&name).await.map_err(|source| Error::GetRollback {
-                        namespace: ns.into(),
-                        name: name.clone(),
-                        source,
-                    })?;
-                    Ok(Outcome::Stale(Some(match fresh {
-                        Some(rollback) => Applied::Rollback(Box::new(rollback)),
-                        None => Applied::RollbackDeleted(name),
-                    })))
-                }
-                Err(e) if status_code(&e) == Some(404) => Ok(Outcome::Stale(Some(Applied::RollbackDeleted(name)))),
-                Err(source) => Err(Error::PatchRollbackStatus { namespace: ns.into(), name, source }),
-            }
+        Step::WriteRollback { name, resource_version, record } => {
+            write_rollback(ctx, observed, name, resource_version, &record).await
         }
         Step::ReadRollback { name } => {
             let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
-            let fresh = api.get_opt(&name).await.map_err(|source| Error::GetRollback {
+            Ok(Outcome::Done(read_rollback(&api, ns, name).await?))
+        }
+        Step::ListRollbacks => {
+            let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
+            let params = ListParams::default().fields(&format!("spec.agentName={}", observed.agent_name));
+            let list = api.list(&params).await.map_err(|source| Error::ListRollbacks {
                 namespace: ns.into(),
-                name: name.clone(),
+                name: observed.agent_name.clone(),
                 source,
             })?;
-            Ok(Outcome::Done(match fresh {
-                Some(rollback) => Applied::Rollback(Box::new(rollback)),
-                None => Applied::RollbackDeleted(name),
-            }))
+            Ok(Outcome::Done(Applied::Rollbacks(list.items)))
         }
         // `apply` hands single writes only.
         Step::Together(_) => Ok(Outcome::Done(Applied::Nothing)),
@@ -164,4 +149,69 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
             Ok(Outcome::Done(Applied::Nothing))
         }
     }
+}
+
+/// Writes a rollback's record (see `plan::durable`) on the resourceVersion precondition, then
+/// its status, the record's copy, on the resourceVersion the record write left: a status lost
+/// or edited in between is written again by a later sync, from the record.
+async fn write_rollback(
+    ctx: &Context,
+    observed: &Observed,
+    name: String,
+    resource_version: Option<String>,
+    record: &RollbackRecord,
+) -> Result<Outcome> {
+    let ns = observed.namespace.as_str();
+    let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
+    let failed = |source| Error::WriteRollback { namespace: ns.into(), name: name.clone(), source };
+    let text = serde_json::to_string(record).map_err(|e| failed(kube::Error::SerdeError(e)))?;
+    // A merge patch that carries resourceVersion is refused with 409 when the object changed
+    // since: the compare-and-swap that runs each rollback exactly once.
+    let body = json!({ "metadata": {
+        "resourceVersion": resource_version,
+        "annotations": { ROLLBACK_RECORD_ANNOTATION: text },
+    }});
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    let marked = match api.patch_metadata(&name, &params, &Patch::Merge(body)).await {
+        Ok(marked) => marked,
+        Err(e) if status_code(&e) == Some(409) => {
+            return Ok(Outcome::Stale(Some(read_rollback(&api, ns, name).await?)));
+        }
+        Err(e) if status_code(&e) == Some(404) => return Ok(Outcome::Stale(Some(Applied::RollbackDeleted(name)))),
+        Err(source) => return Err(failed(source)),
+    };
+    let Some(read) = observed.rollback(&name) else {
+        return Ok(Outcome::Stale(Some(read_rollback(&api, ns, name).await?)));
+    };
+    // Replaced whole: a merge patch would keep fields the record does not have.
+    let object = AgentRollback {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.into()),
+            resource_version: marked.metadata.resource_version,
+            ..ObjectMeta::default()
+        },
+        spec: read.spec.clone(),
+        status: Some(record.status.clone()),
+    };
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    match api.replace_status(&name, &params, &object).await {
+        Ok(rollback) => Ok(Outcome::Done(Applied::Rollback(Box::new(rollback)))),
+        Err(e) if status_code(&e) == Some(409) => Ok(Outcome::Stale(Some(read_rollback(&api, ns, name).await?))),
+        Err(e) if status_code(&e) == Some(404) => Ok(Outcome::Stale(Some(Applied::RollbackDeleted(name)))),
+        Err(source) => Err(Error::PatchRollbackStatus { namespace: ns.into(), name, source }),
+    }
+}
+
+/// A rollback as the API server has it now.
+async fn read_rollback(api: &Api<AgentRollback>, ns: &str, name: String) -> Result<Applied> {
+    let fresh = api.get_opt(&name).await.map_err(|source| Error::GetRollback {
+        namespace: ns.into(),
+        name: name.clone(),
+        source,
+    })?;
+    Ok(match fresh {
+        Some(rollback) => Applied::Rollback(Box::new(rollback)),
+        None => Applied::RollbackDeleted(name),
+    })
 }

@@ -3,6 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use tracing::debug;
 
 use super::Context;
@@ -12,7 +13,7 @@ use super::settled::Start;
 use crate::api::RollbackPhase;
 use crate::metrics::RollbackLabels;
 use crate::plan::sync::decide;
-use crate::plan::{Applied, FailureReason, Observed, Step};
+use crate::plan::{Applied, FailureReason, Observed, Step, phase_of};
 use crate::{Error, Result};
 
 /// Units of work one sync may do before it yields: enough for a long queue of rollbacks, and
@@ -79,7 +80,7 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
             for outcome in outcomes {
                 match outcome {
                     Outcome::Done(applied) => {
-                        count(ctx, &applied);
+                        count(ctx, &observed, &applied);
                         observed.fold(applied);
                     }
                     Outcome::Stale(Some(fresh)) => observed.fold(fresh),
@@ -123,10 +124,16 @@ fn record_delivery(ctx: &Context, observed: &Observed) {
     }
 }
 
-/// Counts what the API server confirmed: finished rollbacks and published versions.
-fn count(ctx: &Context, applied: &Applied) {
+/// Counts what the API server confirmed: rollbacks that finished (not those whose status was
+/// only written again) and published versions.
+fn count(ctx: &Context, before: &Observed, applied: &Applied) {
     match applied {
         Applied::Rollback(rollback) => {
+            let finished_before =
+                before.rollback(&rollback.name_any()).and_then(phase_of).is_some_and(|p| p.is_terminal());
+            if finished_before {
+                return;
+            }
             let status = rollback.status.as_ref();
             let outcome = match status.and_then(|s| s.phase) {
                 Some(RollbackPhase::Succeeded) => "Succeeded",
@@ -152,8 +159,9 @@ fn step_label(step: &Step) -> String {
         Step::CreateVersion(v) => format!("create {}", v.spec.version),
         Step::DeleteVersion { name, .. } => format!("delete {name}"),
         Step::PatchAgentStatus(s) => format!("agent status active={:?}", s.active_version),
-        Step::PatchRollbackStatus { name, status, .. } => format!("rollback {name} {:?}", status.phase),
+        Step::WriteRollback { name, record, .. } => format!("rollback {name} {:?}", record.status.phase),
         Step::ReadRollback { name } => format!("read rollback {name}"),
+        Step::ListRollbacks => "list rollbacks".into(),
         Step::Event(e) => format!("event {}", e.reason),
         Step::ApplyConfigMap { config_map, .. } => {
             format!("config map {}", config_map.metadata.name.as_deref().unwrap_or_default())

@@ -9,6 +9,7 @@
 //! done and the decision carries on from there.
 
 pub mod delivery;
+pub mod durable;
 pub mod hash;
 pub mod history;
 pub mod publish;
@@ -19,13 +20,16 @@ pub mod sync;
 #[cfg(test)]
 mod sim;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
-use crate::api::{Agent, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, RollbackPhase, WorkloadRef};
+use crate::api::{
+    Agent, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, LastRollback, RollbackPhase, WorkloadRef,
+};
 use delivery::{ConfigMapState, Held, WorkloadState};
+use durable::{AgentMark, Handled, RollbackRecord};
 
 pub use rollback::FailureReason;
 
@@ -41,11 +45,20 @@ pub struct Observed {
     /// Versions labelled with this Agent's name but owned by another uid: left over from a
     /// deleted Agent of the same name, and in the way of the names this one will use.
     pub foreign_versions: Vec<AgentVersion>,
-    /// Every rollback that names this Agent, in any phase.
+    /// Every rollback that names this Agent, in any phase, with the status its record holds
+    /// (see [`durable`]): the record is the truth, the status on the API server its copy.
     pub rollbacks: Vec<AgentRollback>,
+    /// The Agent each rollback's record was written for, by rollback name.
+    pub marks: BTreeMap<String, AgentMark>,
+    /// Rollbacks whose status on the API server is not their record's copy (lost, edited),
+    /// or which have a status from before records and no record yet.
+    pub unsynced: BTreeSet<String>,
     /// Rollbacks read or written on the API server during this sync, as opposed to taken from
     /// the watch cache, which may lag. Only these are resumed.
     pub confirmed: BTreeSet<String>,
+    /// Whether the rollbacks were listed from the API server during this sync, so none the
+    /// watch cache has yet to show is missing.
+    pub rollbacks_listed: bool,
     /// The ConfigMap of the delivery ConfigMap's name, if one exists.
     pub config_map: Option<ConfigMapState>,
     /// The workloads of `spec.delivery.restart` that were read.
@@ -66,17 +79,98 @@ impl Observed {
             versions.into_iter().partition(|v| uid.is_some() && owner_uid(v) == uid.as_deref());
         versions.sort_by_key(|v| v.spec.version);
         let foreign_versions = if agent.is_some() { foreign_versions } else { Vec::new() };
-        Self {
+        let mut observed = Self {
             namespace,
             agent_name,
             agent,
             versions,
             foreign_versions,
-            rollbacks,
+            rollbacks: Vec::with_capacity(rollbacks.len()),
+            marks: BTreeMap::new(),
+            unsynced: BTreeSet::new(),
             confirmed: BTreeSet::new(),
+            rollbacks_listed: false,
             config_map: None,
             workloads: Vec::new(),
+        };
+        for rollback in rollbacks {
+            let rollback = observed.adopt(rollback);
+            observed.rollbacks.push(rollback);
         }
+        observed
+    }
+
+    /// Takes a rollback as read: its record's status replaces the one read, which is noted
+    /// when it differs. A status without a record (written before records) stands for one.
+    fn adopt(&mut self, mut rollback: AgentRollback) -> AgentRollback {
+        let name = rollback.name_any();
+        self.marks.remove(&name);
+        self.unsynced.remove(&name);
+        match durable::record_of(&rollback) {
+            Some(record) => {
+                if rollback.status.as_ref() != Some(&record.status) {
+                    self.unsynced.insert(name.clone());
+                }
+                if let Some(mark) = record.agent {
+                    self.marks.insert(name, mark);
+                }
+                rollback.status = Some(record.status);
+            }
+            None if phase_of(&rollback).is_some() => {
+                self.unsynced.insert(name);
+            }
+            None => rollback.status = None,
+        }
+        rollback
+    }
+
+    /// The record a rollback write leaves: `status`, for this Agent as handled now.
+    pub fn record(&self, status: AgentRollbackStatus) -> RollbackRecord {
+        let agent = self
+            .agent
+            .as_ref()
+            .and_then(|a| a.metadata.uid.clone())
+            .map(|uid| AgentMark { uid, handled: self.handled() });
+        RollbackRecord { status, agent }
+    }
+
+    /// The rollback's record as it stands, to write again where its status lags.
+    pub fn record_of(&self, rollback: &AgentRollback) -> RollbackRecord {
+        RollbackRecord { status: status_of(rollback), agent: self.marks.get(&rollback.name_any()).cloned() }
+    }
+
+    /// Whether a rollback's record was written for this Agent (not a deleted one of its name).
+    fn ran_here(&self, rollback: &AgentRollback) -> bool {
+        let uid = self.agent.as_ref().and_then(|a| a.metadata.uid.as_deref());
+        uid.is_some() && self.marks.get(&rollback.name_any()).map(|m| m.uid.as_str()) == uid
+    }
+
+    /// The newest spec state of the Agent that was handled: from its status, or, when that is
+    /// lost, from what its versions and rollbacks recorded (see [`durable`]).
+    pub fn handled(&self) -> Option<Handled> {
+        let agent = self.agent.as_ref()?;
+        let status = agent.status.as_ref().and_then(|s| {
+            Some(Handled { generation: s.observed_generation?, definition_hash: s.observed_definition_hash.clone()? })
+        });
+        let versions = self.versions.iter().filter_map(durable::handled_of);
+        let rollbacks = self
+            .rollbacks
+            .iter()
+            .filter(|r| self.ran_here(r))
+            .filter_map(|r| self.marks.get(&r.name_any()).and_then(|m| m.handled.clone()));
+        // No record may claim a generation the Agent has not reached.
+        let reached = |h: &Handled| agent.metadata.generation.is_none_or(|g| h.generation <= g);
+        durable::newest(status.into_iter().chain(versions).chain(rollbacks).filter(reached))
+    }
+
+    /// The last rollback that succeeded on this Agent, as its records tell.
+    pub fn last_rollback(&self) -> Option<LastRollback> {
+        self.rollbacks
+            .iter()
+            .filter(|r| phase_of(r) == Some(RollbackPhase::Succeeded) && self.ran_here(r))
+            .filter_map(|r| Some((r.status.as_ref()?.completion_time.clone()?, rollback::queue_key(r))))
+            .max_by(|(a, ka), (b, kb)| a.0.cmp(&b.0).then_with(|| ka.cmp(kb)))
+            .map(|(time, (_, _, name))| LastRollback { name, time })
     }
 
     /// The newest existing version, which is always the active one.
@@ -136,12 +230,28 @@ impl Observed {
             Applied::Agent(agent) => self.agent = Some(*agent),
             Applied::Rollback(updated) => {
                 self.confirmed.insert(updated.name_any());
+                let updated = self.adopt(*updated);
                 match self.rollbacks.iter_mut().find(|r| r.name_any() == updated.name_any()) {
-                    Some(slot) => *slot = *updated,
-                    None => self.rollbacks.push(*updated),
+                    Some(slot) => *slot = updated,
+                    None => self.rollbacks.push(updated),
                 }
             }
-            Applied::RollbackDeleted(name) => self.rollbacks.retain(|r| r.name_any() != name),
+            Applied::Rollbacks(listed) => {
+                self.rollbacks.clear();
+                self.marks.clear();
+                self.unsynced.clear();
+                for rollback in listed {
+                    self.confirmed.insert(rollback.name_any());
+                    let rollback = self.adopt(rollback);
+                    self.rollbacks.push(rollback);
+                }
+                self.rollbacks_listed = true;
+            }
+            Applied::RollbackDeleted(name) => {
+                self.rollbacks.retain(|r| r.name_any() != name);
+                self.marks.remove(&name);
+                self.unsynced.remove(&name);
+            }
             Applied::ConfigMap(state) => self.config_map = state,
             Applied::Workload(state) => match self.workloads.iter_mut().find(|w| w.workload == state.workload) {
                 Some(slot) => *slot = state,
@@ -159,6 +269,8 @@ pub enum Applied {
     VersionDeleted(String),
     Agent(Box<Agent>),
     Rollback(Box<AgentRollback>),
+    /// Every rollback of the Agent, listed from the API server.
+    Rollbacks(Vec<AgentRollback>),
     RollbackDeleted(String),
     /// The delivery ConfigMap as written or read back; `None`: there is none.
     ConfigMap(Option<ConfigMapState>),
@@ -176,12 +288,16 @@ pub enum Step {
     DeleteVersion { name: String, uid: String },
     /// Replace the Agent's status.
     PatchAgentStatus(Box<AgentStatus>),
-    /// Replace a rollback's status, on condition that the rollback is still at
+    /// Write a rollback's record (see [`durable`]), on condition that the rollback is still at
     /// `resource_version`: this compare-and-swap is what makes each rollback run exactly once.
-    PatchRollbackStatus { name: String, resource_version: Option<String>, status: Box<AgentRollbackStatus> },
+    /// Then its status, the record's copy, on condition that nothing changed in between.
+    WriteRollback { name: String, resource_version: Option<String>, record: Box<RollbackRecord> },
     /// Read a rollback from the API server: its cached copy is about to be resumed, and a
     /// stale copy (a Running state long since finished) must not make a version again.
     ReadRollback { name: String },
+    /// List the Agent's rollbacks from the API server: its status is lost, and is rebuilt from
+    /// their records, of which a cached list could miss the newest.
+    ListRollbacks,
     /// Create the delivery ConfigMap (`resource_version` None), or replace its annotations and
     /// data on condition that it is still at `resource_version`, as last seen owned by the
     /// Agent: a ConfigMap someone else made in between is never written.

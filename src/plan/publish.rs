@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::ResourceExt;
 
+use super::durable::Handled;
 use super::hash::snapshot_hash;
 use super::{EventNote, EventTarget, Observed, RelatedObject, Step, owner_reference, version_name};
 use crate::api::conditions::{events, reasons};
@@ -14,8 +15,8 @@ use crate::api::{Agent, AgentDefinition, AgentVersion, AgentVersionSpec};
 
 /// True when the Agent has a generation not yet handled, or no version at all.
 pub fn needed(agent: &Agent, observed: &Observed) -> bool {
-    let observed_generation = agent.status.as_ref().and_then(|s| s.observed_generation);
-    observed.versions.is_empty() || agent.metadata.generation != observed_generation
+    let handled = observed.handled().map(|h| h.generation);
+    observed.versions.is_empty() || agent.metadata.generation != handled
 }
 
 /// Publishes the Agent's definition, or, when it equals the active version or did not change
@@ -24,7 +25,7 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
     let generation = agent.metadata.generation;
     let hash = snapshot_hash(&agent.spec.definition);
     let mut status = agent.status.clone().unwrap_or_default();
-    let definition_unchanged = status.observed_definition_hash.as_ref() == Some(&hash);
+    let definition_unchanged = observed.handled().is_some_and(|h| h.definition_hash == hash);
     status.observed_generation = generation;
     status.observed_definition_hash = Some(hash.clone());
 
@@ -42,7 +43,8 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
 
     let number = observed.next_version_number();
     let change_cause = agent.annotations().get(CHANGE_CAUSE_ANNOTATION).cloned();
-    let version = new_version(agent, number, agent.spec.definition.clone(), hash, None, change_cause);
+    let handled = generation.map(|generation| Handled { generation, definition_hash: hash.clone() });
+    let version = new_version(agent, number, agent.spec.definition.clone(), hash, None, change_cause, handled);
     status.active_version = Some(number);
     status.version_count = Some(observed.versions.len() as i64 + 1);
     status.versions_digest =
@@ -73,7 +75,8 @@ pub struct RollbackOrigin<'a> {
     pub rollback_name: &'a str,
 }
 
-/// A new version object of `agent`, named `<agent>-v<number>`, owned by the Agent.
+/// A new version object of `agent`, named `<agent>-v<number>`, owned by the Agent, recording
+/// the Agent's spec state `handled` once it exists.
 pub fn new_version(
     agent: &Agent,
     number: i64,
@@ -81,6 +84,7 @@ pub fn new_version(
     snapshot_hash: String,
     origin: Option<RollbackOrigin<'_>>,
     change_cause: Option<String>,
+    handled: Option<Handled>,
 ) -> AgentVersion {
     let agent_name = agent.name_any();
     let mut labels = BTreeMap::from([
@@ -95,6 +99,7 @@ pub fn new_version(
             name: Some(version_name(&agent_name, number)),
             namespace: agent.namespace(),
             labels: Some(labels),
+            annotations: handled.as_ref().map(super::durable::version_annotations),
             owner_references: Some(vec![owner_reference(agent)]),
             ..ObjectMeta::default()
         },

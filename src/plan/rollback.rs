@@ -154,12 +154,12 @@ pub fn queue_key(rollback: &AgentRollback) -> (u64, Option<Time>, String) {
     (revision, rollback.metadata.creation_timestamp.clone(), rollback.name_any())
 }
 
-/// A status write on `rollback`, conditional on its current resourceVersion.
-fn cas(rollback: &AgentRollback, status: crate::api::AgentRollbackStatus) -> Step {
-    Step::PatchRollbackStatus {
+/// A write of `rollback`'s record and status, conditional on its current resourceVersion.
+fn cas(observed: &Observed, rollback: &AgentRollback, status: crate::api::AgentRollbackStatus) -> Step {
+    Step::WriteRollback {
         name: rollback.name_any(),
         resource_version: rollback.resource_version(),
-        status: Box::new(status),
+        record: Box::new(observed.record(status)),
     }
 }
 
@@ -183,14 +183,10 @@ fn first_status(rollback: &AgentRollback) -> crate::api::AgentRollbackStatus {
     status
 }
 
-/// Fails `rollback` with `failure`; `agent_exists` adds the Event on the Agent.
-pub fn fail(
-    rollback: &AgentRollback,
-    failure: Failure,
-    active: Option<i64>,
-    agent_exists: bool,
-    now: &Time,
-) -> Vec<Step> {
+/// Fails `rollback` with `failure`, with an Event on the Agent if there is one.
+pub fn fail(observed: &Observed, rollback: &AgentRollback, failure: Failure, now: &Time) -> Vec<Step> {
+    let active = observed.active_number();
+    let agent_exists = observed.agent.is_some();
     let mut status = first_status(rollback);
     status.from_version = status.from_version.or(active);
     status.active_version = active;
@@ -205,7 +201,7 @@ pub fn fail(
     );
     let name = rollback.name_any();
     let mut steps = vec![
-        cas(rollback, status),
+        cas(observed, rollback, status),
         event(EventTarget::Rollback(name.clone()), true, events::ROLLBACK_FAILED, "Rollback", failure.message.clone()),
     ];
     if agent_exists {
@@ -233,7 +229,7 @@ pub fn start(
     let spec = &head.spec;
     let mut steps =
         match choose(&agent.name_any(), spec.strategy, spec.target_version, spec.expected_active_version, &numbers) {
-            Err(failure) => fail(head, failure, active, true, now),
+            Err(failure) => fail(observed, head, failure, now),
             Ok(choice) => {
                 let mut status = first_status(head);
                 status.from_version = active;
@@ -263,7 +259,7 @@ pub fn start(
                 // The Agent hears of the rollback when it ends: one Event fewer on every
                 // rollback's path, and the start is on the AgentRollback.
                 vec![
-                    cas(head, status),
+                    cas(observed, head, status),
                     event(EventTarget::Rollback(head.name_any()), false, events::ROLLBACK_STARTED, "Rollback", message),
                 ]
             }
@@ -272,7 +268,7 @@ pub fn start(
         let mut status = first_status(rollback);
         let message = format!("Waiting for AgentRollback {} to finish.", head.name_any());
         set_rollback_phase(&mut status, RollbackPhase::Pending, None, message, rollback.metadata.generation, now);
-        steps.push(cas(rollback, status));
+        steps.push(cas(observed, rollback, status));
     }
     steps
 }
@@ -298,6 +294,7 @@ pub fn resume(
                     finish(observed, agent, running, busy_after, now)
                 }
                 Some(_) => fail(
+                    observed,
                     running,
                     Failure {
                         reason: FailureReason::ActiveVersionChanged,
@@ -305,8 +302,6 @@ pub fn resume(
                             "Version {new} was created by something else while this rollback ran; nothing was changed."
                         ),
                     },
-                    observed.active_number(),
-                    true,
                     now,
                 ),
                 None => match observed.version(target) {
@@ -324,10 +319,12 @@ pub fn resume(
                             source.spec.snapshot_hash.clone(),
                             Some(origin),
                             cause,
+                            observed.handled(),
                         );
                         vec![Step::CreateVersion(Box::new(version))]
                     }
                     None => fail(
+                        observed,
                         running,
                         Failure {
                             reason: FailureReason::VersionNotFound,
@@ -335,8 +332,6 @@ pub fn resume(
                                 "Version {target} was deleted before it could be restored; nothing was changed."
                             ),
                         },
-                        observed.active_number(),
-                        true,
                         now,
                     ),
                 },
@@ -419,7 +414,7 @@ fn finish(
     };
     vec![
         writes,
-        cas(rollback, status),
+        cas(observed, rollback, status),
         event(EventTarget::Rollback(name.clone()), false, events::ROLLBACK_SUCCEEDED, "Rollback", message),
         agent_event(&name, false, events::ROLLED_BACK, agent_note),
     ]

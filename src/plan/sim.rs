@@ -16,8 +16,10 @@ use proptest::prelude::*;
 use super::delivery::ConfigMapState;
 use super::sync::decide;
 use super::{Applied, EventNote, Observed, Step};
+use crate::api::keys::ROLLBACK_RECORD_ANNOTATION;
 use crate::api::{
-    Agent, AgentDefinition, AgentRollback, AgentRollbackSpec, AgentSpec, AgentVersion, RollbackPhase, RollbackStrategy,
+    Agent, AgentDefinition, AgentRollback, AgentRollbackSpec, AgentRollbackStatus, AgentSpec, AgentStatus,
+    AgentVersion, RollbackPhase, RollbackStrategy,
 };
 
 #[derive(Debug)]
@@ -133,6 +135,24 @@ impl Cluster {
         self.rollback_history.push(self.rollbacks.clone());
     }
 
+    /// Every status lost at once, as a backup restored without status leaves them: the
+    /// Agent's and every rollback's.
+    pub fn lose_status(&mut self) {
+        if let Some(agent) = self.agent.as_mut().filter(|a| a.status.is_some()) {
+            agent.status = None;
+            self.revision += 1;
+            agent.metadata.resource_version = Some(self.revision.to_string());
+        }
+        // Removing a status that is not there writes nothing.
+        for i in 0..self.rollbacks.len() {
+            if self.rollbacks[i].status.take().is_some() {
+                let rv = self.bump();
+                self.rollbacks[i].metadata.resource_version = rv;
+            }
+        }
+        self.rollback_history.push(self.rollbacks.clone());
+    }
+
     pub fn observe(&self) -> Observed {
         let mut observed =
             Observed::new("ns".into(), "a".into(), self.agent.clone(), self.versions.clone(), self.rollbacks.clone());
@@ -162,6 +182,7 @@ impl Cluster {
                 let mut created = (**version).clone();
                 created.metadata = ObjectMeta {
                     labels: version.metadata.labels.clone(),
+                    annotations: version.metadata.annotations.clone(),
                     owner_references: version.metadata.owner_references.clone(),
                     ..meta
                 };
@@ -183,13 +204,15 @@ impl Cluster {
                 agent.metadata.resource_version = rv;
                 Ok(Applied::Agent(Box::new(agent.clone())))
             }
-            Step::PatchRollbackStatus { name, resource_version, status } => {
+            Step::WriteRollback { name, resource_version, record } => {
                 let rv = self.bump();
                 let rollback = self.rollbacks.iter_mut().find(|r| &r.name_any() == name).expect("rollback exists");
                 if resource_version.is_some() && resource_version != &rollback.metadata.resource_version {
                     return Err(Refused::StaleRollback(Box::new(rollback.clone())));
                 }
-                rollback.status = Some((**status).clone());
+                let text = serde_json::to_string(record).expect("a record serializes");
+                rollback.metadata.annotations.get_or_insert_default().insert(ROLLBACK_RECORD_ANNOTATION.into(), text);
+                rollback.status = Some(record.status.clone());
                 rollback.metadata.resource_version = rv;
                 let updated = rollback.clone();
                 self.rollback_history.push(self.rollbacks.clone());
@@ -199,6 +222,7 @@ impl Cluster {
                 Some(rollback) => Applied::Rollback(Box::new(rollback.clone())),
                 None => Applied::RollbackDeleted(name.clone()),
             }),
+            Step::ListRollbacks => Ok(Applied::Rollbacks(self.rollbacks.clone())),
             Step::Event(note) => {
                 self.events.push(note.clone());
                 Ok(Applied::Nothing)
@@ -236,10 +260,13 @@ impl Cluster {
     /// whether the controller dies there; it then restarts and observes with a rollback cache
     /// up to `lag()` changes stale.
     pub fn converge(&mut self, crash: &mut dyn FnMut() -> bool) {
-        self.converge_lagging(crash, &mut || 0);
+        self.converge_with(Faults { crash, lag: &mut || 0, lose_status: &mut || false });
     }
 
-    pub fn converge_lagging(&mut self, crash: &mut dyn FnMut() -> bool, lag: &mut dyn FnMut() -> usize) {
+    /// The controller loop under `faults`: a status loss happens between two steps, and the
+    /// controller goes on with what it had read.
+    pub fn converge_with(&mut self, faults: Faults<'_>) {
+        let Faults { crash, lag, lose_status } = faults;
         let mut observed = self.observe_lagging(lag());
         for _ in 0..10_000 {
             self.clock += 1;
@@ -269,6 +296,9 @@ impl Cluster {
                 })
                 .collect();
             for step in &steps {
+                if lose_status() {
+                    self.lose_status();
+                }
                 if crash() {
                     observed = self.observe_lagging(lag());
                     break;
@@ -295,6 +325,24 @@ impl Cluster {
         h
     }
 
+    /// What status loss must not change: every version (its uid too: none was made again),
+    /// every rollback's status, and the Agent's status but for when conditions changed.
+    fn durable_view(&self) -> DurableView {
+        let versions = self
+            .versions
+            .iter()
+            .map(|v| (v.metadata.uid.clone().unwrap_or_default(), v.spec.version, v.spec.snapshot_hash.clone()))
+            .collect();
+        let rollbacks = self.rollbacks.iter().map(|r| r.status.clone()).collect();
+        let agent = self.agent.as_ref().and_then(|a| a.status.clone()).map(|mut status| {
+            for c in &mut status.conditions {
+                c.last_transition_time = time(0);
+            }
+            status
+        });
+        DurableView { versions, rollbacks, agent }
+    }
+
     pub fn outcome(&self, name: &str) -> Outcome {
         let status =
             self.rollbacks.iter().find(|r| r.name_any() == name).and_then(|r| r.status.clone()).unwrap_or_default();
@@ -304,6 +352,25 @@ impl Cluster {
             other => Outcome::NotDone(other),
         }
     }
+}
+
+/// Versions (uid, number, snapshot hash), rollback statuses, and the Agent's status with its
+/// conditions' transition times left out.
+#[derive(Debug, PartialEq)]
+struct DurableView {
+    versions: Vec<(String, i64, String)>,
+    rollbacks: Vec<Option<AgentRollbackStatus>>,
+    agent: Option<AgentStatus>,
+}
+
+/// What may go wrong while the controller works; each is asked before every step.
+pub struct Faults<'a> {
+    /// The controller dies here; it restarts and observes again.
+    pub crash: &'a mut dyn FnMut() -> bool,
+    /// How many changes behind the rollback cache is when the controller observes.
+    pub lag: &'a mut dyn FnMut() -> usize,
+    /// Every status is lost here.
+    pub lose_status: &'a mut dyn FnMut() -> bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -492,14 +559,42 @@ proptest! {
         }
     }
 
+    /// Status is a cache: after any history of edits and rollbacks, losing every status and
+    /// converging again publishes nothing, deletes nothing, runs no rollback again, sends no
+    /// Event, and writes back the same statuses.
+    #[test]
+    fn losing_every_status_changes_nothing_and_rebuilds_the_same_statuses(
+        ops in proptest::collection::vec(op(), 1..25),
+        limit in 1i32..6,
+        lose_after in proptest::collection::vec(any::<bool>(), 25),
+    ) {
+        let mut cluster = Cluster::new(content(0), limit);
+        cluster.converge(&mut || false);
+        for (i, op) in ops.iter().enumerate() {
+            submit(&mut cluster, op, &format!("rb-{i}"));
+            cluster.converge(&mut || false);
+            if !lose_after[i] {
+                continue;
+            }
+            let before = cluster.durable_view();
+            let events = cluster.events.len();
+            cluster.lose_status();
+            cluster.converge(&mut || false);
+            prop_assert_eq!(cluster.durable_view(), before, "after {:?}", op);
+            prop_assert_eq!(cluster.events.len(), events, "Events sent again: {:?}", &cluster.events[events..]);
+        }
+    }
+
     /// Rollbacks created at once run one at a time in creation order: the end state equals the
     /// reference applying them one by one, even with the controller crashing at random steps
-    /// and restarting on a rollback cache several changes stale.
+    /// and restarting on a rollback cache several changes stale, and every status lost at
+    /// random steps.
     #[test]
     fn queued_rollbacks_with_crashes_end_as_if_applied_one_by_one(
         setup in proptest::collection::vec(0u8..6, 1..8),
         batch in proptest::collection::vec(op().prop_filter("rollbacks only", |o| matches!(o, Op::Rollback { .. })), 1..20),
         crash_rate in 0u32..40,
+        loss_rate in 0u32..15,
         max_lag in 0usize..6,
         seed in any::<u64>(),
         limit in 2i32..8,
@@ -524,7 +619,8 @@ proptest! {
         };
         let mut crash = || (next() % 100) < u64::from(crash_rate);
         let mut lag = || (next() % (max_lag as u64 + 1)) as usize;
-        cluster.converge_lagging(&mut crash, &mut lag);
+        let mut lose_status = || (next() % 100) < u64::from(loss_rate);
+        cluster.converge_with(Faults { crash: &mut crash, lag: &mut lag, lose_status: &mut lose_status });
         check_invariants(&cluster)?;
         for (i, op) in batch.iter().enumerate() {
             let want = reference.rollback(op);

@@ -2,7 +2,8 @@
 //!
 //! 1. delete versions left over from a deleted Agent of the same name (they block names);
 //! 2. Agent gone: fail every pending rollback with `AgentNotFound`;
-//! 3. carry on the Running rollback, if any, once it has been read live (the cache may show
+//! 3. list the rollbacks from the API server if the Agent's status is lost (it is rebuilt
+//!    from their records; see `durable`), then carry on the Running rollback, if any, once it has been read live (the cache may show
 //!    a Running state that has long since finished);
 //! 4. publish a new generation;
 //! 5. prune history beyond `revisionHistoryLimit`;
@@ -39,15 +40,20 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
             .iter()
             .flat_map(|r| {
                 rollback::fail(
+                    observed,
                     r,
                     Failure { reason: FailureReason::AgentNotFound, message: message.clone() },
-                    None,
-                    false,
                     now,
                 )
             })
+            .chain(resync_rollbacks(observed, true))
             .collect();
     };
+
+    let status_lost = agent.status.as_ref().is_none_or(|s| s.observed_generation.is_none());
+    if status_lost && !observed.versions.is_empty() && !observed.rollbacks_listed {
+        return vec![Step::ListRollbacks];
+    }
 
     let publish_pending = publish::needed(agent, observed);
     if let Some(running) = pending.iter().find(|r| phase_of(r) == Some(RollbackPhase::Running)) {
@@ -84,6 +90,10 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
         return steps;
     }
 
+    if let Some(resync) = resync_rollbacks(observed, false) {
+        return vec![resync];
+    }
+
     if let Some((head, queued)) = pending.split_first() {
         return rollback::start(observed, agent, head, queued, now);
     }
@@ -91,6 +101,14 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
     // Delivery last: the active version is settled by now.
     let delivery = delivery::plan(observed, agent);
     let mut desired = agent.status.clone().unwrap_or_default();
+    // Rebuilt from durable records where the status was lost.
+    if let Some(handled) = observed.handled() {
+        desired.observed_generation = Some(handled.generation);
+        desired.observed_definition_hash = Some(handled.definition_hash);
+    }
+    if desired.last_rollback.is_none() {
+        desired.last_rollback = observed.last_rollback();
+    }
     desired.active_version = active;
     desired.version_count = Some(observed.versions.len() as i64);
     desired.versions_digest = Some(observed.versions_digest());
@@ -116,6 +134,24 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
         }));
     }
     steps
+}
+
+/// Writes again the status of every rollback whose status is not its record's copy, and the
+/// record of those that have a status from before records (of the terminal ones only, if
+/// `terminal_only`).
+fn resync_rollbacks(observed: &Observed, terminal_only: bool) -> Option<Step> {
+    let writes: Vec<Step> = observed
+        .unsynced
+        .iter()
+        .filter_map(|name| observed.rollback(name))
+        .filter(|r| !terminal_only || phase_of(r).is_some_and(RollbackPhase::is_terminal))
+        .map(|r| Step::WriteRollback {
+            name: r.name_any(),
+            resource_version: r.resource_version(),
+            record: Box::new(observed.record_of(r)),
+        })
+        .collect();
+    (!writes.is_empty()).then_some(Step::Together(writes))
 }
 
 /// Whether the Agent's status already reports it stalled for `reason` (its Event was sent).

@@ -119,9 +119,11 @@ async fn the_operators_identity_is_refused_everything_beyond_its_job() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains("forbidden"), "{args:?} was not refused: {stderr}");
     }
-    // Its own job, by contrast, is allowed: rollback status, and the delivery ConfigMaps.
+    // Its own job, by contrast, is allowed: rollback records and status, and the delivery
+    // ConfigMaps.
     for args in [
-        vec!["auth", "can-i", "patch", "agentrollbacks", "--subresource=status", "-n", ns.as_str()],
+        vec!["auth", "can-i", "patch", "agentrollbacks", "-n", ns.as_str()],
+        vec!["auth", "can-i", "update", "agentrollbacks", "--subresource=status", "-n", ns.as_str()],
         vec!["auth", "can-i", "create", "configmaps", "-n", ns.as_str()],
         vec!["auth", "can-i", "patch", "configmaps", "-n", ns.as_str()],
     ] {

@@ -15,3 +15,4 @@ mod in_cluster;
 mod operations;
 mod plugin;
 mod rollback;
+mod status_loss;

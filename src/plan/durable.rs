@@ -1,0 +1,122 @@
+//! What statuses are rebuilt from. Status is a cache: losing it (a backup restored without
+//! status, a storage migration, a hand edit) must publish nothing, delete nothing and run no
+//! rollback again. Two marks in metadata, which backups and migrations keep, make that so:
+//!
+//! - Every AgentRollback the controller writes carries its record: the status it wrote, and
+//!   the Agent it ran on with the spec state handled then. The record is written first, with
+//!   the compare-and-swap that runs each rollback exactly once; the status is its copy, and
+//!   is written again from it whenever the two differ.
+//! - Every AgentVersion carries the Agent's spec state (generation, definition hash) handled
+//!   when it was made.
+//!
+//! The handled spec state decides whether a generation is new (see `publish`). After a loss
+//! of status it is the newest one recorded by a version or a rollback of the Agent. That can
+//! be older than the one lost, but only by generations handled without a new version and
+//! without a rollback; those left the active version as it was, and each had a definition
+//! equal either to it or to the one handled before, so the older state decides every later
+//! generation as the lost one would have.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::keys::{
+    OBSERVED_DEFINITION_HASH_ANNOTATION, OBSERVED_GENERATION_ANNOTATION, ROLLBACK_RECORD_ANNOTATION,
+};
+use crate::api::{AgentRollback, AgentRollbackStatus, AgentVersion};
+
+/// An Agent's spec state that the controller has handled: published, or found equal to the
+/// active version or to the definition handled before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handled {
+    pub generation: i64,
+    pub definition_hash: String,
+}
+
+/// The durable record of a rollback: the status the controller wrote, and the Agent it was
+/// written for (absent when there was none).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackRecord {
+    pub status: AgentRollbackStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentMark>,
+}
+
+/// The Agent a rollback record was written for, and its spec state handled at the time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentMark {
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled: Option<Handled>,
+}
+
+/// The record on a rollback, if the controller wrote one. One that does not parse was not
+/// written by the controller and counts as none.
+pub fn record_of(rollback: &AgentRollback) -> Option<RollbackRecord> {
+    let text = rollback.metadata.annotations.as_ref()?.get(ROLLBACK_RECORD_ANNOTATION)?;
+    serde_json::from_str(text).ok()
+}
+
+/// The spec state recorded on a version, if any.
+pub fn handled_of(version: &AgentVersion) -> Option<Handled> {
+    let annotations = version.metadata.annotations.as_ref()?;
+    Some(Handled {
+        generation: annotations.get(OBSERVED_GENERATION_ANNOTATION)?.parse().ok()?,
+        definition_hash: annotations.get(OBSERVED_DEFINITION_HASH_ANNOTATION)?.clone(),
+    })
+}
+
+/// The annotations that record `handled` on a new version.
+pub fn version_annotations(handled: &Handled) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (OBSERVED_GENERATION_ANNOTATION.to_string(), handled.generation.to_string()),
+        (OBSERVED_DEFINITION_HASH_ANNOTATION.to_string(), handled.definition_hash.clone()),
+    ])
+}
+
+/// The newest of several handled states.
+pub fn newest(states: impl IntoIterator<Item = Handled>) -> Option<Handled> {
+    states.into_iter().max_by_key(|h| h.generation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::RollbackPhase;
+
+    #[test]
+    fn a_record_round_trips_through_its_annotation() {
+        let record = RollbackRecord {
+            status: AgentRollbackStatus {
+                phase: Some(RollbackPhase::Succeeded),
+                new_version: Some(4),
+                ..AgentRollbackStatus::default()
+            },
+            agent: Some(AgentMark {
+                uid: "u".into(),
+                handled: Some(Handled { generation: 3, definition_hash: "h".into() }),
+            }),
+        };
+        let mut rollback: AgentRollback = serde_json::from_value(serde_json::json!({
+            "apiVersion": "agentops.dev/v1alpha1", "kind": "AgentRollback",
+            "metadata": {"name": "rb", "annotations": {}},
+            "spec": {"agentName": "a", "strategy": "Pop"}
+        }))
+        .expect("a rollback");
+        let text = serde_json::to_string(&record).expect("serializes");
+        rollback.metadata.annotations = Some(BTreeMap::from([(ROLLBACK_RECORD_ANNOTATION.to_string(), text)]));
+        assert_eq!(record_of(&rollback), Some(record));
+        rollback.metadata.annotations = Some(BTreeMap::from([(ROLLBACK_RECORD_ANNOTATION.into(), "{".into())]));
+        assert_eq!(record_of(&rollback), None, "a broken record counts as none");
+    }
+
+    #[test]
+    fn the_newest_handled_state_is_the_highest_generation() {
+        let at = |g: i64| Handled { generation: g, definition_hash: format!("h{g}") };
+        assert_eq!(newest([at(2), at(5), at(3)]), Some(at(5)));
+        assert_eq!(newest(Vec::new()), None);
+    }
+}
