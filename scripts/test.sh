@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints, CRD drift, unit and property tests, then the tests that
 # need a real cluster, on a control plane with a node started for this run and stopped after
-# it: first those that run the operator as a process (as the chart's ServiceAccount), then the
+# it: first those that run the operator as a process (as the chart's ServiceAccount); then,
+# alone, the outage ones (API server restarted, etcd paused, the operator cut off) and the
 # in-cluster ones (the chart installed with Helm, the operator running as Pods from the image
-# scripts/image.sh builds), alone, since the chart's operator watches every namespace.
+# scripts/image.sh builds, watching every namespace).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ ${1:-} == --inside ]]; then
   start=$SECONDS
-  cargo test --locked --test e2e -- --skip in_cluster::
+  cargo test --locked --test e2e -- --skip in_cluster:: --skip outage::
   echo "Tests with the operator as a process took $((SECONDS - start))s"
+  start=$SECONDS
+  # Alone and one at a time: each restarts or pauses part of the control plane.
+  cargo test --locked --test e2e -- outage:: --nocapture --test-threads=1
+  echo "Outage tests took $((SECONDS - start))s"
   start=$SECONDS
   # One at a time: each installs the chart's release.
   cargo test --locked --test e2e -- in_cluster:: --nocapture --test-threads=1

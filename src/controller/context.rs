@@ -1,6 +1,6 @@
 //! State shared by the controllers: cheap-to-clone handles only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -105,6 +105,24 @@ impl Context {
     pub fn syncing(&self, namespace: &str, name: &str) -> bool {
         let locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         locks.get(&(namespace.to_string(), name.to_string())).is_some_and(|l| l.try_lock().is_err())
+    }
+
+    /// Forgets what it keeps per Agent and per rollback for those gone from the watch caches:
+    /// memory follows the objects that exist, not every one ever seen.
+    pub fn prune(&self) {
+        let agents: HashSet<AgentKey> =
+            self.agents.state().iter().map(|a| (a.namespace().unwrap_or_default(), a.name_any())).collect();
+        let uids: HashSet<String> = self
+            .agents
+            .state()
+            .iter()
+            .filter_map(|a| a.uid())
+            .chain(self.rollbacks.state().iter().filter_map(|r| r.uid()))
+            .collect();
+        let key = |ns: &str, name: &str| (ns.to_string(), name.to_string());
+        self.settled.retain(|ns, name| agents.contains(&key(ns, name)), |ns, name| self.syncing(ns, name));
+        let mut backoff = self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        backoff.retain(|k, _| uids.contains(k.strip_prefix("delivery/").unwrap_or(k)));
     }
 
     /// The delay before retrying an object that failed `attempts` times in a row: 0.2 s

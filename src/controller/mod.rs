@@ -24,6 +24,7 @@ pub use context::{Context, Settings};
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::Shared;
 use futures::{StreamExt, TryStreamExt};
@@ -32,6 +33,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, reflector};
+use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, warn};
@@ -91,6 +93,7 @@ where
     let waiting = rollback_store.clone();
     let rollback_controller = rollback_controller
         .with_config(controller_config())
+        .trigger_backoff(WatchBackoff::default())
         .watches(agents.clone(), watcher::Config::default(), move |agent: Agent| {
             let namespace = agent.namespace().unwrap_or_default();
             context::rollbacks_of(&waiting, &namespace, &agent.name_any())
@@ -112,6 +115,7 @@ where
     let echoes = ctx.clone();
     let agent_controller = agent_controller
         .with_config(controller_config())
+        .trigger_backoff(WatchBackoff::default())
         .watches(versions, watcher::Config::default(), move |version: AgentVersion| {
             if echoes.echoes.matches(&version) {
                 return None;
@@ -147,9 +151,17 @@ where
         }
         futures::future::pending::<()>().await
     };
+    let pruning = async {
+        let mut every = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            every.tick().await;
+            ctx.prune();
+        }
+    };
     tokio::select! {
         _ = futures::future::join(rollback_controller, agent_controller) => {}
         _ = readiness => {}
+        _ = pruning => {}
     }
     // Syncs started early from the watch run in tasks of their own, which the controllers'
     // graceful shutdown does not wait for. Holding every permit means none runs, and none can
@@ -159,12 +171,44 @@ where
     Ok(())
 }
 
+/// How often what is kept per Agent and per rollback is pruned of those that are gone.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// Reconciles in flight per controller. Unbounded, a restart over a thousand Agents starts a
 /// thousand syncs at once, each holding its reads in memory while they wait on the API server.
 const CONCURRENCY: u16 = 16;
 
 fn controller_config() -> controller::Config {
     controller::Config::default().concurrency(CONCURRENCY)
+}
+
+/// Retries of the watches: from 100 ms, doubling, at most a second apart. kube's default (up to
+/// 30 s, reset only after two quiet minutes) left rollbacks unseen for most of a minute after an
+/// API server restart; one retry a second is nothing to an API server that is back.
+#[derive(Default)]
+struct WatchBackoff {
+    last: Option<Duration>,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(1);
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.last.map_or(Self::FIRST, |last| (last * 2).min(Self::MAX));
+        self.last = Some(delay);
+        Some(delay)
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.last = None;
+    }
 }
 
 fn log_controller_error(kind: &str, error: &controller::Error<crate::Error, watcher::Error>) {
@@ -199,5 +243,19 @@ where
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_retries_double_to_a_second_and_start_over_after_a_reset() {
+        let mut backoff = WatchBackoff::default();
+        let delays: Vec<u128> = backoff.by_ref().take(6).map(|d| d.as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(Duration::from_millis(100)));
     }
 }

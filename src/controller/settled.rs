@@ -140,6 +140,22 @@ impl SettledAgents {
         }
     }
 
+    /// Forgets the records and epochs of the Agents `keep` says no, unless a sync of theirs
+    /// runs (`syncing`): it holds an epoch, which must not go back to where it started. Holding
+    /// this lock while asking means no sync can take an epoch meanwhile.
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool, syncing: impl Fn(&str, &str) -> bool) {
+        let mut inner = self.lock();
+        let stays = |(ns, name): &AgentKey| keep(ns, name) || syncing(ns, name);
+        inner.records.retain(|key, _| stays(key));
+        inner.epochs.retain(|key, _| stays(key));
+    }
+
+    /// How many Agents it keeps anything for.
+    pub fn tracked(&self) -> usize {
+        let inner = self.lock();
+        inner.records.keys().chain(inner.epochs.keys()).collect::<std::collections::HashSet<_>>().len()
+    }
+
     /// Forgets the Agent's record: the next sync reads with a consistent list.
     pub fn unsettle(&self, namespace: &str, name: &str) {
         self.lock().records.remove(&key(namespace, name));
@@ -212,6 +228,19 @@ mod tests {
         settled.versions_changed("ns", "a");
         settled.settle("ns", "a", epoch, state("10"));
         assert!(matches!(settled.take("ns", "a"), Start::Settled(None)));
+    }
+
+    #[test]
+    fn agents_that_are_gone_are_forgotten_unless_a_sync_of_theirs_runs() {
+        let settled = SettledAgents::default();
+        for name in ["kept", "gone", "busy"] {
+            settled.settle("ns", name, 0, state("1"));
+            settled.versions_changed("ns", name);
+        }
+        settled.retain(|_, name| name == "kept", |_, name| name == "busy");
+        assert_eq!(settled.tracked(), 2);
+        assert!(matches!(settled.take("ns", "gone"), Start::Unsettled));
+        assert_eq!(settled.epoch("ns", "busy"), 1, "a running sync's epoch stays");
     }
 
     #[test]

@@ -116,6 +116,7 @@ rm -rf "$D/etcd"
   --initial-cluster="default=http://127.0.0.1:$PEER_PORT" \
   --unsafe-no-fsync=true --log-level=warn >"$D/logs/etcd.log" 2>&1 &
 pids+=($!)
+echo $! >"$D/etcd.pid" # tests pause it (SIGSTOP, SIGCONT)
 
 # --- kube-apiserver --------------------------------------------------------------------------
 api_flags=()
@@ -130,7 +131,9 @@ else
   # Endpoints refuse loopback IPs, so without a node the `kubernetes` Service has none.
   api_flags+=(--authorization-mode=RBAC --endpoint-reconciler-type=none)
 fi
-"$K8S_BIN/kube-apiserver" \
+# Started again whenever it exits, so tests restart it by killing the PID in
+# $D/kube-apiserver.pid; the supervising subshell stops it when it is stopped itself.
+api_server=("$K8S_BIN/kube-apiserver"
   --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
   --bind-address="$addr" --secure-port="$API_PORT" --advertise-address="$addr" \
   --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
@@ -139,8 +142,24 @@ fi
   --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
   --api-audiences="$url" \
   --service-cluster-ip-range="$SERVICE_CIDR" \
-  "${api_flags[@]}" \
-  >"$D/logs/kube-apiserver.log" 2>&1 &
+  "${api_flags[@]}")
+(
+  child=
+  stop_child() {
+    [[ -n $child ]] || return 0
+    kill -TERM "$child" 2>/dev/null || return 0
+    for _ in $(seq 80); do kill -0 "$child" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$child" 2>/dev/null || true
+  }
+  trap 'stop_child; exit 0' TERM
+  while :; do
+    "${api_server[@]}" >>"$D/logs/kube-apiserver.log" 2>&1 &
+    child=$!
+    echo "$child" >"$D/kube-apiserver.pid"
+    wait "$child" || true
+    sleep 0.1
+  done
+) &
 pids+=($!)
 
 # --- kube-controller-manager -----------------------------------------------------------------

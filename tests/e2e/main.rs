@@ -13,6 +13,7 @@ mod crash;
 mod delivery;
 mod in_cluster;
 mod operations;
+mod outage;
 mod plugin;
 mod rollback;
 mod status_loss;

@@ -308,13 +308,28 @@ impl Operator {
 
     /// Like `start_with`, with this log filter (benchmarks log little).
     pub fn start_logged(kubeconfig: &Path, namespace: &str, extra: &[&str], filter: &str) -> Self {
+        Self::spawn(kubeconfig, namespace, extra, filter, None)
+    }
+
+    /// Starts the operator as user `uid`, so that firewall rules can single out its traffic;
+    /// the kubeconfig and what it names must be readable by that user.
+    pub fn start_as_uid(kubeconfig: &Path, namespace: &str, uid: u32) -> Self {
+        Self::spawn(kubeconfig, namespace, &[], "info,agent_operator=debug", Some(uid))
+    }
+
+    fn spawn(kubeconfig: &Path, namespace: &str, extra: &[&str], filter: &str, uid: Option<u32>) -> Self {
+        use std::os::unix::process::CommandExt;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(std::env::temp_dir().join(format!("agent-operator-{namespace}.log")))
             .expect("operator log");
         let http_port = Self::free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_agent-operator"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agent-operator"));
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        let child = command
             .args(["run", "--namespace", namespace])
             .arg("--kubeconfig")
             .arg(kubeconfig)
