@@ -114,7 +114,9 @@ pub(crate) fn preserved_object_list(_: &mut schemars::SchemaGenerator) -> schema
         description = "Versions kept"
     ),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("(has(self.spec.delivery) && has(self.spec.delivery.configMapName)) || self.metadata.name.size() <= 247")
+        .message("metadata.name: at most 247 characters without spec.delivery.configMapName, so that the delivery ConfigMap's default name <name>-agent is at most 253")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSpec {
@@ -159,7 +161,7 @@ pub struct WorkloadRef {
     /// `Deployment` or `StatefulSet`.
     pub kind: WorkloadKind,
     /// Its name.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: String,
 }
 

@@ -11,6 +11,7 @@ mod chart;
 mod control_plane;
 mod crash;
 mod delivery;
+mod fuzz;
 mod in_cluster;
 mod operations;
 mod outage;

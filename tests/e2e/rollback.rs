@@ -406,6 +406,9 @@ async fn bad_input_is_refused_at_apply_time_with_a_message_naming_the_rule() {
         (agent("hot", r#"{"temperature":7}"#), "spec.temperature", "less than or equal to 2"),
         (agent("short", r#"{"revisionHistoryLimit":0}"#), "spec.revisionHistoryLimit", "greater than or equal to 1"),
         (agent("vis", r#"{"visibility":"everyone"}"#), "spec.visibility", "supported values"),
+        // Names of objects: what no Agent could be called is refused, not looked up for ever.
+        (rollback("r6", r#"{"agentName":"$(x)","strategy":"Pop"}"#), "spec.agentName", "should match"),
+        (agent(&"a".repeat(248), "{}"), "metadata.name", "at most 247 characters"),
     ];
     for (manifest, field, message) in cases {
         let out = kubectl(&["apply", "-f", "-"], Some(&manifest));
