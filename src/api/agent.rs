@@ -17,22 +17,31 @@ pub const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
 pub struct AgentDefinition {
     /// Name shown to the agent's users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub display_name: Option<String>,
 
-    /// System instructions (prompt) the agent runs with.
+    /// System instructions (prompt) the agent runs with: at most 64 KiB (UTF-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "bytes(self).size() <= 65536",
+        "message": "spec.instructions: at most 65536 bytes (UTF-8)",
+    }]))]
     pub instructions: Option<String>,
 
     /// Kind of agent, for example `chat`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub type_: Option<String>,
 
     /// Refinement of `type`, for example `All LLM Models`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub subtype: Option<String>,
 
     /// Model the agent calls, for example `auto`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub model: Option<String>,
 
     /// Sampling temperature, from 0 to 2.
@@ -52,16 +61,19 @@ pub struct AgentDefinition {
     #[schemars(schema_with = "crate::api::agent::preserved_object_list")]
     pub ask_user_questions: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
 
-    /// Files (names or URIs) the agent may consult.
+    /// Files (names or URIs) the agent may consult: at most 100, each at most 2048 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100), inner(length(max = 2048)))]
     pub knowledge_base_files: Option<Vec<String>>,
 
     /// Who may use the agent: `private`, `workspace` or `public`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub visibility: Option<Visibility>,
 
-    /// Further settings, as string keys and values.
+    /// Further settings, as string keys and values: at most 64, each value at most 4096
+    /// characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::agent::settings_map")]
     pub advanced_settings: Option<BTreeMap<String, String>>,
 }
 
@@ -76,13 +88,30 @@ pub enum Visibility {
 
 /// A list of objects whose fields the API server keeps as written (structural schemas would
 /// otherwise drop every field the schema does not name).
+/// At most 100 items of at most 64 fields each; what the fields hold is bounded by the size
+/// of the whole definition, checked when it is published.
 pub(crate) fn preserved_object_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "array",
+        "maxItems": 100,
         "items": {
             "type": "object",
+            "maxProperties": 64,
             "x-kubernetes-preserve-unknown-fields": true,
         },
+    })
+}
+
+/// String keys and values: at most 64 entries, keys at most 253 characters, values at most 4096.
+pub(crate) fn settings_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": {"type": "string", "maxLength": 4096},
+        "x-kubernetes-validations": [{
+            "rule": "self.all(k, k.size() <= 253)",
+            "message": "spec.advancedSettings: keys are at most 253 characters",
+        }],
     })
 }
 

@@ -28,6 +28,8 @@ pub mod reasons {
     pub const WORKLOAD_FORBIDDEN: &str = "WorkloadForbidden";
     /// A workload's rollout stopped progressing.
     pub const ROLLOUT_STUCK: &str = "RolloutStuck";
+    /// The spec's definition is larger than a version may be; it is not published.
+    pub const DEFINITION_TOO_LARGE: &str = "DefinitionTooLarge";
 }
 
 /// Event reasons.
@@ -39,4 +41,5 @@ pub mod events {
     pub const ROLLBACK_FAILED: &str = "RollbackFailed";
     pub const ROLLED_BACK: &str = "RolledBack";
     pub const DELIVERY_BLOCKED: &str = "DeliveryBlocked";
+    pub const DEFINITION_TOO_LARGE: &str = "DefinitionTooLarge";
 }

@@ -63,6 +63,9 @@ pub struct Observed {
     pub config_map: Option<ConfigMapState>,
     /// The workloads of `spec.delivery.restart` that were read.
     pub workloads: Vec<WorkloadState>,
+    /// The size of the Agent's definition as canonical JSON, and the generation it was
+    /// measured at (measuring is costly; the spec changes only with the generation).
+    definition_size: Option<(Option<i64>, usize)>,
 }
 
 impl Observed {
@@ -92,7 +95,9 @@ impl Observed {
             rollbacks_listed: false,
             config_map: None,
             workloads: Vec::new(),
+            definition_size: None,
         };
+        observed.measure_definition();
         for rollback in rollbacks {
             let rollback = observed.adopt(rollback);
             observed.rollbacks.push(rollback);
@@ -122,6 +127,43 @@ impl Observed {
             None => rollback.status = None,
         }
         rollback
+    }
+
+    fn measure_definition(&mut self) {
+        let Some(agent) = &self.agent else { return };
+        if self.definition_size.is_some_and(|(generation, _)| generation == agent.metadata.generation) {
+            return;
+        }
+        let size = hash::canonical_json(&agent.spec.definition).len();
+        self.definition_size = Some((agent.metadata.generation, size));
+    }
+
+    /// Why the Agent's spec is not published, if its definition is too large.
+    pub fn refusal(&self) -> Option<String> {
+        let (_, size) = self.definition_size?;
+        (size > publish::MAX_DEFINITION_BYTES).then(|| {
+            format!(
+                "spec: the definition is {size} bytes as canonical JSON, more than the {} a version may hold; it is not published.",
+                publish::MAX_DEFINITION_BYTES
+            )
+        })
+    }
+
+    /// The conditions of the Agent: refused (see [`Self::refusal`]), or as
+    /// [`status::agent_conditions`] says.
+    pub fn agent_conditions(
+        &self,
+        existing: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+        active: Option<i64>,
+        busy: Option<&str>,
+        delivery: &delivery::DeliveryState,
+        now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    ) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        let generation = self.agent.as_ref().and_then(|a| a.metadata.generation);
+        match self.refusal() {
+            Some(message) => status::refused_conditions(existing, generation, active, &message, now),
+            None => status::agent_conditions(existing, generation, active, busy, delivery, now),
+        }
     }
 
     /// The record a rollback write leaves: `status`, for this Agent as handled now.
@@ -227,7 +269,10 @@ impl Observed {
                 self.versions.retain(|v| v.name_any() != name);
                 self.foreign_versions.retain(|v| v.name_any() != name);
             }
-            Applied::Agent(agent) => self.agent = Some(*agent),
+            Applied::Agent(agent) => {
+                self.agent = Some(*agent);
+                self.measure_definition();
+            }
             Applied::Rollback(updated) => {
                 self.confirmed.insert(updated.name_any());
                 let updated = self.adopt(*updated);

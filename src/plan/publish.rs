@@ -9,14 +9,54 @@ use kube::ResourceExt;
 use super::durable::Handled;
 use super::hash::snapshot_hash;
 use super::{EventNote, EventTarget, Observed, RelatedObject, Step, owner_reference, version_name};
-use crate::api::conditions::{events, reasons};
+use crate::api::conditions::{STALLED, events, reasons};
 use crate::api::keys::{AGENT_LABEL, CHANGE_CAUSE_ANNOTATION, VERSION_LABEL};
 use crate::api::{Agent, AgentDefinition, AgentVersion, AgentVersionSpec};
 
-/// True when the Agent has a generation not yet handled, or no version at all.
+/// The largest definition, as canonical JSON, that is published. Every object made from it
+/// must fit the API server's limits; the tightest is a Pop's record annotation (see
+/// `durable`), which holds the popped snapshot within the 256 KiB that all annotations of an
+/// object may take. Half of that leaves room for the rest of the record, and for the
+/// `kubectl.kubernetes.io/last-applied-configuration` annotation of a client-side apply,
+/// which holds the whole Agent.
+pub const MAX_DEFINITION_BYTES: usize = 128 * 1024;
+
+/// True when the Agent has a generation not yet handled, or no version at all (unless its
+/// definition is refused: then it stays without one until its spec changes).
 pub fn needed(agent: &Agent, observed: &Observed) -> bool {
     let handled = observed.handled().map(|h| h.generation);
-    observed.versions.is_empty() || agent.metadata.generation != handled
+    agent.metadata.generation != handled || (observed.versions.is_empty() && observed.refusal().is_none())
+}
+
+/// Records that a too large definition was handled, and says so on the Agent: Stalled, and
+/// an Event the first time.
+fn refuse(observed: &Observed, agent: &Agent, hash: String, message: String, now: &Time) -> Vec<Step> {
+    let mut status = agent.status.clone().unwrap_or_default();
+    status.observed_generation = agent.metadata.generation;
+    status.observed_definition_hash = Some(hash);
+    let active = observed.active_number();
+    status.active_version = active;
+    status.version_count = Some(observed.versions.len() as i64);
+    status.versions_digest = Some(observed.versions_digest());
+    let delivery = super::delivery::state_after(observed, agent, observed.newest());
+    status.conditions = observed.agent_conditions(&status.conditions, active, None, &delivery, now);
+    let already = agent.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == STALLED && c.status == "True" && c.reason == reasons::DEFINITION_TOO_LARGE)
+    });
+    let mut steps = vec![Step::PatchAgentStatus(Box::new(status))];
+    if !already {
+        steps.push(Step::Event(EventNote {
+            on: EventTarget::Agent,
+            related: None,
+            warning: true,
+            reason: events::DEFINITION_TOO_LARGE,
+            action: "Publish",
+            note: message,
+        }));
+    }
+    steps
 }
 
 /// Publishes the Agent's definition, or, when it equals the active version or did not change
@@ -24,6 +64,9 @@ pub fn needed(agent: &Agent, observed: &Observed) -> bool {
 pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: &Time) -> Vec<Step> {
     let generation = agent.metadata.generation;
     let hash = snapshot_hash(&agent.spec.definition);
+    if let Some(message) = observed.refusal() {
+        return refuse(observed, agent, hash, message, now);
+    }
     let mut status = agent.status.clone().unwrap_or_default();
     let definition_unchanged = observed.handled().is_some_and(|h| h.definition_hash == hash);
     status.observed_generation = generation;
@@ -36,8 +79,7 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
         status.version_count = Some(observed.versions.len() as i64);
         status.versions_digest = Some(observed.versions_digest());
         let delivery = super::delivery::state_after(observed, agent, observed.newest());
-        status.conditions =
-            super::status::agent_conditions(&status.conditions, generation, active, busy_after, &delivery, now);
+        status.conditions = observed.agent_conditions(&status.conditions, active, busy_after, &delivery, now);
         return vec![Step::PatchAgentStatus(Box::new(status))];
     }
 

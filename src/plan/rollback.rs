@@ -378,14 +378,7 @@ fn finish(
     agent_status.versions_digest = Some(pruning.digest.clone());
     agent_status.last_rollback = Some(LastRollback { name: name.clone(), time: now.clone() });
     let delivery = super::delivery::state_after(observed, agent, observed.newest());
-    agent_status.conditions = super::status::agent_conditions(
-        &agent_status.conditions,
-        agent.metadata.generation,
-        active,
-        busy_after,
-        &delivery,
-        now,
-    );
+    agent_status.conditions = observed.agent_conditions(&agent_status.conditions, active, busy_after, &delivery, now);
 
     let mut status = status_of(rollback);
     status.active_version = active;

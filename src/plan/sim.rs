@@ -722,3 +722,44 @@ fn restore_message_names_the_target_and_the_new_version() {
     assert_eq!((made.spec.rollback_from_version, made.spec.rollback_name.as_deref()), (Some(1), Some("rb")));
     assert!(cluster.events.iter().any(|e| e.reason == "RollbackSucceeded"));
 }
+
+/// A definition over the size bound: a step holding `bytes` bytes.
+fn large(bytes: usize) -> AgentDefinition {
+    let step = serde_json::Map::from_iter([("prompt".to_string(), serde_json::Value::from("x".repeat(bytes)))]);
+    AgentDefinition { steps: Some(vec![step]), ..content(1) }
+}
+
+#[test]
+fn a_definition_over_the_bound_is_not_published_and_the_agent_says_why() {
+    let mut cluster = two_versions();
+    cluster.edit(Some(large(super::publish::MAX_DEFINITION_BYTES)), None);
+    cluster.converge(&mut || false);
+    assert_eq!(cluster.history().len(), 2, "nothing published");
+    let status = cluster.agent.as_ref().and_then(|a| a.status.clone()).expect("status");
+    assert_eq!((status.observed_generation, status.active_version), (Some(3), Some(2)));
+    let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled").expect("Stalled");
+    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "DefinitionTooLarge"));
+    assert!(stalled.message.contains(&super::publish::MAX_DEFINITION_BYTES.to_string()), "{}", stalled.message);
+    assert_eq!(cluster.events.iter().filter(|e| e.reason == "DefinitionTooLarge").count(), 1);
+
+    // Rollbacks still run; a definition back under the bound is published.
+    cluster.create_rollback("rb", RollbackStrategy::Previous, None, None);
+    cluster.converge(&mut || false);
+    assert_eq!(cluster.outcome("rb"), Outcome::Succeeded(3));
+    cluster.edit(Some(content(7)), None);
+    cluster.converge(&mut || false);
+    assert_eq!(cluster.history().last(), Some(&(4, content(7))));
+    let status = cluster.agent.as_ref().and_then(|a| a.status.clone()).expect("status");
+    assert!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+}
+
+#[test]
+fn a_definition_at_the_bound_is_published() {
+    let mut cluster = two_versions();
+    let overhead = super::hash::canonical_json(&large(0)).len();
+    let at_bound = large(super::publish::MAX_DEFINITION_BYTES - overhead);
+    assert_eq!(super::hash::canonical_json(&at_bound).len(), super::publish::MAX_DEFINITION_BYTES);
+    cluster.edit(Some(at_bound.clone()), None);
+    cluster.converge(&mut || false);
+    assert_eq!(cluster.history().last(), Some(&(3, at_bound)));
+}

@@ -101,6 +101,29 @@ pub fn agent_conditions(
     conditions(existing, [ready, reconciling, stalled], generation, now)
 }
 
+/// The conditions of an Agent whose spec's definition is refused (see
+/// `publish::MAX_DEFINITION_BYTES`): not Ready and Stalled with the reason, until the spec
+/// changes; the active version stays.
+pub fn refused_conditions(
+    existing: &[Condition],
+    generation: Option<i64>,
+    active: Option<i64>,
+    message: &str,
+    now: &Time,
+) -> Vec<Condition> {
+    let message = match active {
+        Some(v) => format!("{message} Version {v} stays active."),
+        None => message.to_string(),
+    };
+    let reason = reasons::DEFINITION_TOO_LARGE;
+    let specs = [
+        ConditionSpec { type_: READY, status: false, reason, message: message.clone() },
+        ConditionSpec { type_: RECONCILING, status: false, reason: reasons::AS_EXPECTED, message: String::new() },
+        ConditionSpec { type_: STALLED, status: true, reason, message },
+    ];
+    conditions(existing, specs, generation, now)
+}
+
 /// Sets `phase`, `message`, `reason` and the matching conditions on a rollback status.
 pub fn set_rollback_phase(
     status: &mut AgentRollbackStatus,

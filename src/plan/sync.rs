@@ -19,7 +19,7 @@ use kube::ResourceExt;
 
 use super::delivery::{self, DeliveryState};
 use super::rollback::{Failure, FailureReason};
-use super::{EventNote, EventTarget, Observed, Step, history, phase_of, publish, rollback, status};
+use super::{EventNote, EventTarget, Observed, Step, history, phase_of, publish, rollback};
 use crate::api::conditions::{STALLED, events};
 use crate::api::{Agent, RollbackPhase};
 
@@ -75,9 +75,8 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
         agent_status.version_count = Some(pruning.count);
         agent_status.versions_digest = Some(pruning.digest.clone());
         agent_status.active_version = active;
-        agent_status.conditions = status::agent_conditions(
+        agent_status.conditions = observed.agent_conditions(
             &agent_status.conditions,
-            agent.metadata.generation,
             active,
             publish::busy_reason(false, !pending.is_empty()),
             &delivery::state_after(observed, agent, observed.newest()),
@@ -113,8 +112,7 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
     desired.version_count = Some(observed.versions.len() as i64);
     desired.versions_digest = Some(observed.versions_digest());
     desired.delivery = delivery.status;
-    desired.conditions =
-        status::agent_conditions(&desired.conditions, agent.metadata.generation, active, None, &delivery.state, now);
+    desired.conditions = observed.agent_conditions(&desired.conditions, active, None, &delivery.state, now);
     let mut steps = delivery.steps;
     if agent.status.as_ref() != Some(&desired) {
         let newly_blocked = match &delivery.state {

@@ -36,14 +36,14 @@ fn any_value() -> impl Strategy<Value = Value> {
     })
 }
 
-/// A string: empty, short in any script (control characters included), or large. Large stops
-/// at 16 KiB: the bound on a definition's size is yet to be set (and then fuzzed past).
+/// A string: empty, short in any script (control characters included), or large: up to 80 KiB,
+/// past every field's limit and, with a few of them, past the bound on a whole definition.
 fn text() -> impl Strategy<Value = Value> {
     prop_oneof![
         Just(Value::from("")),
         any::<String>().prop_map(Value::from),
         "\\PC{0,40}".prop_map(Value::from),
-        ("[a-z ]{1,16}", 1usize..1024).prop_map(|(s, n)| Value::from(s.repeat(n))),
+        ("[a-z ]{1,16}", 1usize..5120).prop_map(|(s, n)| Value::from(s.repeat(n))),
     ]
 }
 

@@ -17,4 +17,5 @@ mod operations;
 mod outage;
 mod plugin;
 mod rollback;
+mod size;
 mod status_loss;
