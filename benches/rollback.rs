@@ -4,7 +4,8 @@
 //! the same run, since the machine is shared and absolute times drift.
 //!
 //! Sizes can be lowered for a quick look: BENCH_LATENCY_N (default 200), BENCH_THROUGHPUT_AGENTS
-//! (100), BENCH_THROUGHPUT_PER_AGENT (10), BENCH_SCALE_AGENTS (1000). BENCH_LOG sets the
+//! (100), BENCH_THROUGHPUT_PER_AGENT (10), BENCH_SCALE_AGENTS (1000). BENCH_ONLY=churn runs only
+//! the churn of BENCH_CHURN_AGENTS (5000) in BENCH_CHURN_WAVES (5). BENCH_LOG sets the
 //! operator's log filter (default `warn`); BENCH_TRACE prints the latency samples' timeline.
 
 #![allow(clippy::unwrap_used)] // A benchmark fails by panicking.
@@ -416,6 +417,91 @@ async fn scale(client: &Client, n: usize) -> Vec<Scale> {
     results
 }
 
+#[derive(Debug, serde::Serialize)]
+struct Churn {
+    agents: usize,
+    waves: usize,
+    /// The operator's RSS once each wave's Agents were made, rolled back and deleted.
+    rss_mib: Vec<f64>,
+    /// Agents it keeps state for, after the pruning that follows the last wave.
+    tracked_after: f64,
+}
+
+/// Agents made, edited, rolled back and deleted in waves, under one operator: its memory after
+/// each wave, and what it still keeps once they are all gone.
+async fn churn(client: &Client, total: usize, waves: usize) -> Churn {
+    let ns = namespace(client, "bench-churn").await;
+    let operator = start_operator(&ns);
+    let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
+    let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
+    let versions: Api<AgentVersion> = Api::namespaced(client.clone(), &ns);
+    let per_wave = (total / waves.max(1)).max(1);
+    let mut rss_mib = Vec::new();
+    for wave in 0..waves {
+        let names: Vec<String> = (0..per_wave).map(|i| format!("w{wave}-{i}")).collect();
+        let mut events = watcher(rollbacks.clone(), watcher::Config::default()).applied_objects().boxed();
+        futures::stream::iter(names.clone())
+            .map(|name| {
+                let (agents, rollbacks) = (agents.clone(), rollbacks.clone());
+                async move {
+                    create_agent(&agents, &name, &format!("{name} v1"), 10).await;
+                    let edit = json!({"spec": {"instructions": format!("{name} v2")}});
+                    agents.patch(&name, &PatchParams::default(), &Patch::Merge(edit)).await.unwrap();
+                    create_rollback(&rollbacks, &name, &name, "Previous", None).await;
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        let mut pending: HashMap<String, Option<Instant>> = names.iter().map(|n| (n.clone(), None)).collect();
+        wait_terminal(&mut events, &mut pending).await;
+        drop(events);
+        futures::stream::iter(names.clone())
+            .map(|name| {
+                let (agents, rollbacks) = (agents.clone(), rollbacks.clone());
+                async move {
+                    agents.delete(&name, &Default::default()).await.unwrap();
+                    rollbacks.delete(&name, &Default::default()).await.unwrap();
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        // Gone, with what garbage collection takes with them.
+        eventually(Duration::from_secs(600), || async {
+            let left = versions.list(&kube::api::ListParams::default().limit(1)).await.ok()?;
+            left.items.is_empty().then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (rss, _) = operator.usage().unwrap();
+        rss_mib.push(rss as f64 / (1024.0 * 1024.0));
+        eprintln!("  wave {}: {per_wave} agents made, rolled back, deleted; RSS {:.1} MiB", wave + 1, rss_mib[wave]);
+    }
+    // The next pruning (every minute) forgets the last wave's Agents too.
+    tokio::time::sleep(Duration::from_secs(65)).await;
+    let (_, body) = operator.get("/metrics").await.unwrap();
+    let tracked_after = metric(&body, "agentops_tracked_agents").unwrap_or(f64::NAN);
+    Churn { agents: per_wave * waves, waves, rss_mib, tracked_after }
+}
+
+fn print_churn(churn: &Churn) {
+    let (first, last) = (churn.rss_mib[0], churn.rss_mib[churn.rss_mib.len() - 1]);
+    let growth = last / first;
+    println!(
+        "churn: {} agents in {} waves, each made, edited, rolled back, deleted: RSS after each wave {:?} MiB",
+        churn.agents,
+        churn.waves,
+        churn.rss_mib.iter().map(|r| (r * 10.0).round() / 10.0).collect::<Vec<_>>()
+    );
+    println!("  RSS after the last wave within 15% of after the first: {growth:.2}x {}", verdict(growth <= 1.15));
+    println!(
+        "  Agents kept state for once all are gone and pruned: {} {}",
+        churn.tracked_after,
+        verdict(churn.tracked_after == 0.0)
+    );
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
@@ -425,6 +511,13 @@ async fn main() {
     let client = client().await;
     install_crds(&client).await;
     let version = client.apiserver_version().await.map(|v| v.git_version).unwrap_or_default();
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("churn") {
+        let (total, waves) = (env_size("BENCH_CHURN_AGENTS", 5000), env_size("BENCH_CHURN_WAVES", 5));
+        eprintln!("churn: {total} agents in {waves} waves ...");
+        let churn = churn(&client, total, waves).await;
+        print_churn(&churn);
+        return;
+    }
     let (lat_n, tp_agents, tp_each, scale_n) = (
         env_size("BENCH_LATENCY_N", 200),
         env_size("BENCH_THROUGHPUT_AGENTS", 100),

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub versions_published: Counter,
     pub delivery_duration: Histogram,
     pub leader: Gauge,
+    pub tracked_agents: Gauge,
 }
 
 impl Default for Metrics {
@@ -69,6 +70,12 @@ impl Default for Metrics {
         );
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
+        let tracked_agents = Gauge::default();
+        registry.register(
+            "tracked_agents",
+            "Agents the controller keeps state for between syncs, as of the last pruning (every minute) of those gone",
+            tracked_agents.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -78,6 +85,7 @@ impl Default for Metrics {
             versions_published,
             delivery_duration,
             leader,
+            tracked_agents,
         }
     }
 }

@@ -121,6 +121,7 @@ impl Context {
             .collect();
         let key = |ns: &str, name: &str| (ns.to_string(), name.to_string());
         self.settled.retain(|ns, name| agents.contains(&key(ns, name)), |ns, name| self.syncing(ns, name));
+        self.metrics.tracked_agents.set(i64::try_from(self.settled.tracked()).unwrap_or(i64::MAX));
         let mut backoff = self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         backoff.retain(|k, _| uids.contains(k.strip_prefix("delivery/").unwrap_or(k)));
     }
