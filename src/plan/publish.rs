@@ -28,59 +28,42 @@ pub fn needed(agent: &Agent, observed: &Observed) -> bool {
     agent.metadata.generation != handled || (observed.versions.is_empty() && observed.refusal().is_none())
 }
 
-/// Records that a too large definition was handled, and says so on the Agent: Stalled, and
-/// an Event the first time.
-fn refuse(observed: &Observed, agent: &Agent, hash: String, message: String, now: &Time) -> Vec<Step> {
-    let mut status = agent.status.clone().unwrap_or_default();
-    status.observed_generation = agent.metadata.generation;
-    status.observed_definition_hash = Some(hash);
-    let active = observed.active_number();
-    status.active_version = active;
-    status.version_count = Some(observed.versions.len() as i64);
-    status.versions_digest = Some(observed.versions_digest());
-    let delivery = super::delivery::state_after(observed, agent, observed.newest());
-    status.conditions = observed.agent_conditions(&status.conditions, active, None, &delivery, now);
-    let already = agent.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == STALLED && c.status == "True" && c.reason == reasons::DEFINITION_TOO_LARGE)
-    });
-    let mut steps = vec![Step::PatchAgentStatus(Box::new(status))];
-    if !already {
-        steps.push(Step::Event(EventNote {
-            on: EventTarget::Agent,
-            related: None,
-            warning: true,
-            reason: events::DEFINITION_TOO_LARGE,
-            action: "Publish",
-            note: message,
-        }));
-    }
-    steps
-}
-
-/// Publishes the Agent's definition, or, when it equals the active version or did not change
-/// since the last handled generation, only records that this generation was handled.
+/// Publishes the Agent's definition; or, when it equals the active version, did not change
+/// since the last handled generation, or is too large (then with an Event, the first time),
+/// only records that this generation was handled.
 pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: &Time) -> Vec<Step> {
     let generation = agent.metadata.generation;
     let hash = snapshot_hash(&agent.spec.definition);
-    if let Some(message) = observed.refusal() {
-        return refuse(observed, agent, hash, message, now);
-    }
-    let mut status = agent.status.clone().unwrap_or_default();
+    let refusal = observed.refusal();
     let definition_unchanged = observed.handled().is_some_and(|h| h.definition_hash == hash);
+    let equals_active = observed.newest().is_some_and(|v| v.spec.snapshot_hash == hash);
+    let mut status = agent.status.clone().unwrap_or_default();
     status.observed_generation = generation;
     status.observed_definition_hash = Some(hash.clone());
 
-    let equals_active = observed.newest().is_some_and(|v| v.spec.snapshot_hash == hash);
-    if equals_active || (definition_unchanged && !observed.versions.is_empty()) {
+    if refusal.is_some() || equals_active || (definition_unchanged && !observed.versions.is_empty()) {
         let active = observed.active_number();
         status.active_version = active;
         status.version_count = Some(observed.versions.len() as i64);
         status.versions_digest = Some(observed.versions_digest());
         let delivery = super::delivery::state_after(observed, agent, observed.newest());
         status.conditions = observed.agent_conditions(&status.conditions, active, busy_after, &delivery, now);
-        return vec![Step::PatchAgentStatus(Box::new(status))];
+        let refused_before = agent.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == STALLED && c.status == "True" && c.reason == reasons::DEFINITION_TOO_LARGE)
+        });
+        let event = refusal.filter(|_| !refused_before).map(|note| {
+            Step::Event(EventNote {
+                on: EventTarget::Agent,
+                related: None,
+                warning: true,
+                reason: events::DEFINITION_TOO_LARGE,
+                action: "Publish",
+                note,
+            })
+        });
+        return [Step::PatchAgentStatus(Box::new(status))].into_iter().chain(event).collect();
     }
 
     let number = observed.next_version_number();

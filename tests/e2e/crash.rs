@@ -60,16 +60,7 @@ async fn killing_the_operator_at_random_moments_loses_and_duplicates_nothing() {
         created.sort_by_key(|(rv, _, _)| *rv);
         for (_, name, request) in created {
             let want = expected.apply(&request);
-            let rb = s.terminal(&name).await;
-            let st = rb.status.clone().unwrap();
-            match want {
-                Ok(active) => assert_eq!(
-                    (st.phase, st.active_version),
-                    (Some(RollbackPhase::Succeeded), Some(active)),
-                    "trial {trial} {name} {request:?}"
-                ),
-                Err(reason) => assert_eq!(st.reason.as_deref(), Some(reason), "trial {trial} {name} {request:?}"),
-            }
+            s.expect_outcome(&name, want, &format!("trial {trial} {request:?} (seed {seed})")).await;
             names.push((name, request));
         }
     }

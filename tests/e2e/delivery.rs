@@ -124,13 +124,7 @@ async fn a_workload_the_operator_may_not_patch_is_reported_with_its_reason() {
     let (_, _, message) = condition(&agent, "Stalled").unwrap();
     assert!(message.contains("Deployment runtime") && message.contains("delivery.restartWorkloads"), "{message}");
     // Looked at again with backoff, not in a loop: a handful of reconciles in five seconds.
-    let reconciles = || async {
-        let text = s.operator.as_ref().unwrap().get("/metrics").await.map(|(_, body)| body).unwrap_or_default();
-        text.lines()
-            .filter(|l| l.starts_with("agentops_reconciles_total{resource=\"agent\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
+    let reconciles = || s.operator.as_ref().unwrap().metric_sum("agentops_reconciles_total{resource=\"agent\"");
     let before = reconciles().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let during = reconciles().await - before;

@@ -244,13 +244,7 @@ async fn random_agents_and_rollbacks_are_refused_with_a_message_or_reconciled() 
     // And then nothing more happens: no reconcile loops without a change.
     let operator = s.operator.as_mut().unwrap();
     assert!(operator.exited().is_none(), "the operator exited: {:?}", operator.exited());
-    let reconciles = || async {
-        let body = s.operator.as_ref().unwrap().get("/metrics").await.map(|(_, b)| b).unwrap_or_default();
-        body.lines()
-            .filter(|l| l.starts_with("agentops_reconciles_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
+    let reconciles = || s.operator.as_ref().unwrap().metric_sum("agentops_reconciles_total{");
     // An Agent whose delivery is blocked (a workload missing, or not its to roll) is looked at
     // again every 10 s at most; nothing else may come back.
     tokio::time::sleep(Duration::from_secs(2)).await;

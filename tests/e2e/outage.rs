@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent_operator::api::RollbackPhase;
 use kube::ResourceExt;
 
 use crate::rollback::{Setup, setup, setup_without_operator};
@@ -60,16 +59,7 @@ async fn create_all(s: &Setup, prefix: &str, requests: &[Request]) -> Vec<(u64, 
 /// then that the history is the reference's and no rollback made more than one version.
 async fn check_all(s: &Setup, expected: &mut History, created: &[(u64, String, Request)]) {
     for (_, name, request) in created {
-        let want = expected.apply(request);
-        let status = s.terminal(name).await.status.unwrap();
-        match want {
-            Ok(active) => assert_eq!(
-                (status.phase, status.active_version),
-                (Some(RollbackPhase::Succeeded), Some(active)),
-                "{name} {request:?}"
-            ),
-            Err(reason) => assert_eq!(status.reason.as_deref(), Some(reason), "{name} {request:?}"),
-        }
+        s.expect_outcome(name, expected.apply(request), &format!("{request:?}")).await;
     }
     assert_eq!(s.history("support").await, expected.0);
     let versions = s.versions("support").await;

@@ -86,6 +86,20 @@ impl Setup {
         .await
     }
 
+    /// Waits for the rollback to end, and checks that it ended as `want` says: succeeded with
+    /// that active version, or failed for that reason.
+    pub async fn expect_outcome(&self, name: &str, want: Result<i64, &str>, context: &str) {
+        let status = self.terminal(name).await.status.expect("terminal has a status");
+        match want {
+            Ok(active) => assert_eq!(
+                (status.phase, status.active_version),
+                (Some(RollbackPhase::Succeeded), Some(active)),
+                "{name}: {context}"
+            ),
+            Err(reason) => assert_eq!(status.reason.as_deref(), Some(reason), "{name}: {context}"),
+        }
+    }
+
     /// The Agent's versions: number → instructions.
     pub async fn history(&self, agent: &str) -> BTreeMap<i64, String> {
         self.versions(agent)

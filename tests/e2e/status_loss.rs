@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use agent_operator::api::{Agent, AgentRollback, AgentRollbackStatus, AgentStatus, RollbackPhase};
+use agent_operator::api::{Agent, AgentRollbackStatus, AgentStatus, RollbackPhase};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -84,11 +84,7 @@ async fn lost_statuses_are_rebuilt_with_the_same_results_and_nothing_runs_again(
     ] {
         let want = expected.apply(&request);
         s.create_rollback(name, "support", request.strategy, request.target).await;
-        let status = s.terminal(name).await.status.unwrap();
-        match want {
-            Ok(active) => assert_eq!(status.active_version, Some(active), "{name}"),
-            Err(reason) => assert_eq!(status.reason.as_deref(), Some(reason), "{name}"),
-        }
+        s.expect_outcome(name, want, &format!("{request:?}")).await;
         names.push(name.into());
     }
     // Events are sent in the background: wait for the last one before counting.
@@ -148,16 +144,7 @@ async fn lost_statuses_are_rebuilt_with_the_same_results_and_nothing_runs_again(
         created.sort_by_key(|(rv, _, _)| *rv);
         for (_, name, request) in &created {
             let want = expected.apply(request);
-            let status: AgentRollback = s.terminal(name).await;
-            let status = status.status.unwrap();
-            match want {
-                Ok(active) => assert_eq!(
-                    (status.phase, status.active_version),
-                    (Some(RollbackPhase::Succeeded), Some(active)),
-                    "trial {trial} {name} {request:?}"
-                ),
-                Err(reason) => assert_eq!(status.reason.as_deref(), Some(reason), "trial {trial} {name} {request:?}"),
-            }
+            s.expect_outcome(name, want, &format!("trial {trial} {request:?}")).await;
             names.push(name.clone());
         }
         assert_eq!(s.history("support").await, expected.0, "trial {trial}");

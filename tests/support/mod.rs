@@ -348,6 +348,13 @@ impl Operator {
         http_get("127.0.0.1", self.http_port, path).await.map(|r| (r.code, r.body))
     }
 
+    /// The sum of every series of /metrics whose line starts with `prefix` (a name, and
+    /// labels if wanted); 0 if none is served.
+    pub async fn metric_sum(&self, prefix: &str) -> f64 {
+        let body = self.get("/metrics").await.map(|(_, body)| body).unwrap_or_default();
+        body.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for the process to exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         // bash's built-in kill: no dependency on a kill binary being installed.
