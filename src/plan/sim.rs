@@ -587,14 +587,14 @@ proptest! {
 
     /// Rollbacks created at once run one at a time in creation order: the end state equals the
     /// reference applying them one by one, even with the controller crashing at random steps
-    /// and restarting on a rollback cache several changes stale, and every status lost at
-    /// random steps.
+    /// and restarting on a rollback cache several changes stale, and every status lost a few
+    /// times at random steps.
     #[test]
     fn queued_rollbacks_with_crashes_end_as_if_applied_one_by_one(
         setup in proptest::collection::vec(0u8..6, 1..8),
         batch in proptest::collection::vec(op().prop_filter("rollbacks only", |o| matches!(o, Op::Rollback { .. })), 1..20),
         crash_rate in 0u32..40,
-        loss_rate in 0u32..15,
+        losses in 0u32..4,
         max_lag in 0usize..6,
         seed in any::<u64>(),
         limit in 2i32..8,
@@ -619,7 +619,16 @@ proptest! {
         };
         let mut crash = || (next() % 100) < u64::from(crash_rate);
         let mut lag = || (next() % (max_lag as u64 + 1)) as usize;
-        let mut lose_status = || (next() % 100) < u64::from(loss_rate);
+        // Status loss is rare: up to `losses` times, at random steps. A loss every few steps
+        // would undo the status rewrites faster than they can be made.
+        let losses_left = std::cell::Cell::new(losses);
+        let mut lose_status = || {
+            let lose = losses_left.get() > 0 && next() % 20 == 0;
+            if lose {
+                losses_left.set(losses_left.get() - 1);
+            }
+            lose
+        };
         cluster.converge_with(Faults { crash: &mut crash, lag: &mut lag, lose_status: &mut lose_status });
         check_invariants(&cluster)?;
         for (i, op) in batch.iter().enumerate() {
