@@ -74,8 +74,9 @@ struct RunArgs {
     /// Seconds the Lease stays valid without renewal: the longest a dead leader blocks the others.
     #[arg(long, env = "AGENT_OPERATOR_LEASE_DURATION", default_value_t = 15)]
     lease_duration: u64,
-    /// Seconds before expiry at which the leader renews (less than the duration).
-    #[arg(long, env = "AGENT_OPERATOR_LEASE_GRACE", default_value_t = 5)]
+    /// Seconds before expiry at which the leader starts renewing (less than the duration). It
+    /// gives up after half of it of failed renewals, before the Lease can expire.
+    #[arg(long, env = "AGENT_OPERATOR_LEASE_GRACE", default_value_t = 10)]
     lease_grace: u64,
 }
 
