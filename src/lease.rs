@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn a_failing_holder_stops_before_its_lease_can_expire() {
-        for (duration, grace) in [(15, 5), (4, 2), (60, 20), (2, 1)] {
+        for (duration, grace) in [(15, 10), (15, 5), (4, 2), (60, 20), (2, 1)] {
             let s = settings(duration, grace);
             // The renewal starts `grace` before expiry; the first failure is reported at most one
             // request timeout later, and the holder stops a renew deadline after that.
