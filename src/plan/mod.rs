@@ -22,7 +22,7 @@ mod sim;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use kube::{Resource, ResourceExt};
 
 use crate::api::{
@@ -153,12 +153,12 @@ impl Observed {
     /// [`status::agent_conditions`] says.
     pub fn agent_conditions(
         &self,
-        existing: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+        existing: &[Condition],
         active: Option<i64>,
         busy: Option<&str>,
         delivery: &delivery::DeliveryState,
-        now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
-    ) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        now: &Time,
+    ) -> Vec<Condition> {
         let generation = self.agent.as_ref().and_then(|a| a.metadata.generation);
         match self.refusal() {
             Some(message) => status::refused_conditions(existing, generation, active, &message, now),
