@@ -246,8 +246,8 @@ async fn random_agents_and_rollbacks_are_refused_with_a_message_or_reconciled() 
     assert!(operator.exited().is_none(), "the operator exited: {:?}", operator.exited());
     let reconciles = || s.operator.as_ref().unwrap().metric_sum("agentops_reconciles_total{");
     // An Agent whose delivery is blocked (a workload missing, or not its to roll) is looked at
-    // again every 10 s at most; nothing else may come back.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // again with backoff up to every 10 s; once that is reached, nothing else may come back.
+    tokio::time::sleep(Duration::from_secs(15)).await;
     let before = reconciles().await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let after = reconciles().await;
