@@ -101,6 +101,15 @@ impl Context {
         lock.lock_owned().await
     }
 
+    /// Waits for every sync started early from the watch, and lets no more start. They run in
+    /// tasks of their own, which the controllers' graceful shutdown does not wait for; once
+    /// every permit is taken (and kept), none runs and none can start.
+    pub async fn finish_early_starts(&self) {
+        if let Ok(all) = self.early_starts.acquire_many(u32::from(super::CONCURRENCY)).await {
+            all.forget();
+        }
+    }
+
     /// Whether a sync of the Agent holds its lock now.
     pub fn syncing(&self, namespace: &str, name: &str) -> bool {
         let locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

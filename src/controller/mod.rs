@@ -163,10 +163,7 @@ where
         _ = readiness => {}
         _ = pruning => {}
     }
-    // Syncs started early from the watch run in tasks of their own, which the controllers'
-    // graceful shutdown does not wait for. Holding every permit means none runs, and none can
-    // start.
-    let _all = ctx.early_starts.acquire_many(u32::from(CONCURRENCY)).await;
+    ctx.finish_early_starts().await;
     ctx.events.flush().await;
     Ok(())
 }

@@ -1,11 +1,16 @@
 //! Running like a production controller: two replicas share a Lease and the standby takes
 //! over from a killed leader; /metrics, /healthz and /readyz are served; SIGTERM stops cleanly.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_operator::api::RollbackPhase;
+use agent_operator::api::{AgentRollback, RollbackPhase};
+use agent_operator::controller::{Context, Settings, agent_rollback};
+use agent_operator::metrics::Metrics;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
+use kube::runtime::{reflector, watcher};
 use serde_json::json;
 
 use crate::rollback::{Setup, setup};
@@ -180,4 +185,50 @@ async fn sigterm_finishes_every_sync_in_flight_including_those_started_from_the_
         .map(|r| r.metadata.name.clone().unwrap_or_default())
         .collect();
     assert!(running.is_empty(), "left Running by the stopped operator: {running:?}");
+}
+
+/// The step behind the test above, on its own: a sync started from the watch is not one of the
+/// controllers' reconciles, so only the wait at shutdown (`finish_early_starts`) keeps the
+/// process from exiting in the middle of it. Run in this process, against the real API server,
+/// with the caches filled as the operator's first lists fill them.
+#[tokio::test]
+async fn shutdown_waits_for_a_sync_started_from_the_watch_and_starts_no_more() {
+    let mut s = setup("ops-early-start").await;
+    s.agent_with_versions("support", 2, 10).await;
+    s.operator = None;
+    let first = s.create_rollback("first", "support", "Previous", None).await;
+    let (rollbacks, mut rollback_cache) = reflector::store();
+    rollback_cache.apply_watcher_event(&watcher::Event::Apply(first.clone()));
+    let (agents, mut agent_cache) = reflector::store();
+    for agent in s.agents().list(&Default::default()).await.unwrap() {
+        agent_cache.apply_watcher_event(&watcher::Event::Apply(agent));
+    }
+    let (config_maps, mut config_map_cache) = reflector::store();
+    let config_map_api: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
+    for config_map in config_map_api.list_metadata(&Default::default()).await.unwrap() {
+        config_map_cache.apply_watcher_event(&watcher::Event::Apply(config_map));
+    }
+    let ctx = Arc::new(Context::new(
+        s.client.clone(),
+        Settings { namespace: Some(s.ns.clone()), instance: None },
+        rollbacks,
+        agents,
+        config_maps,
+        Arc::new(Metrics::default()),
+    ));
+
+    agent_rollback::start_early(&first, &ctx);
+    ctx.finish_early_starts().await;
+    // The sync takes several round trips; had the wait not waited, it would still be running.
+    let phase = |r: &AgentRollback| r.status.as_ref().and_then(|st| st.phase);
+    let first = s.rollbacks().get("first").await.unwrap();
+    assert_eq!(phase(&first), Some(RollbackPhase::Succeeded), "{:?}", first.status);
+
+    // Once it has waited, nothing starts: a rollback seen after that is left to the next leader.
+    let second = s.create_rollback("second", "support", "Previous", None).await;
+    rollback_cache.apply_watcher_event(&watcher::Event::Apply(second.clone()));
+    agent_rollback::start_early(&second, &ctx);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = s.rollbacks().get("second").await.unwrap();
+    assert_eq!(phase(&second), None, "{:?}", second.status);
 }
