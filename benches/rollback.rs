@@ -22,7 +22,8 @@ use agent_operator::api::{
 };
 use agent_operator::plan::delivery::DeliveryState;
 use agent_operator::plan::hash::snapshot_hash;
-use agent_operator::plan::publish::new_version;
+use agent_operator::plan::in_sync;
+use agent_operator::plan::publish::{Provenance, new_version};
 use agent_operator::plan::status::{agent_conditions, set_rollback_phase};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -126,14 +127,23 @@ async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &Age
 
     let snapshot = definition("restored");
     let hash = snapshot_hash(&snapshot);
-    let version = new_version(agent, number, snapshot, hash, None, None, None);
+    let provenance = Provenance { rollback: None, change_cause: None, published_by: None };
+    let version = new_version(agent, number, snapshot, hash, provenance, None);
     versions.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &version).await.unwrap();
 
     let agent_status = AgentStatus {
         active_version: Some(number),
         version_count: Some(number),
         observed_generation: Some(1),
-        conditions: agent_conditions(&[], Some(1), Some(number), None, &DeliveryState::Delivered, &t),
+        conditions: agent_conditions(
+            &[],
+            Some(1),
+            Some(number),
+            None,
+            &DeliveryState::Delivered,
+            in_sync::condition(agent, Some(&version.spec), None, false),
+            &t,
+        ),
         ..Default::default()
     };
     let body = json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "Agent", "status": agent_status});
@@ -338,6 +348,7 @@ async fn grow_history(client: &Client, ns: &str, agents: &[Agent], from: i64, to
     futures::stream::iter(agents.iter())
         .for_each_concurrent(32, |agent| async move {
             let versions: Api<AgentVersion> = Api::namespaced(client.clone(), ns);
+            let mut last = None;
             for v in from..=to {
                 let snapshot = if v == to {
                     agent.spec.definition.clone()
@@ -345,11 +356,14 @@ async fn grow_history(client: &Client, ns: &str, agents: &[Agent], from: i64, to
                     definition(&format!("{}-v{v}", agent.name_any()))
                 };
                 let hash = snapshot_hash(&snapshot);
-                let version = new_version(agent, v, snapshot, hash, None, Some(format!("edit {v}")), None);
+                let provenance =
+                    Provenance { rollback: None, change_cause: Some(format!("edit {v}")), published_by: None };
+                let version = new_version(agent, v, snapshot, hash, provenance, None);
                 versions
                     .create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &version)
                     .await
                     .unwrap();
+                last = Some(version);
             }
             let t = now();
             let status = AgentStatus {
@@ -363,6 +377,7 @@ async fn grow_history(client: &Client, ns: &str, agents: &[Agent], from: i64, to
                     Some(to),
                     None,
                     &DeliveryState::Delivered,
+                    in_sync::condition(agent, last.as_ref().map(|v| &v.spec), None, false),
                     &t,
                 ),
                 ..Default::default()

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub delivery_duration: Histogram,
     pub leader: Gauge,
     pub tracked_agents: Gauge,
+    pub agents_out_of_sync: Gauge,
 }
 
 impl Default for Metrics {
@@ -76,6 +77,13 @@ impl Default for Metrics {
             "Agents the controller keeps state for between syncs, as of the last pruning (every minute) of those gone",
             tracked_agents.clone(),
         );
+        let agents_out_of_sync = Gauge::default();
+        registry.register(
+            "agents_out_of_sync",
+            "Agents whose spec does not hold the active version's definition (InSync False), as last seen; \
+             a deleted Agent leaves the count at the next pruning (every minute)",
+            agents_out_of_sync.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -86,6 +94,7 @@ impl Default for Metrics {
             delivery_duration,
             leader,
             tracked_agents,
+            agents_out_of_sync,
         }
     }
 }

@@ -39,6 +39,7 @@ use super::agent::AgentDefinition;
         description = "Active version after"
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Requested-By", type_ = "string", json_path = ".spec.requestedBy", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("AgentRollback spec is immutable; create a new AgentRollback instead"))]
@@ -70,6 +71,13 @@ pub struct AgentRollbackSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub reason: Option<String>,
+
+    /// Who asked for the rollback: the username the API server authenticated for the create.
+    /// The chart's admission policy sets it, whatever the client sent (or, where the cluster
+    /// cannot mutate, refuses any other value than the caller's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub requested_by: Option<String>,
 }
 
 /// How a rollback chooses the version to go back to.

@@ -28,6 +28,7 @@ use super::agent::AgentDefinition;
         json_path = ".spec.rollbackFromVersion",
         description = "The version this one copies, when a rollback made it"
     ),
+    printcolumn(name = "Published-By", type_ = "string", json_path = ".spec.publishedBy", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("AgentVersion spec is immutable"))]
@@ -61,4 +62,10 @@ pub struct AgentVersionSpec {
     /// published, or the rollback's reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_cause: Option<String>,
+
+    /// Who caused this version: the `requestedBy` of the rollback that made it, or the
+    /// identity the API server recorded for the Agent's spec change it was published from
+    /// (where the chart's admission policy records it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_by: Option<String>,
 }

@@ -7,6 +7,9 @@ pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 /// The object will not progress without a change from outside (kstatus: failed).
 pub const STALLED: &str = "Stalled";
+/// The Agent's spec holds the active version's definition: False after a rollback, until the
+/// spec (in git) is brought to what is active.
+pub const IN_SYNC: &str = "InSync";
 
 /// Condition reasons.
 pub mod reasons {
@@ -30,6 +33,15 @@ pub mod reasons {
     pub const ROLLOUT_STUCK: &str = "RolloutStuck";
     /// The spec's definition is larger than a version may be; it is not published.
     pub const DEFINITION_TOO_LARGE: &str = "DefinitionTooLarge";
+    /// InSync: the spec's definition is the active version's.
+    pub const MATCHES_ACTIVE_VERSION: &str = "MatchesActiveVersion";
+    /// InSync: a rollback made a version active whose definition the spec does not hold.
+    pub const ROLLED_BACK: &str = "RolledBack";
+    /// InSync: the spec differs from the active version for another reason (not yet
+    /// published, or the newest version deleted by hand).
+    pub const SPEC_DIFFERS: &str = "SpecDiffers";
+    /// InSync: nothing is published yet.
+    pub const NO_VERSION: &str = "NoVersion";
 }
 
 /// Event reasons.

@@ -12,6 +12,10 @@ pub const VERSION_LABEL: &str = "agentops.dev/version";
 pub const ROLLBACK_LABEL: &str = "agentops.dev/rollback";
 /// Annotation on an Agent, copied into `changeCause` of the version it publishes.
 pub const CHANGE_CAUSE_ANNOTATION: &str = "agentops.dev/change-cause";
+/// Annotation on an Agent: who made its last spec change, as the API server authenticated
+/// them. Set by the chart's admission policy, never by clients; copied into `publishedBy` of
+/// the version published from that spec.
+pub const CHANGED_BY_ANNOTATION: &str = "agentops.dev/changed-by";
 
 /// Annotation on every AgentRollback the controller has written: its record (status as JSON,
 /// with the Agent it ran on). Status is a cache; this is what it is rebuilt from.

@@ -15,7 +15,7 @@ use super::Context;
 use super::observe::fetch_versions;
 use super::sync::sync_agent;
 use crate::api::Agent;
-use crate::api::conditions::{READY, reasons};
+use crate::api::conditions::{IN_SYNC, READY, reasons};
 use crate::metrics::ErrorLabels;
 use crate::plan::Observed;
 use crate::plan::delivery::{ConfigMapState, config_map_name};
@@ -29,6 +29,7 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
     let timer = ctx.metrics.reconcile("agent");
     let namespace = agent.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let name = agent.name_any();
+    ctx.note_in_sync(&agent);
     // The echo of a recent clean sync's last write: that sync left nothing to do.
     let intact = delivery_intact(&ctx, &agent);
     let covered = || intact && ctx.settled.covers(&agent);
@@ -117,7 +118,9 @@ async fn up_to_date(ctx: &Context, agent: &Agent, namespace: &str) -> Result<boo
         .conditions
         .iter()
         .any(|c| c.type_ == READY && c.status == "True" && c.observed_generation == agent.metadata.generation);
-    Ok(ready && status.observed_generation == agent.metadata.generation)
+    // A status written before `InSync` existed gets it.
+    let in_sync_known = status.conditions.iter().any(|c| c.type_ == IN_SYNC);
+    Ok(ready && in_sync_known && status.observed_generation == agent.metadata.generation)
 }
 
 pub fn error_policy(agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -13,6 +13,7 @@ use tokio::sync::OwnedMutexGuard;
 use super::echoes::Echoes;
 use super::events::EventSink;
 use super::settled::SettledAgents;
+use crate::api::conditions::IN_SYNC;
 use crate::api::{Agent, AgentRollback};
 use crate::metrics::Metrics;
 
@@ -56,6 +57,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     locks: Mutex<HashMap<AgentKey, Arc<tokio::sync::Mutex<()>>>>,
     backoff: Mutex<HashMap<String, u32>>,
+    /// Agents whose `InSync` condition was False when last seen.
+    out_of_sync: Mutex<HashSet<AgentKey>>,
 }
 
 impl Context {
@@ -81,6 +84,7 @@ impl Context {
             metrics,
             locks: Mutex::default(),
             backoff: Mutex::default(),
+            out_of_sync: Mutex::default(),
         }
     }
 
@@ -110,6 +114,24 @@ impl Context {
         }
     }
 
+    /// Notes whether the Agent, as the watch delivered it, is out of sync (its `InSync`
+    /// condition False), for the `agents_out_of_sync` gauge. Every change to an Agent,
+    /// status included, comes through here.
+    pub fn note_in_sync(&self, agent: &Agent) {
+        let key = (agent.namespace().unwrap_or_default(), agent.name_any());
+        let out = agent
+            .status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == IN_SYNC && c.status == "False"));
+        let mut set = self.out_of_sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if out {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+        self.metrics.agents_out_of_sync.set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+    }
+
     /// Whether a sync of the Agent holds its lock now.
     pub fn syncing(&self, namespace: &str, name: &str) -> bool {
         let locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -131,6 +153,10 @@ impl Context {
         let key = |ns: &str, name: &str| (ns.to_string(), name.to_string());
         self.settled.retain(|ns, name| agents.contains(&key(ns, name)), |ns, name| self.syncing(ns, name));
         self.metrics.tracked_agents.set(i64::try_from(self.settled.tracked()).unwrap_or(i64::MAX));
+        let mut out_of_sync = self.out_of_sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        out_of_sync.retain(|key| agents.contains(key));
+        self.metrics.agents_out_of_sync.set(i64::try_from(out_of_sync.len()).unwrap_or(i64::MAX));
+        drop(out_of_sync);
         let mut backoff = self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         backoff.retain(|k, _| uids.contains(k.strip_prefix("delivery/").unwrap_or(k)));
     }

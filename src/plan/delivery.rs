@@ -341,6 +341,7 @@ mod tests {
                 rollback_from_version: None,
                 rollback_name: None,
                 change_cause: None,
+                published_by: None,
             },
         );
         v.metadata.owner_references = Some(vec![owner_reference(agent)]);

@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod durable;
 pub mod hash;
 pub mod history;
+pub mod in_sync;
 pub mod publish;
 pub mod rollback;
 pub mod status;
@@ -153,16 +154,24 @@ impl Observed {
     /// [`status::agent_conditions`] says.
     pub fn agent_conditions(
         &self,
-        existing: &[Condition],
-        active: Option<i64>,
+        agent: &Agent,
+        status: &AgentStatus,
         busy: Option<&str>,
         delivery: &delivery::DeliveryState,
         now: &Time,
     ) -> Vec<Condition> {
-        let generation = self.agent.as_ref().and_then(|a| a.metadata.generation);
-        match self.refusal() {
-            Some(message) => status::refused_conditions(existing, generation, active, &message, now),
-            None => status::agent_conditions(existing, generation, active, busy, delivery, now),
+        let (existing, active) = (&status.conditions, status.active_version);
+        let generation = agent.metadata.generation;
+        let refusal = self.refusal();
+        let in_sync = in_sync::condition(
+            agent,
+            active.and_then(|n| self.version(n)).map(|v| &v.spec),
+            status.last_rollback.as_ref().map(|r| r.name.as_str()),
+            refusal.is_some(),
+        );
+        match refusal {
+            Some(message) => status::refused_conditions(existing, generation, active, &message, in_sync, now),
+            None => status::agent_conditions(existing, generation, active, busy, delivery, in_sync, now),
         }
     }
 

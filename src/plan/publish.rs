@@ -10,7 +10,7 @@ use super::durable::Handled;
 use super::hash::snapshot_hash;
 use super::{EventNote, EventTarget, Observed, RelatedObject, Step, owner_reference, version_name};
 use crate::api::conditions::{STALLED, events, reasons};
-use crate::api::keys::{AGENT_LABEL, CHANGE_CAUSE_ANNOTATION, VERSION_LABEL};
+use crate::api::keys::{AGENT_LABEL, CHANGE_CAUSE_ANNOTATION, CHANGED_BY_ANNOTATION, VERSION_LABEL};
 use crate::api::{Agent, AgentDefinition, AgentVersion, AgentVersionSpec};
 
 /// The largest definition, as canonical JSON, that is published. Every object made from it
@@ -47,7 +47,7 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
         status.version_count = Some(observed.versions.len() as i64);
         status.versions_digest = Some(observed.versions_digest());
         let delivery = super::delivery::state_after(observed, agent, observed.newest());
-        status.conditions = observed.agent_conditions(&status.conditions, active, busy_after, &delivery, now);
+        status.conditions = observed.agent_conditions(agent, &status, busy_after, &delivery, now);
         let refused_before = agent.status.as_ref().is_some_and(|s| {
             s.conditions
                 .iter()
@@ -67,16 +67,28 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
     }
 
     let number = observed.next_version_number();
-    let change_cause = agent.annotations().get(CHANGE_CAUSE_ANNOTATION).cloned();
+    let provenance = Provenance {
+        rollback: None,
+        change_cause: agent.annotations().get(CHANGE_CAUSE_ANNOTATION).cloned(),
+        published_by: agent.annotations().get(CHANGED_BY_ANNOTATION).cloned(),
+    };
     let handled = generation.map(|generation| Handled { generation, definition_hash: hash.clone() });
-    let version = new_version(agent, number, agent.spec.definition.clone(), hash, None, change_cause, handled);
+    let version = new_version(agent, number, agent.spec.definition.clone(), hash, provenance, handled);
     status.active_version = Some(number);
     status.version_count = Some(observed.versions.len() as i64 + 1);
     status.versions_digest =
         Some(super::hash::versions_digest(observed.versions.iter().map(|v| &v.spec).chain([&version.spec])));
     let delivery = super::delivery::state_after(observed, agent, Some(&version));
-    status.conditions =
-        super::status::agent_conditions(&status.conditions, generation, Some(number), busy_after, &delivery, now);
+    let in_sync = super::in_sync::condition(agent, Some(&version.spec), None, false);
+    status.conditions = super::status::agent_conditions(
+        &status.conditions,
+        generation,
+        Some(number),
+        busy_after,
+        &delivery,
+        in_sync,
+        now,
+    );
     vec![
         Step::CreateVersion(Box::new(version)),
         Step::PatchAgentStatus(Box::new(status)),
@@ -100,6 +112,14 @@ pub struct RollbackOrigin<'a> {
     pub rollback_name: &'a str,
 }
 
+/// Where a new version comes from, and why and for whom it exists.
+pub struct Provenance<'a> {
+    /// Set on versions made by a rollback.
+    pub rollback: Option<RollbackOrigin<'a>>,
+    pub change_cause: Option<String>,
+    pub published_by: Option<String>,
+}
+
 /// A new version object of `agent`, named `<agent>-v<number>`, owned by the Agent, recording
 /// the Agent's spec state `handled` once it exists.
 pub fn new_version(
@@ -107,10 +127,10 @@ pub fn new_version(
     number: i64,
     snapshot: AgentDefinition,
     snapshot_hash: String,
-    origin: Option<RollbackOrigin<'_>>,
-    change_cause: Option<String>,
+    provenance: Provenance<'_>,
     handled: Option<Handled>,
 ) -> AgentVersion {
+    let Provenance { rollback: origin, change_cause, published_by } = provenance;
     let agent_name = agent.name_any();
     let mut labels = BTreeMap::from([
         (AGENT_LABEL.to_string(), agent_name.clone()),
@@ -136,6 +156,7 @@ pub fn new_version(
             rollback_from_version: origin.as_ref().map(|o| o.from_version),
             rollback_name: origin.map(|o| o.rollback_name.to_string()),
             change_cause,
+            published_by,
         },
     }
 }

@@ -10,7 +10,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use super::publish::{RollbackOrigin, new_version};
+use super::publish::{Provenance, RollbackOrigin, new_version};
 use super::status::set_rollback_phase;
 use super::{EventNote, EventTarget, Observed, RelatedObject, Step, status_of};
 use crate::api::conditions::events;
@@ -168,6 +168,15 @@ fn event(on: EventTarget, warning: bool, reason: &'static str, action: &'static 
     Step::Event(EventNote { on, related: None, warning, reason, action, note })
 }
 
+/// An Event's note about `rollback`, naming who asked for it (the audit trail in `kubectl
+/// describe` and in the Events API, beside the rollback's own `spec.requestedBy`).
+fn noted(rollback: &AgentRollback, note: String) -> String {
+    match &rollback.spec.requested_by {
+        Some(who) => format!("{note} Requested by {who}."),
+        None => note,
+    }
+}
+
 /// An Event on the Agent, naming the rollback it is about.
 fn agent_event(rollback: &str, warning: bool, reason: &'static str, note: String) -> Step {
     let related = Some(RelatedObject::Rollback(rollback.to_string()));
@@ -200,16 +209,17 @@ pub fn fail(observed: &Observed, rollback: &AgentRollback, failure: Failure, now
         now,
     );
     let name = rollback.name_any();
+    let note = noted(rollback, failure.message.clone());
     let mut steps = vec![
         cas(observed, rollback, status),
-        event(EventTarget::Rollback(name.clone()), true, events::ROLLBACK_FAILED, "Rollback", failure.message.clone()),
+        event(EventTarget::Rollback(name.clone()), true, events::ROLLBACK_FAILED, "Rollback", note),
     ];
     if agent_exists {
         steps.push(agent_event(
             &name,
             true,
             events::ROLLBACK_FAILED,
-            format!("AgentRollback {name} failed ({}): {}", failure.reason.as_str(), failure.message),
+            noted(rollback, format!("AgentRollback {name} failed ({}): {}", failure.reason.as_str(), failure.message)),
         ));
     }
     steps
@@ -260,7 +270,13 @@ pub fn start(
                 // rollback's path, and the start is on the AgentRollback.
                 vec![
                     cas(observed, head, status),
-                    event(EventTarget::Rollback(head.name_any()), false, events::ROLLBACK_STARTED, "Rollback", message),
+                    event(
+                        EventTarget::Rollback(head.name_any()),
+                        false,
+                        events::ROLLBACK_STARTED,
+                        "Rollback",
+                        noted(head, message),
+                    ),
                 ]
             }
         };
@@ -306,19 +322,20 @@ pub fn resume(
                 ),
                 None => match observed.version(target) {
                     Some(source) => {
-                        let origin = RollbackOrigin { from_version: target, rollback_name: &name };
-                        let cause = running
-                            .spec
-                            .reason
-                            .clone()
-                            .or_else(|| Some(format!("Rolled back to version {target} by AgentRollback {name}")));
+                        let provenance =
+                            Provenance {
+                                rollback: Some(RollbackOrigin { from_version: target, rollback_name: &name }),
+                                change_cause: running.spec.reason.clone().or_else(|| {
+                                    Some(format!("Rolled back to version {target} by AgentRollback {name}"))
+                                }),
+                                published_by: running.spec.requested_by.clone(),
+                            };
                         let version = new_version(
                             agent,
                             new,
                             source.spec.snapshot.clone(),
                             source.spec.snapshot_hash.clone(),
-                            Some(origin),
-                            cause,
+                            provenance,
                             observed.handled(),
                         );
                         vec![Step::CreateVersion(Box::new(version))]
@@ -378,7 +395,7 @@ fn finish(
     agent_status.versions_digest = Some(pruning.digest.clone());
     agent_status.last_rollback = Some(LastRollback { name: name.clone(), time: now.clone() });
     let delivery = super::delivery::state_after(observed, agent, observed.newest());
-    agent_status.conditions = observed.agent_conditions(&agent_status.conditions, active, busy_after, &delivery, now);
+    agent_status.conditions = observed.agent_conditions(agent, &agent_status, busy_after, &delivery, now);
 
     let mut status = status_of(rollback);
     status.active_version = active;
@@ -408,8 +425,14 @@ fn finish(
     vec![
         writes,
         cas(observed, rollback, status),
-        event(EventTarget::Rollback(name.clone()), false, events::ROLLBACK_SUCCEEDED, "Rollback", message),
-        agent_event(&name, false, events::ROLLED_BACK, agent_note),
+        event(
+            EventTarget::Rollback(name.clone()),
+            false,
+            events::ROLLBACK_SUCCEEDED,
+            "Rollback",
+            noted(rollback, message),
+        ),
+        agent_event(&name, false, events::ROLLED_BACK, noted(rollback, agent_note)),
     ]
 }
 

@@ -129,6 +129,7 @@ impl Cluster {
                 target_version: target,
                 expected_active_version: expected,
                 reason: None,
+                requested_by: Some(format!("user-{name}")),
             },
             status: None,
         });
@@ -636,10 +637,15 @@ proptest! {
             prop_assert_eq!(cluster.outcome(&format!("rb-{i:02}")), want, "rollback {} {:?}", i, op);
         }
         prop_assert_eq!(cluster.history(), reference.history());
-        // Each succeeded Restore/Previous made exactly one version, named after it.
+        // Each succeeded Restore/Previous made exactly one version, named after it and
+        // published by whoever asked for it.
         for r in &cluster.rollbacks {
-            let made = cluster.versions.iter().filter(|v| v.spec.rollback_name.as_deref() == Some(r.name_any().as_str())).count();
-            prop_assert!(made <= 1);
+            let made: Vec<_> =
+                cluster.versions.iter().filter(|v| v.spec.rollback_name.as_deref() == Some(r.name_any().as_str())).collect();
+            prop_assert!(made.len() <= 1);
+            for version in made {
+                prop_assert_eq!(&version.spec.published_by, &r.spec.requested_by);
+            }
         }
     }
 }

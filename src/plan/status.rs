@@ -16,11 +16,11 @@ pub struct ConditionSpec<'a> {
     pub message: String,
 }
 
-/// The three conditions in a fixed order, keeping `lastTransitionTime` from `existing` for
-/// every condition whose status did not change.
-pub fn conditions(
+/// The conditions in a fixed order, keeping `lastTransitionTime` from `existing` for every
+/// condition whose status did not change.
+pub fn conditions<const N: usize>(
     existing: &[Condition],
-    specs: [ConditionSpec<'_>; 3],
+    specs: [ConditionSpec<'_>; N],
     generation: Option<i64>,
     now: &Time,
 ) -> Vec<Condition> {
@@ -45,13 +45,14 @@ pub fn conditions(
 }
 
 /// The conditions of an Agent: `busy` while a publish or rollback is in flight; otherwise
-/// `Ready` once the active version is delivered.
+/// `Ready` once the active version is delivered; and `in_sync` (see [`super::in_sync`]).
 pub fn agent_conditions(
     existing: &[Condition],
     generation: Option<i64>,
     active: Option<i64>,
     busy: Option<&str>,
     delivery: &DeliveryState,
+    in_sync: ConditionSpec<'_>,
     now: &Time,
 ) -> Vec<Condition> {
     let ready_message = match active {
@@ -98,7 +99,7 @@ pub fn agent_conditions(
             not_stalled(),
         ),
     };
-    conditions(existing, [ready, reconciling, stalled], generation, now)
+    conditions(existing, [ready, reconciling, stalled, in_sync], generation, now)
 }
 
 /// The conditions of an Agent whose spec's definition is refused (see
@@ -109,6 +110,7 @@ pub fn refused_conditions(
     generation: Option<i64>,
     active: Option<i64>,
     message: &str,
+    in_sync: ConditionSpec<'_>,
     now: &Time,
 ) -> Vec<Condition> {
     let message = match active {
@@ -120,6 +122,7 @@ pub fn refused_conditions(
         ConditionSpec { type_: READY, status: false, reason, message: message.clone() },
         ConditionSpec { type_: RECONCILING, status: false, reason: reasons::AS_EXPECTED, message: String::new() },
         ConditionSpec { type_: STALLED, status: true, reason, message },
+        in_sync,
     ];
     conditions(existing, specs, generation, now)
 }
@@ -177,18 +180,23 @@ mod tests {
         Time(Timestamp::from_second(seconds).expect("valid timestamp"))
     }
 
+    fn in_sync() -> ConditionSpec<'static> {
+        ConditionSpec { type_: "InSync", status: true, reason: reasons::MATCHES_ACTIVE_VERSION, message: String::new() }
+    }
+
     #[test]
     fn unchanged_condition_keeps_its_transition_time() {
-        let first = agent_conditions(&[], Some(1), Some(1), None, &DeliveryState::Delivered, &at(10));
-        let second = agent_conditions(&first, Some(1), Some(1), None, &DeliveryState::Delivered, &at(20));
+        let first = agent_conditions(&[], Some(1), Some(1), None, &DeliveryState::Delivered, in_sync(), &at(10));
+        let second = agent_conditions(&first, Some(1), Some(1), None, &DeliveryState::Delivered, in_sync(), &at(20));
         assert_eq!(first, second);
     }
 
     #[test]
     fn changed_condition_gets_a_new_transition_time() {
         let delivered = DeliveryState::Delivered;
-        let first = agent_conditions(&[], Some(1), Some(1), None, &delivered, &at(10));
-        let second = agent_conditions(&first, Some(2), Some(1), Some(reasons::PUBLISHING), &delivered, &at(20));
+        let first = agent_conditions(&[], Some(1), Some(1), None, &delivered, in_sync(), &at(10));
+        let second =
+            agent_conditions(&first, Some(2), Some(1), Some(reasons::PUBLISHING), &delivered, in_sync(), &at(20));
         let ready = second.iter().find(|c| c.type_ == READY).expect("Ready is set");
         assert_eq!((ready.status.as_str(), &ready.last_transition_time), ("False", &at(20)));
         let stalled = second.iter().find(|c| c.type_ == STALLED).expect("Stalled is set");

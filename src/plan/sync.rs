@@ -76,8 +76,8 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
         agent_status.versions_digest = Some(pruning.digest.clone());
         agent_status.active_version = active;
         agent_status.conditions = observed.agent_conditions(
-            &agent_status.conditions,
-            active,
+            agent,
+            &agent_status,
             publish::busy_reason(false, !pending.is_empty()),
             &delivery::state_after(observed, agent, observed.newest()),
             now,
@@ -112,7 +112,7 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
     desired.version_count = Some(observed.versions.len() as i64);
     desired.versions_digest = Some(observed.versions_digest());
     desired.delivery = delivery.status;
-    desired.conditions = observed.agent_conditions(&desired.conditions, active, None, &delivery.state, now);
+    desired.conditions = observed.agent_conditions(agent, &desired, None, &delivery.state, now);
     let mut steps = delivery.steps;
     if agent.status.as_ref() != Some(&desired) {
         let newly_blocked = match &delivery.state {

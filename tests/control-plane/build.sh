@@ -51,8 +51,8 @@ build_helm() {
   # assumes Kubernetes v1.20 for `helm template` and `helm lint`.
   local p=helm.sh/helm/v3
   GOBIN=$out go install -trimpath -ldflags="-s -w -X $p/internal/version.version=$HELM_VERSION \
-    -X $p/pkg/chartutil.k8sVersionMajor=1 -X $p/pkg/chartutil.k8sVersionMinor=36 \
-    -X $p/pkg/lint/rules.k8sVersionMajor=1 -X $p/pkg/lint/rules.k8sVersionMinor=36" \
+    -X $p/pkg/chartutil.k8sVersionMajor=1 -X $p/pkg/chartutil.k8sVersionMinor=37 \
+    -X $p/pkg/lint/rules.k8sVersionMajor=1 -X $p/pkg/lint/rules.k8sVersionMinor=37" \
     "$p/cmd/helm@$HELM_VERSION"
   touch "$out/.complete"
 }

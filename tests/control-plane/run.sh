@@ -9,6 +9,8 @@
 #   run.sh --node DIR          with a node that runs pods (root; one per machine). The API
 #                              server then listens on the node's address instead of 127.0.0.1.
 #   run.sh DIR -- CMD ARGS...  start, run CMD with KUBECONFIG set, stop, exit with CMD's status
+#   --api-flag=FLAG            one more kube-apiserver flag (repeatable), for a control plane
+#                              configured unlike the default (some API turned off)
 #
 # DIR receives: admin.kubeconfig, pki/ (the CA that also signs client certificates, see
 # user-cert.sh), env (KUBECONFIG and the ports, for sourcing), ready (written once /readyz
@@ -16,11 +18,12 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-watch_pid= node=
+watch_pid= node= extra_api_flags=()
 while [[ ${1:-} == --* ]]; do
   case $1 in
     --exit-with-parent) watch_pid=$PPID ;;
     --node) node=1 ;;
+    --api-flag=*) extra_api_flags+=("${1#--api-flag=}") ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
   shift
@@ -131,6 +134,7 @@ else
   # Endpoints refuse loopback IPs, so without a node the `kubernetes` Service has none.
   api_flags+=(--authorization-mode=RBAC --endpoint-reconciler-type=none)
 fi
+api_flags+=(${extra_api_flags[@]+"${extra_api_flags[@]}"})
 # Started again whenever it exits, so tests restart it by killing the PID in
 # $D/kube-apiserver.pid; the supervising subshell stops it when it is stopped itself.
 api_server=("$K8S_BIN/kube-apiserver"

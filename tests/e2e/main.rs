@@ -12,6 +12,7 @@ mod control_plane;
 mod crash;
 mod delivery;
 mod fuzz;
+mod identity;
 mod in_cluster;
 mod operations;
 mod outage;

@@ -38,7 +38,10 @@ async fn history_show_and_diff_read_an_agents_versions() {
     let (code, out, _) = text(&plugin(&s, &["history", "support"]));
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].starts_with("VERSION") && lines[0].contains("CHANGE-CAUSE"), "{out}");
+    assert!(
+        lines[0].starts_with("VERSION") && lines[0].contains("PUBLISHED-BY") && lines[0].contains("REASON"),
+        "{out}"
+    );
     let first: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(&first[..3], ["3", "*", "yes"], "newest first, marked active and delivered: {out}");
     assert!(lines[0].contains("DELIVERED"), "{out}");

@@ -60,37 +60,65 @@ pub fn control_plane() -> &'static ControlPlane {
             return ControlPlane { dir, node, kubeconfig, pki, bin, helm };
         }
         let dir = std::env::temp_dir().join(format!("agent-operator-test-{}", std::process::id()));
-        let log =
-            std::fs::File::create(std::env::temp_dir().join(format!("agent-operator-test-{}.log", std::process::id())))
-                .expect("log file");
         // As root, with a node, so that the in-cluster tests run too.
         let root = std::fs::read_to_string("/proc/self/status")
             .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")));
         // Not waited for: run.sh --exit-with-parent stops the control plane when this test
         // binary exits, which no destructor of a static could do.
-        #[allow(clippy::zombie_processes)]
-        Command::new("bash")
-            .arg(repo().join("tests/control-plane/run.sh"))
-            .arg("--exit-with-parent")
-            .args(root.then_some("--node"))
-            .arg(&dir)
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("control plane starts");
-        // The first run may build the binaries (minutes); later ones start in seconds.
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        while !dir.join("ready").exists() {
-            assert!(Instant::now() < deadline, "control plane not ready; see {}", dir.display());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let env = dir.join("env");
-        let bin = read_env_file(&env, "K8S_BIN").map(PathBuf::from).expect("env file names K8S_BIN");
-        let helm =
-            read_env_file(&env, "HELM_BIN").map(|d| PathBuf::from(d).join("helm")).expect("env file names HELM_BIN");
-        let node = read_env_file(&env, "AGENT_OPERATOR_TEST_NODE").is_some_and(|v| !v.is_empty());
-        ControlPlane { kubeconfig: dir.join("admin.kubeconfig"), pki: dir.join("pki"), bin, helm, node, dir }
+        let flags: Vec<String> = root.then(|| "--node".to_string()).into_iter().collect();
+        start_control_plane(&dir, &flags).1
     })
+}
+
+/// Starts `run.sh --exit-with-parent FLAGS DIR` (stopped when this test binary exits, if not
+/// before) and waits until its API server is ready.
+fn start_control_plane(dir: &Path, flags: &[String]) -> (Child, ControlPlane) {
+    let log = std::fs::File::create(dir.with_extension("log")).expect("log file");
+    let child = Command::new("bash")
+        .arg(repo().join("tests/control-plane/run.sh"))
+        .arg("--exit-with-parent")
+        .args(flags)
+        .arg(dir)
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("control plane starts");
+    // The first run may build the binaries (minutes); later ones start in seconds.
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    while !dir.join("ready").exists() {
+        assert!(Instant::now() < deadline, "control plane not ready; see {}", dir.display());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let env = dir.join("env");
+    let bin = read_env_file(&env, "K8S_BIN").map(PathBuf::from).expect("env file names K8S_BIN");
+    let helm = read_env_file(&env, "HELM_BIN").map(|d| PathBuf::from(d).join("helm")).expect("env file names HELM_BIN");
+    let node = read_env_file(&env, "AGENT_OPERATOR_TEST_NODE").is_some_and(|v| !v.is_empty());
+    let dir = dir.to_path_buf();
+    (child, ControlPlane { kubeconfig: dir.join("admin.kubeconfig"), pki: dir.join("pki"), bin, helm, node, dir })
+}
+
+/// A control plane of one test's own, configured unlike the shared one (extra kube-apiserver
+/// flags); stopped when dropped.
+pub struct OwnControlPlane {
+    pub cp: ControlPlane,
+    child: Child,
+}
+
+impl OwnControlPlane {
+    pub fn start(name: &str, api_flags: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("agent-operator-test-{}-{name}", std::process::id()));
+        let flags: Vec<String> = api_flags.iter().map(|f| format!("--api-flag={f}")).collect();
+        let (child, cp) = start_control_plane(&dir, &flags);
+        Self { cp, child }
+    }
+}
+
+impl Drop for OwnControlPlane {
+    fn drop(&mut self) {
+        // run.sh stops what it started on SIGTERM.
+        let _ = Command::new("bash").arg("-c").arg(format!("kill -TERM {}", self.child.id())).status();
+        let _ = self.child.wait();
+    }
 }
 
 /// An admin client for the test control plane (never the user's current context).
@@ -178,26 +206,34 @@ pub fn kubectl_as(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Outp
 
 /// A kubeconfig for a non-admin user: a client certificate signed by the control plane's CA.
 pub fn user_kubeconfig(user: &str, groups: &[&str]) -> PathBuf {
-    let cp = control_plane();
-    let mut subject = format!("/CN={user}");
-    for g in groups {
-        subject.push_str(&format!("/O={g}"));
+    control_plane().user_kubeconfig(user, groups)
+}
+
+impl ControlPlane {
+    /// A kubeconfig for a non-admin user of this control plane: a client certificate signed
+    /// by its CA.
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let cp = self;
+        let mut subject = format!("/CN={user}");
+        for g in groups {
+            subject.push_str(&format!("/O={g}"));
+        }
+        let status = Command::new("bash")
+            .arg(repo().join("tests/control-plane/user-cert.sh"))
+            .arg(&cp.pki)
+            .arg(user)
+            .arg(&subject)
+            .status()
+            .expect("user-cert.sh runs");
+        assert!(status.success(), "user certificate issued");
+        let admin = std::fs::read_to_string(&cp.kubeconfig).expect("admin kubeconfig");
+        let text = admin.replace(&format!("{}/admin.", cp.pki.display()), &format!("{}/{user}.", cp.pki.display()));
+        let text =
+            text.replace("- name: admin", &format!("- name: {user}")).replace("user: admin", &format!("user: {user}"));
+        let path = cp.pki.join(format!("{user}.kubeconfig"));
+        std::fs::write(&path, text).expect("user kubeconfig written");
+        path
     }
-    let status = Command::new("bash")
-        .arg(repo().join("tests/control-plane/user-cert.sh"))
-        .arg(&cp.pki)
-        .arg(user)
-        .arg(&subject)
-        .status()
-        .expect("user-cert.sh runs");
-    assert!(status.success(), "user certificate issued");
-    let admin = std::fs::read_to_string(&cp.kubeconfig).expect("admin kubeconfig");
-    let text = admin.replace(&format!("{}/admin.", cp.pki.display()), &format!("{}/{user}.", cp.pki.display()));
-    let text =
-        text.replace("- name: admin", &format!("- name: {user}")).replace("user: admin", &format!("user: {user}"));
-    let path = cp.pki.join(format!("{user}.kubeconfig"));
-    std::fs::write(&path, text).expect("user kubeconfig written");
-    path
 }
 
 /// Where the chart's identity for the operator processes lives. A release of its own, so that
@@ -225,6 +261,7 @@ pub fn chart_identity() -> &'static ChartIdentity {
             .args(["template", RELEASE])
             .arg(repo().join("charts/agent-operator"))
             .args(["--namespace", RELEASE_NAMESPACE])
+            .args(served_api_versions(&cp.kubeconfig))
             .output()
             .expect("helm runs");
         assert!(rendered.status.success(), "helm template: {}", String::from_utf8_lossy(&rendered.stderr));
@@ -236,21 +273,41 @@ pub fn chart_identity() -> &'static ChartIdentity {
         assert!(applied.status.success(), "chart applied: {}", String::from_utf8_lossy(&applied.stderr));
 
         let service_account = RELEASE.to_string();
-        let token = kubectl(&["create", "token", &service_account, "-n", RELEASE_NAMESPACE, "--duration=4h"], None);
-        assert!(token.status.success(), "token: {}", String::from_utf8_lossy(&token.stderr));
-        let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
-
-        let admin = std::fs::read_to_string(&cp.kubeconfig).expect("admin kubeconfig");
-        let field = |key: &str| admin.lines().find_map(|l| l.trim().strip_prefix(key).map(str::trim)).expect("kubeconfig field").to_string();
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: operator\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context: {{cluster: local, user: operator}}\ncurrent-context: local\n",
-            field("server:"),
-            field("certificate-authority:"),
-        );
-        let kubeconfig = cp.pki.join("operator-sa.kubeconfig");
-        std::fs::write(&kubeconfig, text).expect("operator kubeconfig written");
+        let kubeconfig = service_account_kubeconfig(RELEASE_NAMESPACE, &service_account);
         ChartIdentity { kubeconfig, service_account }
     })
+}
+
+/// A kubeconfig that authenticates as a ServiceAccount (a TokenRequest token, 4 hours).
+pub fn service_account_kubeconfig(namespace: &str, name: &str) -> PathBuf {
+    let cp = control_plane();
+    let token = kubectl(&["create", "token", name, "-n", namespace, "--duration=4h"], None);
+    assert!(token.status.success(), "token: {}", String::from_utf8_lossy(&token.stderr));
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    let admin = std::fs::read_to_string(&cp.kubeconfig).expect("admin kubeconfig");
+    let field = |key: &str| {
+        admin.lines().find_map(|l| l.trim().strip_prefix(key).map(str::trim)).expect("kubeconfig field").to_string()
+    };
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context: {{cluster: local, user: sa}}\ncurrent-context: local\n",
+        field("server:"),
+        field("certificate-authority:"),
+    );
+    let kubeconfig = cp.pki.join(format!("{namespace}-{name}.kubeconfig"));
+    std::fs::write(&kubeconfig, text).expect("ServiceAccount kubeconfig written");
+    kubeconfig
+}
+
+/// `helm template` flags that tell the chart what the control plane serves, as `helm install`
+/// learns it from discovery: which admission policies it renders.
+pub fn served_api_versions(kubeconfig: &Path) -> Vec<String> {
+    let discovery = kubectl_as(kubeconfig, &["get", "--raw", "/apis/admissionregistration.k8s.io/v1"], None);
+    let text = String::from_utf8_lossy(&discovery.stdout);
+    if text.contains("\"kind\":\"MutatingAdmissionPolicy\"") {
+        vec!["--api-versions".into(), "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy".into()]
+    } else {
+        Vec::new()
+    }
 }
 
 /// A plain HTTP answer.

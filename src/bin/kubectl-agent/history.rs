@@ -49,11 +49,11 @@ pub fn delivered(delivery: &DeliveryStatus, version: i64) -> String {
     if rolled { "yes" } else { "rolling" }.into()
 }
 
-fn active(agent: &Agent, versions: &[AgentVersion]) -> Option<i64> {
+pub fn active(agent: &Agent, versions: &[AgentVersion]) -> Option<i64> {
     agent.status.as_ref().and_then(|s| s.active_version).or_else(|| versions.last().map(|v| v.spec.version))
 }
 
-fn pick<'a>(agent: &Agent, versions: &'a [AgentVersion], number: i64) -> anyhow::Result<&'a AgentVersion> {
+pub fn pick<'a>(agent: &Agent, versions: &'a [AgentVersion], number: i64) -> anyhow::Result<&'a AgentVersion> {
     versions.iter().find(|v| v.spec.version == number).with_context(|| {
         let existing: Vec<String> = versions.iter().map(|v| v.spec.version.to_string()).collect();
         format!(
@@ -74,7 +74,7 @@ pub async fn history(session: &Session, name: &str, output: Output) -> anyhow::R
         Output::Table => {
             let active = active(&agent, &versions);
             let delivery = agent.status.as_ref().and_then(|s| s.delivery.clone()).unwrap_or_default();
-            let rows: Vec<[String; 6]> = versions
+            let rows: Vec<[String; 7]> = versions
                 .iter()
                 .map(|v| {
                     [
@@ -83,11 +83,13 @@ pub async fn history(session: &Session, name: &str, output: Output) -> anyhow::R
                         delivered(&delivery, v.spec.version),
                         v.creation_timestamp().map(|t| t.0.to_string()).unwrap_or_default(),
                         v.spec.rollback_from_version.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                        v.spec.published_by.clone().unwrap_or_else(|| "-".into()),
                         v.spec.change_cause.clone().unwrap_or_default(),
                     ]
                 })
                 .collect();
-            print_table(["VERSION", "ACTIVE", "DELIVERED", "CREATED", "FROM-ROLLBACK", "CHANGE-CAUSE"], &rows);
+            let header = ["VERSION", "ACTIVE", "DELIVERED", "CREATED", "FROM-ROLLBACK", "PUBLISHED-BY", "REASON"];
+            print_table(header, &rows);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -4,6 +4,7 @@
 //! missing; 2 bad usage; 3 a rollback did not finish within `--timeout`.
 
 mod diff;
+mod export;
 mod history;
 mod rollback;
 
@@ -21,7 +22,7 @@ use kube::{Client, Config};
     bin_name = "kubectl agent",
     version,
     about = "Inspect agent versions and roll agents back",
-    after_help = "Examples:\n  kubectl agent history support\n  kubectl agent diff support 1\n  kubectl agent rollback support --to 1 --reason \"v2 answers badly\"\n  kubectl agent rollback support --previous --dry-run"
+    after_help = "Examples:\n  kubectl agent history support\n  kubectl agent diff support 1\n  kubectl agent rollback support --to 1 --reason \"v2 answers badly\"\n  kubectl agent rollback support --previous --dry-run\n  kubectl agent export support > agents/support.yaml"
 )]
 struct Cli {
     #[command(flatten)]
@@ -63,6 +64,9 @@ enum Command {
     Diff { agent: String, a: i64, b: Option<i64> },
     /// Roll an agent back, and follow the rollback until it finishes.
     Rollback(rollback::RollbackArgs),
+    /// Print an Agent manifest whose definition is a version's (the active one by default), to
+    /// commit to git after a rollback: applied, the Agent is InSync and nothing is published.
+    Export { agent: String, version: Option<i64> },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,6 +107,7 @@ async fn main() -> ExitCode {
             Command::Show { agent, version, output } => history::show(&session, &agent, version, output).await,
             Command::Diff { agent, a, b } => history::diff(&session, &agent, a, b).await,
             Command::Rollback(args) => rollback::run(&session, args).await,
+            Command::Export { agent, version } => export::export(&session, &agent, version).await,
         }
     }
     .await;

@@ -11,6 +11,7 @@ use agent_operator::plan::rollback::{Choice, choose};
 use anyhow::Context as _;
 use clap::Args;
 use futures::StreamExt;
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -99,6 +100,11 @@ pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCo
     if let Some(r) = &args.reason {
         spec["reason"] = json!(r);
     }
+    // Where the cluster cannot set it (no MutatingAdmissionPolicy), the chart's policy requires
+    // it to be the caller; where it can, the API server sets it anyway.
+    if let Some(me) = whoami(session).await {
+        spec["requestedBy"] = json!(me);
+    }
     let request: AgentRollback = serde_json::from_value(
         json!({"metadata": {"generateName": format!("{}-rollback-", args.agent)}, "spec": spec}),
     )?;
@@ -116,6 +122,14 @@ pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCo
         }
         _ => Ok(code),
     }
+}
+
+/// The caller's username as the API server authenticates it (SelfSubjectReview), if the
+/// cluster says.
+async fn whoami(session: &Session) -> Option<String> {
+    let api: Api<SelfSubjectReview> = Api::all(session.client.clone());
+    let review = api.create(&PostParams::default(), &SelfSubjectReview::default()).await.ok()?;
+    review.status?.user_info?.username
 }
 
 /// Prints the delivery's progress until the Agent reports `active` delivered (exit 0), reports
