@@ -144,8 +144,8 @@ pub(crate) fn settings_map(_: &mut schemars::SchemaGenerator) -> schemars::Schem
     ),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("(has(self.spec.delivery) && has(self.spec.delivery.configMapName)) || self.metadata.name.size() <= 247")
-        .message("metadata.name: at most 247 characters without spec.delivery.configMapName, so that the delivery ConfigMap's default name <name>-agent is at most 253")
+    validation = Rule::new("self.metadata.name.size() <= 63")
+        .message("metadata.name: at most 63 characters, as its versions and ConfigMap carry it in the agentops.dev/agent label")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSpec {

@@ -47,8 +47,9 @@ use super::agent::AgentDefinition;
 #[x_kube(validation = Rule::new("self.strategy == 'Restore' || !has(self.targetVersion)").message("targetVersion is only allowed when strategy is Restore").field_path(".targetVersion"))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentRollbackSpec {
-    /// The Agent to roll back, in this rollback's namespace (an object name).
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    /// The Agent to roll back, in this rollback's namespace (an Agent's name: at most 63
+    /// characters).
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub agent_name: String,
 
     /// `Restore` publishes a copy of `targetVersion` as a new version; `Previous` restores the

@@ -35,7 +35,7 @@ use super::agent::AgentDefinition;
 #[serde(rename_all = "camelCase")]
 pub struct AgentVersionSpec {
     /// The Agent this version belongs to (same namespace).
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 63))]
     pub agent_name: String,
 
     /// The version number, from 1 up.

@@ -238,8 +238,22 @@ async fn random_agents_and_rollbacks_are_refused_with_a_message_or_reconciled() 
         })
         .await;
     }
+    let typed_rollbacks = s.rollbacks();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     for name in &accepted_rollbacks {
-        s.terminal(name).await;
+        loop {
+            let rollback = typed_rollbacks.get(name).await.expect("an accepted rollback is kept");
+            if rollback.status.as_ref().and_then(|st| st.phase).is_some_and(|p| p.is_terminal()) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "rollback {name} is not terminal after 60 s: spec {:?}, status {:?}",
+                rollback.spec,
+                rollback.status
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     // And then nothing more happens: no reconcile loops without a change.
     let operator = s.operator.as_mut().unwrap();

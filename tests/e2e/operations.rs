@@ -117,14 +117,17 @@ async fn metrics_health_and_readiness_are_served() {
     s.apply_agent("support", json!({"instructions": "i3", "revisionHistoryLimit": 10})).await;
     s.settled_agent("support").await;
 
+    // One delivery per active version: v1, v2, the Restore's v3 and v4 (no restart listed, so
+    // each completes with its ConfigMap write). A delivery is counted once the sync that wrote
+    // its status ends, just after the Agent reads Ready.
+    let delivered = |text: &str| metric(text, "agentops_delivery_duration_seconds_count");
     let text = eventually(Duration::from_secs(10), || async {
         let text = scrape(op).await;
-        (metric(&text, "agentops_versions_published_total") == Some(3.0)).then_some(text)
+        let published = metric(&text, "agentops_versions_published_total");
+        (published == Some(3.0) && delivered(&text) >= Some(4.0)).then_some(text)
     })
     .await;
-    // One delivery per active version: v1, v2, the Restore's v3 and v4 (no restart listed, so
-    // each completes with its ConfigMap write).
-    assert_eq!(metric(&text, "agentops_delivery_duration_seconds_count"), Some(4.0), "{text}");
+    assert_eq!(delivered(&text), Some(4.0), "{text}");
     assert_eq!(
         metric(&text, "agentops_rollbacks_total{strategy=\"Restore\",outcome=\"Succeeded\"}"),
         Some(1.0),

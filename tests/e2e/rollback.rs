@@ -422,7 +422,8 @@ async fn bad_input_is_refused_at_apply_time_with_a_message_naming_the_rule() {
         (agent("vis", r#"{"visibility":"everyone"}"#), "spec.visibility", "supported values"),
         // Names of objects: what no Agent could be called is refused, not looked up for ever.
         (rollback("r6", r#"{"agentName":"$(x)","strategy":"Pop"}"#), "spec.agentName", "should match"),
-        (agent(&"a".repeat(248), "{}"), "metadata.name", "at most 247 characters"),
+        (agent(&"a".repeat(64), "{}"), "metadata.name", "at most 63 characters"),
+        (rollback("r7", &format!(r#"{{"agentName":"{}","strategy":"Pop"}}"#, "a".repeat(64))), "spec.agentName", "63"),
     ];
     for (manifest, field, message) in cases {
         let out = kubectl(&["apply", "-f", "-"], Some(&manifest));
@@ -430,6 +431,11 @@ async fn bad_input_is_refused_at_apply_time_with_a_message_naming_the_rule() {
         assert!(!out.status.success(), "{manifest} was accepted");
         assert!(stderr.contains(field) && stderr.contains(message), "{manifest}: {stderr}");
     }
+    // The longest name allowed works throughout: its versions are found by their label.
+    let longest = "a".repeat(63);
+    s.agent_with_versions(&longest, 2, 10).await;
+    s.create_rollback("longest", &longest, "Previous", None).await;
+    assert_eq!(phase(&s.terminal("longest").await), Some(RollbackPhase::Succeeded));
 
     // A finished rollback and a version cannot be edited.
     s.create_rollback("done", "support", "Pop", None).await;
