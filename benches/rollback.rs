@@ -13,6 +13,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod peers;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -169,26 +171,59 @@ struct Floor {
 /// server's watch fan-out).
 const SETTLE: Duration = Duration::from_millis(20);
 
+/// One operator and the Agent it rolls back, for latency samples.
+struct Lane {
+    _operator: Operator,
+    rollbacks: Api<AgentRollback>,
+    events: futures::stream::BoxStream<'static, Result<AgentRollback, watcher::Error>>,
+    samples: Vec<f64>,
+}
+
+impl Lane {
+    /// An operator (with `flags`) watching a namespace of its own, with an Agent `lat` at
+    /// version 2.
+    async fn start(client: &Client, prefix: &str, flags: &[&str]) -> Self {
+        let ns = namespace(client, prefix).await;
+        let operator = start_operator(&ns, flags);
+        let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
+        let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
+        create_agent(&agents, "lat", "v1", 10).await;
+        settled(&agents, "lat").await;
+        let edit = json!({"spec": {"instructions": "v2"}});
+        agents.patch("lat", &PatchParams::default(), &Patch::Merge(edit)).await.unwrap();
+        settled(&agents, "lat").await;
+        let events = watcher(rollbacks.clone(), watcher::Config::default()).applied_objects().boxed();
+        Self { _operator: operator, rollbacks, events, samples: Vec::new() }
+    }
+
+    /// One Restore of the version below `active`, from its create to the watch showing it
+    /// Succeeded.
+    async fn sample(&mut self, name: &str, active: i64) {
+        let start = Instant::now();
+        trace("create", name);
+        create_rollback(&self.rollbacks, name, "lat", "Restore", Some(active - 1)).await;
+        trace("created", name);
+        let mut waiting = HashMap::from([(name.to_string(), None)]);
+        wait_terminal(&mut self.events, &mut waiting).await;
+        trace("observed", name);
+        self.samples.push(waiting.into_values().next().flatten().unwrap().duration_since(start).as_secs_f64() * 1000.0);
+        tokio::time::sleep(SETTLE).await;
+    }
+}
+
 /// The floor and the rollback latency, sample by sample in turn (one direct Restore, one
-/// through the operator), so that both see the same machine: on a shared one, load drifts
-/// between phases run one after the other.
-async fn latency_against_floor(client: &Client, n: usize) -> (Floor, Percentiles) {
+/// through the operator, one through an operator without the hot path's fast paths), so that
+/// all see the same machine: on a shared one, load drifts between phases run one after the
+/// other.
+async fn latency_against_floor(client: &Client, n: usize) -> (Floor, Percentiles, Percentiles) {
     let floor_ns = namespace(client, "bench-floor").await;
     let floor_agent = create_agent(&Api::namespaced(client.clone(), &floor_ns), "floor", "v1", 10_000).await;
     let floor_rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &floor_ns);
+    // Each operator watches only its own namespace: the direct writes do not reach them.
+    let mut operator = Lane::start(client, "bench-latency", &[]).await;
+    let mut simple = Lane::start(client, "bench-simple", &["--simple-hot-path"]).await;
 
-    // The operator watches only its own namespace: the direct writes do not reach it.
-    let ns = namespace(client, "bench-latency").await;
-    let _operator = start_operator(&ns);
-    let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
-    let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
-    create_agent(&agents, "lat", "v1", 10).await;
-    settled(&agents, "lat").await;
-    agents.patch("lat", &PatchParams::default(), &Patch::Merge(json!({"spec": {"instructions": "v2"}}))).await.unwrap();
-    settled(&agents, "lat").await;
-    let mut events = watcher(rollbacks.clone(), watcher::Config::default()).applied_objects().boxed();
-
-    let (mut writes, mut without_create, mut latency) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut writes, mut without_create) = (Vec::new(), Vec::new());
     for (i, active) in (0..n).zip(2i64..) {
         let name = format!("rb-{i}");
         let start = Instant::now();
@@ -198,19 +233,11 @@ async fn latency_against_floor(client: &Client, n: usize) -> (Floor, Percentiles
         writes.push(start.elapsed().as_secs_f64() * 1000.0);
         without_create.push(created.elapsed().as_secs_f64() * 1000.0);
         tokio::time::sleep(SETTLE).await;
-
-        let start = Instant::now();
-        trace("create", &name);
-        create_rollback(&rollbacks, &name, "lat", "Restore", Some(active - 1)).await;
-        trace("created", &name);
-        let mut waiting = HashMap::from([(name.clone(), None)]);
-        wait_terminal(&mut events, &mut waiting).await;
-        trace("observed", &name);
-        latency.push(waiting.into_values().next().flatten().unwrap().duration_since(start).as_secs_f64() * 1000.0);
-        tokio::time::sleep(SETTLE).await;
+        operator.sample(&name, active).await;
+        simple.sample(&name, active).await;
     }
     let floor = Floor { writes: percentiles(writes), without_create: percentiles(without_create) };
-    (floor, percentiles(latency))
+    (floor, percentiles(operator.samples), percentiles(simple.samples))
 }
 
 /// Waits on a rollback watch until each of `names` is terminal; returns when each finished.
@@ -228,9 +255,9 @@ async fn wait_terminal(
     }
 }
 
-fn start_operator(ns: &str) -> Operator {
+fn start_operator(ns: &str, flags: &[&str]) -> Operator {
     let filter = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into());
-    Operator::start_logged(&control_plane().kubeconfig, ns, &[], &filter)
+    Operator::start_logged(&control_plane().kubeconfig, ns, flags, &filter)
 }
 
 async fn settled(api: &Api<Agent>, name: &str) {
@@ -263,7 +290,7 @@ struct Throughput {
 /// by one worker per agent (the concurrency the operator has: one Agent's work is serial).
 async fn throughput(client: &Client, agents_n: usize, per_agent: usize) -> Throughput {
     let ns = namespace(client, "bench-throughput").await;
-    let _operator = start_operator(&ns);
+    let _operator = start_operator(&ns, &[]);
     let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
     let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
     futures::stream::iter(0..agents_n)
@@ -400,7 +427,7 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 /// once, then its memory and CPU.
 async fn restart_and_measure(ns: &str, n: usize, versions_per_agent: i64) -> Scale {
     let start = Instant::now();
-    let operator = start_operator(ns);
+    let operator = start_operator(ns, &[]);
     let series = "agentops_reconciles_total{resource=\"agent\",result=\"success\"}";
     eventually(Duration::from_secs(600), || async {
         let (_, body) = operator.get("/metrics").await?;
@@ -450,7 +477,7 @@ struct Churn {
 /// each wave, and what it still keeps once they are all gone.
 async fn churn(client: &Client, total: usize, waves: usize) -> Churn {
     let ns = namespace(client, "bench-churn").await;
-    let operator = start_operator(&ns);
+    let operator = start_operator(&ns, &[]);
     let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
     let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
     let versions: Api<AgentVersion> = Api::namespaced(client.clone(), &ns);
@@ -554,11 +581,14 @@ async fn main() {
         env_size("BENCH_THROUGHPUT_PER_AGENT", 10),
         env_size("BENCH_SCALE_AGENTS", 1000),
     );
+    let peers_n = env_size("BENCH_PEERS_N", 30);
 
     eprintln!("floor and latency: {lat_n} Restores made directly and {lat_n} through the operator, in turn ...");
-    let (floor, latency) = latency_against_floor(&client, lat_n).await;
+    let (floor, latency, simple) = latency_against_floor(&client, lat_n).await;
     eprintln!("throughput: {} rollbacks over {tp_agents} agents ...", tp_agents * tp_each);
     let throughput = throughput(&client, tp_agents, tp_each).await;
+    eprintln!("peers: helm rollback, kubectl rollout undo and kubectl agent rollback, {peers_n} each ...");
+    let peers = peers::peers(&client, peers_n).await;
     eprintln!("scale: {scale_n} agents with 5, then 20 versions each ...");
     let scale = scale(&client, scale_n).await;
 
@@ -595,6 +625,28 @@ async fn main() {
         latency.p95_ms,
         latency.p99_ms
     );
+    println!(
+        "{:<44} {:>10.2} {:>10.2} {:>10.2}",
+        format!("  without the fast paths (n={})", simple.n),
+        simple.p50_ms,
+        simple.p95_ms,
+        simple.p99_ms
+    );
+    for (label, figures) in [
+        ("helm rollback (whole command)", &peers.helm_command),
+        ("  its requests, sent directly", &peers.helm_api),
+        ("kubectl rollout undo, until observed", &peers.undo_command),
+        ("  its requests, sent directly", &peers.undo_api),
+        ("kubectl agent rollback --previous", &peers.plugin_command),
+    ] {
+        println!(
+            "{:<44} {:>10.2} {:>10.2} {:>10.2}",
+            format!("{label} (n={})", figures.n),
+            figures.p50_ms,
+            figures.p95_ms,
+            figures.p99_ms
+        );
+    }
     println!("{:<44} {:>10.2} {:>21.2}", "ratio rollback/floor (p50, p99)", p50_ratio, p99_ratio);
     println!(
         "{:<44} {:>10.2} {:>21.2}",
@@ -618,9 +670,29 @@ async fn main() {
     }
     println!("RSS growth {rss_growth:.2}x for {version_growth:.0}x the versions");
     println!("targets (ratios from this run):");
-    println!("  rollback p50 <= 1.5x floor p50: {p50_ratio:.2}x {}", verdict(p50_ratio <= 1.5));
-    println!("  rollback p99 <= 2x floor p99: {p99_ratio:.2}x {}", verdict(p99_ratio <= 2.0));
-    println!("  throughput >= 0.5x direct: {tp_ratio:.2}x {}", verdict(tp_ratio >= 0.5));
+    let (plugin, helm, undo) = (peers.plugin_command.p50_ms, peers.helm_command.p50_ms, peers.undo_command.p50_ms);
+    println!(
+        "  kubectl agent rollback p50 <= 0.5x helm rollback's: {:.2}x {}",
+        plugin / helm,
+        verdict(plugin <= 0.5 * helm)
+    );
+    println!(
+        "  kubectl agent rollback p50 below kubectl rollout undo's: {plugin:.1} vs {undo:.1} ms {}",
+        verdict(plugin < undo)
+    );
+    println!(
+        "  at the API level, AgentRollback p50 against helm's and rollout undo's requests: {:.2}x, {:.2}x",
+        latency.p50_ms / peers.helm_api.p50_ms,
+        latency.p50_ms / peers.undo_api.p50_ms
+    );
+    println!("  rollback p50 <= 1.3x floor p50: {p50_ratio:.2}x {}", verdict(p50_ratio <= 1.3));
+    println!("  rollback p99 <= 1.5x floor p99: {p99_ratio:.2}x {}", verdict(p99_ratio <= 1.5));
+    println!("  throughput >= 0.8x direct: {tp_ratio:.2}x {}", verdict(tp_ratio >= 0.8));
+    let fast_gain = simple.p50_ms - latency.p50_ms;
+    println!(
+        "  the fast paths (settled resume, echo registry) gain >= 1 ms of p50: {fast_gain:.2} ms {}",
+        verdict(fast_gain >= 1.0)
+    );
     println!(
         "  RSS < 64 MiB at {} x {}: {:.1} MiB {}",
         large.agents,
@@ -634,9 +706,9 @@ async fn main() {
     );
 
     let report = json!({
-        "kubernetes": version, "floor": floor, "latency": latency, "ratio_p50": p50_ratio, "ratio_p99": p99_ratio,
+        "kubernetes": version, "floor": floor, "latency": latency, "latency_simple_hot_path": simple, "ratio_p50": p50_ratio, "ratio_p99": p99_ratio,
         "ratio_p50_without_create": p50_ratio_without_create, "ratio_p99_without_create": p99_ratio_without_create,
-        "throughput": throughput, "throughput_ratio": tp_ratio, "scale": scale, "rss_growth": rss_growth,
+        "throughput": throughput, "throughput_ratio": tp_ratio, "peers": peers, "scale": scale, "rss_growth": rss_growth,
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");

@@ -78,6 +78,10 @@ struct RunArgs {
     /// gives up after half of it of failed renewals, before the Lease can expire.
     #[arg(long, env = "AGENT_OPERATOR_LEASE_GRACE", default_value_t = 10)]
     lease_grace: u64,
+    /// Turn off the hot path's two fast paths (resuming a sync from the state the Agent's last
+    /// sync left; recognising the operator's own version writes on the watch), to measure them.
+    #[arg(long, env = "AGENT_OPERATOR_SIMPLE_HOT_PATH")]
+    simple_hot_path: bool,
 }
 
 #[tokio::main]
@@ -147,7 +151,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     metrics.leader.set(1);
 
-    let settings = Settings { namespace: args.namespace, instance: args.instance };
+    let settings =
+        Settings { namespace: args.namespace, instance: args.instance, simple_hot_path: args.simple_hot_path };
     info!(namespace = settings.namespace.as_deref().unwrap_or("<all>"), "Starting the controllers");
     let controllers = controller::run(client, settings, metrics.clone(), health, shutdown.clone());
     match leadership {

@@ -24,6 +24,10 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// `reportingInstance` of Events (the pod name in a cluster).
     pub instance: Option<String>,
+    /// Without the two fast paths of the hot path: syncs never resume from the state the
+    /// Agent's last sync left ([`super::settled`]) and the operator's own version writes are
+    /// not told apart on the watch ([`super::echoes`]). For measuring what they gain.
+    pub simple_hot_path: bool,
 }
 
 /// The rollbacks in `store` that name the Agent `namespace/name`.
@@ -71,14 +75,15 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Self {
         let events = EventSink::start(client.clone(), settings.instance.clone());
+        let fast_paths = !settings.simple_hot_path;
         Self {
             client,
             settings,
             rollbacks,
             agents,
             config_maps,
-            settled: SettledAgents::default(),
-            echoes: Echoes::default(),
+            settled: SettledAgents::new(fast_paths),
+            echoes: Echoes::new(fast_paths),
             early_starts: Arc::new(tokio::sync::Semaphore::new(usize::from(super::CONCURRENCY))),
             events,
             metrics,

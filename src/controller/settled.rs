@@ -28,9 +28,17 @@ const COVER_FOR: Duration = Duration::from_secs(60);
 /// Namespace and name of an Agent.
 type AgentKey = (String, String);
 
-#[derive(Default)]
 pub struct SettledAgents {
     inner: Mutex<Inner>,
+    /// Off, a clean sync leaves only the fact that it ended cleanly: no state to resume from,
+    /// no rollbacks it left terminal, so every sync reads and no echo is recognised here.
+    resume: bool,
+}
+
+impl Default for SettledAgents {
+    fn default() -> Self {
+        Self::new(true)
+    }
 }
 
 #[derive(Default)]
@@ -79,6 +87,10 @@ fn key(namespace: &str, name: &str) -> AgentKey {
 }
 
 impl SettledAgents {
+    pub fn new(resume: bool) -> Self {
+        Self { inner: Mutex::default(), resume }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -106,6 +118,12 @@ impl SettledAgents {
 
     /// Records the state a sync ended with; `epoch` is the Agent's epoch when the sync started.
     pub fn settle(&self, namespace: &str, name: &str, epoch: u64, mut state: Observed) {
+        if !self.resume {
+            let record =
+                Record { epoch, ended: Instant::now(), stamp: 0, terminal: HashMap::new(), state: None };
+            self.lock().records.insert(key(namespace, name), record);
+            return;
+        }
         let terminal = state
             .rollbacks
             .iter()

@@ -213,7 +213,7 @@ async fn shutdown_waits_for_a_sync_started_from_the_watch_and_starts_no_more() {
     }
     let ctx = Arc::new(Context::new(
         s.client.clone(),
-        Settings { namespace: Some(s.ns.clone()), instance: None },
+        Settings { namespace: Some(s.ns.clone()), ..Settings::default() },
         rollbacks,
         agents,
         config_maps,
