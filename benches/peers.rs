@@ -139,7 +139,11 @@ async fn helm_requests(client: &Client, ns: &str, n: usize) -> Vec<f64> {
         let version = format!("direct-{i}");
         release.metadata = kube::api::ObjectMeta {
             name: Some(format!("sh.helm.release.v1.agent.{version}")),
-            labels: Some([("owner", "helm-direct"), ("name", "agent"), ("version", &version)].map(|(k, v)| (k.into(), v.into())).into()),
+            labels: Some(
+                [("owner", "helm-direct"), ("name", "agent"), ("version", &version)]
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .into(),
+            ),
             ..Default::default()
         };
         secrets.create(&PostParams::default(), &release).await.unwrap();

@@ -4,7 +4,7 @@
 //! the same run, since the machine is shared and absolute times drift.
 //!
 //! Sizes can be lowered for a quick look: BENCH_LATENCY_N (default 200), BENCH_THROUGHPUT_AGENTS
-//! (100), BENCH_THROUGHPUT_PER_AGENT (10), BENCH_SCALE_AGENTS (1000). BENCH_ONLY=churn runs only
+//! (100), BENCH_THROUGHPUT_PER_AGENT (10), BENCH_SCALE_AGENTS (10000; a tenth of it is run too). BENCH_ONLY=churn runs only
 //! the churn of BENCH_CHURN_AGENTS (5000) in BENCH_CHURN_WAVES (5). BENCH_LOG sets the
 //! operator's log filter (default `warn`); BENCH_TRACE prints the latency samples' timeline.
 
@@ -364,23 +364,43 @@ async fn throughput(client: &Client, agents_n: usize, per_agent: usize) -> Throu
 struct Scale {
     agents: usize,
     versions_per_agent: i64,
+    instructions_bytes: usize,
     reconcile_all_seconds: f64,
+    /// A Restore created once the restarted operator has reconciled its first Agent: create
+    /// to Succeeded, and how many Agents had been reconciled when it was created.
+    rollback_during_resync_ms: f64,
+    reconciled_before_rollback: usize,
     rss_mib: f64,
     cpu_seconds: f64,
 }
 
-/// Writes versions `from..=to` of each agent directly, and a status that says so, as the
-/// operator would have left them: so a restarted operator has only to read and confirm.
-async fn grow_history(client: &Client, ns: &str, agents: &[Agent], from: i64, to: i64) {
+/// Versions per Agent in the scale runs.
+const SCALE_VERSIONS: i64 = 10;
+/// Instructions of the realistic scale runs: real prompts are kilobytes.
+const REALISTIC_INSTRUCTIONS: usize = 4096;
+
+/// Instructions of about `bytes` bytes, distinct per `seed` (real prompts are kilobytes).
+fn instructions_of(seed: &str, bytes: usize) -> String {
+    let mut text = seed.to_string();
+    let filler = " Answer politely, cite the knowledge files, and hand over to a person when unsure.";
+    while text.len() + filler.len() <= bytes {
+        text.push_str(filler);
+    }
+    text
+}
+
+/// Writes versions `1..=to` of each agent directly, and a status that says so, as the operator
+/// would have left them: so a restarted operator has only to read and confirm.
+async fn grow_history(client: &Client, ns: &str, agents: &[Agent], to: i64, bytes: usize) {
     futures::stream::iter(agents.iter())
         .for_each_concurrent(32, |agent| async move {
             let versions: Api<AgentVersion> = Api::namespaced(client.clone(), ns);
             let mut last = None;
-            for v in from..=to {
+            for v in 1..=to {
                 let snapshot = if v == to {
                     agent.spec.definition.clone()
                 } else {
-                    definition(&format!("{}-v{v}", agent.name_any()))
+                    definition(&instructions_of(&format!("{}-v{v}", agent.name_any()), bytes))
                 };
                 let hash = snapshot_hash(&snapshot);
                 let provenance =
@@ -423,40 +443,56 @@ fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().split(' ').next()?.parse().ok()))
 }
 
-/// Starts the operator on a namespace of `n` settled agents; time until it has reconciled each
-/// once, then its memory and CPU.
-async fn restart_and_measure(ns: &str, n: usize, versions_per_agent: i64) -> Scale {
-    let start = Instant::now();
-    let operator = start_operator(ns, &[]);
-    let series = "agentops_reconciles_total{resource=\"agent\",result=\"success\"}";
-    eventually(Duration::from_secs(600), || async {
-        let (_, body) = operator.get("/metrics").await?;
-        (metric(&body, series)? >= n as f64).then_some(())
-    })
-    .await;
-    let reconcile_all_seconds = start.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (rss, cpu_seconds) = operator.usage().unwrap();
-    Scale { agents: n, versions_per_agent, reconcile_all_seconds, rss_mib: rss as f64 / (1024.0 * 1024.0), cpu_seconds }
-}
-
-async fn scale(client: &Client, n: usize) -> Vec<Scale> {
+/// `n` settled Agents with `versions` versions each, whose instructions are about `bytes`
+/// bytes, in a namespace of their own; then the operator started on them: the time until it has
+/// reconciled each once, a rollback made while it does, then its memory and CPU.
+async fn scale(client: &Client, n: usize, versions: i64, bytes: usize) -> Scale {
     let ns = namespace(client, "bench-scale").await;
     let api: Api<Agent> = Api::namespaced(client.clone(), &ns);
     let agents: Vec<Agent> = futures::stream::iter(0..n)
         .map(|i| {
             let api = api.clone();
-            async move { create_agent(&api, &format!("sc-{i}"), &format!("sc-{i}-final"), 25).await }
+            async move { create_agent(&api, &format!("sc-{i}"), &instructions_of(&format!("sc-{i}"), bytes), 25).await }
         })
         .buffer_unordered(32)
         .collect()
         .await;
-    let mut results = Vec::new();
-    grow_history(client, &ns, &agents, 1, 5).await;
-    results.push(restart_and_measure(&ns, n, 5).await);
-    grow_history(client, &ns, &agents, 6, 20).await;
-    results.push(restart_and_measure(&ns, n, 20).await);
-    results
+    grow_history(client, &ns, &agents, versions, bytes).await;
+
+    let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
+    let mut events = watcher(rollbacks.clone(), watcher::Config::default()).applied_objects().boxed();
+    let start = Instant::now();
+    let operator = start_operator(&ns, &[]);
+    let series = "agentops_reconciles_total{resource=\"agent\",result=\"success\"}";
+    let reconciled = || async {
+        let (_, body) = operator.get("/metrics").await?;
+        metric(&body, series)
+    };
+    let reconciled_before_rollback =
+        eventually(Duration::from_secs(600), || async { reconciled().await.filter(|r| *r >= 1.0).map(|r| r as usize) })
+            .await;
+    let created = Instant::now();
+    let target = format!("sc-{}", n - 1);
+    create_rollback(&rollbacks, "during-resync", &target, "Restore", Some(versions - 1)).await;
+    let mut waiting = HashMap::from([("during-resync".to_string(), None)]);
+    wait_terminal(&mut events, &mut waiting).await;
+    let ended = waiting.into_values().next().flatten().unwrap();
+    let rollback_during_resync_ms = ended.duration_since(created).as_secs_f64() * 1000.0;
+
+    eventually(Duration::from_secs(600), || async { reconciled().await.filter(|r| *r >= n as f64) }).await;
+    let reconcile_all_seconds = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (rss, cpu_seconds) = operator.usage().unwrap();
+    Scale {
+        agents: n,
+        versions_per_agent: versions,
+        instructions_bytes: bytes,
+        reconcile_all_seconds,
+        rollback_during_resync_ms,
+        reconciled_before_rollback,
+        rss_mib: rss as f64 / (1024.0 * 1024.0),
+        cpu_seconds,
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -579,7 +615,7 @@ async fn main() {
         env_size("BENCH_LATENCY_N", 200),
         env_size("BENCH_THROUGHPUT_AGENTS", 100),
         env_size("BENCH_THROUGHPUT_PER_AGENT", 10),
-        env_size("BENCH_SCALE_AGENTS", 1000),
+        env_size("BENCH_SCALE_AGENTS", 10_000),
     );
     let peers_n = env_size("BENCH_PEERS_N", 30);
 
@@ -589,17 +625,25 @@ async fn main() {
     let throughput = throughput(&client, tp_agents, tp_each).await;
     eprintln!("peers: helm rollback, kubectl rollout undo and kubectl agent rollback, {peers_n} each ...");
     let peers = peers::peers(&client, peers_n).await;
-    eprintln!("scale: {scale_n} agents with 5, then 20 versions each ...");
-    let scale = scale(&client, scale_n).await;
+    // Each size with tiny and with realistic instructions, so that what the snapshots' size
+    // costs shows apart from what the number of Agents does.
+    let sizes = [(scale_n / 10).max(1), scale_n];
+    let mut runs = Vec::new();
+    for n in sizes {
+        for bytes in [0, REALISTIC_INSTRUCTIONS] {
+            eprintln!("scale: {n} agents x {SCALE_VERSIONS} versions, instructions of {bytes} bytes ...");
+            runs.push(scale(&client, n, SCALE_VERSIONS, bytes).await);
+        }
+    }
 
     let p50_ratio = latency.p50_ms / floor.writes.p50_ms;
     let p99_ratio = latency.p99_ms / floor.writes.p99_ms;
     let (p50_ratio_without_create, p99_ratio_without_create) =
         (latency.p50_ms / floor.without_create.p50_ms, latency.p99_ms / floor.without_create.p99_ms);
     let tp_ratio = throughput.operator_per_second / throughput.direct_per_second;
-    let (small, large) = (&scale[0], &scale[1]);
-    let rss_growth = large.rss_mib / small.rss_mib;
-    let version_growth = large.versions_per_agent as f64 / small.versions_per_agent as f64;
+    // In the order run: the smaller size tiny, then realistic; the larger the same.
+    let (small_tiny, small, large_tiny, large) = (&runs[0], &runs[1], &runs[2], &runs[3]);
+    let snapshot_cost = large.rss_mib / large_tiny.rss_mib;
 
     println!(
         "agent-operator benchmark on Kubernetes {version} (127.0.0.1, {} cores)",
@@ -662,13 +706,34 @@ async fn main() {
         throughput.direct_seconds,
         tp_ratio
     );
-    for s in &scale {
+    for s in &runs {
         println!(
-            "scale: {} agents x {} versions: reconcile all after restart {:.1} s, RSS {:.1} MiB, CPU {:.1} s",
-            s.agents, s.versions_per_agent, s.reconcile_all_seconds, s.rss_mib, s.cpu_seconds
+            "scale: {} agents x {} versions, {} B instructions: reconcile all after restart {:.1} s, a Restore during it {:.0} ms (created after {} reconciles), RSS {:.1} MiB, CPU {:.1} s",
+            s.agents,
+            s.versions_per_agent,
+            s.instructions_bytes,
+            s.reconcile_all_seconds,
+            s.rollback_during_resync_ms,
+            s.reconciled_before_rollback,
+            s.rss_mib,
+            s.cpu_seconds
         );
     }
-    println!("RSS growth {rss_growth:.2}x for {version_growth:.0}x the versions");
+    let growth = |f: fn(&Scale) -> f64| f(large) / f(small);
+    println!(
+        "from {} to {} agents ({:.0}x), realistic instructions: RSS {:.2}x, reconcile all {:.2}x, the Restore during it {:.2}x",
+        small.agents,
+        large.agents,
+        large.agents as f64 / small.agents as f64,
+        growth(|s| s.rss_mib),
+        growth(|s| s.reconcile_all_seconds),
+        growth(|s| s.rollback_during_resync_ms)
+    );
+    println!(
+        "  with tiny instructions: RSS {:.2}x, reconcile all {:.2}x",
+        large_tiny.rss_mib / small_tiny.rss_mib,
+        large_tiny.reconcile_all_seconds / small_tiny.reconcile_all_seconds
+    );
     println!("targets (ratios from this run):");
     let (plugin, helm, undo) = (peers.plugin_command.p50_ms, peers.helm_command.p50_ms, peers.undo_command.p50_ms);
     println!(
@@ -694,21 +759,34 @@ async fn main() {
         verdict(fast_gain >= 1.0)
     );
     println!(
-        "  RSS < 64 MiB at {} x {}: {:.1} MiB {}",
+        "  RSS < 128 MiB at {} x {} with {} B instructions: {:.1} MiB {}",
         large.agents,
         large.versions_per_agent,
+        large.instructions_bytes,
         large.rss_mib,
-        verdict(large.rss_mib < 64.0)
+        verdict(large.rss_mib < 128.0)
     );
     println!(
-        "  RSS grows less than linearly in versions: {rss_growth:.2}x < {version_growth:.0}x {}",
-        verdict(rss_growth < version_growth)
+        "  RSS with realistic instructions within 20% of tiny ones: {:.1} / {:.1} MiB = {snapshot_cost:.2}x {}",
+        large.rss_mib,
+        large_tiny.rss_mib,
+        verdict(snapshot_cost <= 1.2)
+    );
+    println!(
+        "  reconcile all after a restart < 30 s: {:.1} s {}",
+        large.reconcile_all_seconds,
+        verdict(large.reconcile_all_seconds < 30.0)
+    );
+    println!(
+        "  a rollback created during that resync ends within 1 s: {:.0} ms {}",
+        large.rollback_during_resync_ms,
+        verdict(large.rollback_during_resync_ms <= 1000.0)
     );
 
     let report = json!({
         "kubernetes": version, "floor": floor, "latency": latency, "latency_simple_hot_path": simple, "ratio_p50": p50_ratio, "ratio_p99": p99_ratio,
         "ratio_p50_without_create": p50_ratio_without_create, "ratio_p99_without_create": p99_ratio_without_create,
-        "throughput": throughput, "throughput_ratio": tp_ratio, "peers": peers, "scale": scale, "rss_growth": rss_growth,
+        "throughput": throughput, "throughput_ratio": tp_ratio, "peers": peers, "scale": runs, "snapshot_cost": snapshot_cost,
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");

@@ -119,8 +119,7 @@ impl SettledAgents {
     /// Records the state a sync ended with; `epoch` is the Agent's epoch when the sync started.
     pub fn settle(&self, namespace: &str, name: &str, epoch: u64, mut state: Observed) {
         if !self.resume {
-            let record =
-                Record { epoch, ended: Instant::now(), stamp: 0, terminal: HashMap::new(), state: None };
+            let record = Record { epoch, ended: Instant::now(), stamp: 0, terminal: HashMap::new(), state: None };
             self.lock().records.insert(key(namespace, name), record);
             return;
         }
