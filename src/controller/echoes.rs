@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 
-use crate::api::AgentVersion;
-
 /// More entries than this and the old ones are dropped: an echo lost to a watch restart must
 /// not keep its entry for ever.
 const MAX_ENTRIES: usize = 1024;
@@ -60,11 +58,11 @@ impl Echoes {
         self.expected.lock().unwrap_or_else(PoisonError::into_inner).remove(echo);
     }
 
-    /// Whether this watch event of a version is the echo of one of this process's writes;
-    /// each expected echo is matched once.
-    pub fn matches(&self, version: &AgentVersion) -> bool {
+    /// Whether this watch event of a version (its metadata) is the echo of one of this
+    /// process's writes; each expected echo is matched once.
+    pub fn matches(&self, version: &impl ResourceExt) -> bool {
         let mut expected = self.expected.lock().unwrap_or_else(PoisonError::into_inner);
-        let deleted = version.metadata.uid.clone().map(|uid| Echo::Deleted { uid });
+        let deleted = version.uid().map(|uid| Echo::Deleted { uid });
         if let Some(echo) = deleted
             && expected.remove(&echo).is_some()
         {
@@ -83,6 +81,7 @@ impl Echoes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::AgentVersion;
 
     fn version(name: &str, uid: &str) -> AgentVersion {
         serde_json::from_value(serde_json::json!({
