@@ -1,6 +1,8 @@
 //! Events, off the reconcile path: notes are queued and published in order by one task, so a
 //! slow Events API never delays a rollback. Events are best effort, as in Kubernetes itself.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -11,6 +13,8 @@ use crate::api::keys::EVENT_CONTROLLER;
 use crate::plan::EventNote;
 
 const QUEUE: usize = 4096;
+/// How long kube's Recorder keeps an Event to make a series of its repeats.
+const RECORDER_CACHE_TTL: Duration = Duration::from_secs(6 * 60);
 
 enum Message {
     Publish(Box<(ObjectReference, Option<ObjectReference>)>, EventNote),
@@ -22,13 +26,29 @@ pub struct EventSink {
 }
 
 impl EventSink {
-    /// Starts the publishing task. The Recorder is created once: its cache turns repeats of
-    /// one Event into a series instead of new objects.
+    /// Starts the publishing task. One Recorder at a time: its cache turns repeats of one
+    /// Event into a series instead of new objects.
     pub fn start(client: Client, instance: Option<String>) -> Self {
-        let recorder = Recorder::new(client, Reporter { controller: EVENT_CONTROLLER.into(), instance });
+        let reporter = Reporter { controller: EVENT_CONTROLLER.into(), instance };
         let (queue, mut rx) = mpsc::channel::<Message>(QUEUE);
         tokio::spawn(async move {
-            while let Some(message) = rx.recv().await {
+            let mut recorder = Recorder::new(client.clone(), reporter.clone());
+            let mut published = false;
+            loop {
+                let message = match tokio::time::timeout(RECORDER_CACHE_TTL, rx.recv()).await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    // kube prunes the Recorder's cache only when it publishes, so after a burst
+                    // (a wave of deleted Agents) its Events would stay for as long as all is
+                    // quiet. Idle for the cache's lifetime, every entry has expired: a new
+                    // Recorder behaves the same and frees them.
+                    Err(_idle) => {
+                        if std::mem::take(&mut published) {
+                            recorder = Recorder::new(client.clone(), reporter.clone());
+                        }
+                        continue;
+                    }
+                };
                 match message {
                     Message::Publish(references, note) => {
                         let (reference, related) = *references;
@@ -39,6 +59,7 @@ impl EventSink {
                             action: note.action.into(),
                             secondary: related,
                         };
+                        published = true;
                         if let Err(error) = recorder.publish(&event, &reference).await {
                             warn!(reason = note.reason, object = ?reference.name, error = %error, "Failed to publish Event");
                         }
