@@ -7,11 +7,11 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use futures::FutureExt;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use tracing::info;
 
 use agent_operator::api::Agent;
+use agent_operator::client;
 use agent_operator::controller::{self, Settings};
 use agent_operator::crds;
 use agent_operator::http::{self, Health};
@@ -109,15 +109,7 @@ fn write_crds(dirs: &[PathBuf]) -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format, &args.log);
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig =
-                Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            let options = KubeConfigOptions { context: args.context.clone(), ..KubeConfigOptions::default() };
-            Config::from_custom_kubeconfig(kubeconfig, &options).await?
-        }
-        None => Config::infer().await.context("no kubeconfig and not in a cluster")?,
-    };
+    let config = client::config(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     let client = Client::try_from(config.clone())?;
     check_crds_installed(&client, args.namespace.as_deref()).await?;
 
@@ -181,10 +173,7 @@ async fn stop_http(http: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow
 
 /// The operator never installs its CRDs; without them it says what to do.
 async fn check_crds_installed(client: &Client, namespace: Option<&str>) -> anyhow::Result<()> {
-    let agents: Api<Agent> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let agents: Api<Agent> = client::scoped(client, namespace);
     match agents.list(&kube::api::ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => {

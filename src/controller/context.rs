@@ -12,6 +12,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::echoes::Echoes;
 use super::events::EventSink;
+use super::rollback_index::RollbackCache;
 use super::settled::SettledAgents;
 use crate::api::conditions::IN_SYNC;
 use crate::api::{Agent, AgentRollback};
@@ -30,15 +31,6 @@ pub struct Settings {
     pub simple_hot_path: bool,
 }
 
-/// The rollbacks in `store` that name the Agent `namespace/name`.
-pub fn rollbacks_of(store: &Store<AgentRollback>, namespace: &str, name: &str) -> Vec<Arc<AgentRollback>> {
-    store
-        .state()
-        .into_iter()
-        .filter(|r| r.namespace().as_deref() == Some(namespace) && r.spec.agent_name == name)
-        .collect()
-}
-
 /// Namespace and name of an Agent.
 type AgentKey = (String, String);
 
@@ -46,7 +38,7 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     /// Every AgentRollback, as last seen by the AgentRollback controller's watch.
-    pub rollbacks: Store<AgentRollback>,
+    pub rollbacks: RollbackCache,
     /// Every Agent, as last seen by the Agent controller's watch.
     pub agents: Store<Agent>,
     /// The delivery ConfigMaps (those labelled with an Agent), metadata only.
@@ -69,7 +61,7 @@ impl Context {
     pub fn new(
         client: Client,
         settings: Settings,
-        rollbacks: Store<AgentRollback>,
+        rollbacks: RollbackCache,
         agents: Store<Agent>,
         config_maps: Store<PartialObjectMeta<ConfigMap>>,
         metrics: Arc<Metrics>,
@@ -95,7 +87,7 @@ impl Context {
 
     /// The rollbacks in the watch cache that name this Agent, in any phase.
     pub fn rollbacks_of(&self, namespace: &str, name: &str) -> Vec<Arc<AgentRollback>> {
-        rollbacks_of(&self.rollbacks, namespace, name)
+        self.rollbacks.of_agent(namespace, name)
     }
 
     /// Takes the Agent's lock: one sync per Agent at a time, whichever controller asks.

@@ -17,6 +17,7 @@ pub mod delivery;
 pub mod echoes;
 pub mod events;
 pub mod observe;
+pub mod rollback_index;
 pub mod settled;
 pub mod sync;
 
@@ -40,9 +41,11 @@ use tracing::{debug, warn};
 
 use crate::api::keys::AGENT_LABEL;
 use crate::api::{Agent, AgentRollback, AgentVersion};
+use crate::client::scoped;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::plan::phase_of;
+use rollback_index::RollbackCache;
 
 /// Runs both controllers until `shutdown` resolves; work in flight is finished first.
 pub async fn run<F>(
@@ -73,10 +76,11 @@ where
     let config_map_events =
         reflector(config_map_writer, watcher(config_maps, watcher::Config::default().labels(AGENT_LABEL)))
             .touched_objects();
+    let rollback_cache = RollbackCache::new(rollback_store.clone());
     let ctx = Arc::new(Context::new(
         client.clone(),
         settings,
-        rollback_store.clone(),
+        rollback_cache.clone(),
         agent_store.clone(),
         config_map_store.clone(),
         metrics,
@@ -85,20 +89,23 @@ where
     // The rollback watch as the controller would build it, plus an early start for each new
     // rollback (see `agent_rollback::start_early`).
     let early = ctx.clone();
+    let index = rollback_cache.clone();
     let rollback_events = reflector(rollback_writer, watcher(rollbacks, watcher::Config::default()))
+        .inspect_ok(move |event| index.apply(event))
         .applied_objects()
         .inspect_ok(move |rollback| agent_rollback::start_early(rollback, &early));
     let rollback_controller = Controller::for_stream(rollback_events, rollback_store.clone());
 
     // An Agent's deletion (or any change) wakes the rollbacks still waiting on it, so those
     // of a deleted Agent end as AgentNotFound.
-    let waiting = rollback_store.clone();
+    let waiting = rollback_cache;
     let rollback_controller = rollback_controller
         .with_config(controller_config())
         .trigger_backoff(WatchBackoff::default())
         .watches(agents.clone(), watcher::Config::default(), move |agent: Agent| {
             let namespace = agent.namespace().unwrap_or_default();
-            context::rollbacks_of(&waiting, &namespace, &agent.name_any())
+            waiting
+                .of_agent(&namespace, &agent.name_any())
                 .into_iter()
                 .filter(|r| !phase_of(r).is_some_and(|p| p.is_terminal()))
                 .map(|r| ObjectRef::from_obj(&*r))
@@ -233,16 +240,6 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
-}
-
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 #[cfg(test)]

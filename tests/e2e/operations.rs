@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_operator::api::{AgentRollback, RollbackPhase};
+use agent_operator::controller::rollback_index::RollbackCache;
 use agent_operator::controller::{Context, Settings, agent_rollback};
 use agent_operator::metrics::Metrics;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -200,8 +201,14 @@ async fn shutdown_waits_for_a_sync_started_from_the_watch_and_starts_no_more() {
     s.agent_with_versions("support", 2, 10).await;
     s.operator = None;
     let first = s.create_rollback("first", "support", "Previous", None).await;
-    let (rollbacks, mut rollback_cache) = reflector::store();
-    rollback_cache.apply_watcher_event(&watcher::Event::Apply(first.clone()));
+    let (rollback_store, mut rollback_writer) = reflector::store();
+    let rollbacks = RollbackCache::new(rollback_store);
+    let seen = |writer: &mut reflector::store::Writer<AgentRollback>, rollback: &AgentRollback| {
+        let event = watcher::Event::Apply(rollback.clone());
+        writer.apply_watcher_event(&event);
+        rollbacks.apply(&event);
+    };
+    seen(&mut rollback_writer, &first);
     let (agents, mut agent_cache) = reflector::store();
     for agent in s.agents().list(&Default::default()).await.unwrap() {
         agent_cache.apply_watcher_event(&watcher::Event::Apply(agent));
@@ -214,7 +221,7 @@ async fn shutdown_waits_for_a_sync_started_from_the_watch_and_starts_no_more() {
     let ctx = Arc::new(Context::new(
         s.client.clone(),
         Settings { namespace: Some(s.ns.clone()), ..Settings::default() },
-        rollbacks,
+        rollbacks.clone(),
         agents,
         config_maps,
         Arc::new(Metrics::default()),
@@ -229,7 +236,7 @@ async fn shutdown_waits_for_a_sync_started_from_the_watch_and_starts_no_more() {
 
     // Once it has waited, nothing starts: a rollback seen after that is left to the next leader.
     let second = s.create_rollback("second", "support", "Previous", None).await;
-    rollback_cache.apply_watcher_event(&watcher::Event::Apply(second.clone()));
+    seen(&mut rollback_writer, &second);
     agent_rollback::start_early(&second, &ctx);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let second = s.rollbacks().get("second").await.unwrap();

@@ -12,7 +12,7 @@ use crate::{Output, Session, diff};
 
 /// The Agent, or an error that says how to find the right name.
 pub async fn fetch_agent(session: &Session, name: &str) -> anyhow::Result<Agent> {
-    let api: Api<Agent> = Api::namespaced(session.client.clone(), &session.namespace);
+    let api: Api<Agent> = session.api();
     match api.get_opt(name).await.with_context(|| format!("reading agent {name}"))? {
         Some(agent) => Ok(agent),
         None => bail!(
@@ -24,7 +24,7 @@ pub async fn fetch_agent(session: &Session, name: &str) -> anyhow::Result<Agent>
 
 /// The Agent's versions, oldest first.
 pub async fn fetch_versions(session: &Session, agent: &Agent) -> anyhow::Result<Vec<AgentVersion>> {
-    let api: Api<AgentVersion> = Api::namespaced(session.client.clone(), &session.namespace);
+    let api: Api<AgentVersion> = session.api();
     let params = ListParams::default().labels(&format!("{AGENT_LABEL}={}", agent.name_any()));
     let uid = agent.uid();
     let mut versions: Vec<AgentVersion> = api

@@ -11,10 +11,11 @@ mod rollback;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use kube::core::NamespaceResourceScope;
+use kube::{Api, Client, Resource};
+
+use agent_operator::client;
 
 #[derive(Parser)]
 #[command(
@@ -82,16 +83,19 @@ pub struct Session {
     pub namespace: String,
 }
 
+impl Session {
+    /// An Api over the session's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+    {
+        client::scoped(&self.client, Some(&self.namespace))
+    }
+}
+
 impl Target {
     async fn connect(&self) -> anyhow::Result<Session> {
-        let kubeconfig = match &self.kubeconfig {
-            Some(path) => {
-                Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?
-            }
-            None => Kubeconfig::read().context("reading kubeconfig ($KUBECONFIG or ~/.kube/config)")?,
-        };
-        let options = KubeConfigOptions { context: self.context.clone(), ..KubeConfigOptions::default() };
-        let config = Config::from_custom_kubeconfig(kubeconfig, &options).await.context("loading kubeconfig")?;
+        let config = client::config(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
         let namespace = self.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
         Ok(Session { client: Client::try_from(config)?, namespace })
     }

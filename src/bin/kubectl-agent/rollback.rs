@@ -89,7 +89,7 @@ pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCo
     if args.dry_run {
         return dry_run(session, &args).await;
     }
-    let api: Api<AgentRollback> = Api::namespaced(session.client.clone(), &session.namespace);
+    let api: Api<AgentRollback> = session.api();
     let mut spec = json!({"agentName": args.agent, "strategy": args.strategy().as_str()});
     if let Some(t) = args.to {
         spec["targetVersion"] = json!(t);
@@ -141,7 +141,7 @@ async fn follow_delivery(
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let api: Api<Agent> = Api::namespaced(session.client.clone(), &session.namespace);
+    let api: Api<Agent> = session.api();
     let agents = watcher(api, watcher::Config::default().fields(&format!("metadata.name={agent}"))).applied_objects();
     let mut agents = agents.boxed();
     let mut last = String::new();
@@ -202,7 +202,7 @@ async fn follow(
 ) -> anyhow::Result<(ExitCode, Option<i64>)> {
     let rollbacks =
         watcher(api.clone(), watcher::Config::default().fields(&format!("metadata.name={name}"))).applied_objects();
-    let events_api: Api<Event> = Api::namespaced(session.client.clone(), &session.namespace);
+    let events_api: Api<Event> = session.api();
     let event_filter = format!("involvedObject.name={name},involvedObject.kind=AgentRollback");
     let events = watcher(events_api, watcher::Config::default().fields(&event_filter)).applied_objects();
     let (mut rollbacks, mut events) = (rollbacks.boxed(), events.boxed());
