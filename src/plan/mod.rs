@@ -23,16 +23,41 @@ mod sim;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::{Resource, ResourceExt};
 
 use crate::api::{
-    Agent, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, LastRollback, RollbackPhase, WorkloadRef,
+    Agent, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, DeliveryStatus, LastRollback, RollbackPhase,
+    WorkloadRef,
 };
 use delivery::{ConfigMapState, Held, WorkloadState};
 use durable::{AgentMark, Handled, RollbackRecord};
 
 pub use rollback::FailureReason;
+
+/// What a step leaves of an Agent's versions.
+pub struct VersionsAfter<'a> {
+    /// The newest, which is the active one.
+    pub newest: Option<&'a AgentVersion>,
+    pub count: i64,
+    /// See [`hash::versions_digest`].
+    pub digest: String,
+}
+
+/// What a step changes of an Agent's status; see [`Observed::agent_status`].
+pub struct StatusChange<'a> {
+    pub versions: VersionsAfter<'a>,
+    /// The spec state the step handled, if it handled one.
+    pub handled: Option<Handled>,
+    /// The rollback that left the active version, if the step learned of one.
+    pub last_rollback: Option<LastRollback>,
+    /// What the runtime has of the active version, if the step looked; else what the status
+    /// says stays.
+    pub delivery_report: Option<Option<DeliveryStatus>>,
+    /// Why the Agent stays busy after the step (a publish or rollbacks still to run).
+    pub busy: Option<&'a str>,
+    pub delivery: &'a delivery::DeliveryState,
+}
 
 /// Everything one decision needs to know about one Agent, as last read or written.
 #[derive(Clone, Debug)]
@@ -150,29 +175,46 @@ impl Observed {
         })
     }
 
-    /// The conditions of the Agent: refused (see [`Self::refusal`]), or as
-    /// [`status::agent_conditions`] says.
-    pub fn agent_conditions(
-        &self,
-        agent: &Agent,
-        status: &AgentStatus,
-        busy: Option<&str>,
-        delivery: &delivery::DeliveryState,
-        now: &Time,
-    ) -> Vec<Condition> {
-        let (existing, active) = (&status.conditions, status.active_version);
-        let generation = agent.metadata.generation;
+    /// The versions as observed, for a status that changes none of them.
+    pub fn versions_now(&self) -> VersionsAfter<'_> {
+        VersionsAfter { newest: self.newest(), count: self.versions.len() as i64, digest: self.versions_digest() }
+    }
+
+    /// The Agent's status once a step's writes are done. Every Agent status the operator writes
+    /// is built here: the status as it was, with what the step changed, its versions as the
+    /// step leaves them, and the conditions that follow (refused, see [`Self::refusal`], or as
+    /// [`status::agent_conditions`] says).
+    pub fn agent_status(&self, agent: &Agent, change: StatusChange<'_>, now: &Time) -> AgentStatus {
+        let mut status = agent.status.clone().unwrap_or_default();
+        if let Some(handled) = change.handled {
+            status.observed_generation = Some(handled.generation);
+            status.observed_definition_hash = Some(handled.definition_hash);
+        }
+        if change.last_rollback.is_some() {
+            status.last_rollback = change.last_rollback;
+        }
+        if let Some(report) = change.delivery_report {
+            status.delivery = report;
+        }
+        let active = change.versions.newest.map(|v| &v.spec);
+        status.active_version = active.map(|v| v.version);
+        status.version_count = Some(change.versions.count);
+        status.versions_digest = Some(change.versions.digest);
+
+        let (existing, generation) = (&status.conditions, agent.metadata.generation);
         let refusal = self.refusal();
         let in_sync = in_sync::condition(
             agent,
-            active.and_then(|n| self.version(n)).map(|v| &v.spec),
+            active,
             status.last_rollback.as_ref().map(|r| r.name.as_str()),
             refusal.is_some(),
         );
-        match refusal {
+        let active = status.active_version;
+        status.conditions = match refusal {
             Some(message) => status::refused_conditions(existing, generation, active, &message, in_sync, now),
-            None => status::agent_conditions(existing, generation, active, busy, delivery, in_sync, now),
-        }
+            None => status::agent_conditions(existing, generation, active, change.busy, change.delivery, in_sync, now),
+        };
+        status
     }
 
     /// The record a rollback write leaves: `status`, for this Agent as handled now.

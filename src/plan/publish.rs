@@ -8,7 +8,9 @@ use kube::ResourceExt;
 
 use super::durable::Handled;
 use super::hash::snapshot_hash;
-use super::{EventNote, EventTarget, Observed, RelatedObject, Step, owner_reference, version_name};
+use super::{
+    EventNote, EventTarget, Observed, RelatedObject, StatusChange, Step, VersionsAfter, owner_reference, version_name,
+};
 use crate::api::conditions::{STALLED, events, reasons};
 use crate::api::keys::{AGENT_LABEL, CHANGE_CAUSE_ANNOTATION, CHANGED_BY_ANNOTATION, VERSION_LABEL};
 use crate::api::{Agent, AgentDefinition, AgentVersion, AgentVersionSpec};
@@ -37,17 +39,19 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
     let refusal = observed.refusal();
     let definition_unchanged = observed.handled().is_some_and(|h| h.definition_hash == hash);
     let equals_active = observed.newest().is_some_and(|v| v.spec.snapshot_hash == hash);
-    let mut status = agent.status.clone().unwrap_or_default();
-    status.observed_generation = generation;
-    status.observed_definition_hash = Some(hash.clone());
+    let handled = generation.map(|generation| Handled { generation, definition_hash: hash.clone() });
 
     if refusal.is_some() || equals_active || (definition_unchanged && !observed.versions.is_empty()) {
-        let active = observed.active_number();
-        status.active_version = active;
-        status.version_count = Some(observed.versions.len() as i64);
-        status.versions_digest = Some(observed.versions_digest());
         let delivery = super::delivery::state_after(observed, agent, observed.newest());
-        status.conditions = observed.agent_conditions(agent, &status, busy_after, &delivery, now);
+        let change = StatusChange {
+            versions: observed.versions_now(),
+            handled,
+            last_rollback: None,
+            delivery_report: None,
+            busy: busy_after,
+            delivery: &delivery,
+        };
+        let status = observed.agent_status(agent, change, now);
         let refused_before = agent.status.as_ref().is_some_and(|s| {
             s.conditions
                 .iter()
@@ -72,23 +76,22 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
         change_cause: agent.annotations().get(CHANGE_CAUSE_ANNOTATION).cloned(),
         published_by: agent.annotations().get(CHANGED_BY_ANNOTATION).cloned(),
     };
-    let handled = generation.map(|generation| Handled { generation, definition_hash: hash.clone() });
-    let version = new_version(agent, number, agent.spec.definition.clone(), hash, provenance, handled);
-    status.active_version = Some(number);
-    status.version_count = Some(observed.versions.len() as i64 + 1);
-    status.versions_digest =
-        Some(super::hash::versions_digest(observed.versions.iter().map(|v| &v.spec).chain([&version.spec])));
+    let version = new_version(agent, number, agent.spec.definition.clone(), hash, provenance, handled.clone());
+    let versions = VersionsAfter {
+        newest: Some(&version),
+        count: observed.versions.len() as i64 + 1,
+        digest: super::hash::versions_digest(observed.versions.iter().map(|v| &v.spec).chain([&version.spec])),
+    };
     let delivery = super::delivery::state_after(observed, agent, Some(&version));
-    let in_sync = super::in_sync::condition(agent, Some(&version.spec), None, false);
-    status.conditions = super::status::agent_conditions(
-        &status.conditions,
-        generation,
-        Some(number),
-        busy_after,
-        &delivery,
-        in_sync,
-        now,
-    );
+    let change = StatusChange {
+        versions,
+        handled,
+        last_rollback: None,
+        delivery_report: None,
+        busy: busy_after,
+        delivery: &delivery,
+    };
+    let status = observed.agent_status(agent, change, now);
     vec![
         Step::CreateVersion(Box::new(version)),
         Step::PatchAgentStatus(Box::new(status)),

@@ -12,7 +12,7 @@ use kube::ResourceExt;
 
 use super::publish::{Provenance, RollbackOrigin, new_version};
 use super::status::set_rollback_phase;
-use super::{EventNote, EventTarget, Observed, RelatedObject, Step, status_of};
+use super::{EventNote, EventTarget, Observed, RelatedObject, StatusChange, Step, VersionsAfter, status_of};
 use crate::api::conditions::events;
 use crate::api::{Agent, AgentRollback, LastRollback, RollbackPhase, RollbackStrategy};
 
@@ -388,14 +388,17 @@ fn finish(
 ) -> Vec<Step> {
     let name = rollback.name_any();
     let active = observed.active_number();
-    let mut agent_status = agent.status.clone().unwrap_or_default();
-    agent_status.active_version = active;
     let pruning = super::history::pruning(observed, agent);
-    agent_status.version_count = Some(pruning.count);
-    agent_status.versions_digest = Some(pruning.digest.clone());
-    agent_status.last_rollback = Some(LastRollback { name: name.clone(), time: now.clone() });
     let delivery = super::delivery::state_after(observed, agent, observed.newest());
-    agent_status.conditions = observed.agent_conditions(agent, &agent_status, busy_after, &delivery, now);
+    let change = StatusChange {
+        versions: VersionsAfter { newest: observed.newest(), count: pruning.count, digest: pruning.digest.clone() },
+        handled: None,
+        last_rollback: Some(LastRollback { name: name.clone(), time: now.clone() }),
+        delivery_report: None,
+        busy: busy_after,
+        delivery: &delivery,
+    };
+    let agent_status = observed.agent_status(agent, change, now);
 
     let mut status = status_of(rollback);
     status.active_version = active;

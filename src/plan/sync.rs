@@ -19,7 +19,9 @@ use kube::ResourceExt;
 
 use super::delivery::{self, DeliveryState};
 use super::rollback::{Failure, FailureReason};
-use super::{EventNote, EventTarget, Observed, Step, history, phase_of, publish, rollback};
+use super::{
+    EventNote, EventTarget, Observed, StatusChange, Step, VersionsAfter, history, phase_of, publish, rollback,
+};
 use crate::api::conditions::{STALLED, events};
 use crate::api::{Agent, RollbackPhase};
 
@@ -68,20 +70,18 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
         return publish::steps(observed, agent, publish::busy_reason(false, !pending.is_empty()), now);
     }
 
-    let active = observed.active_number();
     let pruning = history::pruning(observed, agent);
     if !pruning.deletes.is_empty() {
-        let mut agent_status = agent.status.clone().unwrap_or_default();
-        agent_status.version_count = Some(pruning.count);
-        agent_status.versions_digest = Some(pruning.digest.clone());
-        agent_status.active_version = active;
-        agent_status.conditions = observed.agent_conditions(
-            agent,
-            &agent_status,
-            publish::busy_reason(false, !pending.is_empty()),
-            &delivery::state_after(observed, agent, observed.newest()),
-            now,
-        );
+        let delivery = delivery::state_after(observed, agent, observed.newest());
+        let change = StatusChange {
+            versions: VersionsAfter { newest: observed.newest(), count: pruning.count, digest: pruning.digest.clone() },
+            handled: None,
+            last_rollback: None,
+            delivery_report: None,
+            busy: publish::busy_reason(false, !pending.is_empty()),
+            delivery: &delivery,
+        };
+        let agent_status = observed.agent_status(agent, change, now);
         let event = pruning.event();
         let mut steps = pruning.deletes;
         steps.push(Step::PatchAgentStatus(Box::new(agent_status)));
@@ -99,20 +99,18 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
 
     // Delivery last: the active version is settled by now.
     let delivery = delivery::plan(observed, agent);
-    let mut desired = agent.status.clone().unwrap_or_default();
-    // Rebuilt from durable records where the status was lost.
-    if let Some(handled) = observed.handled() {
-        desired.observed_generation = Some(handled.generation);
-        desired.observed_definition_hash = Some(handled.definition_hash);
-    }
-    if desired.last_rollback.is_none() {
-        desired.last_rollback = observed.last_rollback();
-    }
-    desired.active_version = active;
-    desired.version_count = Some(observed.versions.len() as i64);
-    desired.versions_digest = Some(observed.versions_digest());
-    desired.delivery = delivery.status;
-    desired.conditions = observed.agent_conditions(agent, &desired, None, &delivery.state, now);
+    // What the status lost is rebuilt from durable records.
+    let last_rollback =
+        agent.status.as_ref().and_then(|s| s.last_rollback.as_ref()).is_none().then(|| observed.last_rollback());
+    let change = StatusChange {
+        versions: observed.versions_now(),
+        handled: observed.handled(),
+        last_rollback: last_rollback.flatten(),
+        delivery_report: Some(delivery.status),
+        busy: None,
+        delivery: &delivery.state,
+    };
+    let desired = observed.agent_status(agent, change, now);
     let mut steps = delivery.steps;
     if agent.status.as_ref() != Some(&desired) {
         let newly_blocked = match &delivery.state {
