@@ -14,7 +14,7 @@ use super::publish::{Provenance, RollbackOrigin, new_version};
 use super::status::set_rollback_phase;
 use super::{EventNote, EventTarget, Observed, RelatedObject, StatusChange, Step, VersionsAfter, status_of};
 use crate::api::conditions::events;
-use crate::api::{Agent, AgentRollback, LastRollback, RollbackPhase, RollbackStrategy};
+use crate::api::{Agent, AgentRollback, AgentVersion, LastRollback, RollbackPhase, RollbackStrategy};
 
 /// Why a rollback failed. Each is permanent: the rollback is `Failed` and nothing changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -297,80 +297,110 @@ pub fn resume(
     busy_after: Option<&str>,
     now: &Time,
 ) -> Vec<Step> {
-    let status = status_of(running);
-    let name = running.name_any();
     match running.spec.strategy {
         RollbackStrategy::Restore | RollbackStrategy::Previous => {
-            let (Some(target), Some(new)) = (status.restored_version, status.new_version) else {
-                // A Running status without its plan was not written by this controller.
-                return start(observed, agent, running, &[], now);
-            };
-            match observed.version(new) {
-                Some(made) if made.spec.rollback_name.as_deref() == Some(name.as_str()) => {
-                    finish(observed, agent, running, busy_after, now)
-                }
-                Some(_) => fail(
-                    observed,
-                    running,
-                    Failure {
-                        reason: FailureReason::ActiveVersionChanged,
-                        message: format!(
-                            "Version {new} was created by something else while this rollback ran; nothing was changed."
-                        ),
-                    },
-                    now,
+            resume_restore(observed, agent, running, busy_after, now)
+        }
+        RollbackStrategy::Pop => resume_pop(observed, agent, running, busy_after, now),
+    }
+}
+
+/// A Restore or Previous: its copy of the target is made, then it finishes.
+fn resume_restore(
+    observed: &Observed,
+    agent: &Agent,
+    running: &AgentRollback,
+    busy_after: Option<&str>,
+    now: &Time,
+) -> Vec<Step> {
+    let status = status_of(running);
+    let name = running.name_any();
+    let (Some(target), Some(new)) = (status.restored_version, status.new_version) else {
+        // A Running status without its plan was not written by this controller.
+        return start(observed, agent, running, &[], now);
+    };
+    match (observed.version(new), observed.version(target)) {
+        (Some(made), _) if made.spec.rollback_name.as_deref() == Some(name.as_str()) => {
+            finish(observed, agent, running, busy_after, now)
+        }
+        (Some(_), _) => fail(
+            observed,
+            running,
+            Failure {
+                reason: FailureReason::ActiveVersionChanged,
+                message: format!(
+                    "Version {new} was created by something else while this rollback ran; nothing was changed."
                 ),
-                None => match observed.version(target) {
-                    Some(source) => {
-                        let provenance =
-                            Provenance {
-                                rollback: Some(RollbackOrigin { from_version: target, rollback_name: &name }),
-                                change_cause: running.spec.reason.clone().or_else(|| {
-                                    Some(format!("Rolled back to version {target} by AgentRollback {name}"))
-                                }),
-                                published_by: running.spec.requested_by.clone(),
-                            };
-                        let version = new_version(
-                            agent,
-                            new,
-                            source.spec.snapshot.clone(),
-                            source.spec.snapshot_hash.clone(),
-                            provenance,
-                            observed.handled(),
-                        );
-                        vec![Step::CreateVersion(Box::new(version))]
-                    }
-                    None => fail(
-                        observed,
-                        running,
-                        Failure {
-                            reason: FailureReason::VersionNotFound,
-                            message: format!(
-                                "Version {target} was deleted before it could be restored; nothing was changed."
-                            ),
-                        },
-                        now,
-                    ),
-                },
-            }
+            },
+            now,
+        ),
+        (None, Some(source)) => {
+            vec![Step::CreateVersion(Box::new(restored_copy(observed, agent, running, source, new)))]
         }
-        RollbackStrategy::Pop => {
-            let Some(popped) = status.popped_version else {
-                return start(observed, agent, running, &[], now);
-            };
-            match observed.version(popped) {
-                Some(version)
-                    if Some(&version.spec.snapshot_hash) == status.popped_snapshot_hash.as_ref()
-                        && observed.versions.len() > 1 =>
-                {
-                    vec![Step::DeleteVersion {
-                        name: version.name_any(),
-                        uid: version.metadata.uid.clone().unwrap_or_default(),
-                    }]
-                }
-                _ => finish(observed, agent, running, busy_after, now),
-            }
+        (None, None) => fail(
+            observed,
+            running,
+            Failure {
+                reason: FailureReason::VersionNotFound,
+                message: format!("Version {target} was deleted before it could be restored; nothing was changed."),
+            },
+            now,
+        ),
+    }
+}
+
+/// Version `new`: a copy of `source` made by the rollback `running`.
+fn restored_copy(
+    observed: &Observed,
+    agent: &Agent,
+    running: &AgentRollback,
+    source: &AgentVersion,
+    new: i64,
+) -> AgentVersion {
+    let (name, target) = (running.name_any(), source.spec.version);
+    let provenance = Provenance {
+        rollback: Some(RollbackOrigin { from_version: target, rollback_name: &name }),
+        change_cause: running
+            .spec
+            .reason
+            .clone()
+            .or_else(|| Some(format!("Rolled back to version {target} by AgentRollback {name}"))),
+        published_by: running.spec.requested_by.clone(),
+    };
+    new_version(
+        agent,
+        new,
+        source.spec.snapshot.clone(),
+        source.spec.snapshot_hash.clone(),
+        provenance,
+        observed.handled(),
+    )
+}
+
+/// A Pop: the version it recorded is deleted (unless it is gone, replaced or the last one),
+/// then it finishes.
+fn resume_pop(
+    observed: &Observed,
+    agent: &Agent,
+    running: &AgentRollback,
+    busy_after: Option<&str>,
+    now: &Time,
+) -> Vec<Step> {
+    let status = status_of(running);
+    let Some(popped) = status.popped_version else {
+        return start(observed, agent, running, &[], now);
+    };
+    match observed.version(popped) {
+        Some(version)
+            if Some(&version.spec.snapshot_hash) == status.popped_snapshot_hash.as_ref()
+                && observed.versions.len() > 1 =>
+        {
+            vec![Step::DeleteVersion {
+                name: version.name_any(),
+                uid: version.metadata.uid.clone().unwrap_or_default(),
+            }]
         }
+        _ => finish(observed, agent, running, busy_after, now),
     }
 }
 

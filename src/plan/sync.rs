@@ -3,8 +3,8 @@
 //! 1. delete versions left over from a deleted Agent of the same name (they block names);
 //! 2. Agent gone: fail every pending rollback with `AgentNotFound`;
 //! 3. list the rollbacks from the API server if the Agent's status is lost (it is rebuilt
-//!    from their records; see `durable`), then carry on the Running rollback, if any, once it has been read live (the cache may show
-//!    a Running state that has long since finished);
+//!    from their records; see `durable`), then carry on the Running rollback, if any, once it
+//!    has been read live (the cache may show a Running state that has long since finished);
 //! 4. publish a new generation;
 //! 5. prune history beyond `revisionHistoryLimit`;
 //! 6. start the oldest pending rollback;
@@ -18,12 +18,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::delivery::{self, DeliveryState};
+use super::history::Pruning;
 use super::rollback::{Failure, FailureReason};
 use super::{
     EventNote, EventTarget, Observed, StatusChange, Step, VersionsAfter, history, phase_of, publish, rollback,
 };
 use crate::api::conditions::{STALLED, events};
-use crate::api::{Agent, RollbackPhase};
+use crate::api::{Agent, AgentRollback, RollbackPhase};
 
 /// The next unit of work for one Agent, or nothing.
 pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
@@ -37,19 +38,7 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
 
     let pending = observed.pending_rollbacks();
     let Some(agent) = &observed.agent else {
-        let message = format!("Agent {} not found in namespace {}.", observed.agent_name, observed.namespace);
-        return pending
-            .iter()
-            .flat_map(|r| {
-                rollback::fail(
-                    observed,
-                    r,
-                    Failure { reason: FailureReason::AgentNotFound, message: message.clone() },
-                    now,
-                )
-            })
-            .chain(resync_rollbacks(observed, true))
-            .collect();
+        return agent_gone(observed, &pending, now);
     };
 
     let status_lost = agent.status.as_ref().is_none_or(|s| s.observed_generation.is_none());
@@ -72,21 +61,7 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
 
     let pruning = history::pruning(observed, agent);
     if !pruning.deletes.is_empty() {
-        let delivery = delivery::state_after(observed, agent, observed.newest());
-        let change = StatusChange {
-            versions: VersionsAfter { newest: observed.newest(), count: pruning.count, digest: pruning.digest.clone() },
-            handled: None,
-            last_rollback: None,
-            delivery_report: None,
-            busy: publish::busy_reason(false, !pending.is_empty()),
-            delivery: &delivery,
-        };
-        let agent_status = observed.agent_status(agent, change, now);
-        let event = pruning.event();
-        let mut steps = pruning.deletes;
-        steps.push(Step::PatchAgentStatus(Box::new(agent_status)));
-        steps.extend(event);
-        return steps;
+        return prune(observed, agent, pruning, publish::busy_reason(false, !pending.is_empty()), now);
     }
 
     if let Some(resync) = resync_rollbacks(observed, false) {
@@ -98,8 +73,44 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
     }
 
     // Delivery last: the active version is settled by now.
+    deliver(observed, agent, now)
+}
+
+/// The Agent is gone: every pending rollback fails with `AgentNotFound`.
+fn agent_gone(observed: &Observed, pending: &[&AgentRollback], now: &Time) -> Vec<Step> {
+    let message = format!("Agent {} not found in namespace {}.", observed.agent_name, observed.namespace);
+    pending
+        .iter()
+        .flat_map(|r| {
+            rollback::fail(observed, r, Failure { reason: FailureReason::AgentNotFound, message: message.clone() }, now)
+        })
+        .chain(resync_rollbacks(observed, true))
+        .collect()
+}
+
+/// Deletes the versions beyond the history limit, with the status that counts those kept.
+fn prune(observed: &Observed, agent: &Agent, pruning: Pruning, busy: Option<&str>, now: &Time) -> Vec<Step> {
+    let delivery = delivery::state_after(observed, agent, observed.newest());
+    let change = StatusChange {
+        versions: VersionsAfter { newest: observed.newest(), count: pruning.count, digest: pruning.digest.clone() },
+        handled: None,
+        last_rollback: None,
+        delivery_report: None,
+        busy,
+        delivery: &delivery,
+    };
+    let agent_status = observed.agent_status(agent, change, now);
+    let event = pruning.event();
+    let mut steps = pruning.deletes;
+    steps.push(Step::PatchAgentStatus(Box::new(agent_status)));
+    steps.extend(event);
+    steps
+}
+
+/// Delivers the active version (ConfigMap, workload rollouts) and brings the Agent's status up
+/// to date, rebuilding from durable records what it lost.
+fn deliver(observed: &Observed, agent: &Agent, now: &Time) -> Vec<Step> {
     let delivery = delivery::plan(observed, agent);
-    // What the status lost is rebuilt from durable records.
     let last_rollback =
         agent.status.as_ref().and_then(|s| s.last_rollback.as_ref()).is_none().then(|| observed.last_rollback());
     let change = StatusChange {
