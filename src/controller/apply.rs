@@ -49,40 +49,8 @@ fn flatten(step: Step) -> Vec<Step> {
 async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Outcome> {
     let ns = observed.namespace.as_str();
     match step {
-        Step::CreateVersion(version) => {
-            let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), ns);
-            let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
-            let echo = Echo::Created { namespace: ns.into(), name: version.name_any() };
-            ctx.echoes.expect(echo.clone());
-            let result = api.create(&params, &version).await;
-            if result.is_err() {
-                ctx.echoes.forget(&echo);
-            }
-            match result {
-                Ok(created) => Ok(Outcome::Done(Applied::VersionCreated(Box::new(created)))),
-                Err(e) if status_code(&e) == Some(409) => Ok(Outcome::Stale(None)),
-                Err(source) => Err(Error::CreateVersion { namespace: ns.into(), name: version.name_any(), source }),
-            }
-        }
-        Step::DeleteVersion { name, uid } => {
-            let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), ns);
-            let echo = Echo::Deleted { uid: uid.clone() };
-            let params = DeleteParams {
-                preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
-                ..DeleteParams::default()
-            };
-            ctx.echoes.expect(echo.clone());
-            let result = api.delete(&name, &params).await;
-            if result.is_err() {
-                ctx.echoes.forget(&echo);
-            }
-            match result {
-                Ok(_) => Ok(Outcome::Done(Applied::VersionDeleted(name))),
-                Err(e) if status_code(&e) == Some(404) => Ok(Outcome::Done(Applied::VersionDeleted(name))),
-                Err(e) if status_code(&e) == Some(409) => Ok(Outcome::Stale(None)),
-                Err(source) => Err(Error::DeleteVersion { namespace: ns.into(), name, source }),
-            }
-        }
+        Step::CreateVersion(version) => create_version(ctx, ns, &version).await,
+        Step::DeleteVersion { name, uid } => delete_version(ctx, ns, name, uid).await,
         Step::PatchAgentStatus(status) => {
             let api: Api<Agent> = Api::namespaced(ctx.client.clone(), ns);
             let name = observed.agent_name.as_str();
@@ -126,28 +94,69 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
                 EventTarget::Agent => observed.agent.as_ref().map(|a| a.object_ref(&())),
                 EventTarget::Rollback(name) => observed.rollback(name).map(|r| r.object_ref(&())),
             };
-            let related = note.related.as_ref().and_then(|related| match related {
-                // A pruned version is gone from `observed` by the time its Event is sent: its
-                // reference is made from the name.
-                RelatedObject::Version(name) => {
-                    Some(observed.versions.iter().find(|v| &v.name_any() == name).map_or_else(
-                        || ObjectReference {
-                            api_version: Some(AgentVersion::api_version(&()).into()),
-                            kind: Some(AgentVersion::kind(&()).into()),
-                            namespace: Some(ns.into()),
-                            name: Some(name.clone()),
-                            ..ObjectReference::default()
-                        },
-                        |v| v.object_ref(&()),
-                    ))
-                }
-                RelatedObject::Rollback(name) => observed.rollback(name).map(|r| r.object_ref(&())),
-            });
+            let related = note.related.as_ref().and_then(|related| related_reference(observed, related));
             if let Some(reference) = reference {
                 ctx.events.send(reference, related, note);
             }
             Ok(Outcome::Done(Applied::Nothing))
         }
+    }
+}
+
+/// Creates a version; its name taken means another sync got there first.
+async fn create_version(ctx: &Context, ns: &str, version: &AgentVersion) -> Result<Outcome> {
+    let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), ns);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    let echo = Echo::Created { namespace: ns.into(), name: version.name_any() };
+    ctx.echoes.expect(echo.clone());
+    let result = api.create(&params, version).await;
+    if result.is_err() {
+        ctx.echoes.forget(&echo);
+    }
+    match result {
+        Ok(created) => Ok(Outcome::Done(Applied::VersionCreated(Box::new(created)))),
+        Err(e) if status_code(&e) == Some(409) => Ok(Outcome::Stale(None)),
+        Err(source) => Err(Error::CreateVersion { namespace: ns.into(), name: version.name_any(), source }),
+    }
+}
+
+/// Deletes the version of that uid only (not a newer one of the same name); gone already is
+/// done.
+async fn delete_version(ctx: &Context, ns: &str, name: String, uid: String) -> Result<Outcome> {
+    let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), ns);
+    let echo = Echo::Deleted { uid: uid.clone() };
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    ctx.echoes.expect(echo.clone());
+    let result = api.delete(&name, &params).await;
+    if result.is_err() {
+        ctx.echoes.forget(&echo);
+    }
+    match result {
+        Ok(_) => Ok(Outcome::Done(Applied::VersionDeleted(name))),
+        Err(e) if status_code(&e) == Some(404) => Ok(Outcome::Done(Applied::VersionDeleted(name))),
+        Err(e) if status_code(&e) == Some(409) => Ok(Outcome::Stale(None)),
+        Err(source) => Err(Error::DeleteVersion { namespace: ns.into(), name, source }),
+    }
+}
+
+/// The reference of an Event's related object. A pruned version is gone from `observed` by the
+/// time its Event is sent: its reference is made from the name.
+fn related_reference(observed: &Observed, related: &RelatedObject) -> Option<ObjectReference> {
+    match related {
+        RelatedObject::Version(name) => Some(observed.versions.iter().find(|v| &v.name_any() == name).map_or_else(
+            || ObjectReference {
+                api_version: Some(AgentVersion::api_version(&()).into()),
+                kind: Some(AgentVersion::kind(&()).into()),
+                namespace: Some(observed.namespace.clone()),
+                name: Some(name.clone()),
+                ..ObjectReference::default()
+            },
+            |v| v.object_ref(&()),
+        )),
+        RelatedObject::Rollback(name) => observed.rollback(name).map(|r| r.object_ref(&())),
     }
 }
 

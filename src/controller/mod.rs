@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::Shared;
-use futures::{StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
@@ -76,79 +76,21 @@ where
     let config_map_events =
         reflector(config_map_writer, watcher(config_maps, watcher::Config::default().labels(AGENT_LABEL)))
             .touched_objects();
-    let rollback_cache = RollbackCache::new(rollback_store.clone());
     let ctx = Arc::new(Context::new(
         client.clone(),
         settings,
-        rollback_cache.clone(),
+        RollbackCache::new(rollback_store.clone()),
         agent_store.clone(),
         config_map_store.clone(),
         metrics,
     ));
-
-    // The rollback watch as the controller would build it, plus an early start for each new
-    // rollback (see `agent_rollback::start_early`).
-    let early = ctx.clone();
-    let index = rollback_cache.clone();
-    let rollback_events = reflector(rollback_writer, watcher(rollbacks, watcher::Config::default()))
-        .inspect_ok(move |event| index.apply(event))
-        .applied_objects()
-        .inspect_ok(move |rollback| agent_rollback::start_early(rollback, &early));
-    let rollback_controller = Controller::for_stream(rollback_events, rollback_store.clone());
-
-    // An Agent's deletion (or any change) wakes the rollbacks still waiting on it, so those
-    // of a deleted Agent end as AgentNotFound.
-    let waiting = rollback_cache;
-    let rollback_controller = rollback_controller
-        .with_config(controller_config())
-        .trigger_backoff(WatchBackoff::default())
-        .watches(agents.clone(), watcher::Config::default(), move |agent: Agent| {
-            let namespace = agent.namespace().unwrap_or_default();
-            waiting
-                .of_agent(&namespace, &agent.name_any())
-                .into_iter()
-                .filter(|r| !phase_of(r).is_some_and(|p| p.is_terminal()))
-                .map(|r| ObjectRef::from_obj(&*r))
-                .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(shutdown.clone())
-        .run(agent_rollback::reconcile, agent_rollback::error_policy, ctx.clone())
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => debug!(rollback = %object, "Reconciled AgentRollback"),
-                Err(error) => log_controller_error("AgentRollback", &error),
-            }
-        });
-
-    // A change to a version wakes its Agent, unless it is the echo of this process's own write.
-    let echoes = ctx.clone();
-    let agent_controller = agent_controller
-        .with_config(controller_config())
-        .trigger_backoff(WatchBackoff::default())
-        .watches(versions, watcher::Config::default(), move |version: PartialObjectMeta<AgentVersion>| {
-            if echoes.echoes.matches(&version) {
-                return None;
-            }
-            let namespace = version.namespace()?;
-            let agent = version.owner_references().iter().find(|o| o.kind == "Agent")?.name.clone();
-            echoes.settled.versions_changed(&namespace, &agent);
-            Some(ObjectRef::<Agent>::new(&agent).within(&namespace))
-        })
-        // A delivery ConfigMap changed or deleted by someone else wakes its Agent; the echoes of
-        // the operator's own writes find the Agent's delivery intact and return at once.
-        .watches_stream(config_map_events, |config_map: PartialObjectMeta<ConfigMap>| {
-            let namespace = config_map.namespace()?;
-            let agent = config_map.owner_references().iter().find(|o| o.kind == "Agent")?.name.clone();
-            Some(ObjectRef::<Agent>::new(&agent).within(&namespace))
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(agent::reconcile, agent::error_policy, ctx.clone())
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => debug!(agent = %object, "Reconciled Agent"),
-                Err(error) => log_controller_error("Agent", &error),
-            }
-        });
+    let rollback_controller = run_rollback_controller(
+        Controller::for_stream(rollback_events(rollbacks, rollback_writer, &ctx), rollback_store.clone()),
+        agents,
+        &ctx,
+        shutdown.clone(),
+    );
+    let agent_controller = run_agent_controller(agent_controller, versions, config_map_events, &ctx, shutdown);
 
     let readiness = async {
         // Ready once both caches have their first full list.
@@ -175,6 +117,97 @@ where
     ctx.finish_early_starts().await;
     ctx.events.flush().await;
     Ok(())
+}
+
+/// The rollback watch as the controller would build it, with the index of each Agent's
+/// rollbacks kept beside its cache, and an early start for each new rollback (see
+/// `agent_rollback::start_early`).
+fn rollback_events(
+    rollbacks: Api<AgentRollback>,
+    writer: reflector::store::Writer<AgentRollback>,
+    ctx: &Arc<Context>,
+) -> impl Stream<Item = Result<AgentRollback, watcher::Error>> + Send + 'static {
+    let (index, early) = (ctx.rollbacks.clone(), ctx.clone());
+    reflector(writer, watcher(rollbacks, watcher::Config::default()))
+        .inspect_ok(move |event| index.apply(event))
+        .applied_objects()
+        .inspect_ok(move |rollback| agent_rollback::start_early(rollback, &early))
+}
+
+/// The AgentRollback controller. An Agent's deletion (or any change) wakes the rollbacks still
+/// waiting on it, so those of a deleted Agent end as AgentNotFound.
+fn run_rollback_controller<F>(
+    controller: Controller<AgentRollback>,
+    agents: Api<Agent>,
+    ctx: &Arc<Context>,
+    shutdown: Shared<F>,
+) -> impl Future<Output = ()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let waiting = ctx.rollbacks.clone();
+    controller
+        .with_config(controller_config())
+        .trigger_backoff(WatchBackoff::default())
+        .watches(agents, watcher::Config::default(), move |agent: Agent| {
+            let namespace = agent.namespace().unwrap_or_default();
+            waiting
+                .of_agent(&namespace, &agent.name_any())
+                .into_iter()
+                .filter(|r| !phase_of(r).is_some_and(|p| p.is_terminal()))
+                .map(|r| ObjectRef::from_obj(&*r))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(agent_rollback::reconcile, agent_rollback::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(rollback = %object, "Reconciled AgentRollback"),
+                Err(error) => log_controller_error("AgentRollback", &error),
+            }
+        })
+}
+
+/// The Agent controller. A change to a version wakes its Agent, unless it is the echo of this
+/// process's own write; so does a change to its delivery ConfigMap.
+fn run_agent_controller<F>(
+    controller: Controller<Agent>,
+    versions: Api<PartialObjectMeta<AgentVersion>>,
+    config_map_events: impl Stream<Item = Result<PartialObjectMeta<ConfigMap>, watcher::Error>> + Send + 'static,
+    ctx: &Arc<Context>,
+    shutdown: Shared<F>,
+) -> impl Future<Output = ()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let echoes = ctx.clone();
+    controller
+        .with_config(controller_config())
+        .trigger_backoff(WatchBackoff::default())
+        .watches(versions, watcher::Config::default(), move |version: PartialObjectMeta<AgentVersion>| {
+            if echoes.echoes.matches(&version) {
+                return None;
+            }
+            let namespace = version.namespace()?;
+            let agent = version.owner_references().iter().find(|o| o.kind == "Agent")?.name.clone();
+            echoes.settled.versions_changed(&namespace, &agent);
+            Some(ObjectRef::<Agent>::new(&agent).within(&namespace))
+        })
+        // A delivery ConfigMap changed or deleted by someone else wakes its Agent; the echoes of
+        // the operator's own writes find the Agent's delivery intact and return at once.
+        .watches_stream(config_map_events, |config_map: PartialObjectMeta<ConfigMap>| {
+            let namespace = config_map.namespace()?;
+            let agent = config_map.owner_references().iter().find(|o| o.kind == "Agent")?.name.clone();
+            Some(ObjectRef::<Agent>::new(&agent).within(&namespace))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(agent::reconcile, agent::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(agent = %object, "Reconciled Agent"),
+                Err(error) => log_controller_error("Agent", &error),
+            }
+        })
 }
 
 /// How often what is kept per Agent and per rollback is pruned of those that are gone.
