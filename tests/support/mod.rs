@@ -382,7 +382,10 @@ impl Operator {
             .open(std::env::temp_dir().join(format!("agent-operator-{namespace}.log")))
             .expect("operator log");
         let http_port = Self::free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_agent-operator"));
+        // The benchmark sets AGENT_OPERATOR_BIN to the image's static binary: the one users run.
+        let binary =
+            std::env::var_os("AGENT_OPERATOR_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_agent-operator").into());
+        let mut command = Command::new(binary);
         if let Some(uid) = uid {
             command.uid(uid).gid(uid);
         }
