@@ -36,7 +36,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, warn};
 
 use crate::api::keys::AGENT_LABEL;
@@ -68,8 +68,11 @@ where
     let config_maps: Api<PartialObjectMeta<ConfigMap>> = scoped(&client, settings.namespace.as_deref());
 
     let (rollback_store, rollback_writer) = reflector::store();
-    let agent_controller = Controller::new(agents.clone(), watcher::Config::default());
-    let agent_store = agent_controller.store();
+    let (agent_store, agent_writer) = reflector::store();
+    let agent_events =
+        reflector(agent_writer, watcher(agents.clone(), watcher::Config::default()).modify(drop_managed_fields))
+            .applied_objects();
+    let agent_controller = Controller::for_stream(agent_events, agent_store.clone());
     // Only the ConfigMaps the operator labels, and only their metadata: what delivery needs
     // to know (owner, the version they hold) without holding every snapshot in memory.
     let (config_map_store, config_map_writer) = reflector::store();
@@ -128,7 +131,7 @@ fn rollback_events(
     ctx: &Arc<Context>,
 ) -> impl Stream<Item = Result<AgentRollback, watcher::Error>> + Send + 'static {
     let (index, early) = (ctx.rollbacks.clone(), ctx.clone());
-    reflector(writer, watcher(rollbacks, watcher::Config::default()))
+    reflector(writer, watcher(rollbacks, watcher::Config::default()).modify(drop_managed_fields))
         .inspect_ok(move |event| index.apply(event))
         .applied_objects()
         .inspect_ok(move |rollback| agent_rollback::start_early(rollback, &early))
@@ -208,6 +211,12 @@ where
                 Err(error) => log_controller_error("Agent", &error),
             }
         })
+}
+
+/// The watch caches keep objects without their managed fields: nothing here reads them, and at
+/// thousands of Agents they are much of the caches' memory.
+fn drop_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 /// How often what is kept per Agent and per rollback is pruned of those that are gone.
