@@ -166,7 +166,19 @@ api_server=("$K8S_BIN/kube-apiserver"
 ) &
 pids+=($!)
 
+start=$(date +%s.%N)
+export KUBECONFIG=$D/admin.kubeconfig
+until "$K8S_BIN/kubectl" get --raw=/readyz >/dev/null 2>&1; do
+  for p in "${pids[@]}"; do
+    kill -0 "$p" 2>/dev/null || { log "A control-plane process exited early; logs in $D/logs"; tail -n 20 "$D"/logs/*.log >&2; exit 1; }
+  done
+  if (($(date +%s) - ${start%.*} > 120)); then log "Control plane not ready after 120 s; logs in $D/logs"; exit 1; fi
+  sleep 0.2
+done
+
 # --- kube-controller-manager -----------------------------------------------------------------
+# Started once the API server is ready: it gives up if /healthz is not ok within 10 s, which a
+# loaded machine can take.
 # The controllers that API objects depend on: ownerReference garbage collection, namespace
 # deletion, ServiceAccounts and their tokens, the aggregated edit/view roles; with a node, also
 # what nodes and workloads need (node health and taints, Deployments, StatefulSets, endpoints).
@@ -180,17 +192,11 @@ controllers=garbage-collector-controller,namespace-controller,serviceaccount-con
   >"$D/logs/kube-controller-manager.log" 2>&1 &
 pids+=($!)
 
-start=$(date +%s.%N)
-export KUBECONFIG=$D/admin.kubeconfig
-until "$K8S_BIN/kubectl" get --raw=/readyz >/dev/null 2>&1; do
+# Tests create namespaces at once, and the aggregated edit/view roles must be filled in first.
+until "$K8S_BIN/kubectl" get clusterrole edit -o jsonpath='{.rules}' 2>/dev/null | grep . >/dev/null; do
   for p in "${pids[@]}"; do
     kill -0 "$p" 2>/dev/null || { log "A control-plane process exited early; logs in $D/logs"; tail -n 20 "$D"/logs/*.log >&2; exit 1; }
   done
-  if (($(date +%s) - ${start%.*} > 120)); then log "Control plane not ready after 120 s; logs in $D/logs"; exit 1; fi
-  sleep 0.2
-done
-# Tests create namespaces at once, and the aggregated edit/view roles must be filled in first.
-until "$K8S_BIN/kubectl" get clusterrole edit -o jsonpath='{.rules}' 2>/dev/null | grep . >/dev/null; do
   if (($(date +%s) - ${start%.*} > 120)); then log "Aggregated roles never filled in; logs in $D/logs"; exit 1; fi
   sleep 0.2
 done
