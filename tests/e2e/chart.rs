@@ -96,7 +96,8 @@ async fn the_operators_identity_is_refused_everything_beyond_its_job() {
     let existing = format!(
         "{{\"apiVersion\":\"agentops.dev/v1alpha1\",\"kind\":\"Agent\",\"metadata\":{{\"name\":\"support\",\"namespace\":\"{ns}\"}},\"spec\":{{}}}}"
     );
-    assert!(kubectl(&["create", "-f", "-"], Some(&existing)).status.success());
+    let created = kubectl(&["create", "-f", "-"], Some(&existing));
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let forbidden = [
         vec!["get", "secrets", "-n", ns.as_str()],
         vec!["get", "secrets", "-n", RELEASE_NAMESPACE],

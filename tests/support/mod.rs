@@ -271,11 +271,39 @@ pub fn chart_identity() -> &'static ChartIdentity {
             rendered.split("\n---").filter(|doc| !doc.contains("\nkind: Deployment\n")).collect();
         let applied = kubectl(&["apply", "-f", "-"], Some(&without_deployment.join("\n---")));
         assert!(applied.status.success(), "chart applied: {}", String::from_utf8_lossy(&applied.stderr));
+        if !served_api_versions(&cp.kubeconfig).is_empty() {
+            wait_for_mutating_policies();
+        }
 
         let service_account = RELEASE.to_string();
         let kubeconfig = service_account_kubeconfig(RELEASE_NAMESPACE, &service_account);
         ChartIdentity { kubeconfig, service_account }
     })
+}
+
+/// Waits until a dry-run create of an Agent and of an AgentRollback comes back stamped by the
+/// chart's mutating policies. They take a moment to reach the admission chain, and a new kind's
+/// schema a moment more to reach their type checker: until then a create is refused with 503
+/// "Resource kind ... not found".
+fn wait_for_mutating_policies() {
+    let ns = RELEASE_NAMESPACE;
+    let agent = format!(
+        r#"{{"apiVersion":"agentops.dev/v1alpha1","kind":"Agent","metadata":{{"name":"admission-probe","namespace":"{ns}"}},"spec":{{}}}}"#
+    );
+    let rollback = format!(
+        r#"{{"apiVersion":"agentops.dev/v1alpha1","kind":"AgentRollback","metadata":{{"name":"admission-probe","namespace":"{ns}"}},"spec":{{"agentName":"admission-probe","strategy":"Previous","requestedBy":"nobody"}}}}"#
+    );
+    let stamped = |manifest: &str, check: &dyn Fn(&str) -> bool| {
+        let out = kubectl(&["create", "--dry-run=server", "-o", "json", "-f", "-"], Some(manifest));
+        out.status.success() && check(&String::from_utf8_lossy(&out.stdout))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(stamped(&agent, &|json| json.contains("agentops.dev/changed-by"))
+        && stamped(&rollback, &|json| json.contains("\"requestedBy\"") && !json.contains("\"nobody\"")))
+    {
+        assert!(Instant::now() < deadline, "the chart's mutating admission policies never took effect");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A kubeconfig that authenticates as a ServiceAccount (a TokenRequest token, 4 hours).
