@@ -14,8 +14,8 @@ use super::echoes::Echoes;
 use super::events::EventSink;
 use super::rollback_index::RollbackCache;
 use super::settled::SettledAgents;
+use crate::api::Agent;
 use crate::api::conditions::IN_SYNC;
-use crate::api::{Agent, AgentRollback};
 use crate::metrics::Metrics;
 
 /// How the controllers were asked to run.
@@ -83,11 +83,6 @@ impl Context {
             backoff: Mutex::default(),
             out_of_sync: Mutex::default(),
         }
-    }
-
-    /// The rollbacks in the watch cache that name this Agent, in any phase.
-    pub fn rollbacks_of(&self, namespace: &str, name: &str) -> Vec<Arc<AgentRollback>> {
-        self.rollbacks.of_agent(namespace, name)
     }
 
     /// Takes the Agent's lock: one sync per Agent at a time, whichever controller asks.

@@ -78,7 +78,8 @@ pub fn resume_from(ctx: &Context, state: &Observed) -> Option<Observed> {
     let left = state.agent.as_ref().filter(|left| left.metadata.uid == cached.metadata.uid)?;
     let agent = if revision(left) >= revision(&*cached) { left.clone() } else { (*cached).clone() };
     let rollbacks = ctx
-        .rollbacks_of(&state.namespace, &state.agent_name)
+        .rollbacks
+        .of_agent(&state.namespace, &state.agent_name)
         .into_iter()
         .map(|cached| match state.rollbacks.iter().find(|r| r.metadata.uid == cached.metadata.uid) {
             Some(left) if revision(left) >= revision(&*cached) => left.clone(),
@@ -90,5 +91,5 @@ pub fn resume_from(ctx: &Context, state: &Observed) -> Option<Observed> {
 }
 
 fn cached_rollbacks(ctx: &Context, namespace: &str, name: &str) -> Vec<AgentRollback> {
-    ctx.rollbacks_of(namespace, name).into_iter().map(|r| (*r).clone()).collect()
+    ctx.rollbacks.of_agent(namespace, name).into_iter().map(|r| (*r).clone()).collect()
 }

@@ -166,12 +166,16 @@ api_server=("$K8S_BIN/kube-apiserver"
 ) &
 pids+=($!)
 
-start=$(date +%s.%N)
-export KUBECONFIG=$D/admin.kubeconfig
-until "$K8S_BIN/kubectl" get --raw=/readyz >/dev/null 2>&1; do
+exit_if_one_exited() {
   for p in "${pids[@]}"; do
     kill -0 "$p" 2>/dev/null || { log "A control-plane process exited early; logs in $D/logs"; tail -n 20 "$D"/logs/*.log >&2; exit 1; }
   done
+}
+
+start=$(date +%s.%N)
+export KUBECONFIG=$D/admin.kubeconfig
+until "$K8S_BIN/kubectl" get --raw=/readyz >/dev/null 2>&1; do
+  exit_if_one_exited
   if (($(date +%s) - ${start%.*} > 120)); then log "Control plane not ready after 120 s; logs in $D/logs"; exit 1; fi
   sleep 0.2
 done
@@ -194,9 +198,7 @@ pids+=($!)
 
 # Tests create namespaces at once, and the aggregated edit/view roles must be filled in first.
 until "$K8S_BIN/kubectl" get clusterrole edit -o jsonpath='{.rules}' 2>/dev/null | grep . >/dev/null; do
-  for p in "${pids[@]}"; do
-    kill -0 "$p" 2>/dev/null || { log "A control-plane process exited early; logs in $D/logs"; tail -n 20 "$D"/logs/*.log >&2; exit 1; }
-  done
+  exit_if_one_exited
   if (($(date +%s) - ${start%.*} > 120)); then log "Aggregated roles never filled in; logs in $D/logs"; exit 1; fi
   sleep 0.2
 done
