@@ -284,8 +284,9 @@ pub fn chart_identity() -> &'static ChartIdentity {
 /// Waits until a dry-run create of an Agent and of an AgentRollback comes back stamped by the
 /// chart's mutating policies. They take a moment to reach the admission chain, and a new kind's
 /// schema a moment more to reach their type checker: until then a create is refused with 503
-/// "Resource kind ... not found".
-fn wait_for_mutating_policies() {
+/// "Resource kind ... not found". The API server refreshes that schema list every 5 s, so the
+/// same wait follows each of its restarts.
+pub fn wait_for_mutating_policies() {
     let ns = RELEASE_NAMESPACE;
     let agent = format!(
         r#"{{"apiVersion":"agentops.dev/v1alpha1","kind":"Agent","metadata":{{"name":"admission-probe","namespace":"{ns}"}},"spec":{{}}}}"#
