@@ -1,5 +1,5 @@
 //! Test-only model of the API server for one Agent, and property tests of the planner against
-//! an independent reference model of the API contract's rules.
+//! an independent reference model of the contract's rules (docs/reference.md).
 //!
 //! The model answers steps the way the API server does where it matters: names are unique
 //! (AlreadyExists), deletes and rollback status writes are conditional (uid and
@@ -381,7 +381,8 @@ pub enum Outcome {
     NotDone(Option<RollbackPhase>),
 }
 
-/// The API contract's rules, written as plainly as possible and independently of the planner.
+/// The contract's rules (docs/reference.md, behaviours), written as plainly as possible and
+/// independently of the planner.
 #[derive(Clone, Debug)]
 struct Reference {
     spec: AgentDefinition,

@@ -1,4 +1,4 @@
-//! The operator, running as its own process, does what the API contract says: publishing,
+//! The operator, running as its own process, does what docs/reference.md says: publishing,
 //! Restore, Previous, Pop, every failure reason, history pruning, apply-time refusals, ordering.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Size (behaviour 11 of the API contract): a definition is bounded so that every object made
+//! Size (behaviour 11, docs/reference.md): a definition is bounded so that every object made
 //! from it fits the API server's limits. The bound is checked here by measuring each object
 //! the operator writes from a definition at the bound; the schema refuses a field over its
 //! limit at apply time, and the operator refuses a whole definition over the bound (status and

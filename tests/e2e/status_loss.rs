@@ -1,4 +1,4 @@
-//! Status is a cache (behaviour 10 of the API contract): the status of an Agent and of its
+//! Status is a cache (behaviour 10, docs/reference.md): the status of an Agent and of its
 //! rollbacks, removed in every state (after a Restore, a Previous, a Pop and a failure, with
 //! rollbacks queued, mid-rollback with the operator killed), is written back with the same
 //! results, and nothing is published, deleted or run again.

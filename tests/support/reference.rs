@@ -1,5 +1,5 @@
-//! The API contract's rollback rules as a tiny model, written independently of the operator, to
-//! say what a sequence of rollbacks must end in.
+//! The contract's rollback rules (docs/reference.md) as a tiny model, written independently of
+//! the operator, to say what a sequence of rollbacks must end in.
 
 use std::collections::BTreeMap;
 
