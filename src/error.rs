@@ -110,8 +110,26 @@ pub enum Error {
     NotSettled { namespace: String, name: String, steps: usize },
 }
 
+/// Every value of [`Error::metric_label`], so that each series is served from the start.
+pub const OPERATIONS: [&str; 14] = [
+    "get_agent",
+    "list_versions",
+    "list_rollbacks",
+    "get_rollback",
+    "create_version",
+    "delete_version",
+    "patch_agent_status",
+    "write_rollback",
+    "patch_rollback_status",
+    "write_config_map",
+    "read_workload",
+    "roll_workload",
+    "missing_object_key",
+    "not_settled",
+];
+
 impl Error {
-    /// A bounded label for metrics.
+    /// A bounded label for metrics: one of [`OPERATIONS`].
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::GetAgent { .. } => "get_agent",

@@ -10,6 +10,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::api::RollbackStrategy;
+use crate::plan::FailureReason;
+
+/// The `resource` label's values: the two controllers.
+pub const RESOURCES: [&str; 2] = ["agent", "agentrollback"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
     pub resource: &'static str,
@@ -84,6 +90,23 @@ impl Default for Metrics {
              a deleted Agent leaves the count at the next pruning (every minute)",
             agents_out_of_sync.clone(),
         );
+        // Every series that can appear is served from the start, at zero, so that `rate` and
+        // `increase` see the first event and the docs can be checked against what is served.
+        for resource in RESOURCES {
+            let _ = reconcile_duration.get_or_create(&ResourceLabels { resource });
+            for result in ["success", "error"] {
+                let _ = reconciles.get_or_create(&ReconcileLabels { resource, result });
+            }
+        }
+        for operation in crate::error::OPERATIONS {
+            let _ = errors.get_or_create(&ErrorLabels { operation });
+        }
+        let outcomes = std::iter::once("Succeeded").chain(FailureReason::ALL.map(FailureReason::as_str));
+        for outcome in outcomes {
+            for strategy in RollbackStrategy::ALL {
+                let _ = rollbacks.get_or_create(&RollbackLabels { strategy: strategy.as_str(), outcome });
+            }
+        }
         Self {
             registry,
             reconciles,

@@ -90,6 +90,8 @@ pub enum RollbackStrategy {
 }
 
 impl RollbackStrategy {
+    pub const ALL: [RollbackStrategy; 3] = [Self::Restore, Self::Previous, Self::Pop];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Restore => "Restore",

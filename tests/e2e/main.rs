@@ -11,6 +11,7 @@ mod chart;
 mod control_plane;
 mod crash;
 mod delivery;
+mod docs;
 mod fuzz;
 mod identity;
 mod in_cluster;

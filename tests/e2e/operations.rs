@@ -74,7 +74,12 @@ async fn two_replicas_share_a_lease_and_the_standby_takes_over_when_the_leader_i
     // Only the leader reconciled: the standby never ran a reconcile.
     let standby_metrics = scrape(&standby).await;
     assert_eq!(metric(&standby_metrics, "agentops_leader"), Some(0.0));
-    assert!(!standby_metrics.contains("agentops_reconciles_total{"), "{standby_metrics}");
+    let standby_reconciles: f64 = standby_metrics
+        .lines()
+        .filter(|l| l.starts_with("agentops_reconciles_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(standby_reconciles, 0.0, "{standby_metrics}");
     assert!(
         metric(&scrape(&leader).await, "agentops_reconciles_total{resource=\"agent\",result=\"success\"}")
             .unwrap_or(0.0)
