@@ -4,8 +4,9 @@
 //! the same run, since the machine is shared and absolute times drift.
 //!
 //! Sizes can be lowered for a quick look: BENCH_LATENCY_N (default 200), BENCH_THROUGHPUT_AGENTS
-//! (100), BENCH_THROUGHPUT_PER_AGENT (10), BENCH_SCALE_AGENTS (10000; a tenth of it is run too). BENCH_ONLY=churn runs only
-//! the churn of BENCH_CHURN_AGENTS (5000) in BENCH_CHURN_WAVES (5). BENCH_LOG sets the
+//! (100), BENCH_THROUGHPUT_PER_AGENT (10), BENCH_SCALE_AGENTS (10000; a tenth of it is run too).
+//! BENCH_ONLY=scale runs only the scale runs; BENCH_ONLY=churn only the churn of
+//! BENCH_CHURN_AGENTS (5000) in BENCH_CHURN_WAVES (5). BENCH_LOG sets the
 //! operator's log filter (default `warn`); BENCH_TRACE prints the latency samples' timeline.
 
 #![allow(clippy::unwrap_used)] // A benchmark fails by panicking.
@@ -595,6 +596,81 @@ fn print_churn(churn: &Churn) {
     );
 }
 
+/// Each size (a tenth of `n`, then `n`) with tiny and with realistic instructions, so that what
+/// the snapshots' size costs shows apart from what the number of Agents does. In the order run:
+/// the smaller size tiny, then realistic; the larger the same.
+async fn scale_runs(client: &Client, n: usize) -> Vec<Scale> {
+    let mut runs = Vec::new();
+    for n in [(n / 10).max(1), n] {
+        for bytes in [0, REALISTIC_INSTRUCTIONS] {
+            eprintln!("scale: {n} agents x {SCALE_VERSIONS} versions, instructions of {bytes} bytes ...");
+            runs.push(scale(client, n, SCALE_VERSIONS, bytes).await);
+        }
+    }
+    runs
+}
+
+fn print_scale(runs: &[Scale]) {
+    let (small_tiny, small, large_tiny, large) = (&runs[0], &runs[1], &runs[2], &runs[3]);
+    for s in runs {
+        println!(
+            "scale: {} agents x {} versions, {} B instructions: reconcile all after restart {:.1} s, a Restore during it {:.0} ms (created after {} reconciles), RSS {:.1} MiB, CPU {:.1} s",
+            s.agents,
+            s.versions_per_agent,
+            s.instructions_bytes,
+            s.reconcile_all_seconds,
+            s.rollback_during_resync_ms,
+            s.reconciled_before_rollback,
+            s.rss_mib,
+            s.cpu_seconds
+        );
+    }
+    let growth = |f: fn(&Scale) -> f64| f(large) / f(small);
+    println!(
+        "from {} to {} agents ({:.0}x), realistic instructions: RSS {:.2}x, reconcile all {:.2}x, the Restore during it {:.2}x",
+        small.agents,
+        large.agents,
+        large.agents as f64 / small.agents as f64,
+        growth(|s| s.rss_mib),
+        growth(|s| s.reconcile_all_seconds),
+        growth(|s| s.rollback_during_resync_ms)
+    );
+    println!(
+        "  with tiny instructions: RSS {:.2}x, reconcile all {:.2}x",
+        large_tiny.rss_mib / small_tiny.rss_mib,
+        large_tiny.reconcile_all_seconds / small_tiny.reconcile_all_seconds
+    );
+}
+
+fn print_scale_targets(runs: &[Scale]) {
+    let (large_tiny, large) = (&runs[2], &runs[3]);
+    let snapshot_cost = large.rss_mib / large_tiny.rss_mib;
+    println!(
+        "  RSS < 128 MiB at {} x {} with {} B instructions: {:.1} MiB {}",
+        large.agents,
+        large.versions_per_agent,
+        large.instructions_bytes,
+        large.rss_mib,
+        verdict(large.rss_mib < 128.0)
+    );
+    println!(
+        "  RSS with realistic instructions within 20% of tiny ones: {:.1} / {:.1} MiB = {snapshot_cost:.2}x {}",
+        large.rss_mib,
+        large_tiny.rss_mib,
+        verdict(snapshot_cost <= 1.2)
+    );
+    println!(
+        "  reconcile all after a restart < 30 s: {:.1} s {}",
+        large.reconcile_all_seconds,
+        verdict(large.reconcile_all_seconds < 30.0)
+    );
+    println!(
+        "  a rollback created during that resync ends within 1 s: {:.0} ms {}",
+        large.rollback_during_resync_ms,
+        verdict(large.rollback_during_resync_ms <= 1000.0)
+    );
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
@@ -611,6 +687,12 @@ async fn main() {
         print_churn(&churn);
         return;
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("scale") {
+        let runs = scale_runs(&client, env_size("BENCH_SCALE_AGENTS", 10_000)).await;
+        print_scale(&runs);
+        print_scale_targets(&runs);
+        return;
+    }
     let (lat_n, tp_agents, tp_each, scale_n) = (
         env_size("BENCH_LATENCY_N", 200),
         env_size("BENCH_THROUGHPUT_AGENTS", 100),
@@ -625,25 +707,14 @@ async fn main() {
     let throughput = throughput(&client, tp_agents, tp_each).await;
     eprintln!("peers: helm rollback, kubectl rollout undo and kubectl agent rollback, {peers_n} each ...");
     let peers = peers::peers(&client, peers_n).await;
-    // Each size with tiny and with realistic instructions, so that what the snapshots' size
-    // costs shows apart from what the number of Agents does.
-    let sizes = [(scale_n / 10).max(1), scale_n];
-    let mut runs = Vec::new();
-    for n in sizes {
-        for bytes in [0, REALISTIC_INSTRUCTIONS] {
-            eprintln!("scale: {n} agents x {SCALE_VERSIONS} versions, instructions of {bytes} bytes ...");
-            runs.push(scale(&client, n, SCALE_VERSIONS, bytes).await);
-        }
-    }
+    let runs = scale_runs(&client, scale_n).await;
 
     let p50_ratio = latency.p50_ms / floor.writes.p50_ms;
     let p99_ratio = latency.p99_ms / floor.writes.p99_ms;
     let (p50_ratio_without_create, p99_ratio_without_create) =
         (latency.p50_ms / floor.without_create.p50_ms, latency.p99_ms / floor.without_create.p99_ms);
     let tp_ratio = throughput.operator_per_second / throughput.direct_per_second;
-    // In the order run: the smaller size tiny, then realistic; the larger the same.
-    let (small_tiny, small, large_tiny, large) = (&runs[0], &runs[1], &runs[2], &runs[3]);
-    let snapshot_cost = large.rss_mib / large_tiny.rss_mib;
+    let snapshot_cost = runs[3].rss_mib / runs[2].rss_mib;
 
     println!(
         "agent-operator benchmark on Kubernetes {version} (127.0.0.1, {} cores)",
@@ -706,34 +777,7 @@ async fn main() {
         throughput.direct_seconds,
         tp_ratio
     );
-    for s in &runs {
-        println!(
-            "scale: {} agents x {} versions, {} B instructions: reconcile all after restart {:.1} s, a Restore during it {:.0} ms (created after {} reconciles), RSS {:.1} MiB, CPU {:.1} s",
-            s.agents,
-            s.versions_per_agent,
-            s.instructions_bytes,
-            s.reconcile_all_seconds,
-            s.rollback_during_resync_ms,
-            s.reconciled_before_rollback,
-            s.rss_mib,
-            s.cpu_seconds
-        );
-    }
-    let growth = |f: fn(&Scale) -> f64| f(large) / f(small);
-    println!(
-        "from {} to {} agents ({:.0}x), realistic instructions: RSS {:.2}x, reconcile all {:.2}x, the Restore during it {:.2}x",
-        small.agents,
-        large.agents,
-        large.agents as f64 / small.agents as f64,
-        growth(|s| s.rss_mib),
-        growth(|s| s.reconcile_all_seconds),
-        growth(|s| s.rollback_during_resync_ms)
-    );
-    println!(
-        "  with tiny instructions: RSS {:.2}x, reconcile all {:.2}x",
-        large_tiny.rss_mib / small_tiny.rss_mib,
-        large_tiny.reconcile_all_seconds / small_tiny.reconcile_all_seconds
-    );
+    print_scale(&runs);
     println!("targets (ratios from this run):");
     let (plugin, helm, undo) = (peers.plugin_command.p50_ms, peers.helm_command.p50_ms, peers.undo_command.p50_ms);
     println!(
@@ -758,30 +802,7 @@ async fn main() {
         "  the fast paths (settled resume, echo registry) gain >= 1 ms of p50: {fast_gain:.2} ms {}",
         verdict(fast_gain >= 1.0)
     );
-    println!(
-        "  RSS < 128 MiB at {} x {} with {} B instructions: {:.1} MiB {}",
-        large.agents,
-        large.versions_per_agent,
-        large.instructions_bytes,
-        large.rss_mib,
-        verdict(large.rss_mib < 128.0)
-    );
-    println!(
-        "  RSS with realistic instructions within 20% of tiny ones: {:.1} / {:.1} MiB = {snapshot_cost:.2}x {}",
-        large.rss_mib,
-        large_tiny.rss_mib,
-        verdict(snapshot_cost <= 1.2)
-    );
-    println!(
-        "  reconcile all after a restart < 30 s: {:.1} s {}",
-        large.reconcile_all_seconds,
-        verdict(large.reconcile_all_seconds < 30.0)
-    );
-    println!(
-        "  a rollback created during that resync ends within 1 s: {:.0} ms {}",
-        large.rollback_during_resync_ms,
-        verdict(large.rollback_during_resync_ms <= 1000.0)
-    );
+    print_scale_targets(&runs);
 
     let report = json!({
         "kubernetes": version, "floor": floor, "latency": latency, "latency_simple_hot_path": simple, "ratio_p50": p50_ratio, "ratio_p99": p99_ratio,

@@ -40,7 +40,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, warn};
 
 use crate::api::keys::AGENT_LABEL;
-use crate::api::{Agent, AgentRollback, AgentVersion};
+use crate::api::{Agent, AgentDefinition, AgentRollback, AgentVersion};
 use crate::client::scoped;
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -59,6 +59,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let agents: Api<Agent> = scoped(&client, settings.namespace.as_deref());
+    let agent_names: Api<PartialObjectMeta<Agent>> = scoped(&client, settings.namespace.as_deref());
     // Only the versions' metadata: what wakes an Agent needs no snapshot, and at 10,000 Agents
     // with kilobytes of instructions the full objects' list after a restart is most of a GiB.
     let versions: Api<PartialObjectMeta<AgentVersion>> = scoped(&client, settings.namespace.as_deref());
@@ -70,8 +71,7 @@ where
     let (rollback_store, rollback_writer) = reflector::store();
     let (agent_store, agent_writer) = reflector::store();
     let agent_events =
-        reflector(agent_writer, watcher(agents.clone(), watcher::Config::default()).modify(drop_managed_fields))
-            .applied_objects();
+        reflector(agent_writer, watcher(agents, watcher::Config::default()).modify(slim_agent)).applied_objects();
     let agent_controller = Controller::for_stream(agent_events, agent_store.clone());
     // Only the ConfigMaps the operator labels, and only their metadata: what delivery needs
     // to know (owner, the version they hold) without holding every snapshot in memory.
@@ -89,7 +89,7 @@ where
     ));
     let rollback_controller = run_rollback_controller(
         Controller::for_stream(rollback_events(rollbacks, rollback_writer, &ctx), rollback_store.clone()),
-        agents,
+        agent_names,
         &ctx,
         shutdown.clone(),
     );
@@ -141,7 +141,8 @@ fn rollback_events(
 /// waiting on it, so those of a deleted Agent end as AgentNotFound.
 fn run_rollback_controller<F>(
     controller: Controller<AgentRollback>,
-    agents: Api<Agent>,
+    // Metadata only: which Agent changed is all the mapping needs.
+    agents: Api<PartialObjectMeta<Agent>>,
     ctx: &Arc<Context>,
     shutdown: Shared<F>,
 ) -> impl Future<Output = ()>
@@ -152,7 +153,7 @@ where
     controller
         .with_config(controller_config())
         .trigger_backoff(WatchBackoff::default())
-        .watches(agents, watcher::Config::default(), move |agent: Agent| {
+        .watches(agents, watcher::Config::default(), move |agent: PartialObjectMeta<Agent>| {
             let namespace = agent.namespace().unwrap_or_default();
             waiting
                 .of_agent(&namespace, &agent.name_any())
@@ -217,6 +218,15 @@ where
 /// thousands of Agents they are much of the caches' memory.
 fn drop_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
+}
+
+/// The Agent cache keeps no definition either: the cached Agent wakes syncs and answers checks
+/// of its metadata and status, and a sync reads the Agent live whenever it decides anything
+/// from its spec (see `observe::resume_from`). With instructions of kilobytes, the definitions
+/// were most of the operator's memory at thousands of Agents.
+fn slim_agent(agent: &mut Agent) {
+    drop_managed_fields(agent);
+    agent.spec.definition = AgentDefinition::default();
 }
 
 /// How often what is kept per Agent and per rollback is pruned of those that are gone.

@@ -67,16 +67,19 @@ pub async fn fetch_versions(ctx: &Context, namespace: &str, name: &str, from_cac
     Ok(list.items)
 }
 
-/// The state the Agent's last clean sync left, brought up to date with the watch caches: the
-/// Agent and each rollback as the newer of the two (a cache can lag behind the sync's own
-/// writes, and the sync knows nothing of later changes by others), rollbacks new to the cache
-/// added, those gone from it dropped. `None` when the cache has no Agent, or another one of that
-/// name.
+/// The state the Agent's last clean sync left, brought up to date with the watch caches: each
+/// rollback as the newer of the two (a cache can lag behind the sync's own writes, and the sync
+/// knows nothing of later changes by others), rollbacks new to the cache added, those gone from
+/// it dropped. `None` when the cache has no Agent, another one of that name, or a newer one:
+/// the cache keeps no definition, so a changed Agent is read live.
 pub fn resume_from(ctx: &Context, state: &Observed) -> Option<Observed> {
     let reference = ObjectRef::<Agent>::new(&state.agent_name).within(&state.namespace);
     let cached = ctx.agents.get(&reference)?;
     let left = state.agent.as_ref().filter(|left| left.metadata.uid == cached.metadata.uid)?;
-    let agent = if revision(left) >= revision(&*cached) { left.clone() } else { (*cached).clone() };
+    if revision(left) < revision(&*cached) {
+        return None;
+    }
+    let agent = left.clone();
     let rollbacks = ctx
         .rollbacks
         .of_agent(&state.namespace, &state.agent_name)

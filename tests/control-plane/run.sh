@@ -184,10 +184,11 @@ done
 # Started once the API server is ready: it gives up if /healthz is not ok within 10 s, which a
 # loaded machine can take.
 # The controllers that API objects depend on: ownerReference garbage collection, namespace
-# deletion, ServiceAccounts and their tokens, the aggregated edit/view roles; with a node, also
-# what nodes and workloads need (node health and taints, Deployments, StatefulSets, endpoints).
-controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller,root-ca-certificate-publisher-controller
-[[ -z $node ]] || controllers+=,node-lifecycle-controller,deployment-controller,replicaset-controller,statefulset-controller,endpoints-controller,endpointslice-controller,pod-garbage-collector-controller
+# deletion, ServiceAccounts and their tokens, the aggregated edit/view roles, Deployments (the
+# benchmark times `kubectl rollout undo` until their controller observes it); with a node, also
+# what nodes and workloads need (node health and taints, ReplicaSets, StatefulSets, endpoints).
+controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller,root-ca-certificate-publisher-controller,deployment-controller
+[[ -z $node ]] || controllers+=,node-lifecycle-controller,replicaset-controller,statefulset-controller,endpoints-controller,endpointslice-controller,pod-garbage-collector-controller
 "$K8S_BIN/kube-controller-manager" --kubeconfig="$D/admin.kubeconfig" \
   --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
   --controllers="$controllers" \
