@@ -14,7 +14,9 @@ use crate::api::RollbackStrategy;
 use crate::plan::FailureReason;
 
 /// The `resource` label's values: the two controllers.
-pub const RESOURCES: [&str; 2] = ["agent", "agentrollback"];
+pub const AGENT: &str = "agent";
+pub const AGENT_ROLLBACK: &str = "agentrollback";
+const RESOURCES: [&str; 2] = [AGENT, AGENT_ROLLBACK];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {

@@ -26,7 +26,7 @@ const RESYNC: Duration = Duration::from_secs(600);
 
 #[instrument(skip_all, fields(namespace = agent.namespace(), agent = agent.name_any()))]
 pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
-    let timer = ctx.metrics.reconcile("agent");
+    let timer = ctx.metrics.reconcile(crate::metrics::AGENT);
     let namespace = agent.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let name = agent.name_any();
     ctx.note_in_sync(&agent);

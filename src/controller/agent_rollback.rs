@@ -21,7 +21,7 @@ pub async fn reconcile(rollback: Arc<AgentRollback>, ctx: Arc<Context>) -> Resul
     if phase_of(&rollback).is_some_and(|p| p.is_terminal()) {
         return Ok(Action::await_change());
     }
-    let timer = ctx.metrics.reconcile("agentrollback");
+    let timer = ctx.metrics.reconcile(crate::metrics::AGENT_ROLLBACK);
     let namespace = rollback.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     sync_agent(&ctx, &namespace, &rollback.spec.agent_name, || finished(&ctx, &namespace, &rollback)).await?;
     ctx.reset_backoff(&rollback.uid().unwrap_or_default());
@@ -52,7 +52,7 @@ pub fn start_early(rollback: &AgentRollback, ctx: &Arc<Context>) {
     tokio::spawn(async move {
         let _permit = permit;
         // Counted as a reconcile of the rollback: it is where the rollback's work is done.
-        let timer = ctx.metrics.reconcile("agentrollback");
+        let timer = ctx.metrics.reconcile(crate::metrics::AGENT_ROLLBACK);
         let agent = rollback.spec.agent_name.clone();
         match sync_agent(&ctx, &namespace, &agent, || finished(&ctx, &namespace, &rollback)).await {
             Ok(_) => timer.succeeded(),

@@ -11,9 +11,7 @@ use kube::ResourceExt;
 
 use crate::rollback::{Setup, setup, setup_without_operator};
 use crate::support::reference::{History, Request};
-use crate::support::{
-    Operator, chart_identity, control_plane, kubectl, served_api_versions, wait_for_mutating_policies,
-};
+use crate::support::{Operator, chart_identity, control_plane, kubectl, wait_for_mutating_policies};
 
 /// A uid no one else on the machine uses: the operator runs as it in the cut-off test, so
 /// that iptables can single out its connections (the chart's image runs as the same one).
@@ -107,9 +105,7 @@ async fn a_rollback_created_right_after_the_api_server_restarts_finishes_within_
         // Until the chart's mutating policies know the kinds' schemas again (the API server
         // polls for them every 5 s), it refuses their creates with 503; what is timed is the
         // operator's part, from when a rollback can be created at all.
-        if !served_api_versions(&control_plane().kubeconfig).is_empty() {
-            wait_for_mutating_policies();
-        }
+        wait_for_mutating_policies();
         let admitted = Instant::now();
         let created = create_all(&s, &format!("r{round}"), &[Request { strategy: "Previous", target: None }]).await;
         let done = all_terminal(&s, &created).await;

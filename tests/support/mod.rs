@@ -271,9 +271,7 @@ pub fn chart_identity() -> &'static ChartIdentity {
             rendered.split("\n---").filter(|doc| !doc.contains("\nkind: Deployment\n")).collect();
         let applied = kubectl(&["apply", "-f", "-"], Some(&without_deployment.join("\n---")));
         assert!(applied.status.success(), "chart applied: {}", String::from_utf8_lossy(&applied.stderr));
-        if !served_api_versions(&cp.kubeconfig).is_empty() {
-            wait_for_mutating_policies();
-        }
+        wait_for_mutating_policies();
 
         let service_account = RELEASE.to_string();
         let kubeconfig = service_account_kubeconfig(RELEASE_NAMESPACE, &service_account);
@@ -285,8 +283,12 @@ pub fn chart_identity() -> &'static ChartIdentity {
 /// chart's mutating policies. They take a moment to reach the admission chain, and a new kind's
 /// schema a moment more to reach their type checker: until then a create is refused with 503
 /// "Resource kind ... not found". The API server refreshes that schema list every 5 s, so the
-/// same wait follows each of its restarts.
+/// same wait follows each of its restarts. Returns at once where the cluster serves no
+/// MutatingAdmissionPolicy (the chart then installs none).
 pub fn wait_for_mutating_policies() {
+    if served_api_versions(&control_plane().kubeconfig).is_empty() {
+        return;
+    }
     let ns = RELEASE_NAMESPACE;
     let agent = format!(
         r#"{{"apiVersion":"agentops.dev/v1alpha1","kind":"Agent","metadata":{{"name":"admission-probe","namespace":"{ns}"}},"spec":{{}}}}"#
