@@ -27,7 +27,8 @@ pub const OBSERVED_DEFINITION_HASH_ANNOTATION: &str = "agentops.dev/observed-def
 
 /// Annotation on the delivery ConfigMap and on rolled pod templates: the active version.
 pub const ACTIVE_VERSION_ANNOTATION: &str = "agentops.dev/active-version";
-/// Annotation on the delivery ConfigMap and on rolled pod templates: the snapshot's hash.
+/// Annotation on the delivery ConfigMap, on rolled pod templates and on every AgentVersion
+/// (from this build on): the snapshot's hash.
 pub const SNAPSHOT_HASH_ANNOTATION: &str = "agentops.dev/snapshot-hash";
 /// The delivery ConfigMap's key that holds the active snapshot (canonical JSON).
 pub const AGENT_JSON_KEY: &str = "agent.json";

@@ -30,6 +30,7 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = agent.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let name = agent.name_any();
     ctx.note_in_sync(&agent);
+    ctx.caches_listed().await;
     // The echo of a recent clean sync's last write: that sync left nothing to do.
     let intact = delivery_intact(&ctx, &agent);
     let covered = || intact && ctx.settled.covers(&agent);
@@ -97,17 +98,17 @@ fn delivery_intact(ctx: &Context, agent: &Agent) -> bool {
 }
 
 /// True when nothing can be left for the Agent controller to do: the Agent's generation is
-/// handled and its versions (from the API server's cache) are the ones its status records.
-/// Pending rollbacks are left to the AgentRollback controller, which is triggered by each of
-/// them. Most Agent reconciles are echoes of the controller's own writes; this check costs one
-/// cached list and no lock, where a sync would wait its turn and read everything again.
+/// handled and its versions are the ones its status records. Pending rollbacks are left to the
+/// AgentRollback controller, which is triggered by each of them. Most Agent reconciles are
+/// echoes of the controller's own writes, and a restart reconciles every Agent: this check
+/// takes no lock and, when the versions watch's index confirms the digest, makes no request,
+/// where a sync would wait its turn and read everything again.
 async fn up_to_date(ctx: &Context, agent: &Agent, namespace: &str) -> Result<bool> {
     let Some(status) = agent.status.as_ref() else { return Ok(false) };
     let Some(recorded) = status.versions_digest.as_ref() else { return Ok(false) };
     let name = agent.name_any();
-    let versions = fetch_versions(ctx, namespace, &name, true).await?;
-    let observed = Observed::new(namespace.into(), name.clone(), Some(agent.clone()), versions, Vec::new());
-    if !observed.foreign_versions.is_empty() || &observed.versions_digest() != recorded {
+    let uid = agent.metadata.uid.as_deref().unwrap_or_default();
+    if !ctx.versions.confirms(namespace, &name, uid, recorded) && !listed_versions_match(ctx, agent, recorded).await? {
         // Versions changed behind the controller's back (or it is mid-way): the next sync
         // reads them with a consistent list.
         ctx.settled.unsettle(namespace, &name);
@@ -121,6 +122,16 @@ async fn up_to_date(ctx: &Context, agent: &Agent, namespace: &str) -> Result<boo
     // A status written before `InSync` existed gets it.
     let in_sync_known = status.conditions.iter().any(|c| c.type_ == IN_SYNC);
     Ok(ready && in_sync_known && status.observed_generation == agent.metadata.generation)
+}
+
+/// The check the index stands in for: the Agent's versions, listed from the API server's
+/// watch cache, are all its own and have the recorded digest. Asked when the index does not
+/// confirm: versions from an older build, or an index that lags the API server's cache.
+async fn listed_versions_match(ctx: &Context, agent: &Agent, recorded: &str) -> Result<bool> {
+    let (namespace, name) = (agent.namespace().unwrap_or_default(), agent.name_any());
+    let versions = fetch_versions(ctx, &namespace, &name, true).await?;
+    let observed = Observed::new(namespace, name, Some(agent.clone()), versions, Vec::new());
+    Ok(observed.foreign_versions.is_empty() && observed.versions_digest() == recorded)
 }
 
 pub fn error_policy(agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -14,6 +14,7 @@ use super::echoes::Echoes;
 use super::events::EventSink;
 use super::rollback_index::RollbackCache;
 use super::settled::SettledAgents;
+use super::version_index::VersionIndex;
 use crate::api::Agent;
 use crate::api::conditions::IN_SYNC;
 use crate::metrics::Metrics;
@@ -43,6 +44,8 @@ pub struct Context {
     pub agents: Store<Agent>,
     /// The delivery ConfigMaps (those labelled with an Agent), metadata only.
     pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    /// Every version's metadata, by Agent, as the versions watch last showed it.
+    pub versions: VersionIndex,
     /// What each Agent's last clean sync left.
     pub settled: SettledAgents,
     /// Version writes of this process not yet seen on the versions watch.
@@ -74,6 +77,7 @@ impl Context {
             rollbacks,
             agents,
             config_maps,
+            versions: VersionIndex::default(),
             settled: SettledAgents::new(fast_paths),
             echoes: Echoes::new(fast_paths),
             early_starts: Arc::new(tokio::sync::Semaphore::new(usize::from(super::CONCURRENCY))),
@@ -83,6 +87,14 @@ impl Context {
             backoff: Mutex::default(),
             out_of_sync: Mutex::default(),
         }
+    }
+
+    /// Waits until the caches the Agent controller decides from have their first full list:
+    /// before, a delivery would seem gone and the versions missing, and a restart over
+    /// thousands of Agents would sync every one of them.
+    pub async fn caches_listed(&self) {
+        let _ = self.config_maps.wait_until_ready().await;
+        self.versions.listed().await;
     }
 
     /// Takes the Agent's lock: one sync per Agent at a time, whichever controller asks.

@@ -20,6 +20,7 @@ pub mod observe;
 pub mod rollback_index;
 pub mod settled;
 pub mod sync;
+pub mod version_index;
 
 pub use context::{Context, Settings};
 
@@ -93,7 +94,10 @@ where
         &ctx,
         shutdown.clone(),
     );
-    let agent_controller = run_agent_controller(agent_controller, versions, config_map_events, &ctx, shutdown);
+    let index = ctx.versions.clone();
+    let version_events =
+        watcher(versions, watcher::Config::default()).inspect_ok(move |event| index.apply(event)).touched_objects();
+    let agent_controller = run_agent_controller(agent_controller, version_events, config_map_events, &ctx, shutdown);
 
     let readiness = async {
         // Ready once both caches have their first full list.
@@ -101,6 +105,7 @@ where
             && agent_store.wait_until_ready().await.is_ok()
             && config_map_store.wait_until_ready().await.is_ok()
         {
+            ctx.versions.listed().await;
             health.set_ready();
         }
         futures::future::pending::<()>().await
@@ -173,10 +178,11 @@ where
 }
 
 /// The Agent controller. A change to a version wakes its Agent, unless it is the echo of this
-/// process's own write; so does a change to its delivery ConfigMap.
+/// process's own write; so does a change to its delivery ConfigMap. `version_events` have
+/// passed the version index first (see [`version_index`]).
 fn run_agent_controller<F>(
     controller: Controller<Agent>,
-    versions: Api<PartialObjectMeta<AgentVersion>>,
+    version_events: impl Stream<Item = Result<PartialObjectMeta<AgentVersion>, watcher::Error>> + Send + 'static,
     config_map_events: impl Stream<Item = Result<PartialObjectMeta<ConfigMap>, watcher::Error>> + Send + 'static,
     ctx: &Arc<Context>,
     shutdown: Shared<F>,
@@ -188,7 +194,7 @@ where
     controller
         .with_config(controller_config())
         .trigger_backoff(WatchBackoff::default())
-        .watches(versions, watcher::Config::default(), move |version: PartialObjectMeta<AgentVersion>| {
+        .watches_stream(version_events, move |version: PartialObjectMeta<AgentVersion>| {
             if echoes.echoes.matches(&version) {
                 return None;
             }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::keys::{
     OBSERVED_DEFINITION_HASH_ANNOTATION, OBSERVED_GENERATION_ANNOTATION, ROLLBACK_RECORD_ANNOTATION,
+    SNAPSHOT_HASH_ANNOTATION,
 };
 use crate::api::{AgentRollback, AgentRollbackStatus, AgentVersion};
 
@@ -69,12 +70,15 @@ pub fn handled_of(version: &AgentVersion) -> Option<Handled> {
     })
 }
 
-/// The annotations that record `handled` on a new version.
-pub fn version_annotations(handled: &Handled) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (OBSERVED_GENERATION_ANNOTATION.to_string(), handled.generation.to_string()),
-        (OBSERVED_DEFINITION_HASH_ANNOTATION.to_string(), handled.definition_hash.clone()),
-    ])
+/// The annotations of a new version: its snapshot's hash (so that its metadata alone says
+/// all a versions digest covers, see `controller::version_index`), and `handled`, if given.
+pub fn version_annotations(snapshot_hash: &str, handled: Option<&Handled>) -> BTreeMap<String, String> {
+    let mut annotations = BTreeMap::from([(SNAPSHOT_HASH_ANNOTATION.to_string(), snapshot_hash.to_string())]);
+    if let Some(handled) = handled {
+        annotations.insert(OBSERVED_GENERATION_ANNOTATION.to_string(), handled.generation.to_string());
+        annotations.insert(OBSERVED_DEFINITION_HASH_ANNOTATION.to_string(), handled.definition_hash.clone());
+    }
+    annotations
 }
 
 /// The newest of several handled states.

@@ -20,12 +20,18 @@ pub fn snapshot_hash(definition: &AgentDefinition) -> String {
 /// in number order. Everything a decision reads from a version, apart from the snapshot that
 /// the snapshot hash stands for.
 pub fn versions_digest<'a>(versions: impl IntoIterator<Item = &'a AgentVersionSpec>) -> String {
-    let mut entries: Vec<String> = versions
+    history_digest(versions.into_iter().map(|v| (v.version, v.snapshot_hash.as_str(), v.rollback_name.as_deref())))
+}
+
+/// [`versions_digest`] of (number, snapshot hash, making rollback) triples, in any order.
+pub fn history_digest<'a>(versions: impl IntoIterator<Item = (i64, &'a str, Option<&'a str>)>) -> String {
+    let mut entries: Vec<(i64, String)> = versions
         .into_iter()
-        .map(|v| format!("{}:{}:{}", v.version, v.snapshot_hash, v.rollback_name.as_deref().unwrap_or("")))
+        .map(|(number, hash, rollback)| (number, format!("{number}:{hash}:{}", rollback.unwrap_or(""))))
         .collect();
-    entries.sort_by_key(|e| e.split(':').next().and_then(|n| n.parse::<i64>().ok()));
-    let digest = Sha256::digest(entries.join("\n").as_bytes());
+    entries.sort_by_key(|(number, _)| *number);
+    let lines: Vec<String> = entries.into_iter().map(|(_, line)| line).collect();
+    let digest = Sha256::digest(lines.join("\n").as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 

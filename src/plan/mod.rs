@@ -23,7 +23,7 @@ mod sim;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::{Resource, ResourceExt};
 
 use crate::api::{
@@ -444,9 +444,13 @@ pub(crate) fn status_of(rollback: &AgentRollback) -> AgentRollbackStatus {
 }
 
 fn owner_uid(version: &AgentVersion) -> Option<&str> {
-    version
-        .metadata
-        .owner_references
+    owning_agent_uid(&version.metadata)
+}
+
+/// The uid of the Agent that controls an object (a version), by its owner references: whose
+/// version it is, whatever its labels say.
+pub fn owning_agent_uid(meta: &ObjectMeta) -> Option<&str> {
+    meta.owner_references
         .as_ref()?
         .iter()
         .find(|o| o.controller == Some(true) && o.kind == "Agent")

@@ -147,7 +147,7 @@ pub fn new_version(
             name: Some(version_name(&agent_name, number)),
             namespace: agent.namespace(),
             labels: Some(labels),
-            annotations: handled.as_ref().map(super::durable::version_annotations),
+            annotations: Some(super::durable::version_annotations(&snapshot_hash, handled.as_ref())),
             owner_references: Some(vec![owner_reference(agent)]),
             ..ObjectMeta::default()
         },

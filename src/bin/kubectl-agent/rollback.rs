@@ -17,6 +17,7 @@ use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use tokio::sync::mpsc;
 
 use crate::history::{fetch_agent, fetch_versions};
 use crate::{Session, diff};
@@ -100,28 +101,99 @@ pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCo
     if let Some(r) = &args.reason {
         spec["reason"] = json!(r);
     }
+    // The name is chosen here, as the API server would for generateName, so that the watches
+    // of the rollback and its Events are set up while the caller is looked up and the rollback
+    // created, not one after the other.
+    let mut name = generated_name(&args.agent);
+    let mut watches = (!args.no_wait).then(|| Watches::start(session, &api, &name));
     // Where the cluster cannot set it (no MutatingAdmissionPolicy), the chart's policy requires
     // it to be the caller; where it can, the API server sets it anyway.
     if let Some(me) = whoami(session).await {
         spec["requestedBy"] = json!(me);
     }
-    let request: AgentRollback = serde_json::from_value(
-        json!({"metadata": {"generateName": format!("{}-rollback-", args.agent)}, "spec": spec}),
-    )?;
-    let created = api.create(&PostParams::default(), &request).await.context("creating the AgentRollback")?;
-    let name = created.name_any();
-    println!("agentrollback.agentops.dev/{name} created");
-    if args.no_wait {
-        return Ok(ExitCode::SUCCESS);
+    for attempt in 1.. {
+        let request: AgentRollback = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))?;
+        match api.create(&PostParams::default(), &request).await {
+            Ok(_) => break,
+            // Taken already (one in 14 million): another name, as generateName retries do.
+            Err(kube::Error::Api(status)) if status.code == 409 && attempt < 3 => {
+                name = generated_name(&args.agent);
+                watches = (!args.no_wait).then(|| Watches::start(session, &api, &name));
+            }
+            Err(error) => return Err(error).context("creating the AgentRollback"),
+        }
     }
+    println!("agentrollback.agentops.dev/{name} created");
+    let Some(watches) = watches else { return Ok(ExitCode::SUCCESS) };
     let deadline = tokio::time::Instant::now() + args.timeout;
-    let (code, active) = follow(session, &api, &name, deadline, args.timeout).await?;
+    let (code, active) = follow(watches, &name, deadline, args.timeout).await?;
     match (args.wait, active) {
         (WaitFor::Delivered, Some(active)) if code == ExitCode::SUCCESS => {
             follow_delivery(session, &args.agent, active, deadline, args.timeout).await
         }
         _ => Ok(code),
     }
+}
+
+/// The characters and length of the random suffix the API server gives a `generateName`.
+const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+const SUFFIX_LEN: usize = 5;
+/// The longest base the API server keeps of a `generateName`, so that the whole name fits a
+/// label value (the versions a rollback makes carry its name in a label).
+const MAX_BASE_LEN: usize = 63 - SUFFIX_LEN;
+
+/// `<agent>-rollback-` and a random suffix, as the API server makes names from a
+/// `generateName`.
+fn generated_name(agent: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut base = format!("{agent}-rollback-");
+    base.truncate(MAX_BASE_LEN);
+    // RandomState's keys come from the operating system's randomness, fresh for each one.
+    let mut random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    for _ in 0..SUFFIX_LEN {
+        let alphabet = NAME_ALPHABET.len() as u64;
+        base.push(char::from(NAME_ALPHABET[(random % alphabet) as usize]));
+        random /= alphabet;
+    }
+    base
+}
+
+/// The watches of one rollback and of its Events, running from the moment they are made:
+/// what they see waits in their channels until the rollback is followed.
+struct Watches {
+    rollbacks: mpsc::UnboundedReceiver<AgentRollback>,
+    events: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Watches {
+    fn start(session: &Session, api: &Api<AgentRollback>, name: &str) -> Self {
+        let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let event_filter = format!("involvedObject.name={name},involvedObject.kind=AgentRollback");
+        let events_api: Api<Event> = session.api();
+        Self {
+            rollbacks: forward(watcher(api.clone(), by_name).applied_objects()),
+            events: forward(watcher(events_api, watcher::Config::default().fields(&event_filter)).applied_objects()),
+        }
+    }
+}
+
+/// Runs a watch in a task of its own, passing on what it sees (its errors are retried by the
+/// next poll, as before). It ends when the receiver is dropped.
+fn forward<K: Send + 'static>(
+    stream: impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+) -> mpsc::UnboundedReceiver<K> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            if let Ok(object) = item
+                && sender.send(object).is_err()
+            {
+                return;
+            }
+        }
+    });
+    receiver
 }
 
 /// The caller's username as the API server authenticates it (SelfSubjectReview), if the
@@ -194,26 +266,19 @@ fn delivery_progress(delivery: &DeliveryStatus) -> String {
 /// Prints phase changes and Events as they happen, until the rollback is terminal and its
 /// final Event is printed; returns the exit code and the active version it left.
 async fn follow(
-    session: &Session,
-    api: &Api<AgentRollback>,
+    watches: Watches,
     name: &str,
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) -> anyhow::Result<(ExitCode, Option<i64>)> {
-    let rollbacks =
-        watcher(api.clone(), watcher::Config::default().fields(&format!("metadata.name={name}"))).applied_objects();
-    let events_api: Api<Event> = session.api();
-    let event_filter = format!("involvedObject.name={name},involvedObject.kind=AgentRollback");
-    let events = watcher(events_api, watcher::Config::default().fields(&event_filter)).applied_objects();
-    let (mut rollbacks, mut events) = (rollbacks.boxed(), events.boxed());
+    let Watches { mut rollbacks, mut events } = watches;
     let mut seen_events = HashSet::new();
     let mut last_phase = None;
     let mut final_event_seen = false;
     let finished = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break None,
-            Some(item) = rollbacks.next() => {
-                let Ok(rollback) = item else { continue };
+            Some(rollback) = rollbacks.recv() => {
                 let status = rollback.status.clone().unwrap_or_default();
                 if status.phase != last_phase {
                     last_phase = status.phase;
@@ -225,11 +290,9 @@ async fn follow(
                     break Some(status);
                 }
             }
-            Some(item) = events.next() => {
-                if let Ok(event) = item {
-                    final_event_seen |= is_final(&event);
-                    print_event(&event, &mut seen_events);
-                }
+            Some(event) = events.recv() => {
+                final_event_seen |= is_final(&event);
+                print_event(&event, &mut seen_events);
             }
         }
     };
@@ -243,12 +306,11 @@ async fn follow(
     // (never waiting past the deadline, nor long for an Event that may have been dropped).
     let events_deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(2));
     while !final_event_seen {
-        match tokio::time::timeout_at(events_deadline, events.next()).await {
-            Ok(Some(Ok(event))) => {
+        match tokio::time::timeout_at(events_deadline, events.recv()).await {
+            Ok(Some(event)) => {
                 final_event_seen |= is_final(&event);
                 print_event(&event, &mut seen_events);
             }
-            Ok(Some(Err(_))) => {}
             Ok(None) | Err(_) => break,
         }
     }
@@ -308,5 +370,23 @@ async fn dry_run(session: &Session, args: &RollbackArgs) -> anyhow::Result<ExitC
             eprintln!("Dry run: the rollback would fail ({}): {}", failure.reason.as_str(), failure.message);
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_names_are_as_the_api_server_makes_them_and_fit_a_label_value() {
+        let name = generated_name("support");
+        let suffix = name.strip_prefix("support-rollback-").expect("the base");
+        assert_eq!(suffix.len(), SUFFIX_LEN);
+        assert!(suffix.bytes().all(|b| NAME_ALPHABET.contains(&b)), "{name}");
+        let long = generated_name(&"a".repeat(63));
+        assert_eq!(long.len(), 63, "{long}");
+        assert_eq!(&long[..MAX_BASE_LEN], &"a".repeat(MAX_BASE_LEN));
+        let names: HashSet<String> = (0..50).map(|_| generated_name("support")).collect();
+        assert!(names.len() > 45, "the suffixes are random: {names:?}");
     }
 }
