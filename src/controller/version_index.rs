@@ -97,7 +97,8 @@ impl VersionIndex {
             watcher::Event::Init => inner.relist = HashMap::new(),
             watcher::Event::InitApply(version) => {
                 let meta = version.meta();
-                let object = (meta.namespace.clone().unwrap_or_default(), meta.name.as_deref().unwrap_or_default().into());
+                let object =
+                    (meta.namespace.clone().unwrap_or_default(), meta.name.as_deref().unwrap_or_default().into());
                 match label_key(meta) {
                     Some(key) => inner.relist.insert(object, (key, Entry::of(meta))),
                     None => inner.relist.remove(&object),
@@ -238,7 +239,9 @@ mod tests {
     /// of two uids, some made by a rollback, some by an older build, with relists between.
     fn events() -> impl Strategy<Value = Vec<watcher::Event<AgentVersion>>> {
         let object = (0..2usize, 0..2usize, 1..5i64, any::<bool>(), prop::bool::weighted(0.1)).prop_map(
-            |(agent, owner, number, rollback, legacy)| version(&format!("a{agent}"), UIDS[owner], number, rollback, legacy),
+            |(agent, owner, number, rollback, legacy)| {
+                version(&format!("a{agent}"), UIDS[owner], number, rollback, legacy)
+            },
         );
         let event = prop_oneof![
             6 => object.clone().prop_map(watcher::Event::Apply),
@@ -296,7 +299,8 @@ mod tests {
         let index = VersionIndex::default();
         let v1 = version("a0", UIDS[0], 1, false, false);
         index.apply(&watcher::Event::Apply(v1.clone()));
-        let observed = Observed::new("ns".into(), "a0".into(), Some(agent("a0", UIDS[0])), vec![v1.clone()], Vec::new());
+        let observed =
+            Observed::new("ns".into(), "a0".into(), Some(agent("a0", UIDS[0])), vec![v1.clone()], Vec::new());
         assert!(index.confirms("ns", "a0", UIDS[0], &observed.versions_digest()));
         let mut moved = v1;
         moved.labels_mut().insert(AGENT_LABEL.into(), "a1".into());
