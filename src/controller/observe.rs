@@ -9,6 +9,8 @@
 //! stale one is harmless, because every rollback status write is conditional on the
 //! resourceVersion it was read at, and a Running rollback is read live before it is resumed.
 
+use std::sync::Arc;
+
 use kube::Api;
 use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
@@ -75,14 +77,17 @@ pub async fn fetch_versions(ctx: &Context, namespace: &str, name: &str, from_cac
 pub fn resume_from(ctx: &Context, state: &Observed) -> Option<Observed> {
     let reference = ObjectRef::<Agent>::new(&state.agent_name).within(&state.namespace);
     let cached = ctx.agents.get(&reference)?;
+    resume(state, &cached, ctx.rollbacks.of_agent(&state.namespace, &state.agent_name))
+}
+
+/// [`resume_from`], given what the caches hold of the Agent and its rollbacks.
+pub fn resume(state: &Observed, cached: &Agent, cached_rollbacks: Vec<Arc<AgentRollback>>) -> Option<Observed> {
     let left = state.agent.as_ref().filter(|left| left.metadata.uid == cached.metadata.uid)?;
-    if revision(left) < revision(&*cached) {
+    if revision(left) < revision(cached) {
         return None;
     }
     let agent = left.clone();
-    let rollbacks = ctx
-        .rollbacks
-        .of_agent(&state.namespace, &state.agent_name)
+    let rollbacks = cached_rollbacks
         .into_iter()
         .map(|cached| match state.rollbacks.iter().find(|r| r.metadata.uid == cached.metadata.uid) {
             Some(left) if revision(left) >= revision(&*cached) => left.clone(),

@@ -273,3 +273,185 @@ mod tests {
         assert_eq!(settled.lock().kept(), KEPT_STATES - 1);
     }
 }
+
+/// The fast path against the contract: syncs that resume from the kept state, while versions
+/// are deleted by hand and the watch's notice of it comes late, during a sync, or never (until
+/// a relist, which wakes every Agent that has versions and so moves its epoch).
+#[cfg(test)]
+mod resume_model {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::{SettledAgents, Start};
+    use crate::controller::observe::resume;
+    use crate::plan::sim::{Cluster, Op, Reference, check_invariants, content, op, submit};
+
+    #[derive(Clone, Copy, Debug)]
+    enum Notice {
+        /// Delivered before the sync this many rollbacks later starts.
+        Before(usize),
+        /// Delivered while the next sync runs, after it took the kept state.
+        During,
+        /// Never delivered; the next relist moves the epoch.
+        Lost,
+    }
+
+    #[derive(Clone, Debug)]
+    enum Change {
+        Rollback(Op),
+        DeleteByHand { pick: usize, notice: Notice },
+        Relist,
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        let notice = prop_oneof![(0usize..3).prop_map(Notice::Before), Just(Notice::During), Just(Notice::Lost)];
+        prop_oneof![
+            5 => op().prop_filter("rollbacks", |o| matches!(o, Op::Rollback { .. })).prop_map(Change::Rollback),
+            2 => (any::<usize>(), notice).prop_map(|(pick, notice)| Change::DeleteByHand { pick, notice }),
+            1 => Just(Change::Relist),
+        ]
+    }
+
+    /// One process's syncs of the model's Agent, as `sync::sync_agent` makes them: from the
+    /// kept state where the record allows (merged with the caches by `observe::resume`), else
+    /// from a fresh read. The caches are current; the notices are what come late.
+    struct Process {
+        settled: SettledAgents,
+        /// Notices to deliver, by the number of syncs still to start first.
+        due: Vec<usize>,
+        during: usize,
+        lost: usize,
+    }
+
+    impl Process {
+        fn notice(&self) {
+            self.settled.versions_changed("ns", "a");
+        }
+
+        /// Whether the sync read the cluster (and saw every change made so far).
+        fn sync(&mut self, cluster: &mut Cluster) -> bool {
+            let arrived = self.due.iter().filter(|d| **d == 0).count();
+            self.due.retain(|d| *d > 0);
+            self.due.iter_mut().for_each(|d| *d -= 1);
+            (0..arrived).for_each(|_| self.notice());
+            let epoch = self.settled.epoch("ns", "a");
+            let kept = match self.settled.take("ns", "a") {
+                Start::Settled(Some(state)) => {
+                    let cached: Vec<_> = cluster.rollbacks.iter().cloned().map(Arc::new).collect();
+                    cluster.agent.as_ref().and_then(|agent| resume(&state, agent, cached))
+                }
+                _ => None,
+            };
+            let read = kept.is_none();
+            let observed = match kept {
+                Some(mut observed) => {
+                    observed.config_map = cluster.config_map.as_ref().map(|(state, _)| state.clone());
+                    observed
+                }
+                None => cluster.observe(),
+            };
+            (0..std::mem::take(&mut self.during)).for_each(|_| self.notice());
+            let (end, observed_again) = cluster.sync_from(observed);
+            self.settled.settle("ns", "a", epoch, end);
+            read || observed_again
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Each rollback ends as the reference says, where a version deleted by hand counts
+        /// from the first sync that read the cluster after it (until then the process acts on
+        /// the history it kept, whose writes are all still valid: new names, deletes on uid);
+        /// once every notice is in, the cluster is the reference's and its status describes it.
+        #[test]
+        fn resumed_syncs_end_as_the_reference_with_late_or_lost_notices(
+            setup in proptest::collection::vec(0u8..6, 2..6),
+            changes in proptest::collection::vec(change(), 1..20),
+            limit in 3i32..8,
+        ) {
+            let mut cluster = Cluster::new(content(0), limit);
+            let mut reference = Reference::new(content(0), limit);
+            let mut process = Process { settled: SettledAgents::default(), due: Vec::new(), during: 0, lost: 0 };
+            process.sync(&mut cluster);
+            for d in setup {
+                cluster.edit(Some(content(d)), None);
+                reference.edit(Some(content(d)), None);
+                process.sync(&mut cluster);
+            }
+            // Deleted by hand, not yet seen by a sync that read the cluster.
+            let mut unseen: Vec<i64> = Vec::new();
+            for (i, change) in changes.iter().enumerate() {
+                match change {
+                    Change::DeleteByHand { pick, notice } => {
+                        // Never the active version: which number the next version gets then
+                        // depends on whether the Agent's status was written in between (an
+                        // end-to-end test covers that case).
+                        let mut numbers: Vec<i64> = cluster.history().iter().map(|(n, _)| *n).collect();
+                        numbers.pop();
+                        let Some(number) = numbers.get(pick % numbers.len().max(1)).copied() else { continue };
+                        cluster.delete_by_hand(number);
+                        unseen.push(number);
+                        match notice {
+                            Notice::Before(k) => process.due.push(*k),
+                            Notice::During => process.during += 1,
+                            Notice::Lost => process.lost += 1,
+                        }
+                    }
+                    Change::Relist => {
+                        if std::mem::take(&mut process.lost) > 0 {
+                            process.notice();
+                        }
+                    }
+                    Change::Rollback(op) => {
+                        let name = format!("rb-{i:02}");
+                        submit(&mut cluster, op, &name);
+                        if process.sync(&mut cluster) {
+                            for number in unseen.drain(..) {
+                                // A hand deletion the kept history outlived, of what has since
+                                // become the active version there: the case set aside above.
+                                prop_assume!(number != reference.active());
+                                reference.delete_by_hand(number);
+                            }
+                        }
+                        let want = reference.rollback(op);
+                        prop_assert_eq!(cluster.outcome(&name), want, "rollback {} {:?}", i, op);
+                    }
+                }
+            }
+            // A relist at last: every notice is in.
+            process.notice();
+            prop_assert!(process.sync(&mut cluster), "a moved epoch makes the sync read");
+            for number in unseen.drain(..) {
+                prop_assume!(number != reference.active());
+                reference.delete_by_hand(number);
+            }
+            check_invariants(&cluster)?;
+            prop_assert_eq!(cluster.history(), reference.history());
+        }
+    }
+
+    /// The path the property test is about is taken: a rollback after a hand deletion whose
+    /// notice is late resumes from the kept history, and acts as if the deletion came after it.
+    #[test]
+    fn a_late_notice_means_a_resumed_sync_on_the_kept_history() {
+        let mut cluster = Cluster::new(content(0), 5);
+        let mut process = Process { settled: SettledAgents::default(), due: Vec::new(), during: 0, lost: 0 };
+        process.sync(&mut cluster);
+        for d in 1..=3 {
+            cluster.edit(Some(content(d)), None);
+            process.sync(&mut cluster);
+        }
+        cluster.delete_by_hand(2);
+        process.due.push(1);
+        let restore = Op::Rollback { strategy: crate::api::RollbackStrategy::Restore, target: Some(2), expected: None };
+        submit(&mut cluster, &restore, "rb");
+        assert!(!process.sync(&mut cluster), "resumed from the kept state");
+        assert_eq!(cluster.outcome("rb"), crate::plan::sim::Outcome::Succeeded(5));
+        let numbers: Vec<i64> = cluster.history().iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, [1, 3, 4, 5], "version 5 copies the kept version 2");
+        assert!(process.sync(&mut cluster), "the notice arrived: the next sync reads");
+        check_invariants(&cluster).expect("consistent once read");
+    }
+}

@@ -19,7 +19,7 @@ pub mod status;
 pub mod sync;
 
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 
 use std::collections::{BTreeMap, BTreeSet};
 

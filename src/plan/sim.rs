@@ -320,6 +320,43 @@ impl Cluster {
         panic!("the planner did not converge");
     }
 
+    /// One sync as the controller runs it, from `observed` (read or kept): decide and apply
+    /// until there is nothing to do, observing again where a write meets a newer state. Returns
+    /// the state it ended with, and whether it had to observe again.
+    pub fn sync_from(&mut self, mut observed: Observed) -> (Observed, bool) {
+        let mut observed_again = false;
+        for _ in 0..10_000 {
+            self.clock += 1;
+            let steps = decide(&observed, &time(self.clock));
+            if steps.is_empty() {
+                return (observed, observed_again);
+            }
+            let steps = steps.into_iter().flat_map(|step| match step {
+                Step::Together(writes) => writes,
+                step => vec![step],
+            });
+            for step in steps {
+                match self.apply(&step) {
+                    Ok(applied) => observed.fold(applied),
+                    Err(Refused::StaleRollback(fresh)) => {
+                        observed.fold(Applied::Rollback(fresh));
+                        break;
+                    }
+                    Err(Refused::AlreadyExists | Refused::Conflict) => {
+                        (observed, observed_again) = (self.observe(), true);
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("the sync did not settle");
+    }
+
+    /// Someone deletes a version by hand.
+    pub fn delete_by_hand(&mut self, number: i64) {
+        self.versions.retain(|v| v.spec.version != number);
+    }
+
     pub fn history(&self) -> Vec<(i64, AgentDefinition)> {
         let mut h: Vec<_> = self.versions.iter().map(|v| (v.spec.version, v.spec.snapshot.clone())).collect();
         h.sort_by_key(|(n, _)| *n);
@@ -384,20 +421,20 @@ pub enum Outcome {
 /// The contract's rules (docs/reference.md, behaviours), written as plainly as possible and
 /// independently of the planner.
 #[derive(Clone, Debug)]
-struct Reference {
+pub(crate) struct Reference {
     spec: AgentDefinition,
     limit: i32,
     versions: BTreeMap<i64, AgentDefinition>,
 }
 
 impl Reference {
-    fn new(spec: AgentDefinition, limit: i32) -> Self {
+    pub(crate) fn new(spec: AgentDefinition, limit: i32) -> Self {
         let mut r = Self { spec: spec.clone(), limit, versions: BTreeMap::new() };
         r.versions.insert(1, spec);
         r
     }
 
-    fn active(&self) -> i64 {
+    pub(crate) fn active(&self) -> i64 {
         *self.versions.keys().max().expect("at least one version")
     }
 
@@ -408,7 +445,7 @@ impl Reference {
         }
     }
 
-    fn edit(&mut self, definition: Option<AgentDefinition>, limit: Option<i32>) {
+    pub(crate) fn edit(&mut self, definition: Option<AgentDefinition>, limit: Option<i32>) {
         if let Some(l) = limit {
             self.limit = l;
         }
@@ -423,7 +460,7 @@ impl Reference {
         self.prune();
     }
 
-    fn rollback(&mut self, op: &Op) -> Outcome {
+    pub(crate) fn rollback(&mut self, op: &Op) -> Outcome {
         let active = self.active();
         let failed = |r: &str| Outcome::Failed(r.to_string());
         let (strategy, target, expected) = match op {
@@ -462,18 +499,24 @@ impl Reference {
         Outcome::Succeeded(active + 1)
     }
 
-    fn history(&self) -> Vec<(i64, AgentDefinition)> {
+    /// A version deleted by hand (never the active one: see the caller).
+    pub(crate) fn delete_by_hand(&mut self, number: i64) {
+        assert_ne!(number, self.active(), "the model deletes no active version by hand");
+        self.versions.remove(&number);
+    }
+
+    pub(crate) fn history(&self) -> Vec<(i64, AgentDefinition)> {
         self.versions.iter().map(|(n, d)| (*n, d.clone())).collect()
     }
 }
 
 #[derive(Clone, Debug)]
-enum Op {
+pub(crate) enum Op {
     Edit { definition: Option<u8>, limit: Option<i32> },
     Rollback { strategy: RollbackStrategy, target: Option<i64>, expected: Option<i64> },
 }
 
-fn op() -> impl Strategy<Value = Op> {
+pub(crate) fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (proptest::option::of(0u8..6), proptest::option::weighted(0.2, 1i32..6)).prop_map(|(definition, limit)| Op::Edit { definition, limit }),
         2 => (1i64..12, proptest::option::weighted(0.2, 1i64..12)).prop_map(|(t, expected)| Op::Rollback { strategy: RollbackStrategy::Restore, target: Some(t), expected }),
@@ -482,14 +525,14 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn submit(cluster: &mut Cluster, op: &Op, name: &str) {
+pub(crate) fn submit(cluster: &mut Cluster, op: &Op, name: &str) {
     match op {
         Op::Edit { definition, limit } => cluster.edit(definition.map(content), *limit),
         Op::Rollback { strategy, target, expected } => cluster.create_rollback(name, *strategy, *target, *expected),
     }
 }
 
-fn check_invariants(cluster: &Cluster) -> Result<(), TestCaseError> {
+pub(crate) fn check_invariants(cluster: &Cluster) -> Result<(), TestCaseError> {
     prop_assert!(!cluster.versions.is_empty(), "an Agent always has a version");
     let newest = cluster.versions.iter().map(|v| v.spec.version).max();
     let status = cluster.agent.as_ref().and_then(|a| a.status.clone()).unwrap_or_default();
