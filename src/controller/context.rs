@@ -58,6 +58,8 @@ pub struct Context {
     backoff: Mutex<HashMap<String, u32>>,
     /// Agents whose `InSync` condition was False when last seen.
     out_of_sync: Mutex<HashSet<AgentKey>>,
+    /// True once every cache has its first full list.
+    listed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Context {
@@ -86,15 +88,23 @@ impl Context {
             locks: Mutex::default(),
             backoff: Mutex::default(),
             out_of_sync: Mutex::default(),
+            listed: tokio::sync::watch::channel(false).0,
         }
     }
 
-    /// Waits until the caches the Agent controller decides from have their first full list:
-    /// before, a delivery would seem gone and the versions missing, and a restart over
-    /// thousands of Agents would sync every one of them.
+    /// Waits until every cache has its first full list (see [`Self::set_listed`]): before, a
+    /// delivery would seem gone and the versions missing, and a restart over thousands of
+    /// Agents would sync every one of them.
     pub async fn caches_listed(&self) {
-        let _ = self.config_maps.wait_until_ready().await;
-        self.versions.listed().await;
+        // Err only if the sender is gone, which it is not while `self` holds it.
+        let _ = self.listed.subscribe().wait_for(|listed| *listed).await;
+    }
+
+    /// Says every cache has its first full list. Told once, by the one task that waits on the
+    /// stores for it: kube's `Store::wait_until_ready` wakes only the last of several tasks
+    /// waiting at once, and the others wait for ever.
+    pub fn set_listed(&self) {
+        self.listed.send_replace(true);
     }
 
     /// Takes the Agent's lock: one sync per Agent at a time, whichever controller asks.

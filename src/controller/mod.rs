@@ -100,12 +100,13 @@ where
     let agent_controller = run_agent_controller(agent_controller, version_events, config_map_events, &ctx, shutdown);
 
     let readiness = async {
-        // Ready once both caches have their first full list.
+        // Ready once every cache has its first full list.
         if rollback_store.wait_until_ready().await.is_ok()
             && agent_store.wait_until_ready().await.is_ok()
             && config_map_store.wait_until_ready().await.is_ok()
         {
             ctx.versions.listed().await;
+            ctx.set_listed();
             health.set_ready();
         }
         futures::future::pending::<()>().await
