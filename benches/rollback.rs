@@ -29,6 +29,8 @@ use agent_operator::plan::in_sync;
 use agent_operator::plan::publish::{Provenance, new_version};
 use agent_operator::plan::status::{agent_conditions, set_rollback_phase};
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -157,6 +159,50 @@ async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &Age
     write_rollback(&rollbacks, &running, &status).await;
 }
 
+/// Every write the operator makes for one Restore at the history limit, made directly: the
+/// rollback's create, the writes of [`direct_restore`], and beside them the pruned version's
+/// delete (with the Agent's status), the delivery ConfigMap and the rollback's three Events.
+/// What the throughput is measured against: the operator's own cost is then what it spends
+/// beyond the writes it must make.
+async fn direct_restore_in_full(client: &Client, ns: &str, agent: &Agent, rollback: &str, number: i64, limit: i64) {
+    let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), ns);
+    let created = create_rollback(&rollbacks, rollback, &agent.name_any(), "Previous", None).await;
+    let prune = async {
+        let versions: Api<AgentVersion> = Api::namespaced(client.clone(), ns);
+        if number > limit {
+            let oldest = agent_operator::plan::version_name(&agent.name_any(), number - limit);
+            versions.delete(&oldest, &Default::default()).await.unwrap();
+        }
+    };
+    let (_, ()) = tokio::join!(direct_restore(client, ns, agent, &created, number), prune);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let config_map_name = format!("{}-agent", agent.name_any());
+    let config_map = Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": config_map_name, "annotations": {"agentops.dev/active-version": number.to_string()}},
+        "data": {"agent.json": serde_json::to_string(&definition("restored")).unwrap()}}));
+    let apply = PatchParams::apply(MANAGER).force();
+    let deliver = config_maps.patch(&config_map_name, &apply, &config_map);
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let event = |kind: &str, name: &str, reason: &str| {
+        let body: Event = serde_json::from_value(json!({
+            "metadata": {"generateName": format!("{name}.")},
+            "eventTime": now().0, "reportingController": MANAGER, "reportingInstance": "bench",
+            "action": "Rollback", "reason": reason, "type": "Normal", "note": format!("{reason} {number}"),
+            "regarding": {"apiVersion": "agentops.dev/v1alpha1", "kind": kind, "name": name, "namespace": ns}
+        }))
+        .unwrap();
+        let events = events.clone();
+        async move { events.create(&PostParams::default(), &body).await.unwrap() }
+    };
+    let (delivered, ..) = tokio::join!(
+        deliver,
+        event("AgentRollback", rollback, "RollbackStarted"),
+        event("AgentRollback", rollback, "RollbackSucceeded"),
+        event("Agent", &agent.name_any(), "RolledBack"),
+    );
+    delivered.unwrap();
+}
+
 /// The floor, two ways, from the same repetitions.
 #[derive(Debug, serde::Serialize)]
 struct Floor {
@@ -283,8 +329,12 @@ struct Throughput {
     agents: usize,
     operator_seconds: f64,
     operator_per_second: f64,
+    /// Only the floor's writes of each Restore, the rollbacks created beforehand.
     direct_seconds: f64,
     direct_per_second: f64,
+    /// Every write the operator makes for each (see `direct_restore_in_full`).
+    all_writes_seconds: f64,
+    all_writes_per_second: f64,
 }
 
 /// Throughput: many rollbacks over many agents at once, against the same writes made directly
@@ -325,32 +375,10 @@ async fn throughput(client: &Client, agents_n: usize, per_agent: usize) -> Throu
     wait_terminal(&mut events, &mut waiting).await;
     let operator_seconds = start.elapsed().as_secs_f64();
 
-    // The same writes, directly, one worker per agent.
-    let direct_ns = namespace(client, "bench-direct").await;
-    let direct_agents: Api<Agent> = Api::namespaced(client.clone(), &direct_ns);
-    let direct_rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &direct_ns);
-    let mut work = Vec::new();
-    for a in 0..agents_n {
-        let agent = create_agent(&direct_agents, &format!("tp-{a}"), "v1", 10_000).await;
-        let mut mine = Vec::new();
-        for k in 0..per_agent {
-            mine.push(
-                create_rollback(&direct_rollbacks, &format!("rb-{a}-{k}"), &agent.name_any(), "Previous", None).await,
-            );
-        }
-        work.push((agent, mine));
-    }
-    let start = Instant::now();
-    futures::future::join_all(work.iter().map(|(agent, mine)| {
-        let (client, ns) = (client.clone(), direct_ns.clone());
-        async move {
-            for (k, rollback) in mine.iter().enumerate() {
-                direct_restore(&client, &ns, agent, rollback, k as i64 + 3).await;
-            }
-        }
-    }))
-    .await;
-    let direct_seconds = start.elapsed().as_secs_f64();
+    // The same writes, directly, one worker per agent: the floor's (the rollbacks created
+    // beforehand), and every write the operator makes (see `direct_restore_in_full`).
+    let direct_seconds = direct_throughput(client, agents_n, per_agent, false).await;
+    let full_seconds = direct_throughput(client, agents_n, per_agent, true).await;
     Throughput {
         rollbacks: total,
         agents: agents_n,
@@ -358,7 +386,60 @@ async fn throughput(client: &Client, agents_n: usize, per_agent: usize) -> Throu
         operator_per_second: total as f64 / operator_seconds,
         direct_seconds,
         direct_per_second: total as f64 / direct_seconds,
+        all_writes_seconds: full_seconds,
+        all_writes_per_second: total as f64 / full_seconds,
     }
+}
+
+/// `per_agent` Restores of each of `agents_n` Agents made directly, one worker per Agent; the
+/// seconds they took. `in_full`: every write the operator makes, on Agents at the operator's
+/// history limit with the two versions the operator's Agents start with; else only the floor's
+/// writes, with the rollbacks created beforehand.
+async fn direct_throughput(client: &Client, agents_n: usize, per_agent: usize, in_full: bool) -> f64 {
+    const LIMIT: i64 = 10;
+    let ns = namespace(client, if in_full { "bench-direct-full" } else { "bench-direct" }).await;
+    let agents_api: Api<Agent> = Api::namespaced(client.clone(), &ns);
+    let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
+    let versions: Api<AgentVersion> = Api::namespaced(client.clone(), &ns);
+    let mut work = Vec::new();
+    for a in 0..agents_n {
+        let agent = create_agent(&agents_api, &format!("tp-{a}"), "v1", if in_full { LIMIT } else { 10_000 }).await;
+        let mut mine = Vec::new();
+        if in_full {
+            for v in 1..=2 {
+                let snapshot = definition(&format!("v{v}"));
+                let hash = snapshot_hash(&snapshot);
+                let provenance = Provenance { rollback: None, change_cause: None, published_by: None };
+                let version = new_version(&agent, v, snapshot, hash, provenance, None);
+                versions.create(&PostParams::default(), &version).await.unwrap();
+            }
+        } else {
+            for k in 0..per_agent {
+                mine.push(
+                    create_rollback(&rollbacks, &format!("rb-{a}-{k}"), &agent.name_any(), "Previous", None).await,
+                );
+            }
+        }
+        work.push((agent, mine));
+    }
+    let start = Instant::now();
+    futures::future::join_all(work.iter().map(|(agent, mine)| {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            for k in 0..per_agent {
+                let number = k as i64 + 3;
+                match mine.get(k) {
+                    Some(rollback) => direct_restore(&client, &ns, agent, rollback, number).await,
+                    None => {
+                        let name = format!("rb-{}-{k}", agent.name_any());
+                        direct_restore_in_full(&client, &ns, agent, &name, number, LIMIT).await
+                    }
+                }
+            }
+        }
+    }))
+    .await;
+    start.elapsed().as_secs_f64()
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -746,7 +827,8 @@ async fn main() {
     let p99_ratio = latency.p99_ms / floor.writes.p99_ms;
     let (p50_ratio_without_create, p99_ratio_without_create) =
         (latency.p50_ms / floor.without_create.p50_ms, latency.p99_ms / floor.without_create.p99_ms);
-    let tp_ratio = throughput.operator_per_second / throughput.direct_per_second;
+    let tp_ratio = throughput.operator_per_second / throughput.all_writes_per_second;
+    let tp_floor_ratio = throughput.operator_per_second / throughput.direct_per_second;
     let snapshot_cost = runs[3].rss_mib / runs[2].rss_mib;
 
     println!(
@@ -801,14 +883,17 @@ async fn main() {
         "  against the floor without the create", p50_ratio_without_create, p99_ratio_without_create
     );
     println!(
-        "throughput: {} rollbacks over {} agents: {:.1}/s ({:.1} s); direct writes {:.1}/s ({:.1} s); ratio {:.2}",
+        "throughput: {} rollbacks over {} agents: {:.1}/s ({:.1} s); the same writes direct {:.1}/s ({:.1} s), ratio {:.2}; only the floor's writes direct {:.1}/s ({:.1} s), ratio {:.2}",
         throughput.rollbacks,
         throughput.agents,
         throughput.operator_per_second,
         throughput.operator_seconds,
+        throughput.all_writes_per_second,
+        throughput.all_writes_seconds,
+        tp_ratio,
         throughput.direct_per_second,
         throughput.direct_seconds,
-        tp_ratio
+        tp_floor_ratio
     );
     print_scale(&runs);
     println!("targets (ratios from this run):");
@@ -829,7 +914,11 @@ async fn main() {
     );
     println!("  rollback p50 <= 1.3x floor p50: {p50_ratio:.2}x {}", verdict(p50_ratio <= 1.3));
     println!("  rollback p99 <= 1.5x floor p99: {p99_ratio:.2}x {}", verdict(p99_ratio <= 1.5));
-    println!("  throughput >= 0.8x direct: {tp_ratio:.2}x {}", verdict(tp_ratio >= 0.8));
+    println!("  throughput >= 0.8x the same writes made directly: {tp_ratio:.2}x {}", verdict(tp_ratio >= 0.8));
+    println!(
+        "    (against only the floor's writes, without the create, the pruning, the ConfigMap and the Events: {tp_floor_ratio:.2}x {})",
+        verdict(tp_floor_ratio >= 0.8)
+    );
     let fast_gain = simple.p50_ms - latency.p50_ms;
     println!(
         "  the fast paths (settled resume, echo registry) gain >= 1 ms of p50: {fast_gain:.2} ms {}",

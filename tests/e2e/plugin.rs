@@ -12,14 +12,20 @@ fn plugin(s: &Setup, args: &[&str]) -> Output {
     plugin_in(&s.ns, args)
 }
 
+/// Runs the plugin, which must exit within a minute: one that hangs (a task left running at
+/// the end of main keeps the runtime from shutting down) fails the test instead of the run.
 fn plugin_in(ns: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kubectl-agent"))
+    let out = Command::new("timeout")
+        .args(["--kill-after=5", "60", env!("CARGO_BIN_EXE_kubectl-agent")])
         .arg("--kubeconfig")
         .arg(&control_plane().kubeconfig)
         .args(["-n", ns])
         .args(args)
         .output()
-        .expect("kubectl-agent runs")
+        .expect("kubectl-agent runs");
+    let (code, stdout, stderr) = text(&out);
+    assert_ne!(code, 124, "kubectl-agent {args:?} did not exit within 60 s:\n{stdout}\n{stderr}");
+    out
 }
 
 fn text(out: &Output) -> (i32, String, String) {

@@ -159,10 +159,11 @@ fn generated_name(agent: &str) -> String {
 }
 
 /// The watches of one rollback and of its Events, running from the moment they are made:
-/// what they see waits in their channels until the rollback is followed.
+/// what they see waits in their channels until the rollback is followed. Dropped, they stop.
 struct Watches {
     rollbacks: mpsc::UnboundedReceiver<AgentRollback>,
     events: mpsc::UnboundedReceiver<Event>,
+    tasks: [tokio::task::AbortHandle; 2],
 }
 
 impl Watches {
@@ -170,22 +171,29 @@ impl Watches {
         let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let event_filter = format!("involvedObject.name={name},involvedObject.kind=AgentRollback");
         let events_api: Api<Event> = session.api();
-        Self {
-            rollbacks: forward(watcher(api.clone(), by_name).applied_objects()),
-            events: forward(watcher(events_api, watcher::Config::default().fields(&event_filter)).applied_objects()),
-        }
+        let (rollbacks, watching_rollbacks) = forward(watcher(api.clone(), by_name));
+        let (events, watching_events) = forward(watcher(events_api, watcher::Config::default().fields(&event_filter)));
+        Self { rollbacks, events, tasks: [watching_rollbacks, watching_events] }
     }
 }
 
-/// Runs a watch in a task of its own, passing on what it sees (its errors are retried by the
-/// next poll, as before). It ends when the receiver is dropped.
-fn forward<K: Send + 'static>(
-    stream: impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-) -> mpsc::UnboundedReceiver<K> {
+impl Drop for Watches {
+    fn drop(&mut self) {
+        // A watch's task outlives its receiver until its next event; the runtime's shutdown,
+        // at the end of main, would wait for it.
+        self.tasks.iter().for_each(tokio::task::AbortHandle::abort);
+    }
+}
+
+/// Runs a watch in a task of its own, passing on the objects it sees; a failed request is
+/// retried after a pause that grows (kube's default backoff), never in a loop.
+fn forward<K: kube::Resource + Clone + Send + 'static>(
+    watch: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> (mpsc::UnboundedReceiver<K>, tokio::task::AbortHandle) {
     let (sender, receiver) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
+    let task = tokio::spawn(async move {
+        let mut objects = std::pin::pin!(watch.default_backoff().applied_objects());
+        while let Some(item) = objects.next().await {
             if let Ok(object) = item
                 && sender.send(object).is_err()
             {
@@ -193,7 +201,7 @@ fn forward<K: Send + 'static>(
             }
         }
     });
-    receiver
+    (receiver, task.abort_handle())
 }
 
 /// The caller's username as the API server authenticates it (SelfSubjectReview), if the
@@ -271,14 +279,14 @@ async fn follow(
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) -> anyhow::Result<(ExitCode, Option<i64>)> {
-    let Watches { mut rollbacks, mut events } = watches;
+    let mut watches = watches;
     let mut seen_events = HashSet::new();
     let mut last_phase = None;
     let mut final_event_seen = false;
     let finished = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break None,
-            Some(rollback) = rollbacks.recv() => {
+            Some(rollback) = watches.rollbacks.recv() => {
                 let status = rollback.status.clone().unwrap_or_default();
                 if status.phase != last_phase {
                     last_phase = status.phase;
@@ -290,7 +298,7 @@ async fn follow(
                     break Some(status);
                 }
             }
-            Some(event) = events.recv() => {
+            Some(event) = watches.events.recv() => {
                 final_event_seen |= is_final(&event);
                 print_event(&event, &mut seen_events);
             }
@@ -306,7 +314,7 @@ async fn follow(
     // (never waiting past the deadline, nor long for an Event that may have been dropped).
     let events_deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(2));
     while !final_event_seen {
-        match tokio::time::timeout_at(events_deadline, events.recv()).await {
+        match tokio::time::timeout_at(events_deadline, watches.events.recv()).await {
             Ok(Some(event)) => {
                 final_event_seen |= is_final(&event);
                 print_event(&event, &mut seen_events);
