@@ -45,9 +45,8 @@ pub struct VersionIndex {
 #[derive(Default)]
 struct Inner {
     by_agent: HashMap<AgentKey, Vec<Entry>>,
-    /// The relist under way, by namespace and name (a later copy of a name replaces an
-    /// earlier one): what the index becomes at its end.
-    relist: HashMap<(String, Box<str>), (AgentKey, Entry)>,
+    /// The relist under way: what the index becomes at its end.
+    relist: HashMap<AgentKey, Vec<Entry>>,
 }
 
 /// One version, in about 100 bytes: at 100,000 versions the index is a few MiB.
@@ -97,18 +96,17 @@ impl VersionIndex {
             watcher::Event::Init => inner.relist = HashMap::new(),
             watcher::Event::InitApply(version) => {
                 let meta = version.meta();
-                let object =
-                    (meta.namespace.clone().unwrap_or_default(), meta.name.as_deref().unwrap_or_default().into());
-                match label_key(meta) {
-                    Some(key) => inner.relist.insert(object, (key, Entry::of(meta))),
-                    None => inner.relist.remove(&object),
-                };
+                if let Some(key) = label_key(meta) {
+                    // A list names each object once; a later copy of a name replaces the first.
+                    remove(&mut inner.relist, &key, meta.name.as_deref().unwrap_or_default());
+                    inner.relist.entry(key).or_default().push(Entry::of(meta));
+                }
             }
             watcher::Event::InitDone => {
-                let mut by_agent: HashMap<AgentKey, Vec<Entry>> = HashMap::new();
-                for (key, entry) in std::mem::take(&mut inner.relist).into_values() {
-                    by_agent.entry(key).or_default().push(entry);
-                }
+                let mut by_agent = std::mem::take(&mut inner.relist);
+                // Lists grow by doubling: at 100,000 versions the slack is megabytes.
+                by_agent.values_mut().for_each(Vec::shrink_to_fit);
+                by_agent.shrink_to_fit();
                 inner.by_agent = by_agent;
                 self.listed.send_replace(true);
             }
