@@ -49,7 +49,7 @@ struct Inner {
     relist: HashMap<AgentKey, Vec<Entry>>,
 }
 
-/// One version, in about 100 bytes: at 100,000 versions the index is a few MiB.
+/// One version, in about 100 bytes: at 100,000 versions the index is about 10 MiB.
 struct Entry {
     name: Box<str>,
     facts: Option<Facts>,
