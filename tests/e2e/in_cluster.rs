@@ -88,11 +88,22 @@ async fn ready_pods(client: &Client, count: usize, timeout: Duration) -> Vec<Pod
     .await
 }
 
-/// The Lease's holder and its number of transitions.
-async fn lease(client: &Client) -> Option<(String, i32)> {
+/// One holding of the Lease: who holds it and since when. Taking the Lease sets both in one
+/// write, so any new holding (the same replica's too) shows as a new `acquired`. The Lease's
+/// `leaseTransitions` does not tell: it is written by a second request after the Lease is taken,
+/// so a read between the two sees the new holder with the previous holding's count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Holding {
+    holder: String,
+    acquired: String,
+}
+
+/// The Lease's current holding and when it was last renewed.
+async fn lease(client: &Client) -> Option<(Holding, String)> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     let spec = leases.get(RELEASE).await.ok()?.spec?;
-    Some((spec.holder_identity?, spec.lease_transitions.unwrap_or(0)))
+    let holding = Holding { holder: spec.holder_identity?, acquired: format!("{:?}", spec.acquire_time?.0) };
+    Some((holding, format!("{:?}", spec.renew_time?.0)))
 }
 
 fn logs(pod: &str) -> String {
@@ -132,10 +143,11 @@ async fn the_charts_default_install_runs_hands_over_upgrades_and_uninstalls() {
     let pods = ready_pods(&admin, 2, Duration::from_secs(120)).await;
     println!("helm install to both replicas Ready: {:.1?}", started.elapsed());
     let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
-    let (leader, transitions) = eventually(Duration::from_secs(30), || async {
-        lease(&admin).await.filter(|(holder, _)| names.contains(holder))
+    let (holding, first_renewal) = eventually(Duration::from_secs(30), || async {
+        lease(&admin).await.filter(|(holding, _)| names.contains(&holding.holder))
     })
     .await;
+    let leader = holding.holder.clone();
     let acquired = Instant::now();
     println!("leader {leader}, {:.1?} after helm install started", started.elapsed());
 
@@ -153,8 +165,10 @@ async fn the_charts_default_install_runs_hands_over_upgrades_and_uninstalls() {
     assert_eq!(failed.phase, Some(RollbackPhase::Failed));
     assert_eq!(failed.reason.as_deref(), Some("VersionNotFound"));
 
-    // --- steady state: ten lease durations, no restart, one leader throughout ---
+    // --- steady state: ten lease durations, no restart, one holding throughout, renewed ---
     let soak = Duration::from_secs(10 * LEASE_SECONDS);
+    let mut renewals = 0;
+    let mut last_renewal = first_renewal;
     while acquired.elapsed() < soak {
         let pods = operator_pods(&admin).await;
         assert_eq!(pods.len(), 2);
@@ -162,7 +176,12 @@ async fn the_charts_default_install_runs_hands_over_upgrades_and_uninstalls() {
             assert!(is_ready(pod), "{} not Ready after {:.0?}", pod.name_any(), acquired.elapsed());
             assert_eq!(restarts(pod), 0, "{} restarted after {:.0?}", pod.name_any(), acquired.elapsed());
         }
-        assert_eq!(lease(&admin).await, Some((leader.clone(), transitions)), "the Lease changed hands");
+        let (now, renewed) = lease(&admin).await.expect("the Lease has a holder");
+        assert_eq!(now, holding, "the Lease changed hands after {:.0?}", acquired.elapsed());
+        if renewed != last_renewal {
+            renewals += 1;
+            last_renewal = renewed;
+        }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let leading: Vec<&String> = names.iter().filter(|n| logs(n).contains("Acquired the leader Lease")).collect();
@@ -170,15 +189,17 @@ async fn the_charts_default_install_runs_hands_over_upgrades_and_uninstalls() {
     for name in &names {
         assert!(!logs(name).contains("lost the leader Lease"), "{name} lost the Lease");
     }
-    println!("soak: {:.0?} ({} lease durations), 0 restarts, 1 leader", acquired.elapsed(), 10);
+    // The leader renews `grace` (10 s) before expiry, so about every 5 s: 30 renewals in the soak.
+    assert!(renewals >= 10, "the Lease was renewed {renewals} times in {:.0?}", acquired.elapsed());
+    println!("soak: {:.0?} ({} lease durations), 0 restarts, 1 leader, {renewals} renewals", acquired.elapsed(), 10);
 
     // --- the leader Pod deleted: the standby takes over; a rollback made meanwhile runs once ---
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
     let deleted = Instant::now();
     pods.delete(&leader, &DeleteParams::default()).await.unwrap();
     s.create_rollback("during-handover", "support", "Previous", None).await;
-    let (new_leader, _) = eventually(Duration::from_secs(2 * LEASE_SECONDS), || async {
-        lease(&admin).await.filter(|(holder, _)| holder != &leader)
+    let new_leader = eventually(Duration::from_secs(2 * LEASE_SECONDS), || async {
+        lease(&admin).await.map(|(holding, _)| holding.holder).filter(|holder| holder != &leader)
     })
     .await;
     let handover = deleted.elapsed();
