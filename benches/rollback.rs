@@ -19,6 +19,7 @@ mod peers;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use agent_operator::api::conditions::READY;
 use agent_operator::api::keys::ROLLBACK_RECORD_ANNOTATION;
 use agent_operator::api::{
     Agent, AgentDefinition, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, RollbackPhase,
@@ -580,7 +581,7 @@ fn first_synced(agent: &Agent) -> bool {
     let ready = status
         .conditions
         .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True" && c.observed_generation == agent.metadata.generation);
+        .any(|c| c.type_ == READY && c.status == "True" && c.observed_generation == agent.metadata.generation);
     status.versions_digest.is_some() && status.observed_generation == agent.metadata.generation && ready
 }
 

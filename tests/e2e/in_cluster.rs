@@ -16,6 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 
@@ -95,15 +96,14 @@ async fn ready_pods(client: &Client, count: usize, timeout: Duration) -> Vec<Pod
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Holding {
     holder: String,
-    acquired: String,
+    acquired: MicroTime,
 }
 
 /// The Lease's current holding and when it was last renewed.
-async fn lease(client: &Client) -> Option<(Holding, String)> {
+async fn lease(client: &Client) -> Option<(Holding, MicroTime)> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     let spec = leases.get(RELEASE).await.ok()?.spec?;
-    let holding = Holding { holder: spec.holder_identity?, acquired: format!("{:?}", spec.acquire_time?.0) };
-    Some((holding, format!("{:?}", spec.renew_time?.0)))
+    Some((Holding { holder: spec.holder_identity?, acquired: spec.acquire_time? }, spec.renew_time?))
 }
 
 fn logs(pod: &str) -> String {
