@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use tracing::{instrument, warn};
 
 use super::Context;
+use super::lean_meta::LeanMeta;
 use super::observe::fetch_versions;
 use super::sync::sync_agent;
 use crate::api::Agent;
@@ -90,7 +90,7 @@ fn delivery_intact(ctx: &Context, agent: &Agent) -> bool {
         return false;
     }
     let namespace = agent.namespace().unwrap_or_default();
-    let reference = ObjectRef::<PartialObjectMeta<ConfigMap>>::new(&name).within(&namespace);
+    let reference = ObjectRef::<LeanMeta<ConfigMap>>::new(&name).within(&namespace);
     ctx.config_maps.get(&reference).is_some_and(|c| {
         let state = ConfigMapState::from_meta(&c.metadata);
         state.owned_by(agent) && state.held.map(|h| h.version) == status.active_version

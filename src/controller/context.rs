@@ -5,13 +5,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use tokio::sync::OwnedMutexGuard;
 
 use super::echoes::Echoes;
 use super::events::EventSink;
+use super::lean_meta::LeanMeta;
 use super::rollback_index::RollbackCache;
 use super::settled::SettledAgents;
 use super::version_index::VersionIndex;
@@ -43,7 +43,7 @@ pub struct Context {
     /// Every Agent, as last seen by the Agent controller's watch.
     pub agents: Store<Agent>,
     /// The delivery ConfigMaps (those labelled with an Agent), metadata only.
-    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    pub config_maps: Store<LeanMeta<ConfigMap>>,
     /// Every version's metadata, by Agent, as the versions watch last showed it.
     pub versions: VersionIndex,
     /// What each Agent's last clean sync left.
@@ -68,7 +68,7 @@ impl Context {
         settings: Settings,
         rollbacks: RollbackCache,
         agents: Store<Agent>,
-        config_maps: Store<PartialObjectMeta<ConfigMap>>,
+        config_maps: Store<LeanMeta<ConfigMap>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let events = EventSink::start(client.clone(), settings.instance.clone());

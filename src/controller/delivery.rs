@@ -6,13 +6,13 @@
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource};
 use serde_json::json;
 
 use super::Context;
 use super::apply::status_code;
+use super::lean_meta::LeanMeta;
 use super::settled::revision;
 use crate::api::keys::{DELIVERY_FIELD_MANAGER, FIELD_MANAGER};
 use crate::api::{Agent, WorkloadKind, WorkloadRef};
@@ -26,7 +26,7 @@ use crate::{Error, Result};
 pub async fn observe(ctx: &Context, observed: &mut Observed) -> Result<()> {
     let Some(agent) = observed.agent.clone() else { return Ok(()) };
     let name = config_map_name(&agent);
-    let reference = ObjectRef::<PartialObjectMeta<ConfigMap>>::new(&name).within(&observed.namespace);
+    let reference = ObjectRef::<LeanMeta<ConfigMap>>::new(&name).within(&observed.namespace);
     let cached = ctx.config_maps.get(&reference);
     let kept = observed.config_map.take().filter(|c| c.name == name);
     observed.config_map = match (cached, kept) {
@@ -40,7 +40,7 @@ pub async fn observe(ctx: &Context, observed: &mut Observed) -> Result<()> {
     Ok(())
 }
 
-fn newer(kept: &ConfigMapState, cached: &PartialObjectMeta<ConfigMap>) -> bool {
+fn newer(kept: &ConfigMapState, cached: &LeanMeta<ConfigMap>) -> bool {
     let kept = kept.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
     kept >= revision(cached)
 }

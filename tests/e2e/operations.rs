@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_operator::api::{AgentRollback, RollbackPhase};
+use agent_operator::controller::lean_meta::LeanMeta;
 use agent_operator::controller::rollback_index::RollbackCache;
 use agent_operator::controller::{Context, Settings, agent_rollback};
 use agent_operator::metrics::Metrics;
@@ -221,7 +222,7 @@ async fn shutdown_waits_for_a_sync_started_from_the_watch_and_starts_no_more() {
     let (config_maps, mut config_map_cache) = reflector::store();
     let config_map_api: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
     for config_map in config_map_api.list_metadata(&Default::default()).await.unwrap() {
-        config_map_cache.apply_watcher_event(&watcher::Event::Apply(config_map));
+        config_map_cache.apply_watcher_event(&watcher::Event::Apply(LeanMeta::new(config_map.metadata)));
     }
     let ctx = Arc::new(Context::new(
         s.client.clone(),
