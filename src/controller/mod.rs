@@ -242,7 +242,9 @@ fn slim_agent(agent: &mut Agent) {
 /// How every watch gets its first state: streamed from the API server's watch cache where the
 /// server streams lists by default (Kubernetes 1.34 on; 1.33 refuses the request), else as a
 /// list in pages. At 100,000 versions the paged list of their metadata took 26-88 s after a
-/// restart, each page read from storage; streamed, the same state comes in seconds.
+/// restart, each page read from storage; streamed, the same state comes in seconds. The
+/// streamed state is the watch cache's, which may trail storage by moments, as every later event
+/// may: nothing decides a write from a cache alone (see `observe`).
 async fn watch_config(client: &Client) -> watcher::Config {
     let streams = match client.apiserver_version().await {
         Ok(info) => streams_lists(&info.major, &info.minor),
