@@ -261,8 +261,11 @@ async fn watch_config(client: &Client) -> watcher::Config {
 /// Whether a server of this version serves streaming lists by default (the WatchList feature).
 fn streams_lists(major: &str, minor: &str) -> bool {
     let number = |text: &str| text.trim_end_matches('+').parse::<u32>().ok();
-    matches!((number(major), number(minor)), (Some(1), Some(minor)) if minor >= 34)
-        || number(major).is_some_and(|m| m > 1)
+    match (number(major), number(minor)) {
+        (Some(1), Some(minor)) => minor >= 34,
+        (Some(major), _) => major > 1,
+        _ => false,
+    }
 }
 
 /// How often what is kept per Agent and per rollback is pruned of those that are gone.
