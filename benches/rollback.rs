@@ -5,7 +5,8 @@
 //!
 //! Sizes can be lowered for a quick look: BENCH_LATENCY_N (default 200), BENCH_THROUGHPUT_AGENTS
 //! (100), BENCH_THROUGHPUT_PER_AGENT (10), BENCH_SCALE_AGENTS (10000; a tenth of it is run too).
-//! BENCH_ONLY=scale runs only the scale runs; BENCH_ONLY=churn only the churn of
+//! BENCH_ONLY=scale runs only the scale runs; BENCH_ONLY=rollback everything but them (the
+//! floor, latency, throughput and peers); BENCH_ONLY=churn only the churn of
 //! BENCH_CHURN_AGENTS (5000) in BENCH_CHURN_WAVES (5). BENCH_LOG sets the
 //! operator's log filter (default `warn`); BENCH_TRACE prints the latency samples' timeline.
 
@@ -829,14 +830,15 @@ async fn main() {
     let client = client().await;
     install_crds(&client).await;
     let version = client.apiserver_version().await.map(|v| v.git_version).unwrap_or_default();
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("churn") {
+    let only = std::env::var("BENCH_ONLY");
+    if only.as_deref() == Ok("churn") {
         let (total, waves) = (env_size("BENCH_CHURN_AGENTS", 5000), env_size("BENCH_CHURN_WAVES", 5));
         eprintln!("churn: {total} agents in {waves} waves ...");
         let churn = churn(&client, total, waves).await;
         print_churn(&churn);
         return;
     }
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("scale") {
+    if only.as_deref() == Ok("scale") {
         let runs = scale_runs(&client, env_size("BENCH_SCALE_AGENTS", 10_000)).await;
         print_scale(&runs);
         print_scale_targets(&runs);
@@ -856,7 +858,7 @@ async fn main() {
     let throughput = throughput(&client, tp_agents, tp_each).await;
     eprintln!("peers: helm rollback, kubectl rollout undo and kubectl agent rollback, {peers_n} each ...");
     let peers = peers::peers(&client, peers_n).await;
-    let runs = scale_runs(&client, scale_n).await;
+    let runs = if only.as_deref() == Ok("rollback") { Vec::new() } else { scale_runs(&client, scale_n).await };
 
     let p50_ratio = latency.p50_ms / floor.writes.p50_ms;
     let p99_ratio = latency.p99_ms / floor.writes.p99_ms;
@@ -864,7 +866,7 @@ async fn main() {
         (latency.p50_ms / floor.without_create.p50_ms, latency.p99_ms / floor.without_create.p99_ms);
     let tp_ratio = throughput.operator_per_second / throughput.all_writes_per_second;
     let tp_floor_ratio = throughput.operator_per_second / throughput.direct_per_second;
-    let snapshot_cost = runs[3].rss_mib / runs[2].rss_mib;
+    let snapshot_cost = (runs.len() == 4).then(|| runs[3].rss_mib / runs[2].rss_mib);
 
     println!(
         "agent-operator benchmark on Kubernetes {version} (127.0.0.1, {} cores)",
@@ -930,7 +932,9 @@ async fn main() {
         throughput.direct_seconds,
         tp_floor_ratio
     );
-    print_scale(&runs);
+    if !runs.is_empty() {
+        print_scale(&runs);
+    }
     println!("targets (ratios from this run):");
     let (plugin, helm, undo) = (peers.plugin_command.p50_ms, peers.helm_command.p50_ms, peers.undo_command.p50_ms);
     println!(
@@ -959,7 +963,9 @@ async fn main() {
         "  the fast paths (settled resume, echo registry) gain >= 1 ms of p50: {fast_gain:.2} ms {}",
         verdict(fast_gain >= 1.0)
     );
-    print_scale_targets(&runs);
+    if !runs.is_empty() {
+        print_scale_targets(&runs);
+    }
 
     let report = json!({
         "kubernetes": version, "floor": floor, "latency": latency, "latency_simple_hot_path": simple, "ratio_p50": p50_ratio, "ratio_p99": p99_ratio,
