@@ -337,13 +337,102 @@ struct Throughput {
     /// Every write the operator makes for each (see `direct_restore_in_full`).
     all_writes_seconds: f64,
     all_writes_per_second: f64,
+    /// What each rollback cost the API server and etcd, through the operator and made
+    /// directly in full: where the difference in throughput goes.
+    operator_load: Load,
+    all_writes_load: Load,
+}
+
+/// The cost of one rollback, from counters read before and after a phase.
+#[derive(Debug, Default, serde::Serialize)]
+struct Load {
+    /// Requests the API server served, by verb and resource (`verb resource[/subresource]`).
+    requests: std::collections::BTreeMap<String, f64>,
+    /// Events the API server sent to watchers.
+    watch_events: f64,
+    /// CPU of the API server, of etcd and of the operator, in milliseconds.
+    apiserver_cpu_ms: f64,
+    etcd_cpu_ms: f64,
+    operator_cpu_ms: f64,
+}
+
+/// The counters [`Load`] is the difference of.
+struct Counters {
+    requests: HashMap<String, f64>,
+    watch_events: f64,
+    apiserver_cpu: f64,
+    etcd_cpu: f64,
+}
+
+impl Counters {
+    async fn read(client: &Client) -> Self {
+        let request = axum::http::Request::get("/metrics").body(Vec::new()).unwrap();
+        let text = client.request_text(request).await.unwrap();
+        let mut requests = HashMap::new();
+        let mut watch_events = 0.0;
+        for line in text.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let Ok(value) = value.parse::<f64>() else { continue };
+            if let Some(labels) = series.strip_prefix("apiserver_request_total{") {
+                let label = |key: &str| {
+                    labels
+                        .split(',')
+                        .find_map(|l| l.strip_prefix(&format!("{key}=\"")).map(|v| v.trim_end_matches(['"', '}'])))
+                };
+                let resource = match label("subresource").filter(|s| !s.is_empty()) {
+                    Some(sub) => format!("{}/{sub}", label("resource").unwrap_or_default()),
+                    None => label("resource").unwrap_or_default().to_string(),
+                };
+                *requests.entry(format!("{} {resource}", label("verb").unwrap_or_default())).or_default() += value;
+            } else if series.starts_with("apiserver_watch_events_total{") {
+                watch_events += value;
+            }
+        }
+        Self { requests, watch_events, apiserver_cpu: cpu_of("kube-apiserver"), etcd_cpu: cpu_of("etcd") }
+    }
+
+    /// What happened from `self` to `after`, per rollback of `n`.
+    fn load(&self, after: &Self, n: usize, operator_cpu_seconds: f64) -> Load {
+        let n = n as f64;
+        let requests = after
+            .requests
+            .iter()
+            .filter_map(|(key, value)| {
+                let made = value - self.requests.get(key).copied().unwrap_or(0.0);
+                (made > 0.0).then(|| (key.clone(), made / n))
+            })
+            .collect();
+        Load {
+            requests,
+            watch_events: (after.watch_events - self.watch_events) / n,
+            apiserver_cpu_ms: (after.apiserver_cpu - self.apiserver_cpu) * 1000.0 / n,
+            etcd_cpu_ms: (after.etcd_cpu - self.etcd_cpu) * 1000.0 / n,
+            operator_cpu_ms: operator_cpu_seconds * 1000.0 / n,
+        }
+    }
+}
+
+/// CPU seconds used so far by the processes named `name` (the control plane runs one of each).
+fn cpu_of(name: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    let mut ticks = 0u64;
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        if head.split_once('(').map(|(_, comm)| comm) != Some(name) {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum::<u64>();
+    }
+    ticks as f64 / 100.0
 }
 
 /// Throughput: many rollbacks over many agents at once, against the same writes made directly
 /// by one worker per agent (the concurrency the operator has: one Agent's work is serial).
 async fn throughput(client: &Client, agents_n: usize, per_agent: usize) -> Throughput {
     let ns = namespace(client, "bench-throughput").await;
-    let _operator = start_operator(&ns, &[]);
+    let operator = start_operator(&ns, &[]);
     let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
     let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
     futures::stream::iter(0..agents_n)
@@ -364,6 +453,8 @@ async fn throughput(client: &Client, agents_n: usize, per_agent: usize) -> Throu
     let mut events = watcher(rollbacks.clone(), watcher::Config::default()).applied_objects().boxed();
     let total = agents_n * per_agent;
     let mut waiting: HashMap<String, Option<Instant>> = (0..total).map(|i| (format!("rb-{i}"), None)).collect();
+    let before = Counters::read(client).await;
+    let operator_cpu_before = operator.usage().unwrap().1;
     let start = Instant::now();
     futures::stream::iter(0..total)
         .for_each_concurrent(64, |i| {
@@ -376,11 +467,13 @@ async fn throughput(client: &Client, agents_n: usize, per_agent: usize) -> Throu
         .await;
     wait_terminal(&mut events, &mut waiting).await;
     let operator_seconds = start.elapsed().as_secs_f64();
+    let operator_load =
+        before.load(&Counters::read(client).await, total, operator.usage().unwrap().1 - operator_cpu_before);
 
     // The same writes, directly, one worker per agent: the floor's (the rollbacks created
     // beforehand), and every write the operator makes (see `direct_restore_in_full`).
-    let direct_seconds = direct_throughput(client, agents_n, per_agent, false).await;
-    let full_seconds = direct_throughput(client, agents_n, per_agent, true).await;
+    let (direct_seconds, _) = direct_throughput(client, agents_n, per_agent, false).await;
+    let (full_seconds, all_writes_load) = direct_throughput(client, agents_n, per_agent, true).await;
     Throughput {
         rollbacks: total,
         agents: agents_n,
@@ -390,14 +483,16 @@ async fn throughput(client: &Client, agents_n: usize, per_agent: usize) -> Throu
         direct_per_second: total as f64 / direct_seconds,
         all_writes_seconds: full_seconds,
         all_writes_per_second: total as f64 / full_seconds,
+        operator_load,
+        all_writes_load,
     }
 }
 
 /// `per_agent` Restores of each of `agents_n` Agents made directly, one worker per Agent; the
-/// seconds they took. `in_full`: every write the operator makes, on Agents at the operator's
+/// seconds they took and what each cost. `in_full`: every write the operator makes, on Agents at the operator's
 /// history limit with the two versions the operator's Agents start with; else only the floor's
 /// writes, with the rollbacks created beforehand.
-async fn direct_throughput(client: &Client, agents_n: usize, per_agent: usize, in_full: bool) -> f64 {
+async fn direct_throughput(client: &Client, agents_n: usize, per_agent: usize, in_full: bool) -> (f64, Load) {
     const LIMIT: i64 = 10;
     let ns = namespace(client, if in_full { "bench-direct-full" } else { "bench-direct" }).await;
     let agents_api: Api<Agent> = Api::namespaced(client.clone(), &ns);
@@ -424,6 +519,7 @@ async fn direct_throughput(client: &Client, agents_n: usize, per_agent: usize, i
         }
         work.push((agent, mine));
     }
+    let before = Counters::read(client).await;
     let start = Instant::now();
     futures::future::join_all(work.iter().map(|(agent, mine)| {
         let (client, ns) = (client.clone(), ns.clone());
@@ -441,7 +537,8 @@ async fn direct_throughput(client: &Client, agents_n: usize, per_agent: usize, i
         }
     }))
     .await;
-    start.elapsed().as_secs_f64()
+    let seconds = start.elapsed().as_secs_f64();
+    (seconds, before.load(&Counters::read(client).await, agents_n * per_agent, 0.0))
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -759,6 +856,26 @@ async fn scale_runs(client: &Client, n: usize) -> Vec<Scale> {
     runs
 }
 
+/// Each rollback's cost through the operator beside the same writes made directly.
+fn print_load(operator: &Load, direct: &Load) {
+    println!("  per rollback{:>36} {:>10}", "operator", "direct");
+    for (label, o, d) in [
+        ("API server CPU ms", operator.apiserver_cpu_ms, direct.apiserver_cpu_ms),
+        ("etcd CPU ms", operator.etcd_cpu_ms, direct.etcd_cpu_ms),
+        ("operator CPU ms", operator.operator_cpu_ms, direct.operator_cpu_ms),
+        ("watch events sent", operator.watch_events, direct.watch_events),
+    ] {
+        println!("  {label:<40} {o:>10.2} {d:>10.2}");
+    }
+    let mut kinds: Vec<&String> = operator.requests.keys().chain(direct.requests.keys()).collect();
+    kinds.sort();
+    kinds.dedup();
+    for kind in kinds {
+        let (o, d) = (operator.requests.get(kind).copied(), direct.requests.get(kind).copied());
+        println!("  requests: {kind:<30} {:>10.2} {:>10.2}", o.unwrap_or(0.0), d.unwrap_or(0.0));
+    }
+}
+
 fn print_scale(runs: &[Scale]) {
     let (small_tiny, small, large_tiny, large) = (&runs[0], &runs[1], &runs[2], &runs[3]);
     for s in runs {
@@ -932,6 +1049,7 @@ async fn main() {
         throughput.direct_seconds,
         tp_floor_ratio
     );
+    print_load(&throughput.operator_load, &throughput.all_writes_load);
     if !runs.is_empty() {
         print_scale(&runs);
     }
