@@ -337,8 +337,8 @@ struct Throughput {
     /// Every write the operator makes for each (see `direct_restore_in_full`).
     all_writes_seconds: f64,
     all_writes_per_second: f64,
-    /// What each rollback cost the API server and etcd, through the operator and made
-    /// directly in full: where the difference in throughput goes.
+    /// What each rollback cost the API server, etcd and the operator, through the operator
+    /// and made directly in full: where the difference in throughput goes.
     operator_load: Load,
     all_writes_load: Load,
 }
@@ -415,17 +415,11 @@ impl Counters {
 /// CPU seconds used so far by the processes named `name` (the control plane runs one of each).
 fn cpu_of(name: &str) -> f64 {
     let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
-    let mut ticks = 0u64;
-    for entry in entries.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
-        if head.split_once('(').map(|(_, comm)| comm) != Some(name) {
-            continue;
-        }
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        ticks += [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum::<u64>();
-    }
-    ticks as f64 / 100.0
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter_map(|stat| support::cpu_seconds(&stat).filter(|(comm, _)| *comm == name).map(|(_, cpu)| cpu))
+        .sum()
 }
 
 /// Throughput: many rollbacks over many agents at once, against the same writes made directly
@@ -489,9 +483,9 @@ async fn throughput(client: &Client, agents_n: usize, per_agent: usize) -> Throu
 }
 
 /// `per_agent` Restores of each of `agents_n` Agents made directly, one worker per Agent; the
-/// seconds they took and what each cost. `in_full`: every write the operator makes, on Agents at the operator's
-/// history limit with the two versions the operator's Agents start with; else only the floor's
-/// writes, with the rollbacks created beforehand.
+/// seconds they took and what each cost. `in_full`: every write the operator makes, on Agents
+/// at the operator's history limit with the two versions the operator's Agents start with;
+/// else only the floor's writes, with the rollbacks created beforehand.
 async fn direct_throughput(client: &Client, agents_n: usize, per_agent: usize, in_full: bool) -> (f64, Load) {
     const LIMIT: i64 = 10;
     let ns = namespace(client, if in_full { "bench-direct-full" } else { "bench-direct" }).await;

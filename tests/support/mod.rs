@@ -477,11 +477,18 @@ impl Operator {
         let rss_kb: u64 =
             status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some((rss_kb * 1024, ticks as f64 / 100.0))
+        Some((rss_kb * 1024, cpu_seconds(&stat)?.1))
     }
+}
+
+/// A process's command name and CPU seconds (user and system) from its `/proc/<pid>/stat`.
+pub fn cpu_seconds(stat: &str) -> Option<(&str, f64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((name, ticks as f64 / 100.0))
 }
 
 impl Drop for Operator {
