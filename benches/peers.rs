@@ -31,6 +31,12 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
+/// Pause after each sample, for every tool alike: a person runs one command on a quiet
+/// server, not one on the heels of the last one's trailing work (the operator's delivery and
+/// Events, the deployment controller's status writes). Longer than the latency samples' pause:
+/// a whole command leaves more behind.
+const QUIET: Duration = Duration::from_millis(100);
+
 /// Runs a command with the control plane's kubeconfig; panics if it fails.
 fn run(program: &Path, args: &[&str]) {
     let out = Command::new(program).env("KUBECONFIG", &control_plane().kubeconfig).args(args).output().unwrap();
@@ -54,6 +60,7 @@ pub async fn peers(client: &Client, n: usize) -> Peers {
         let start = Instant::now();
         run(&cp.helm, &["rollback", "agent", "-n", &ns]);
         helm_command.push(ms(start));
+        tokio::time::sleep(QUIET).await;
     }
     let helm_api = helm_requests(client, &ns, n).await;
 
@@ -82,6 +89,7 @@ pub async fn peers(client: &Client, n: usize) -> Peers {
         run(&kubectl, &["rollout", "undo", "deployment/agent", "-n", &ns]);
         observed(&deployments).await;
         undo_command.push(ms(start));
+        tokio::time::sleep(QUIET).await;
     }
     let undo_api = undo_requests(client, &ns, n).await;
 
@@ -100,6 +108,7 @@ pub async fn peers(client: &Client, n: usize) -> Peers {
         let start = Instant::now();
         run(plugin, &["-n", &agents_ns, "rollback", "agent", "--previous"]);
         plugin_command.push(ms(start));
+        tokio::time::sleep(QUIET).await;
     }
     Peers {
         helm_command: percentiles(helm_command),
@@ -150,6 +159,7 @@ async fn helm_requests(client: &Client, ns: &str, n: usize) -> Vec<f64> {
         let superseded = json!({"metadata": {"labels": {"status": "superseded"}}});
         secrets.patch(&newest.name_any(), &PatchParams::default(), &Patch::Merge(superseded)).await.unwrap();
         samples.push(ms(start));
+        tokio::time::sleep(QUIET).await;
     }
     samples
 }
@@ -172,6 +182,7 @@ async fn undo_requests(client: &Client, ns: &str, n: usize) -> Vec<f64> {
         deployments.patch("agent", &PatchParams::default(), &Patch::Merge(edit)).await.unwrap();
         observed(&deployments).await;
         samples.push(ms(start));
+        tokio::time::sleep(QUIET).await;
     }
     samples
 }

@@ -14,7 +14,7 @@ use super::{Context, delivery};
 use crate::api::keys::{FIELD_MANAGER, ROLLBACK_RECORD_ANNOTATION};
 use crate::api::{Agent, AgentRollback, AgentVersion};
 use crate::plan::durable::RollbackRecord;
-use crate::plan::{Applied, EventTarget, Observed, RelatedObject, Step};
+use crate::plan::{Applied, EventNote, EventTarget, Observed, RelatedObject, Step};
 use crate::{Error, Result};
 
 /// What became of one step.
@@ -61,8 +61,8 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
                 Err(source) => Err(Error::PatchAgentStatus { namespace: ns.into(), name: name.into(), source }),
             }
         }
-        Step::WriteRollback { name, resource_version, record } => {
-            write_rollback(ctx, observed, name, resource_version, &record).await
+        Step::WriteRollback { name, resource_version, record, announce } => {
+            write_rollback(ctx, observed, name, resource_version, &record, announce).await
         }
         Step::ReadRollback { name } => {
             let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
@@ -90,16 +90,21 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
             Ok(Outcome::Done(delivery::roll_workload(ctx, ns, &workload, &held).await?))
         }
         Step::Event(note) => {
-            let reference = match &note.on {
-                EventTarget::Agent => observed.agent.as_ref().map(|a| a.object_ref(&())),
-                EventTarget::Rollback(name) => observed.rollback(name).map(|r| r.object_ref(&())),
-            };
-            let related = note.related.as_ref().and_then(|related| related_reference(observed, related));
-            if let Some(reference) = reference {
-                ctx.events.send(reference, related, note);
-            }
+            publish(ctx, observed, note);
             Ok(Outcome::Done(Applied::Nothing))
         }
+    }
+}
+
+/// Queues an Event for the publishing task.
+fn publish(ctx: &Context, observed: &Observed, note: EventNote) {
+    let reference = match &note.on {
+        EventTarget::Agent => observed.agent.as_ref().map(|a| a.object_ref(&())),
+        EventTarget::Rollback(name) => observed.rollback(name).map(|r| r.object_ref(&())),
+    };
+    let related = note.related.as_ref().and_then(|related| related_reference(observed, related));
+    if let Some(reference) = reference {
+        ctx.events.send(reference, related, note);
     }
 }
 
@@ -162,13 +167,16 @@ fn related_reference(observed: &Observed, related: &RelatedObject) -> Option<Obj
 
 /// Writes a rollback's record (see `plan::durable`) on the resourceVersion precondition, then
 /// its status, the record's copy, on the resourceVersion the record write left: a status lost
-/// or edited in between is written again by a later sync, from the record.
+/// or edited in between is written again by a later sync, from the record. The Events that
+/// `announce` it are queued as soon as the record is written, so that they reach a watcher
+/// with the status, not a round trip after it.
 async fn write_rollback(
     ctx: &Context,
     observed: &Observed,
     name: String,
     resource_version: Option<String>,
     record: &RollbackRecord,
+    announce: Vec<EventNote>,
 ) -> Result<Outcome> {
     let ns = observed.namespace.as_str();
     let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
@@ -189,6 +197,9 @@ async fn write_rollback(
         Err(e) if status_code(&e) == Some(404) => return Ok(Outcome::Stale(Some(Applied::RollbackDeleted(name)))),
         Err(source) => return Err(failed(source)),
     };
+    for note in announce {
+        publish(ctx, observed, note);
+    }
     let Some(read) = observed.rollback(&name) else {
         return Ok(Outcome::Stale(Some(read_rollback(&api, ns, name).await?)));
     };

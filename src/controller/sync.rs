@@ -12,6 +12,7 @@ use super::observe::{Freshness, observe, resume_from};
 use super::settled::Start;
 use crate::api::RollbackPhase;
 use crate::metrics::RollbackLabels;
+use crate::plan::rollback::waiting;
 use crate::plan::sync::decide;
 use crate::plan::{Applied, FailureReason, Observed, Step, phase_of};
 use crate::{Error, Result};
@@ -58,29 +59,42 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
         None => observe(ctx, namespace, name, Freshness::Consistent).await?,
     };
     super::delivery::observe(ctx, &mut observed).await?;
-    let delivered_before = delivered(&observed);
     debug!(namespace, agent = name, settled = matches!(start, Start::Settled(_)), "Observed");
+    match work(ctx, &mut observed).await {
+        Ok(()) => Ok(observed),
+        Err(error) => {
+            mark_waiting(ctx, &observed).await;
+            Err(error)
+        }
+    }
+}
+
+/// Decides and applies units of work on `observed` until the planner has nothing left to do.
+async fn work(ctx: &Context, observed: &mut Observed) -> Result<()> {
+    let (namespace, name) = (observed.namespace.clone(), observed.agent_name.clone());
+    let (namespace, name) = (namespace.as_str(), name.as_str());
+    let delivered_before = delivered(observed);
     for _ in 0..MAX_UNITS {
         let now = Time(Timestamp::now());
-        let steps = decide(&observed, &now);
+        let steps = decide(observed, &now);
         if steps.is_empty() {
-            let delivered_after = delivered(&observed);
+            let delivered_after = delivered(observed);
             if delivered_after.is_some() && delivered_after != delivered_before {
-                record_delivery(ctx, &observed);
+                record_delivery(ctx, observed);
             }
-            return Ok(observed);
+            return Ok(());
         }
         debug!(namespace, agent = name, steps = steps.len(), "Applying a unit of work");
         for step in steps {
             let label = step_label(&step);
-            let outcomes = apply(ctx, &observed, step).await?;
+            let outcomes = apply(ctx, observed, step).await?;
             let stale = outcomes.iter().any(|o| matches!(o, Outcome::Stale(_)));
             debug!(namespace, agent = name, step = %label, stale, "Applied step");
             let mut observe_again = false;
             for outcome in outcomes {
                 match outcome {
                     Outcome::Done(applied) => {
-                        count(ctx, &observed, &applied);
+                        count(ctx, observed, &applied);
                         observed.fold(applied);
                     }
                     Outcome::Stale(Some(fresh)) => observed.fold(fresh),
@@ -88,8 +102,8 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
                 }
             }
             if observe_again {
-                observed = observe(ctx, namespace, name, Freshness::Consistent).await?;
-                super::delivery::observe(ctx, &mut observed).await?;
+                *observed = observe(ctx, namespace, name, Freshness::Consistent).await?;
+                super::delivery::observe(ctx, observed).await?;
             }
             if stale {
                 break;
@@ -97,6 +111,18 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
         }
     }
     Err(Error::NotSettled { namespace: namespace.into(), name: name.into(), steps: MAX_UNITS })
+}
+
+/// After a failed sync, marks Pending the rollbacks it saw waiting behind another (see
+/// `plan::rollback::waiting`); best effort: the retry writes them if these writes fail too.
+async fn mark_waiting(ctx: &Context, observed: &Observed) {
+    let steps = waiting(observed, &Time(Timestamp::now()));
+    if steps.is_empty() {
+        return;
+    }
+    if let Err(error) = apply(ctx, observed, Step::Together(steps)).await {
+        debug!(namespace = observed.namespace, agent = observed.agent_name, error = %error, "Could not mark rollbacks Pending");
+    }
 }
 
 /// The active version, if the Agent's status says it is delivered (and the Agent Ready).

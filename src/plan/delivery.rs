@@ -217,10 +217,9 @@ pub fn plan(observed: &Observed, agent: &Agent) -> Plan {
         });
         state = worse(state, this);
     }
-    if !steps.is_empty() && state == DeliveryState::Delivered {
-        state = DeliveryState::InProgress(format!("Writing version {} to ConfigMap {name}.", want.version));
-    }
-    // The ConfigMap first: pods that a roll starts mount the new version.
+    // The ConfigMap first: pods that a roll starts mount the new version. The state is the one
+    // once these writes are made: the status that says so is written after them, in the same
+    // unit, and not at all if one of them fails.
     if !rolls.is_empty() {
         steps.push(Step::Together(rolls));
     }
@@ -389,7 +388,8 @@ mod tests {
         assert_eq!(config_map.metadata.name.as_deref(), Some("support-agent"));
         assert_eq!(config_map.metadata.annotations.as_ref(), Some(&held(2, "h2").annotations()));
         assert!(config_map.data.as_ref().unwrap().contains_key(AGENT_JSON_KEY));
-        assert!(matches!(plan.state, DeliveryState::InProgress(_)));
+        // As it stands once the ConfigMap is written: its status is written after it.
+        assert_eq!(plan.state, DeliveryState::Delivered);
     }
 
     #[test]

@@ -154,18 +154,25 @@ pub fn queue_key(rollback: &AgentRollback) -> (u64, Option<Time>, String) {
     (revision, rollback.metadata.creation_timestamp.clone(), rollback.name_any())
 }
 
-/// A write of `rollback`'s record and status, conditional on its current resourceVersion.
-fn cas(observed: &Observed, rollback: &AgentRollback, status: crate::api::AgentRollbackStatus) -> Step {
+/// A write of `rollback`'s record and status, conditional on its current resourceVersion, and
+/// the Events that tell of it.
+fn cas(
+    observed: &Observed,
+    rollback: &AgentRollback,
+    status: crate::api::AgentRollbackStatus,
+    announce: Vec<EventNote>,
+) -> Step {
     Step::WriteRollback {
         name: rollback.name_any(),
         resource_version: rollback.resource_version(),
         record: Box::new(observed.record(status)),
+        announce,
     }
 }
 
 /// An Event on a rollback.
-fn event(on: EventTarget, warning: bool, reason: &'static str, action: &'static str, note: String) -> Step {
-    Step::Event(EventNote { on, related: None, warning, reason, action, note })
+fn event(on: EventTarget, warning: bool, reason: &'static str, action: &'static str, note: String) -> EventNote {
+    EventNote { on, related: None, warning, reason, action, note }
 }
 
 /// An Event's note about `rollback`, naming who asked for it (the audit trail in `kubectl
@@ -178,9 +185,9 @@ fn noted(rollback: &AgentRollback, note: String) -> String {
 }
 
 /// An Event on the Agent, naming the rollback it is about.
-fn agent_event(rollback: &str, warning: bool, reason: &'static str, note: String) -> Step {
+fn agent_event(rollback: &str, warning: bool, reason: &'static str, note: String) -> EventNote {
     let related = Some(RelatedObject::Rollback(rollback.to_string()));
-    Step::Event(EventNote { on: EventTarget::Agent, related, warning, reason, action: "Rollback", note })
+    EventNote { on: EventTarget::Agent, related, warning, reason, action: "Rollback", note }
 }
 
 /// The status a rollback gets on its first write: records its creation revision.
@@ -210,83 +217,84 @@ pub fn fail(observed: &Observed, rollback: &AgentRollback, failure: Failure, now
     );
     let name = rollback.name_any();
     let note = noted(rollback, failure.message.clone());
-    let mut steps = vec![
-        cas(observed, rollback, status),
-        event(EventTarget::Rollback(name.clone()), true, events::ROLLBACK_FAILED, "Rollback", note),
-    ];
+    let mut announce =
+        vec![event(EventTarget::Rollback(name.clone()), true, events::ROLLBACK_FAILED, "Rollback", note)];
     if agent_exists {
-        steps.push(agent_event(
+        announce.push(agent_event(
             &name,
             true,
             events::ROLLBACK_FAILED,
             noted(rollback, format!("AgentRollback {name} failed ({}): {}", failure.reason.as_str(), failure.message)),
         ));
     }
-    steps
+    vec![cas(observed, rollback, status, announce)]
 }
 
 /// Starts the head of the queue: fails it, or records its plan and moves it to Running.
-/// Rollbacks queued behind it that have no phase yet are marked Pending.
-pub fn start(
-    observed: &Observed,
-    agent: &Agent,
-    head: &AgentRollback,
-    queued: &[&AgentRollback],
-    now: &Time,
-) -> Vec<Step> {
+pub fn start(observed: &Observed, agent: &Agent, head: &AgentRollback, now: &Time) -> Vec<Step> {
     let numbers = observed.version_numbers();
     let active = observed.active_number();
     let spec = &head.spec;
-    let mut steps =
-        match choose(&agent.name_any(), spec.strategy, spec.target_version, spec.expected_active_version, &numbers) {
-            Err(failure) => fail(observed, head, failure, now),
-            Ok(choice) => {
-                let mut status = first_status(head);
-                status.from_version = active;
-                status.start_time = Some(now.clone());
-                let message = match &choice {
-                    Choice::Restore { target, new } => {
-                        status.restored_version = Some(*target);
-                        status.new_version = Some(*new);
-                        format!("Rolling Agent {} back to version {target} as new version {new}.", agent.name_any())
-                    }
-                    Choice::Pop { version } => {
-                        let popped = observed.version(*version);
-                        status.popped_version = Some(*version);
-                        status.popped_snapshot = popped.map(|v| v.spec.snapshot.clone());
-                        status.popped_snapshot_hash = popped.map(|v| v.spec.snapshot_hash.clone());
-                        format!("Deleting version {version} of Agent {}.", agent.name_any())
-                    }
-                };
-                set_rollback_phase(
-                    &mut status,
-                    RollbackPhase::Running,
-                    None,
-                    message.clone(),
-                    head.metadata.generation,
-                    now,
-                );
-                // The Agent hears of the rollback when it ends: one Event fewer on every
-                // rollback's path, and the start is on the AgentRollback.
-                vec![
-                    cas(observed, head, status),
-                    event(
-                        EventTarget::Rollback(head.name_any()),
-                        false,
-                        events::ROLLBACK_STARTED,
-                        "Rollback",
-                        noted(head, message),
-                    ),
-                ]
-            }
-        };
-    for rollback in queued.iter().filter(|r| super::phase_of(r).is_none()) {
-        let mut status = first_status(rollback);
-        let message = format!("Waiting for AgentRollback {} to finish.", head.name_any());
-        set_rollback_phase(&mut status, RollbackPhase::Pending, None, message, rollback.metadata.generation, now);
-        steps.push(cas(observed, rollback, status));
+    match choose(&agent.name_any(), spec.strategy, spec.target_version, spec.expected_active_version, &numbers) {
+        Err(failure) => fail(observed, head, failure, now),
+        Ok(choice) => {
+            let mut status = first_status(head);
+            status.from_version = active;
+            status.start_time = Some(now.clone());
+            let message = match &choice {
+                Choice::Restore { target, new } => {
+                    status.restored_version = Some(*target);
+                    status.new_version = Some(*new);
+                    format!("Rolling Agent {} back to version {target} as new version {new}.", agent.name_any())
+                }
+                Choice::Pop { version } => {
+                    let popped = observed.version(*version);
+                    status.popped_version = Some(*version);
+                    status.popped_snapshot = popped.map(|v| v.spec.snapshot.clone());
+                    status.popped_snapshot_hash = popped.map(|v| v.spec.snapshot_hash.clone());
+                    format!("Deleting version {version} of Agent {}.", agent.name_any())
+                }
+            };
+            set_rollback_phase(
+                &mut status,
+                RollbackPhase::Running,
+                None,
+                message.clone(),
+                head.metadata.generation,
+                now,
+            );
+            // The Agent hears of the rollback when it ends: one Event fewer on every
+            // rollback's path, and the start is on the AgentRollback.
+            let started = event(
+                EventTarget::Rollback(head.name_any()),
+                false,
+                events::ROLLBACK_STARTED,
+                "Rollback",
+                noted(head, message),
+            );
+            vec![cas(observed, head, status, vec![started])]
+        }
     }
-    steps
+}
+
+/// Marks Pending the rollbacks that wait behind the head of the queue and have no phase yet,
+/// for a sync that stops before their turn (it failed): the sync that runs a queue starts each
+/// rollback it saw in turn, so it writes no Pending that its next write would replace (two
+/// writes a rollback, in a burst of rollbacks on one Agent). A rollback waiting without a
+/// phase is one whose sync is running or about to run.
+pub fn waiting(observed: &Observed, now: &Time) -> Vec<Step> {
+    let pending = observed.pending_rollbacks();
+    let Some((head, queued)) = pending.split_first() else { return Vec::new() };
+    queued
+        .iter()
+        .filter(|r| super::phase_of(r).is_none())
+        .map(|rollback| {
+            let mut status = first_status(rollback);
+            let message = format!("Waiting for AgentRollback {} to finish.", head.name_any());
+            set_rollback_phase(&mut status, RollbackPhase::Pending, None, message, rollback.metadata.generation, now);
+            cas(observed, rollback, status, Vec::new())
+        })
+        .collect()
 }
 
 /// Carries a Running rollback on from wherever it stopped.
@@ -317,7 +325,7 @@ fn resume_restore(
     let name = running.name_any();
     let (Some(target), Some(new)) = (status.restored_version, status.new_version) else {
         // A Running status without its plan was not written by this controller.
-        return start(observed, agent, running, &[], now);
+        return start(observed, agent, running, now);
     };
     match (observed.version(new), observed.version(target)) {
         (Some(made), _) if made.spec.rollback_name.as_deref() == Some(name.as_str()) => {
@@ -388,7 +396,7 @@ fn resume_pop(
 ) -> Vec<Step> {
     let status = status_of(running);
     let Some(popped) = status.popped_version else {
-        return start(observed, agent, running, &[], now);
+        return start(observed, agent, running, now);
     };
     match observed.version(popped) {
         Some(version)
@@ -455,9 +463,7 @@ fn finish(
     } else {
         Step::Together([vec![agent_status], pruning.deletes].concat())
     };
-    vec![
-        writes,
-        cas(observed, rollback, status),
+    let announce = vec![
         event(
             EventTarget::Rollback(name.clone()),
             false,
@@ -466,7 +472,8 @@ fn finish(
             noted(rollback, message),
         ),
         agent_event(&name, false, events::ROLLED_BACK, noted(rollback, agent_note)),
-    ]
+    ];
+    vec![writes, cas(observed, rollback, status, announce)]
 }
 
 #[cfg(test)]

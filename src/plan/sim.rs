@@ -199,13 +199,22 @@ impl Cluster {
                 None => Ok(Applied::VersionDeleted(name.clone())),
             },
             Step::PatchAgentStatus(status) => {
+                // Ready only once delivered, at every write, not only at the end: a status
+                // planned beside the ConfigMap write must land after it.
+                let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+                let held = self.config_map.as_ref().and_then(|(state, _)| state.held.as_ref().map(|h| h.version));
+                assert!(
+                    !ready || (held.is_some() && held == status.active_version),
+                    "an Agent status says Ready before the ConfigMap holds version {:?} (it holds {held:?})",
+                    status.active_version
+                );
                 let rv = self.bump();
                 let agent = self.agent.as_mut().expect("agent exists");
                 agent.status = Some((**status).clone());
                 agent.metadata.resource_version = rv;
                 Ok(Applied::Agent(Box::new(agent.clone())))
             }
-            Step::WriteRollback { name, resource_version, record } => {
+            Step::WriteRollback { name, resource_version, record, announce } => {
                 let rv = self.bump();
                 let rollback = self.rollbacks.iter_mut().find(|r| &r.name_any() == name).expect("rollback exists");
                 if resource_version.is_some() && resource_version != &rollback.metadata.resource_version {
@@ -217,6 +226,7 @@ impl Cluster {
                 rollback.metadata.resource_version = rv;
                 let updated = rollback.clone();
                 self.rollback_history.push(self.rollbacks.clone());
+                self.events.extend(announce.iter().cloned());
                 Ok(Applied::Rollback(Box::new(updated)))
             }
             Step::ReadRollback { name } => Ok(match self.rollbacks.iter().find(|r| &r.name_any() == name) {
@@ -821,4 +831,58 @@ fn a_definition_at_the_bound_is_published() {
     cluster.edit(Some(at_bound.clone()), None);
     cluster.converge(&mut || false);
     assert_eq!(cluster.history().last(), Some(&(3, at_bound)));
+}
+
+/// A queue is run by one sync, which starts each rollback in turn: nothing is marked Pending
+/// only for its next write to replace. A sync that stops before their turn marks those that
+/// wait behind the head, naming it, once each.
+#[test]
+fn rollbacks_waiting_their_turn_are_marked_pending_only_by_a_sync_that_stops() {
+    let mut cluster = two_versions();
+    for name in ["rb-1", "rb-2", "rb-3"] {
+        cluster.create_rollback(name, RollbackStrategy::Previous, None, None);
+    }
+    let observed = cluster.observe();
+    let steps = decide(&observed, &time(cluster.clock));
+    let written: Vec<&str> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::WriteRollback { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(written, ["rb-1"], "only the head is written when it starts: {steps:?}");
+
+    let marks = super::rollback::waiting(&observed, &time(cluster.clock));
+    let marked: Vec<(&str, Option<RollbackPhase>, Option<&str>)> = marks
+        .iter()
+        .filter_map(|s| match s {
+            Step::WriteRollback { name, record, .. } => {
+                Some((name.as_str(), record.status.phase, record.status.message.as_deref()))
+            }
+            _ => None,
+        })
+        .collect();
+    let waiting = Some("Waiting for AgentRollback rb-1 to finish.");
+    assert_eq!(
+        marked,
+        [("rb-2", Some(RollbackPhase::Pending), waiting), ("rb-3", Some(RollbackPhase::Pending), waiting)]
+    );
+    // The creation revision is recorded before the first write changes it: the order holds.
+    for step in &marks {
+        let Step::WriteRollback { name, record, .. } = step else { continue };
+        let created = cluster.rollbacks.iter().find(|r| &r.name_any() == name).and_then(|r| r.resource_version());
+        assert_eq!(record.status.creation_revision, created);
+    }
+
+    // Once marked, a rollback is not marked again.
+    for step in &marks {
+        cluster.apply(step).expect("the mark is written");
+    }
+    assert!(super::rollback::waiting(&cluster.observe(), &time(cluster.clock)).is_empty());
+    cluster.converge(&mut || false);
+    assert_eq!(
+        ["rb-1", "rb-2", "rb-3"].map(|r| cluster.outcome(r)),
+        [Outcome::Succeeded(3), Outcome::Succeeded(4), Outcome::Succeeded(5)]
+    );
 }

@@ -68,8 +68,8 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
         return vec![resync];
     }
 
-    if let Some((head, queued)) = pending.split_first() {
-        return rollback::start(observed, agent, head, queued, now);
+    if let Some(head) = pending.first() {
+        return rollback::start(observed, agent, head, now);
     }
 
     // Delivery last: the active version is settled by now.
@@ -156,6 +156,7 @@ fn resync_rollbacks(observed: &Observed, terminal_only: bool) -> Option<Step> {
             name: r.name_any(),
             resource_version: r.resource_version(),
             record: Box::new(observed.record_of(r)),
+            announce: Vec::new(),
         })
         .collect();
     (!writes.is_empty()).then_some(Step::Together(writes))
