@@ -11,6 +11,7 @@ use tracing::{debug, instrument, warn};
 use super::Context;
 use super::sync::sync_agent;
 use crate::api::AgentRollback;
+use crate::api::keys::ROLLBACK_RECORD_ANNOTATION;
 use crate::metrics::ErrorLabels;
 use crate::plan::phase_of;
 use crate::{Error, Result};
@@ -42,7 +43,8 @@ fn finished(ctx: &Context, namespace: &str, rollback: &Arc<AgentRollback>) -> bo
 /// finished, or runs (and retries) it if this sync failed. At most `CONCURRENCY` (16) run
 /// at once; beyond that, new rollbacks wait for the reconcile.
 pub fn start_early(rollback: &AgentRollback, ctx: &Arc<Context>) {
-    if phase_of(rollback).is_some() {
+    // Written by a sync already (its record may be ahead of its status): not new.
+    if phase_of(rollback).is_some() || rollback.annotations().contains_key(ROLLBACK_RECORD_ANNOTATION) {
         return;
     }
     let (Some(namespace), Ok(permit)) = (rollback.namespace(), ctx.early_starts.clone().try_acquire_owned()) else {

@@ -61,8 +61,16 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
                 Err(source) => Err(Error::PatchAgentStatus { namespace: ns.into(), name: name.into(), source }),
             }
         }
-        Step::WriteRollback { name, resource_version, record, announce } => {
-            write_rollback(ctx, observed, name, resource_version, &record, announce).await
+        Step::WriteRollback { name, resource_version, record, copy_status, announce } => {
+            write_rollback(ctx, observed, name, resource_version, &record, copy_status, announce).await
+        }
+        Step::CopyRollbackStatus { name, resource_version } => {
+            let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
+            match observed.rollback(&name) {
+                // Folded in from its record's write: the status it holds is the record's.
+                Some(read) => write_status(&api, ns, name, resource_version, read.clone()).await,
+                None => Ok(Outcome::Stale(Some(read_rollback(&api, ns, name).await?))),
+            }
         }
         Step::ReadRollback { name } => {
             let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
@@ -176,6 +184,7 @@ async fn write_rollback(
     name: String,
     resource_version: Option<String>,
     record: &RollbackRecord,
+    copy_status: bool,
     announce: Vec<EventNote>,
 ) -> Result<Outcome> {
     let ns = observed.namespace.as_str();
@@ -200,24 +209,45 @@ async fn write_rollback(
     for note in announce {
         publish(ctx, observed, note);
     }
+    if !copy_status {
+        // What the API server has: the record written, the status as it was (see
+        // `plan::Observed::fold`, which reads the status from the record).
+        let Some(read) = observed.rollback(&name) else {
+            return Ok(Outcome::Stale(Some(read_rollback(&api, ns, name).await?)));
+        };
+        let written = AgentRollback { metadata: marked.metadata, ..read.clone() };
+        return Ok(Outcome::Done(Applied::Rollback(Box::new(written))));
+    }
     let Some(read) = observed.rollback(&name) else {
         return Ok(Outcome::Stale(Some(read_rollback(&api, ns, name).await?)));
     };
-    // Replaced whole: a merge patch would keep fields the record does not have.
+    let read = AgentRollback { status: Some(record.status.clone()), ..read.clone() };
+    write_status(&api, ns, name, marked.metadata.resource_version, read).await
+}
+
+/// Writes `rollback`'s status whole (a merge patch would keep fields the status does not
+/// have), on condition that the rollback is still at `resource_version`.
+async fn write_status(
+    api: &Api<AgentRollback>,
+    ns: &str,
+    name: String,
+    resource_version: Option<String>,
+    rollback: AgentRollback,
+) -> Result<Outcome> {
     let object = AgentRollback {
         metadata: ObjectMeta {
             name: Some(name.clone()),
             namespace: Some(ns.into()),
-            resource_version: marked.metadata.resource_version,
+            resource_version,
             ..ObjectMeta::default()
         },
-        spec: read.spec.clone(),
-        status: Some(record.status.clone()),
+        spec: rollback.spec,
+        status: rollback.status,
     };
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
     match api.replace_status(&name, &params, &object).await {
         Ok(rollback) => Ok(Outcome::Done(Applied::Rollback(Box::new(rollback)))),
-        Err(e) if status_code(&e) == Some(409) => Ok(Outcome::Stale(Some(read_rollback(&api, ns, name).await?))),
+        Err(e) if status_code(&e) == Some(409) => Ok(Outcome::Stale(Some(read_rollback(api, ns, name).await?))),
         Err(e) if status_code(&e) == Some(404) => Ok(Outcome::Stale(Some(Applied::RollbackDeleted(name)))),
         Err(source) => Err(Error::PatchRollbackStatus { namespace: ns.into(), name, source }),
     }

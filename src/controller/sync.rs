@@ -12,7 +12,7 @@ use super::observe::{Freshness, observe, resume_from};
 use super::settled::Start;
 use crate::api::RollbackPhase;
 use crate::metrics::RollbackLabels;
-use crate::plan::rollback::waiting;
+use crate::plan::rollback::stopped;
 use crate::plan::sync::decide;
 use crate::plan::{Applied, FailureReason, Observed, Step, phase_of};
 use crate::{Error, Result};
@@ -63,7 +63,7 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
     match work(ctx, &mut observed).await {
         Ok(()) => Ok(observed),
         Err(error) => {
-            mark_waiting(ctx, &observed).await;
+            mark_stopped(ctx, &observed).await;
             Err(error)
         }
     }
@@ -113,10 +113,11 @@ async fn work(ctx: &Context, observed: &mut Observed) -> Result<()> {
     Err(Error::NotSettled { namespace: namespace.into(), name: name.into(), steps: MAX_UNITS })
 }
 
-/// After a failed sync, marks Pending the rollbacks it saw waiting behind another (see
-/// `plan::rollback::waiting`); best effort: the retry writes them if these writes fail too.
-async fn mark_waiting(ctx: &Context, observed: &Observed) {
-    let steps = waiting(observed, &Time(Timestamp::now()));
+/// After a failed sync, brings the statuses of its Agent's rollbacks up to their records and
+/// marks Pending those waiting behind another (see `plan::rollback::stopped`); best effort:
+/// the retry writes them if these writes fail too.
+async fn mark_stopped(ctx: &Context, observed: &Observed) {
+    let steps = stopped(observed, &Time(Timestamp::now()));
     if steps.is_empty() {
         return;
     }
@@ -186,6 +187,7 @@ fn step_label(step: &Step) -> String {
         Step::DeleteVersion { name, .. } => format!("delete {name}"),
         Step::PatchAgentStatus(s) => format!("agent status active={:?}", s.active_version),
         Step::WriteRollback { name, record, .. } => format!("rollback {name} {:?}", record.status.phase),
+        Step::CopyRollbackStatus { name, .. } => format!("rollback {name} status"),
         Step::ReadRollback { name } => format!("read rollback {name}"),
         Step::ListRollbacks => "list rollbacks".into(),
         Step::Event(e) => format!("event {}", e.reason),

@@ -386,16 +386,21 @@ pub enum Step {
     PatchAgentStatus(Box<AgentStatus>),
     /// Write a rollback's record (see [`durable`]), on condition that the rollback is still at
     /// `resource_version`: this compare-and-swap is what makes each rollback run exactly once.
-    /// Then its status, the record's copy, on condition that nothing changed in between.
-    /// `announce`: the Events that tell of the record, published once it is written (it is
-    /// the durable state; the status is its copy), beside the status write; none if the
-    /// record is refused.
+    /// Then its status, the record's copy, on condition that nothing changed in between;
+    /// unless `copy_status` is false, when the next unit writes the copy beside its own write
+    /// ([`Step::CopyRollbackStatus`]). `announce`: the Events that tell of the record,
+    /// published once it is written (it is the durable state; the status is its copy), beside
+    /// the status write; none if the record is refused.
     WriteRollback {
         name: String,
         resource_version: Option<String>,
         record: Box<RollbackRecord>,
+        copy_status: bool,
         announce: Vec<EventNote>,
     },
+    /// Write a rollback's status as its record says, on condition that the rollback is still at
+    /// `resource_version` (the record's write).
+    CopyRollbackStatus { name: String, resource_version: Option<String> },
     /// Read a rollback from the API server: its cached copy is about to be resumed, and a
     /// stale copy (a Running state long since finished) must not make a version again.
     ReadRollback { name: String },

@@ -166,8 +166,21 @@ fn cas(
         name: rollback.name_any(),
         resource_version: rollback.resource_version(),
         record: Box::new(observed.record(status)),
+        copy_status: true,
         announce,
     }
+}
+
+/// `step`, the next write of the Running rollback `running`, and beside it the copy of its
+/// Running record into its status if that is still to be written: the move to Running writes
+/// its record alone, so that the copy costs the rollback no round trip of its own.
+fn with_status_copy(observed: &Observed, running: &AgentRollback, step: Step) -> Vec<Step> {
+    let name = running.name_any();
+    if !observed.unsynced.contains(&name) {
+        return vec![step];
+    }
+    let copy = Step::CopyRollbackStatus { name, resource_version: running.resource_version() };
+    vec![Step::Together(vec![copy, step])]
 }
 
 /// An Event on a rollback.
@@ -272,29 +285,38 @@ pub fn start(observed: &Observed, agent: &Agent, head: &AgentRollback, now: &Tim
                 "Rollback",
                 noted(head, message),
             );
-            vec![cas(observed, head, status, vec![started])]
+            // The record alone: its status copy goes with the rollback's next write.
+            let mut write = cas(observed, head, status, vec![started]);
+            if let Step::WriteRollback { copy_status, .. } = &mut write {
+                *copy_status = false;
+            }
+            vec![write]
         }
     }
 }
 
-/// Marks Pending the rollbacks that wait behind the head of the queue and have no phase yet,
-/// for a sync that stops before their turn (it failed): the sync that runs a queue starts each
-/// rollback it saw in turn, so it writes no Pending that its next write would replace (two
-/// writes a rollback, in a burst of rollbacks on one Agent). A rollback waiting without a
-/// phase is one whose sync is running or about to run.
-pub fn waiting(observed: &Observed, now: &Time) -> Vec<Step> {
-    let pending = observed.pending_rollbacks();
-    let Some((head, queued)) = pending.split_first() else { return Vec::new() };
-    queued
+/// What a sync that stops early (it failed) writes so that the rollbacks' statuses say where
+/// they stand: the status copies their records are ahead of (a Running record, whose copy
+/// goes with the rollback's next write), and Pending for the rollbacks waiting behind the
+/// head of the queue with no phase yet. The sync that runs a queue starts each rollback it saw
+/// in turn, so it writes no Pending that its next write would replace (two writes a rollback,
+/// in a burst of rollbacks on one Agent): a rollback waiting without a phase is one whose
+/// sync is running or about to run.
+pub fn stopped(observed: &Observed, now: &Time) -> Vec<Step> {
+    let copies = observed
+        .unsynced
         .iter()
-        .filter(|r| super::phase_of(r).is_none())
-        .map(|rollback| {
-            let mut status = first_status(rollback);
-            let message = format!("Waiting for AgentRollback {} to finish.", head.name_any());
-            set_rollback_phase(&mut status, RollbackPhase::Pending, None, message, rollback.metadata.generation, now);
-            cas(observed, rollback, status, Vec::new())
-        })
-        .collect()
+        .filter_map(|name| observed.rollback(name))
+        .map(|r| Step::CopyRollbackStatus { name: r.name_any(), resource_version: r.resource_version() });
+    let pending = observed.pending_rollbacks();
+    let Some((head, queued)) = pending.split_first() else { return copies.collect() };
+    let marks = queued.iter().filter(|r| super::phase_of(r).is_none()).map(|rollback| {
+        let mut status = first_status(rollback);
+        let message = format!("Waiting for AgentRollback {} to finish.", head.name_any());
+        set_rollback_phase(&mut status, RollbackPhase::Pending, None, message, rollback.metadata.generation, now);
+        cas(observed, rollback, status, Vec::new())
+    });
+    copies.chain(marks).collect()
 }
 
 /// Carries a Running rollback on from wherever it stopped.
@@ -343,7 +365,8 @@ fn resume_restore(
             now,
         ),
         (None, Some(source)) => {
-            vec![Step::CreateVersion(Box::new(restored_copy(observed, agent, running, source, new)))]
+            let create = Step::CreateVersion(Box::new(restored_copy(observed, agent, running, source, new)));
+            with_status_copy(observed, running, create)
         }
         (None, None) => fail(
             observed,
@@ -403,10 +426,9 @@ fn resume_pop(
             if Some(&version.spec.snapshot_hash) == status.popped_snapshot_hash.as_ref()
                 && observed.versions.len() > 1 =>
         {
-            vec![Step::DeleteVersion {
-                name: version.name_any(),
-                uid: version.metadata.uid.clone().unwrap_or_default(),
-            }]
+            let delete =
+                Step::DeleteVersion { name: version.name_any(), uid: version.metadata.uid.clone().unwrap_or_default() };
+            with_status_copy(observed, running, delete)
         }
         _ => finish(observed, agent, running, busy_after, now),
     }

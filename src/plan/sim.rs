@@ -214,7 +214,7 @@ impl Cluster {
                 agent.metadata.resource_version = rv;
                 Ok(Applied::Agent(Box::new(agent.clone())))
             }
-            Step::WriteRollback { name, resource_version, record, announce } => {
+            Step::WriteRollback { name, resource_version, record, copy_status, announce } => {
                 let rv = self.bump();
                 let rollback = self.rollbacks.iter_mut().find(|r| &r.name_any() == name).expect("rollback exists");
                 if resource_version.is_some() && resource_version != &rollback.metadata.resource_version {
@@ -222,11 +222,26 @@ impl Cluster {
                 }
                 let text = serde_json::to_string(record).expect("a record serializes");
                 rollback.metadata.annotations.get_or_insert_default().insert(ROLLBACK_RECORD_ANNOTATION.into(), text);
-                rollback.status = Some(record.status.clone());
+                if *copy_status {
+                    rollback.status = Some(record.status.clone());
+                }
                 rollback.metadata.resource_version = rv;
                 let updated = rollback.clone();
                 self.rollback_history.push(self.rollbacks.clone());
                 self.events.extend(announce.iter().cloned());
+                Ok(Applied::Rollback(Box::new(updated)))
+            }
+            Step::CopyRollbackStatus { name, resource_version } => {
+                let rv = self.bump();
+                let rollback = self.rollbacks.iter_mut().find(|r| &r.name_any() == name).expect("rollback exists");
+                if resource_version.is_some() && resource_version != &rollback.metadata.resource_version {
+                    return Err(Refused::StaleRollback(Box::new(rollback.clone())));
+                }
+                let record = super::durable::record_of(rollback).expect("a copy follows its record");
+                rollback.status = Some(record.status);
+                rollback.metadata.resource_version = rv;
+                let updated = rollback.clone();
+                self.rollback_history.push(self.rollbacks.clone());
                 Ok(Applied::Rollback(Box::new(updated)))
             }
             Step::ReadRollback { name } => Ok(match self.rollbacks.iter().find(|r| &r.name_any() == name) {
@@ -834,26 +849,36 @@ fn a_definition_at_the_bound_is_published() {
 }
 
 /// A queue is run by one sync, which starts each rollback in turn: nothing is marked Pending
-/// only for its next write to replace. A sync that stops before their turn marks those that
-/// wait behind the head, naming it, once each.
+/// only for its next write to replace, and the head's Running record is copied into its
+/// status beside its next write. A sync that stops there copies the status and marks Pending
+/// those that wait behind the head, naming it, once each.
 #[test]
 fn rollbacks_waiting_their_turn_are_marked_pending_only_by_a_sync_that_stops() {
     let mut cluster = two_versions();
     for name in ["rb-1", "rb-2", "rb-3"] {
         cluster.create_rollback(name, RollbackStrategy::Previous, None, None);
     }
-    let observed = cluster.observe();
+    let mut observed = cluster.observe();
     let steps = decide(&observed, &time(cluster.clock));
-    let written: Vec<&str> = steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::WriteRollback { name, .. } => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(written, ["rb-1"], "only the head is written when it starts: {steps:?}");
+    let [Step::WriteRollback { name, copy_status: false, .. }] = steps.as_slice() else {
+        panic!("only the head's record is written when it starts: {steps:?}")
+    };
+    assert_eq!(name, "rb-1");
+    observed.fold(cluster.apply(&steps[0]).expect("the record is written"));
+    let next = decide(&observed, &time(cluster.clock));
+    let [Step::Together(writes)] = next.as_slice() else { panic!("{next:?}") };
+    assert!(
+        matches!(writes.as_slice(), [Step::CopyRollbackStatus { name, .. }, Step::CreateVersion(_)] if name == "rb-1"),
+        "the status copy goes beside the version's create: {writes:?}"
+    );
+    let raw = cluster.rollbacks.iter().find(|r| r.name_any() == "rb-1").expect("rb-1");
+    assert_eq!(raw.status, None, "the status is not yet written");
 
-    let marks = super::rollback::waiting(&observed, &time(cluster.clock));
+    let marks = super::rollback::stopped(&observed, &time(cluster.clock));
+    assert!(
+        matches!(marks.first(), Some(Step::CopyRollbackStatus { name, .. }) if name == "rb-1"),
+        "a sync that stops copies the Running record: {marks:?}"
+    );
     let marked: Vec<(&str, Option<RollbackPhase>, Option<&str>)> = marks
         .iter()
         .filter_map(|s| match s {
@@ -879,7 +904,9 @@ fn rollbacks_waiting_their_turn_are_marked_pending_only_by_a_sync_that_stops() {
     for step in &marks {
         cluster.apply(step).expect("the mark is written");
     }
-    assert!(super::rollback::waiting(&cluster.observe(), &time(cluster.clock)).is_empty());
+    let raw = cluster.rollbacks.iter().find(|r| r.name_any() == "rb-1").expect("rb-1");
+    assert_eq!(raw.status.as_ref().and_then(|s| s.phase), Some(RollbackPhase::Running));
+    assert!(super::rollback::stopped(&cluster.observe(), &time(cluster.clock)).is_empty());
     cluster.converge(&mut || false);
     assert_eq!(
         ["rb-1", "rb-2", "rb-3"].map(|r| cluster.outcome(r)),

@@ -156,6 +156,7 @@ fn resync_rollbacks(observed: &Observed, terminal_only: bool) -> Option<Step> {
             name: r.name_any(),
             resource_version: r.resource_version(),
             record: Box::new(observed.record_of(r)),
+            copy_status: true,
             announce: Vec::new(),
         })
         .collect();

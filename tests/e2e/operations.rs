@@ -186,12 +186,17 @@ async fn sigterm_finishes_every_sync_in_flight_including_those_started_from_the_
     .await;
     let status = s.operator.as_mut().unwrap().terminate(Duration::from_secs(30)).expect("exited within 30 s");
     assert!(status.success(), "exit status {status:?}");
-    // Nothing was cut off mid-way: no rollback was left Running.
+    // Nothing was cut off mid-way: no rollback was left Running, by its status or by its
+    // record (the durable state, which a move to Running writes first).
     let list = s.rollbacks().list(&Default::default()).await.unwrap();
     let running: Vec<String> = list
         .items
         .iter()
-        .filter(|r| r.status.as_ref().and_then(|st| st.phase) == Some(RollbackPhase::Running))
+        .filter(|r| {
+            let recorded = agent_operator::plan::durable::record_of(r).and_then(|record| record.status.phase);
+            let status = r.status.as_ref().and_then(|st| st.phase);
+            [recorded, status].contains(&Some(RollbackPhase::Running))
+        })
         .map(|r| r.metadata.name.clone().unwrap_or_default())
         .collect();
     assert!(running.is_empty(), "left Running by the stopped operator: {running:?}");
