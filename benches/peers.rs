@@ -31,11 +31,10 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
-/// Pause after each sample, for every tool alike: a person runs one command on a quiet
-/// server, not one on the heels of the last one's trailing work (the operator's delivery and
-/// Events, the deployment controller's status writes). Longer than the latency samples' pause:
-/// a whole command leaves more behind.
-const QUIET: Duration = Duration::from_millis(100);
+/// Pause after each sample, for every tool alike, as the latency samples do: a person runs one
+/// command on a quiet server, not one on the heels of the last one's trailing work (the
+/// operator's delivery and Events, the deployment controller's status writes).
+const QUIET: Duration = crate::SETTLE;
 
 /// Runs a command with the control plane's kubeconfig; panics if it fails.
 fn run(program: &Path, args: &[&str]) {

@@ -64,11 +64,11 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
         Step::WriteRollback { name, resource_version, record, copy_status, announce } => {
             write_rollback(ctx, observed, name, resource_version, &record, copy_status, announce).await
         }
-        Step::CopyRollbackStatus { name, resource_version } => {
+        Step::CopyRollbackStatus { name } => {
             let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
             match observed.rollback(&name) {
-                // Folded in from its record's write: the status it holds is the record's.
-                Some(read) => write_status(&api, ns, name, resource_version, read.clone()).await,
+                // As folded in (see `plan::Observed::fold`): the status it holds is its record's.
+                Some(read) => write_status(&api, ns, name, read.resource_version(), read.clone()).await,
                 None => Ok(Outcome::Stale(Some(read_rollback(&api, ns, name).await?))),
             }
         }

@@ -399,8 +399,8 @@ pub enum Step {
         announce: Vec<EventNote>,
     },
     /// Write a rollback's status as its record says, on condition that the rollback is still at
-    /// `resource_version` (the record's write).
-    CopyRollbackStatus { name: String, resource_version: Option<String> },
+    /// the resourceVersion the sync last saw it at (its record's write, folded in before).
+    CopyRollbackStatus { name: String },
     /// Read a rollback from the API server: its cached copy is about to be resumed, and a
     /// stale copy (a Running state long since finished) must not make a version again.
     ReadRollback { name: String },

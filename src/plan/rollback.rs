@@ -179,7 +179,7 @@ fn with_status_copy(observed: &Observed, running: &AgentRollback, step: Step) ->
     if !observed.unsynced.contains(&name) {
         return vec![step];
     }
-    let copy = Step::CopyRollbackStatus { name, resource_version: running.resource_version() };
+    let copy = Step::CopyRollbackStatus { name };
     vec![Step::Together(vec![copy, step])]
 }
 
@@ -303,11 +303,12 @@ pub fn start(observed: &Observed, agent: &Agent, head: &AgentRollback, now: &Tim
 /// in a burst of rollbacks on one Agent): a rollback waiting without a phase is one whose
 /// sync is running or about to run.
 pub fn stopped(observed: &Observed, now: &Time) -> Vec<Step> {
+    // Those with a record (the rest, with a status from before records, wait for the resync).
     let copies = observed
         .unsynced
         .iter()
-        .filter_map(|name| observed.rollback(name))
-        .map(|r| Step::CopyRollbackStatus { name: r.name_any(), resource_version: r.resource_version() });
+        .filter(|name| observed.rollback(name).and_then(super::durable::record_of).is_some())
+        .map(|name| Step::CopyRollbackStatus { name: name.clone() });
     let pending = observed.pending_rollbacks();
     let Some((head, queued)) = pending.split_first() else { return copies.collect() };
     let marks = queued.iter().filter(|r| super::phase_of(r).is_none()).map(|rollback| {
@@ -434,11 +435,12 @@ fn resume_pop(
     }
 }
 
-/// Ends a rollback whose writes are all done: Agent status and the history pruning the change
-/// calls for first, at once (so a reader who waits for the rollback sees the new active
-/// version on the Agent, and the history as it stays), then the rollback's terminal status.
-/// The Agent's status records the versions kept: one status write for both. The Agent's Event
-/// tells of both.
+/// Ends a rollback whose writes are all done: at once, the Agent's status, the history pruning
+/// the change calls for, and the rollback's terminal record (the version it made or deleted is
+/// in place, so none of the three waits for another); then the rollback's status, the record's
+/// copy, so that a reader who waits for the rollback's status sees the new active version on
+/// the Agent and the history as it stays. The Agent's status records the versions kept: one
+/// status write for both. The Agent's Event tells of both.
 fn finish(
     observed: &Observed,
     agent: &Agent,
@@ -478,13 +480,6 @@ fn finish(
         None => format!("AgentRollback {name}: {message}"),
     };
     let agent_status = Step::PatchAgentStatus(Box::new(agent_status));
-    // The deletes need not wait for the status, nor it for them: the new version is in place,
-    // so the history is over its limit either way.
-    let writes = if pruning.deletes.is_empty() {
-        agent_status
-    } else {
-        Step::Together([vec![agent_status], pruning.deletes].concat())
-    };
     let announce = vec![
         event(
             EventTarget::Rollback(name.clone()),
@@ -495,7 +490,12 @@ fn finish(
         ),
         agent_event(&name, false, events::ROLLED_BACK, noted(rollback, agent_note)),
     ];
-    vec![writes, cas(observed, rollback, status, announce)]
+    let mut record = cas(observed, rollback, status, announce);
+    if let Step::WriteRollback { copy_status, .. } = &mut record {
+        *copy_status = false;
+    }
+    let writes = [vec![agent_status, record], pruning.deletes].concat();
+    vec![Step::Together(writes), Step::CopyRollbackStatus { name }]
 }
 
 #[cfg(test)]

@@ -173,7 +173,8 @@ impl Cluster {
         observed
     }
 
-    fn apply(&mut self, step: &Step) -> Result<Applied, Refused> {
+    /// Applies one step of a sync that sees `seen` (a status copy is conditional on what it saw).
+    fn apply(&mut self, step: &Step, seen: &Observed) -> Result<Applied, Refused> {
         match step {
             Step::CreateVersion(version) => {
                 if self.versions.iter().any(|v| v.name_any() == version.name_any()) {
@@ -231,10 +232,11 @@ impl Cluster {
                 self.events.extend(announce.iter().cloned());
                 Ok(Applied::Rollback(Box::new(updated)))
             }
-            Step::CopyRollbackStatus { name, resource_version } => {
+            Step::CopyRollbackStatus { name } => {
                 let rv = self.bump();
                 let rollback = self.rollbacks.iter_mut().find(|r| &r.name_any() == name).expect("rollback exists");
-                if resource_version.is_some() && resource_version != &rollback.metadata.resource_version {
+                let seen = seen.rollback(name).and_then(|r| r.metadata.resource_version.clone());
+                if seen != rollback.metadata.resource_version {
                     return Err(Refused::StaleRollback(Box::new(rollback.clone())));
                 }
                 let record = super::durable::record_of(rollback).expect("a copy follows its record");
@@ -329,7 +331,7 @@ impl Cluster {
                     observed = self.observe_lagging(lag());
                     break;
                 }
-                match self.apply(step) {
+                match self.apply(step, &observed) {
                     Ok(applied) => observed.fold(applied),
                     Err(Refused::StaleRollback(fresh)) => {
                         observed.fold(Applied::Rollback(fresh));
@@ -361,7 +363,7 @@ impl Cluster {
                 step => vec![step],
             });
             for step in steps {
-                match self.apply(&step) {
+                match self.apply(&step, &observed) {
                     Ok(applied) => observed.fold(applied),
                     Err(Refused::StaleRollback(fresh)) => {
                         observed.fold(Applied::Rollback(fresh));
@@ -864,7 +866,8 @@ fn rollbacks_waiting_their_turn_are_marked_pending_only_by_a_sync_that_stops() {
         panic!("only the head's record is written when it starts: {steps:?}")
     };
     assert_eq!(name, "rb-1");
-    observed.fold(cluster.apply(&steps[0]).expect("the record is written"));
+    let written = cluster.apply(&steps[0], &observed).expect("the record is written");
+    observed.fold(written);
     let next = decide(&observed, &time(cluster.clock));
     let [Step::Together(writes)] = next.as_slice() else { panic!("{next:?}") };
     assert!(
@@ -902,7 +905,7 @@ fn rollbacks_waiting_their_turn_are_marked_pending_only_by_a_sync_that_stops() {
 
     // Once marked, a rollback is not marked again.
     for step in &marks {
-        cluster.apply(step).expect("the mark is written");
+        cluster.apply(step, &observed).expect("the mark is written");
     }
     let raw = cluster.rollbacks.iter().find(|r| r.name_any() == "rb-1").expect("rb-1");
     assert_eq!(raw.status.as_ref().and_then(|s| s.phase), Some(RollbackPhase::Running));
