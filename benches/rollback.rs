@@ -97,17 +97,6 @@ async fn create_rollback(
     api.create(&PostParams::default(), &body).await.unwrap()
 }
 
-/// A rollback's record, then its status, as the operator writes them (each on the
-/// resourceVersion the write before left).
-async fn write_rollback(
-    api: &Api<AgentRollback>,
-    rollback: &AgentRollback,
-    status: &AgentRollbackStatus,
-) -> AgentRollback {
-    let recorded = write_record(api, rollback, status).await;
-    write_status(api, &recorded, status).await
-}
-
 /// A rollback's record alone, on the resourceVersion it was read at; returns the rollback
 /// with the resourceVersion the write left.
 async fn write_record(
