@@ -161,7 +161,10 @@ fn count(ctx: &Context, before: &Observed, applied: &Applied) {
             if finished_before {
                 return;
             }
-            let status = rollback.status.as_ref();
+            // The record, where written: the state it says is the rollback's, even before the
+            // status copies it.
+            let recorded = crate::plan::durable::record_of(rollback).map(|r| r.status);
+            let status = recorded.as_ref().or(rollback.status.as_ref());
             let outcome = match status.and_then(|s| s.phase) {
                 Some(RollbackPhase::Succeeded) => "Succeeded",
                 Some(RollbackPhase::Failed) => {
