@@ -13,7 +13,7 @@ use clap::Args;
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::Event;
-use kube::api::PostParams;
+use kube::api::{PostParams, WatchEvent, WatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -101,30 +101,28 @@ pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCo
     if let Some(r) = &args.reason {
         spec["reason"] = json!(r);
     }
-    // The name is chosen here, as the API server would for generateName, so that the watches
-    // of the rollback and its Events are set up while the caller is looked up and the rollback
-    // created, not one after the other.
-    let mut name = generated_name(&args.agent);
-    let mut watches = (!args.no_wait).then(|| Watches::start(session, &api, &name));
     // Where the cluster cannot set it (no MutatingAdmissionPolicy), the chart's policy requires
-    // it to be the caller; where it can, the API server sets it anyway.
-    if let Some(me) = whoami(session).await {
+    // it to be the caller; where it can, the API server sets it anyway. Beside the lookup, a
+    // second connection is opened for the watches, which start once the rollback exists.
+    let (me, _) = tokio::join!(whoami(session), session.client.apiserver_version());
+    if let Some(me) = me {
         spec["requestedBy"] = json!(me);
     }
-    for attempt in 1.. {
+    let mut name = generated_name(&args.agent);
+    let created = loop {
         let request: AgentRollback = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))?;
         match api.create(&PostParams::default(), &request).await {
-            Ok(_) => break,
+            Ok(created) => break created,
             // Taken already (one in 14 million): another name, as generateName retries do.
-            Err(kube::Error::Api(status)) if status.code == 409 && attempt < 3 => {
-                name = generated_name(&args.agent);
-                watches = (!args.no_wait).then(|| Watches::start(session, &api, &name));
-            }
+            Err(kube::Error::Api(status)) if status.code == 409 => name = generated_name(&args.agent),
             Err(error) => return Err(error).context("creating the AgentRollback"),
         }
-    }
+    };
     println!("agentrollback.agentops.dev/{name} created");
-    let Some(watches) = watches else { return Ok(ExitCode::SUCCESS) };
+    if args.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let watches = Watches::start(session, &api, &name, created.resource_version().unwrap_or_default());
     let deadline = tokio::time::Instant::now() + args.timeout;
     let (code, active) = follow(watches, &name, deadline, args.timeout).await?;
     match (args.wait, active) {
@@ -167,12 +165,14 @@ struct Watches {
 }
 
 impl Watches {
-    fn start(session: &Session, api: &Api<AgentRollback>, name: &str) -> Self {
-        let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    /// Watches from `since`, the resourceVersion the create left: every change to the rollback
+    /// and every Event of it comes after it, so no list is needed first.
+    fn start(session: &Session, api: &Api<AgentRollback>, name: &str, since: String) -> Self {
+        let by_name = format!("metadata.name={name}");
         let event_filter = format!("involvedObject.name={name},involvedObject.kind=AgentRollback");
         let events_api: Api<Event> = session.api();
-        let (rollbacks, watching_rollbacks) = forward(watcher(api.clone(), by_name));
-        let (events, watching_events) = forward(watcher(events_api, watcher::Config::default().fields(&event_filter)));
+        let (rollbacks, watching_rollbacks) = forward(api.clone(), by_name, since.clone());
+        let (events, watching_events) = forward(events_api, event_filter, since);
         Self { rollbacks, events, tasks: [watching_rollbacks, watching_events] }
     }
 }
@@ -185,13 +185,26 @@ impl Drop for Watches {
     }
 }
 
-/// Runs a watch in a task of its own, passing on the objects it sees; a failed request is
-/// retried after a pause that grows (kube's default backoff), never in a loop.
-fn forward<K: kube::Resource + Clone + Send + 'static>(
-    watch: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-) -> (mpsc::UnboundedReceiver<K>, tokio::task::AbortHandle) {
+/// Runs a watch of the objects `fields` selects from resourceVersion `since` in a task of its
+/// own, passing on the objects it sees. Should that watch fail or end, kube's watcher takes
+/// over (a list, then a watch; a failed request retried after a pause that grows, never in a
+/// loop): what it lists again is printed once.
+fn forward<K>(api: Api<K>, fields: String, since: String) -> (mpsc::UnboundedReceiver<K>, tokio::task::AbortHandle)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
     let (sender, receiver) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
+        let params = WatchParams::default().fields(&fields);
+        if let Ok(events) = api.watch(&params, &since).await {
+            let mut events = std::pin::pin!(events);
+            while let Some(Ok(WatchEvent::Added(object) | WatchEvent::Modified(object))) = events.next().await {
+                if sender.send(object).is_err() {
+                    return;
+                }
+            }
+        }
+        let watch = watcher(api, watcher::Config::default().fields(&fields));
         let mut objects = std::pin::pin!(watch.default_backoff().applied_objects());
         while let Some(item) = objects.next().await {
             if let Ok(object) = item
