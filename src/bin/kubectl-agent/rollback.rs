@@ -109,12 +109,16 @@ pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCo
         spec["requestedBy"] = json!(me);
     }
     let mut name = generated_name(&args.agent);
+    let mut attempt = 1;
     let created = loop {
         let request: AgentRollback = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))?;
         match api.create(&PostParams::default(), &request).await {
             Ok(created) => break created,
             // Taken already (one in 14 million): another name, as generateName retries do.
-            Err(kube::Error::Api(status)) if status.code == 409 => name = generated_name(&args.agent),
+            Err(kube::Error::Api(status)) if status.code == 409 && attempt < 3 => {
+                name = generated_name(&args.agent);
+                attempt += 1;
+            }
             Err(error) => return Err(error).context("creating the AgentRollback"),
         }
     };
