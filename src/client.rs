@@ -3,15 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use kube::client::ConfigExt;
-use kube::client::retry::RetryPolicy;
 use kube::config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::core::NamespaceResourceScope;
 use kube::{Api, Client, Config, Resource};
-use tower::retry::RetryLayer;
-use tower::{BoxError, ServiceBuilder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -36,32 +30,6 @@ pub async fn config(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<
     };
     let options = KubeConfigOptions { context: context.map(str::to_owned), ..KubeConfigOptions::default() };
     Config::from_custom_kubeconfig(file, &options).await.map_err(ConfigError::Load)
-}
-
-/// A client as kube builds one from `config` (TLS, timeouts, retries of the API server's
-/// 429 and 503, credentials, extra headers), but with TCP_NODELAY on its connections. Without
-/// it a request a connection writes in two parts (a new connection's TLS handshake end, then
-/// the request) waits for the first part's acknowledgement, which Linux delays up to 40 ms:
-/// seen as 40 and 80 ms stalls of `kubectl agent rollback`'s watches, a third of its runs.
-pub fn client(config: Config) -> Result<Client, kube::Error> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let mut connector = hyper_timeout::TimeoutConnector::new(config.rustls_https_connector_with_connector(http)?);
-    connector.set_connect_timeout(config.connect_timeout);
-    connector.set_read_timeout(config.read_timeout);
-    connector.set_write_timeout(config.write_timeout);
-    connector.set_reset_reader_on_write(config.reset_reader_on_write);
-    let http: hyper_util::client::legacy::Client<_, kube::client::Body> =
-        hyper_util::client::legacy::Builder::new(TokioExecutor::new()).build(connector);
-    let service = ServiceBuilder::new()
-        .layer(config.base_uri_layer())
-        .option_layer(config.default_retry.then(|| RetryLayer::new(RetryPolicy::server_retry())))
-        .option_layer(config.auth_layer()?)
-        .layer(config.extra_headers_layer()?)
-        .map_err(BoxError::from)
-        .service(http);
-    Ok(Client::new(service, config.default_namespace))
 }
 
 /// An Api over one namespace, or over all of them.

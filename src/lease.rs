@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use kube::Config;
+use kube::{Client, Config};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tracing::{info, warn};
 
@@ -62,7 +62,7 @@ impl Leadership {
         config.connect_timeout = Some(timeout);
         config.read_timeout = Some(timeout);
         config.write_timeout = Some(timeout);
-        let client = crate::client::client(config)?;
+        let client = Client::try_from(config)?;
         let manager = LeaseManagerBuilder::new(client, &settings.name)
             .with_namespace(&settings.namespace)
             .with_identity(&settings.identity)

@@ -110,7 +110,7 @@ fn write_crds(dirs: &[PathBuf]) -> anyhow::Result<()> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format, &args.log);
     let config = client::config(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
-    let client = agent_operator::client::client(config.clone())?;
+    let client = Client::try_from(config.clone())?;
     check_crds_installed(&client, args.namespace.as_deref()).await?;
 
     let shutdown = shutdown_signal().shared();

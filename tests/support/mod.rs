@@ -129,8 +129,7 @@ pub async fn client() -> Client {
 pub async fn client_for(kubeconfig: &Path) -> Client {
     let config = Kubeconfig::read_from(kubeconfig).expect("kubeconfig readable");
     let config = Config::from_custom_kubeconfig(config, &KubeConfigOptions::default()).await.expect("kubeconfig valid");
-    // The operator's own client: the benchmark's direct writes go through the same stack.
-    agent_operator::client::client(config).expect("client")
+    Client::try_from(config).expect("client")
 }
 
 /// A fresh namespace named after the test.

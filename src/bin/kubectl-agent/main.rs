@@ -97,7 +97,7 @@ impl Target {
     async fn connect(&self) -> anyhow::Result<Session> {
         let config = client::config(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
         let namespace = self.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
-        Ok(Session { client: client::client(config)?, namespace })
+        Ok(Session { client: Client::try_from(config)?, namespace })
     }
 }
 
