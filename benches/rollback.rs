@@ -224,9 +224,9 @@ async fn direct_restore_in_full(client: &Client, ns: &str, agent: &Agent, rollba
 #[derive(Debug, serde::Serialize)]
 struct Floor {
     /// Every write between the start and the end of the measured rollback latency: the
-    /// AgentRollback's create, then the four writes the operator makes.
+    /// AgentRollback's create, then the writes the operator makes (see `direct_restore`).
     writes: Percentiles,
-    /// The four writes without the AgentRollback's create.
+    /// The same without the AgentRollback's create.
     without_create: Percentiles,
 }
 

@@ -209,20 +209,17 @@ async fn write_rollback(
     for note in announce {
         publish(ctx, observed, note);
     }
-    if !copy_status {
-        // What the API server has: the record written, the status as it was (see
-        // `plan::Observed::fold`, which reads the status from the record).
-        let Some(read) = observed.rollback(&name) else {
-            return Ok(Outcome::Stale(Some(read_rollback(&api, ns, name).await?)));
-        };
-        let written = AgentRollback { metadata: marked.metadata, ..read.clone() };
-        return Ok(Outcome::Done(Applied::Rollback(Box::new(written))));
-    }
     let Some(read) = observed.rollback(&name) else {
         return Ok(Outcome::Stale(Some(read_rollback(&api, ns, name).await?)));
     };
-    let read = AgentRollback { status: Some(record.status.clone()), ..read.clone() };
-    write_status(&api, ns, name, marked.metadata.resource_version, read).await
+    if !copy_status {
+        // What the API server has: the record written, the status as it was (see
+        // `plan::Observed::fold`, which reads the status from the record).
+        let written = AgentRollback { metadata: marked.metadata, ..read.clone() };
+        return Ok(Outcome::Done(Applied::Rollback(Box::new(written))));
+    }
+    let copy = AgentRollback { status: Some(record.status.clone()), ..read.clone() };
+    write_status(&api, ns, name, marked.metadata.resource_version, copy).await
 }
 
 /// Writes `rollback`'s status whole (a merge patch would keep fields the status does not

@@ -122,7 +122,7 @@ async fn mark_stopped(ctx: &Context, observed: &Observed) {
         return;
     }
     if let Err(error) = apply(ctx, observed, Step::Together(steps)).await {
-        debug!(namespace = observed.namespace, agent = observed.agent_name, error = %error, "Could not mark rollbacks Pending");
+        debug!(namespace = observed.namespace, agent = observed.agent_name, error = %error, "Could not write the rollbacks' statuses after a failed sync");
     }
 }
 
@@ -190,7 +190,7 @@ fn step_label(step: &Step) -> String {
         Step::DeleteVersion { name, .. } => format!("delete {name}"),
         Step::PatchAgentStatus(s) => format!("agent status active={:?}", s.active_version),
         Step::WriteRollback { name, record, .. } => format!("rollback {name} {:?}", record.status.phase),
-        Step::CopyRollbackStatus { name, .. } => format!("rollback {name} status"),
+        Step::CopyRollbackStatus { name } => format!("rollback {name} status"),
         Step::ReadRollback { name } => format!("read rollback {name}"),
         Step::ListRollbacks => "list rollbacks".into(),
         Step::Event(e) => format!("event {}", e.reason),

@@ -154,19 +154,21 @@ pub fn queue_key(rollback: &AgentRollback) -> (u64, Option<Time>, String) {
     (revision, rollback.metadata.creation_timestamp.clone(), rollback.name_any())
 }
 
-/// A write of `rollback`'s record and status, conditional on its current resourceVersion, and
-/// the Events that tell of it.
+/// A write of `rollback`'s record, conditional on its current resourceVersion, the Events that
+/// tell of it, and its status copy unless `copy_status` is false (the rollback's next write
+/// takes the copy along, see [`Step::WriteRollback`]).
 fn cas(
     observed: &Observed,
     rollback: &AgentRollback,
     status: crate::api::AgentRollbackStatus,
+    copy_status: bool,
     announce: Vec<EventNote>,
 ) -> Step {
     Step::WriteRollback {
         name: rollback.name_any(),
         resource_version: rollback.resource_version(),
         record: Box::new(observed.record(status)),
-        copy_status: true,
+        copy_status,
         announce,
     }
 }
@@ -240,7 +242,7 @@ pub fn fail(observed: &Observed, rollback: &AgentRollback, failure: Failure, now
             noted(rollback, format!("AgentRollback {name} failed ({}): {}", failure.reason.as_str(), failure.message)),
         ));
     }
-    vec![cas(observed, rollback, status, announce)]
+    vec![cas(observed, rollback, status, true, announce)]
 }
 
 /// Starts the head of the queue: fails it, or records its plan and moves it to Running.
@@ -286,11 +288,7 @@ pub fn start(observed: &Observed, agent: &Agent, head: &AgentRollback, now: &Tim
                 noted(head, message),
             );
             // The record alone: its status copy goes with the rollback's next write.
-            let mut write = cas(observed, head, status, vec![started]);
-            if let Step::WriteRollback { copy_status, .. } = &mut write {
-                *copy_status = false;
-            }
-            vec![write]
+            vec![cas(observed, head, status, false, vec![started])]
         }
     }
 }
@@ -315,7 +313,7 @@ pub fn stopped(observed: &Observed, now: &Time) -> Vec<Step> {
         let mut status = first_status(rollback);
         let message = format!("Waiting for AgentRollback {} to finish.", head.name_any());
         set_rollback_phase(&mut status, RollbackPhase::Pending, None, message, rollback.metadata.generation, now);
-        cas(observed, rollback, status, Vec::new())
+        cas(observed, rollback, status, true, Vec::new())
     });
     copies.chain(marks).collect()
 }
@@ -490,10 +488,7 @@ fn finish(
         ),
         agent_event(&name, false, events::ROLLED_BACK, noted(rollback, agent_note)),
     ];
-    let mut record = cas(observed, rollback, status, announce);
-    if let Step::WriteRollback { copy_status, .. } = &mut record {
-        *copy_status = false;
-    }
+    let record = cas(observed, rollback, status, false, announce);
     let writes = [vec![agent_status, record], pruning.deletes].concat();
     vec![Step::Together(writes), Step::CopyRollbackStatus { name }]
 }
