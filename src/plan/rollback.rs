@@ -433,12 +433,16 @@ fn resume_pop(
     }
 }
 
-/// Ends a rollback whose writes are all done: at once, the Agent's status, the history pruning
-/// the change calls for, and the rollback's terminal record (the version it made or deleted is
-/// in place, so none of the three waits for another); then the rollback's status, the record's
-/// copy, so that a reader who waits for the rollback's status sees the new active version on
-/// the Agent and the history as it stays. The Agent's status records the versions kept: one
-/// status write for both. The Agent's Event tells of both.
+/// Ends a rollback whose writes are all done: at once, the Agent's status and the rollback's
+/// terminal record (the version it made or deleted is in place, so neither waits for the
+/// other); then the rollback's status, the record's copy, so that a reader who waits for the
+/// rollback's status sees the new active version on the Agent; then the history pruning the
+/// change calls for. The pruning comes last so that the rollback's end does not share the API
+/// server with it (1.8 to 2.7 ms of its p50 in the benchmark); it is still done before the
+/// next unit, so the next rollback in the queue sees the history pruned. The Agent's status
+/// already counts the versions kept (one status write for both, the Agent's Event tells of
+/// both); should the deletes not happen (a crash), its versions digest no longer describes
+/// the versions and the next sync prunes them.
 fn finish(
     observed: &Observed,
     agent: &Agent,
@@ -489,8 +493,11 @@ fn finish(
         agent_event(&name, false, events::ROLLED_BACK, noted(rollback, agent_note)),
     ];
     let record = cas(observed, rollback, status, false, announce);
-    let writes = [vec![agent_status, record], pruning.deletes].concat();
-    vec![Step::Together(writes), Step::CopyRollbackStatus { name }]
+    let mut steps = vec![Step::Together(vec![agent_status, record]), Step::CopyRollbackStatus { name }];
+    if !pruning.deletes.is_empty() {
+        steps.push(Step::Together(pruning.deletes));
+    }
+    steps
 }
 
 #[cfg(test)]

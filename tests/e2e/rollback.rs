@@ -350,7 +350,16 @@ async fn history_beyond_the_limit_is_pruned_oldest_first() {
     }
     s.create_rollback("to-3", "support", "Restore", Some(3)).await;
     assert_eq!(phase(&s.terminal("to-3").await), Some(RollbackPhase::Succeeded));
-    assert_eq!(s.history("support").await.into_keys().collect::<Vec<_>>(), [4, 5, 6]);
+    // The Agent's status, written before the rollback's, already counts the versions kept;
+    // the deletes follow the rollback's end (docs/architecture.md, exactly-once step 4).
+    let status = s.agents().get("support").await.expect("agent").status.expect("status");
+    assert_eq!((status.active_version, status.version_count), (Some(6), Some(3)));
+    let kept = eventually(WAIT, || async {
+        let kept: Vec<i64> = s.history("support").await.into_keys().collect();
+        (kept.len() == 3).then_some(kept)
+    })
+    .await;
+    assert_eq!(kept, [4, 5, 6]);
     // A pruned version cannot be restored.
     s.create_rollback("to-1", "support", "Restore", Some(1)).await;
     assert_eq!(s.terminal("to-1").await.status.unwrap().reason.as_deref(), Some("VersionNotFound"));
