@@ -17,7 +17,7 @@ use kube::api::{PostParams, WatchEvent, WatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::history::{fetch_agent, fetch_versions};
 use crate::{Session, diff};
@@ -101,14 +101,17 @@ pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCo
     if let Some(r) = &args.reason {
         spec["reason"] = json!(r);
     }
-    // Where the cluster cannot set it (no MutatingAdmissionPolicy), the chart's policy requires
-    // it to be the caller; where it can, the API server sets it anyway. Beside the lookup, a
-    // second connection is opened for the watches, which start once the rollback exists.
-    let (me, _) = tokio::join!(whoami(session), session.client.apiserver_version());
+    // The rollback's Events are watched from before its create (see `watch_events`), beside
+    // the caller's lookup. Where the cluster cannot set `requestedBy` (no
+    // MutatingAdmissionPolicy), the chart's policy requires it to be the caller; where it can,
+    // the API server sets it anyway.
+    let mut name = generated_name(&args.agent);
+    let follows = !args.no_wait;
+    let (mut events, ready) = watch_events(session, &name, follows);
+    let (me, ()) = tokio::join!(whoami(session), ready.wait());
     if let Some(me) = me {
         spec["requestedBy"] = json!(me);
     }
-    let mut name = generated_name(&args.agent);
     let mut attempt = 1;
     let created = loop {
         let request: AgentRollback = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))?;
@@ -117,16 +120,23 @@ pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCo
             // Taken already (one in 14 million): another name, as generateName retries do.
             Err(kube::Error::Api(status)) if status.code == 409 && attempt < 3 => {
                 name = generated_name(&args.agent);
+                let ready;
+                (events, ready) = watch_events(session, &name, follows);
+                ready.wait().await;
                 attempt += 1;
             }
             Err(error) => return Err(error).context("creating the AgentRollback"),
         }
     };
     println!("agentrollback.agentops.dev/{name} created");
-    if args.no_wait {
+    let Some(events) = events else {
         return Ok(ExitCode::SUCCESS);
-    }
-    let watches = Watches::start(session, &api, &name, created.resource_version().unwrap_or_default());
+    };
+    // Every change to the rollback comes after the resourceVersion its create left, and the
+    // API server's watch cache of rollbacks serves a watch from there at once.
+    let by_name = WatchParams::default().fields(&format!("metadata.name={name}"));
+    let rollbacks = forward(api, by_name, created.resource_version().unwrap_or_default(), None);
+    let watches = Watches { rollbacks, events };
     let deadline = tokio::time::Instant::now() + args.timeout;
     let (code, active) = follow(watches, &name, deadline, args.timeout).await?;
     match (args.wait, active) {
@@ -160,54 +170,87 @@ fn generated_name(agent: &str) -> String {
     base
 }
 
-/// The watches of one rollback and of its Events, running from the moment they are made:
-/// what they see waits in their channels until the rollback is followed. Dropped, they stop.
+/// The watches of one rollback and of its Events: what they see waits in their channels until
+/// the rollback is followed.
 struct Watches {
-    rollbacks: mpsc::UnboundedReceiver<AgentRollback>,
-    events: mpsc::UnboundedReceiver<Event>,
-    tasks: [tokio::task::AbortHandle; 2],
+    rollbacks: Watch<AgentRollback>,
+    events: Watch<Event>,
 }
 
-impl Watches {
-    /// Watches from `since`, the resourceVersion the create left: every change to the rollback
-    /// and every Event of it comes after it, so no list is needed first.
-    fn start(session: &Session, api: &Api<AgentRollback>, name: &str, since: String) -> Self {
-        let by_name = format!("metadata.name={name}");
-        let event_filter = format!("involvedObject.name={name},involvedObject.kind=AgentRollback");
-        let events_api: Api<Event> = session.api();
-        let (rollbacks, watching_rollbacks) = forward(api.clone(), by_name, since.clone());
-        let (events, watching_events) = forward(events_api, event_filter, since);
-        Self { rollbacks, events, tasks: [watching_rollbacks, watching_events] }
+/// The Events of the rollback `name`, watched from the present (the API server lists those
+/// there, then watches), before the rollback is created; none unless `follows`. The API server
+/// keeps no watch cache of Events: a watch of them is a watch of etcd, which serves one that
+/// starts at a past revision (a write came between) from a catch-up loop that runs every 100
+/// ms, so the Events of a watch started from the create's resourceVersion arrived up to 100 ms
+/// late whenever the operator wrote first. `Ready` fires once the list has ended, when the
+/// watch of etcd starts: the rollback is created after it.
+fn watch_events(session: &Session, name: &str, follows: bool) -> (Option<Watch<Event>>, Ready) {
+    let (listed, ready) = oneshot::channel();
+    if !follows {
+        return (None, Ready(ready));
+    }
+    let fields = format!("involvedObject.name={name},involvedObject.kind=AgentRollback");
+    let watch = forward(session.api(), WatchParams::streaming_lists().fields(&fields), String::new(), Some(listed));
+    (Some(watch), Ready(ready))
+}
+
+/// Fires when the Events watch has listed (or failed, and kube's watcher took over), or when
+/// there is none.
+struct Ready(oneshot::Receiver<()>);
+
+impl Ready {
+    /// Waits for it, at most 200 ms: the watch sees every Event either way (a list, then a
+    /// watch), only how soon depends on it.
+    async fn wait(self) {
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.0).await;
     }
 }
 
-impl Drop for Watches {
+/// A watch running in a task of its own; dropped, it stops.
+struct Watch<K> {
+    objects: mpsc::UnboundedReceiver<K>,
+    task: tokio::task::AbortHandle,
+}
+
+impl<K> Drop for Watch<K> {
     fn drop(&mut self) {
-        // A watch's task outlives its receiver until its next event; the runtime's shutdown,
-        // at the end of main, would wait for it.
-        self.tasks.iter().for_each(tokio::task::AbortHandle::abort);
+        // The task outlives its receiver until its next event; the runtime's shutdown, at the
+        // end of main, would wait for it.
+        self.task.abort();
     }
 }
 
-/// Runs a watch of the objects `fields` selects from resourceVersion `since` in a task of its
-/// own, passing on the objects it sees. Should that watch fail or end, kube's watcher takes
-/// over (a list, then a watch; a failed request retried after a pause that grows, never in a
-/// loop): what it lists again is printed once.
-fn forward<K>(api: Api<K>, fields: String, since: String) -> (mpsc::UnboundedReceiver<K>, tokio::task::AbortHandle)
+/// Runs a watch from resourceVersion `since` in a task of its own, passing on the objects it
+/// sees, and telling `listed` when its initial list has ended (with `params` that ask for
+/// one). Should that watch fail or end, kube's watcher takes over (a list, then a watch; a
+/// failed request retried after a pause that grows, never in a loop): what it lists again is
+/// printed once.
+fn forward<K>(api: Api<K>, params: WatchParams, since: String, listed: Option<oneshot::Sender<()>>) -> Watch<K>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let (sender, receiver) = mpsc::unbounded_channel();
+    let (sender, objects) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
-        let params = WatchParams::default().fields(&fields);
+        let mut listed = listed;
         if let Ok(events) = api.watch(&params, &since).await {
             let mut events = std::pin::pin!(events);
-            while let Some(Ok(WatchEvent::Added(object) | WatchEvent::Modified(object))) = events.next().await {
-                if sender.send(object).is_err() {
-                    return;
+            while let Some(Ok(event)) = events.next().await {
+                match event {
+                    WatchEvent::Added(object) | WatchEvent::Modified(object) => {
+                        if sender.send(object).is_err() {
+                            return;
+                        }
+                    }
+                    WatchEvent::Bookmark(mark) if mark.metadata.annotations.contains_key(INITIAL_EVENTS_END) => {
+                        listed.take().map(|listed| listed.send(()));
+                    }
+                    WatchEvent::Bookmark(_) => {}
+                    WatchEvent::Deleted(_) | WatchEvent::Error(_) => break,
                 }
             }
         }
+        drop(listed);
+        let fields = params.field_selector.unwrap_or_default();
         let watch = watcher(api, watcher::Config::default().fields(&fields));
         let mut objects = std::pin::pin!(watch.default_backoff().applied_objects());
         while let Some(item) = objects.next().await {
@@ -218,8 +261,11 @@ where
             }
         }
     });
-    (receiver, task.abort_handle())
+    Watch { objects, task: task.abort_handle() }
 }
+
+/// The annotation of the bookmark that ends a watch's initial list.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
 /// The caller's username as the API server authenticates it (SelfSubjectReview), if the
 /// cluster says.
@@ -303,7 +349,7 @@ async fn follow(
     let finished = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break None,
-            Some(rollback) = watches.rollbacks.recv() => {
+            Some(rollback) = watches.rollbacks.objects.recv() => {
                 let status = rollback.status.clone().unwrap_or_default();
                 if status.phase != last_phase {
                     last_phase = status.phase;
@@ -315,7 +361,7 @@ async fn follow(
                     break Some(status);
                 }
             }
-            Some(event) = watches.events.recv() => {
+            Some(event) = watches.events.objects.recv() => {
                 final_event_seen |= is_final(&event);
                 print_event(&event, &mut seen_events);
             }
@@ -331,7 +377,7 @@ async fn follow(
     // (never waiting past the deadline, nor long for an Event that may have been dropped).
     let events_deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(2));
     while !final_event_seen {
-        match tokio::time::timeout_at(events_deadline, watches.events.recv()).await {
+        match tokio::time::timeout_at(events_deadline, watches.events.objects.recv()).await {
             Ok(Some(event)) => {
                 final_event_seen |= is_final(&event);
                 print_event(&event, &mut seen_events);
