@@ -23,10 +23,12 @@ use std::time::{Duration, Instant};
 use agent_operator::api::conditions::READY;
 use agent_operator::api::keys::ROLLBACK_RECORD_ANNOTATION;
 use agent_operator::api::{
-    Agent, AgentDefinition, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, RollbackPhase,
+    Agent, AgentDefinition, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, DeliveryStatus,
+    LastRollback, RollbackPhase,
 };
 use agent_operator::plan::delivery::DeliveryState;
-use agent_operator::plan::hash::snapshot_hash;
+use agent_operator::plan::durable::{AgentMark, Handled, RollbackRecord};
+use agent_operator::plan::hash::{snapshot_hash, versions_digest};
 use agent_operator::plan::in_sync;
 use agent_operator::plan::publish::{Provenance, new_version};
 use agent_operator::plan::status::{agent_conditions, set_rollback_phase};
@@ -99,12 +101,8 @@ async fn create_rollback(
 
 /// A rollback's record alone, on the resourceVersion it was read at; returns the rollback
 /// with the resourceVersion the write left.
-async fn write_record(
-    api: &Api<AgentRollback>,
-    rollback: &AgentRollback,
-    status: &AgentRollbackStatus,
-) -> AgentRollback {
-    let record = serde_json::to_string(&json!({ "status": status })).unwrap();
+async fn write_record(api: &Api<AgentRollback>, rollback: &AgentRollback, record: &RollbackRecord) -> AgentRollback {
+    let record = serde_json::to_string(record).unwrap();
     let body = json!({"metadata": {"resourceVersion": rollback.resource_version(),
                                    "annotations": {ROLLBACK_RECORD_ANNOTATION: record}}});
     let marked = api.patch_metadata(&rollback.name_any(), &PatchParams::default(), &Patch::Merge(body)).await.unwrap();
@@ -125,9 +123,9 @@ async fn write_status(
     api.replace_status(&rollback.name_any(), &PostParams::default(), &object).await.unwrap()
 }
 
-/// The writes one Restore needs, made directly, as the operator makes them: the rollback's
-/// Running record; its status beside the new version's create; the Agent's status beside the
-/// rollback's Succeeded record; its status.
+/// The writes one Restore needs, made directly, as the operator makes them (the same objects,
+/// with the same content): the rollback's Running record; its status beside the new version's
+/// create; the Agent's status beside the rollback's Succeeded record; its status.
 async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &AgentRollback, number: i64) {
     let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), ns);
     let versions: Api<AgentVersion> = Api::namespaced(client.clone(), ns);
@@ -140,7 +138,10 @@ async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &Age
         ..Default::default()
     };
     set_rollback_phase(&mut status, RollbackPhase::Running, None, "Rolling back.".into(), Some(1), &t);
-    let recorded = write_record(&rollbacks, rollback, &status).await;
+    let handled = Handled { generation: 1, definition_hash: snapshot_hash(&agent.spec.definition) };
+    let mark = AgentMark { uid: agent.uid().unwrap(), handled: Some(handled.clone()) };
+    let record = |status: &AgentRollbackStatus| RollbackRecord { status: status.clone(), agent: Some(mark.clone()) };
+    let recorded = write_record(&rollbacks, rollback, &record(&status)).await;
     trace("floor-running", &rollback.name_any());
 
     let snapshot = definition("restored");
@@ -156,7 +157,15 @@ async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &Age
     let agent_status = AgentStatus {
         active_version: Some(number),
         version_count: Some(number),
-        observed_generation: Some(1),
+        observed_generation: Some(handled.generation),
+        observed_definition_hash: Some(handled.definition_hash),
+        versions_digest: Some(versions_digest([&version.spec])),
+        last_rollback: Some(LastRollback { name: rollback.name_any(), time: t.clone() }),
+        delivery: Some(DeliveryStatus {
+            config_map: Some(format!("{}-agent", agent.name_any())),
+            version: Some(number - 1),
+            workloads: Vec::new(),
+        }),
         conditions: agent_conditions(
             &[],
             Some(1),
@@ -166,14 +175,14 @@ async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &Age
             in_sync::condition(agent, Some(&version.spec), None, false),
             &t,
         ),
-        ..Default::default()
     };
     let body = json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "Agent", "status": agent_status});
     let (apply, patch, name) = (PatchParams::apply(MANAGER).force(), Patch::Apply(body), agent.name_any());
     status.active_version = Some(number);
     set_rollback_phase(&mut status, RollbackPhase::Succeeded, None, "Rolled back.".into(), Some(1), &t);
+    let succeeded = record(&status);
     let (applied, recorded) =
-        tokio::join!(agents.patch_status(&name, &apply, &patch), write_record(&rollbacks, &running, &status));
+        tokio::join!(agents.patch_status(&name, &apply, &patch), write_record(&rollbacks, &running, &succeeded));
     applied.unwrap();
     trace("floor-succeeded", &rollback.name_any());
     write_status(&rollbacks, &recorded, &status).await;
@@ -181,8 +190,8 @@ async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &Age
 }
 
 /// Every write the operator makes for one Restore at the history limit, made directly: the
-/// rollback's create, the writes of [`direct_restore`], and beside them the pruned version's
-/// delete (with the Agent's status), the delivery ConfigMap and the rollback's three Events.
+/// rollback's create, the writes of [`direct_restore`], then the pruned version's delete, the
+/// delivery ConfigMap and the rollback's three Events.
 /// What the throughput is measured against: the operator's own cost is then what it spends
 /// beyond the writes it must make.
 async fn direct_restore_in_full(client: &Client, ns: &str, agent: &Agent, rollback: &str, number: i64, limit: i64) {
@@ -195,7 +204,9 @@ async fn direct_restore_in_full(client: &Client, ns: &str, agent: &Agent, rollba
             versions.delete(&oldest, &Default::default()).await.unwrap();
         }
     };
-    let (_, ()) = tokio::join!(direct_restore(client, ns, agent, &created, number), prune);
+    // The operator prunes once the rollback's status is written.
+    direct_restore(client, ns, agent, &created, number).await;
+    prune.await;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let config_map_name = format!("{}-agent", agent.name_any());
     let config_map = Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
