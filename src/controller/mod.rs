@@ -32,6 +32,7 @@ use std::time::Duration;
 use futures::future::Shared;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{WatchEvent, WatchParams};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, reflector};
@@ -60,7 +61,7 @@ pub async fn run<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let watching = watch_config(&client).await;
+    let watching = watch_config(&client, settings.namespace.as_deref()).await;
     let agents: Api<Agent> = scoped(&client, settings.namespace.as_deref());
     let agent_names: Api<LeanMeta<Agent>> = scoped(&client, settings.namespace.as_deref());
     // Only the versions' metadata: what wakes an Agent needs no snapshot, and at 10,000 Agents
@@ -240,14 +241,15 @@ fn slim_agent(agent: &mut Agent) {
 }
 
 /// How every watch gets its first state: streamed from the API server's watch cache where the
-/// server streams lists by default (Kubernetes 1.34 on; 1.33 refuses the request), else as a
-/// list in pages. At 100,000 versions the paged list of their metadata took 26-88 s after a
-/// restart, each page read from storage; streamed, the same state comes in seconds. The
-/// streamed state is the watch cache's, which may trail storage by moments, as every later event
-/// may: nothing decides a write from a cache alone (see `observe`).
-async fn watch_config(client: &Client) -> watcher::Config {
+/// server streams lists by default (Kubernetes 1.34 on; 1.33 refuses the request) and has not
+/// had the feature turned off, else as a list in pages. At 100,000 versions the paged list of
+/// their metadata took 26-88 s after a restart, each page read from storage; streamed, the same
+/// state comes in seconds. The streamed state is the watch cache's, which may trail storage by
+/// moments, as every later event may: nothing decides a write from a cache alone (see
+/// `observe`).
+async fn watch_config(client: &Client, namespace: Option<&str>) -> watcher::Config {
     let streams = match client.apiserver_version().await {
-        Ok(info) => streams_lists(&info.major, &info.minor),
+        Ok(info) => streams_lists(&info.major, &info.minor) && serves_streaming_lists(client, namespace).await,
         Err(error) => {
             warn!(error = %error_chain(&error), "Cannot read the API server's version; listing in pages");
             false
@@ -256,6 +258,30 @@ async fn watch_config(client: &Client) -> watcher::Config {
     debug!(streams, "Initial lists");
     let config = watcher::Config::default();
     if streams { config.streaming_lists() } else { config }
+}
+
+/// Whether the API server serves a streaming list: one with the WatchList feature turned off
+/// (a beta feature; its administrator may) refuses the request, and a watch that asks for one
+/// would never get its first state. Asked with a watch that selects nothing (no object is named
+/// `-`), whose answer is the end of an empty list; a server that gives none within 10 s is
+/// taken not to stream, an error that is not a refusal to follow the version.
+async fn serves_streaming_lists(client: &Client, namespace: Option<&str>) -> bool {
+    let api: Api<AgentRollback> = scoped(client, namespace);
+    let params = WatchParams::streaming_lists().fields("metadata.name=-").timeout(10);
+    let first = async {
+        let events = match api.watch(&params, "0").await {
+            Ok(events) => events,
+            Err(kube::Error::Api(status)) => return !(400..500).contains(&status.code),
+            Err(_) => return true,
+        };
+        let mut events = std::pin::pin!(events);
+        matches!(events.next().await, Some(Ok(WatchEvent::Bookmark(_))))
+    };
+    let serves = tokio::time::timeout(Duration::from_secs(10), first).await.unwrap_or(false);
+    if !serves {
+        warn!("The API server does not serve streaming lists (WatchList off); listing in pages");
+    }
+    serves
 }
 
 /// Whether a server of this version serves streaming lists by default (the WatchList feature).

@@ -1,12 +1,19 @@
 //! `kubectl agent`, driven as a process: its output and exit codes for every command, each
 //! failure reason, a missing agent, dry runs, and kubectl's own plugin mechanism.
 
+use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use kube::api::ListParams;
+use agent_operator::api::Agent;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+use serde_json::json;
 
 use crate::rollback::{Setup, setup};
-use crate::support::{client, control_plane, install_crds, namespace};
+use crate::support::{
+    Operator, OwnControlPlane, client, client_for, control_plane, eventually, install_crds, namespace,
+};
 
 fn plugin(s: &Setup, args: &[&str]) -> Output {
     plugin_in(&s.ns, args)
@@ -15,10 +22,14 @@ fn plugin(s: &Setup, args: &[&str]) -> Output {
 /// Runs the plugin, which must exit within a minute: one that hangs (a task left running at
 /// the end of main keeps the runtime from shutting down) fails the test instead of the run.
 fn plugin_in(ns: &str, args: &[&str]) -> Output {
+    plugin_on(&control_plane().kubeconfig, ns, args)
+}
+
+fn plugin_on(kubeconfig: &Path, ns: &str, args: &[&str]) -> Output {
     let out = Command::new("timeout")
         .args(["--kill-after=5", "60", env!("CARGO_BIN_EXE_kubectl-agent")])
         .arg("--kubeconfig")
-        .arg(&control_plane().kubeconfig)
+        .arg(kubeconfig)
         .args(["-n", ns])
         .args(args)
         .output()
@@ -210,4 +221,39 @@ async fn it_runs_as_a_kubectl_plugin_with_kubectls_conventions() {
     let (code, _, err) = text(&plugin(&s, &["rollback", "support"]));
     assert_eq!(code, 2, "a rollback needs one of --to, --previous, --pop: {err}");
     assert!(err.contains("--to") || err.contains("required"), "{err}");
+}
+
+/// Where the API server refuses streaming lists (the WatchList feature turned off, as by default
+/// before Kubernetes 1.32), the operator lists in pages (it asks first: its watches would never
+/// start otherwise), and the plugin's early watch of the rollback's Events falls back to kube's
+/// watcher: the Agent is reconciled, and the rollback followed to its end with its Events.
+#[tokio::test]
+async fn where_streaming_lists_are_refused_the_operator_lists_in_pages_and_the_plugin_still_prints_events() {
+    let own = OwnControlPlane::start("no-watch-list", &["--feature-gates=WatchList=false"]);
+    let client = client_for(&own.cp.kubeconfig).await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "plugin-no-watch-list").await;
+    let streaming = format!(
+        "/api/v1/namespaces/{ns}/events?watch=true&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan"
+    );
+    let request = axum::http::Request::get(streaming).body(Vec::new()).unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), client.request_text(request)).await;
+    assert!(matches!(refused, Ok(Err(kube::Error::Api(ref status))) if status.code == 422), "{refused:?}");
+
+    let _operator = Operator::start_logged(&own.cp.kubeconfig, &ns, &[], "info");
+    let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
+    for instructions in ["v1", "v2"] {
+        let body = json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "Agent", "metadata": {"name": "support"},
+                          "spec": {"instructions": instructions}});
+        agents.patch("support", &PatchParams::apply("tests").force(), &Patch::Apply(body)).await.unwrap();
+        eventually(Duration::from_secs(60), || async {
+            let a = agents.get("support").await.ok()?;
+            (a.status?.observed_generation == a.metadata.generation).then_some(())
+        })
+        .await;
+    }
+    let (code, out, err) = text(&plugin_on(&own.cp.kubeconfig, &ns, &["rollback", "support", "--previous"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Succeeded: Agent rolled back to version 1. New version 3 is now active."), "{out}");
+    assert!(out.contains("event RollbackSucceeded"), "{out}");
 }
