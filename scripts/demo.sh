@@ -19,6 +19,20 @@ fi
 ns=demo
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
+# As run, retrying the API server's transient refusals (429, 503), which kubectl retries only
+# with a Retry-After; any other error ends the demo at once.
+run_retried() {
+  printf '$ %s\n' "$*"
+  local pause=0.1 out
+  for _ in $(seq 10); do
+    if out=$("$@" 2>&1); then printf '%s\n' "$out"; return; fi
+    grep -E '^Error from server \((ServiceUnavailable|TooManyRequests)\)' <<<"$out" >/dev/null || { printf '%s\n' "$out" >&2; return 1; }
+    sleep "$pause"
+    pause=$(python3 -c "print(min($pause * 2, 2))")
+  done
+  printf '%s\n' "$out" >&2
+  return 1
+}
 
 say "Kubernetes $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])'), one node"
 run kubectl get nodes
@@ -78,35 +92,36 @@ wait_rollback() {
 }
 
 say "1. An Agent, and its runtime (a Deployment that mounts the Agent's ConfigMap): version 1"
-run kubectl apply -f examples/01-agent.yaml -f examples/runtime.yaml
+run_retried kubectl apply -f examples/01-agent.yaml -f examples/runtime.yaml
 wait_agent
 serves
 say "2. An edit of its definition: published as version 2, and the runtime rolls out with it"
-run kubectl apply -f examples/02-agent-edit.yaml
+run_retried kubectl apply -f examples/02-agent-edit.yaml
 wait_agent
 serves
 say "3. Restore version 1 (publishes version 3, a copy of version 1)"
-run kubectl apply -f examples/03-restore.yaml
+run_retried kubectl apply -f examples/03-restore.yaml
 wait_rollback support-restore-v1 Succeeded
 serves
 say "4. Previous (publishes version 4, a copy of version 2)"
-run kubectl apply -f examples/04-previous.yaml
+run_retried kubectl apply -f examples/04-previous.yaml
 wait_rollback support-previous Succeeded
 serves
 say "5. Pop (deletes version 4; version 3 is active again)"
-run kubectl apply -f examples/05-pop.yaml
+run_retried kubectl apply -f examples/05-pop.yaml
 wait_rollback support-pop Succeeded
 serves
 say "6. A Restore of a version that never existed fails and changes nothing"
-run kubectl apply -f examples/06-fails.yaml
+run_retried kubectl apply -f examples/06-fails.yaml
 wait_rollback support-restore-v99 Failed
 
 say "Result"
 run kubectl get agents,agentversions,agentrollbacks
 run kubectl get configmap support-agent -o jsonpath='{.metadata.annotations}{"\n"}'
 run kubectl get agent support -o jsonpath='{.status.delivery}{"\n"}' 
-say "Events"
-run kubectl get events.v1.events.k8s.io --sort-by=.eventTime -o custom-columns=TYPE:.type,REASON:.reason,KIND:.regarding.kind,OBJECT:.regarding.name,MESSAGE:.note
+say "The operator's Events, in the order they happened"
+run kubectl get events.v1.events.k8s.io --field-selector reportingComponent=agentops.dev/agent-operator \
+  --sort-by=.eventTime -o custom-columns=TIME:.eventTime,TYPE:.type,REASON:.reason,KIND:.regarding.kind,OBJECT:.regarding.name,MESSAGE:.note
 say "The Agent's spec is untouched by the rollbacks (temperature is still the edited 0.3)"
 run kubectl get agent support -o jsonpath='{.spec.temperature}{"\n"}'
 say "The operator ran as Pods: the leader's log, and its Lease"

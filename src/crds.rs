@@ -9,10 +9,54 @@ use crate::api::{Agent, AgentRollback, AgentVersion};
 /// The CRDs, each with the file name it is committed under.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("agents.agentops.dev.yaml", Agent::crd()),
-        ("agentversions.agentops.dev.yaml", AgentVersion::crd()),
-        ("agentrollbacks.agentops.dev.yaml", AgentRollback::crd()),
+        ("agents.agentops.dev.yaml", with_prose_descriptions(Agent::crd())),
+        ("agentversions.agentops.dev.yaml", with_prose_descriptions(AgentVersion::crd())),
+        ("agentrollbacks.agentops.dev.yaml", with_prose_descriptions(AgentRollback::crd())),
     ]
+}
+
+/// Every description as `kubectl explain` should print it: doc comments wrap at 100 columns,
+/// and kubectl prints their line breaks as they are, in the middle of sentences.
+fn with_prose_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map.iter_mut() {
+                    match value {
+                        serde_json::Value::String(text) if key == "description" => *text = prose(text),
+                        _ => walk(value),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
+    walk(&mut value);
+    serde_json::from_value(value).expect("a CRD with other descriptions deserializes")
+}
+
+/// Joins the lines of each paragraph; paragraphs (blank lines) and list items stay apart.
+pub fn prose(text: &str) -> String {
+    let mut paragraphs: Vec<String> = Vec::new();
+    let mut open = false;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() {
+            open = false;
+            continue;
+        }
+        let item = line.starts_with("- ") || line.starts_with("* ");
+        match paragraphs.last_mut() {
+            Some(paragraph) if open => {
+                paragraph.push(if item { '\n' } else { ' ' });
+                paragraph.push_str(line);
+            }
+            _ => paragraphs.push(line.to_string()),
+        }
+        open = true;
+    }
+    paragraphs.join("\n\n")
 }
 
 /// One CRD as the YAML text committed to the repository.
@@ -47,6 +91,47 @@ mod tests {
                     "{dir}/{file} is out of date: run scripts/generate.sh and commit the result"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn descriptions_are_prose_with_paragraphs_and_list_items_kept() {
+        assert_eq!(prose("one\ntwo\n  three"), "one two three");
+        assert_eq!(prose("first\nline\n\nsecond"), "first line\n\nsecond");
+        assert_eq!(prose("items:\n- a\n  wrapped\n- b"), "items:\n- a wrapped\n- b");
+        assert_eq!(prose("single"), "single");
+        assert_eq!(prose("a\n\n\n- b\n- c"), "a\n\n- b\n- c");
+    }
+
+    /// `kubectl explain` prints a description's line breaks as they are: none may break a
+    /// sentence.
+    #[test]
+    fn no_committed_description_breaks_a_line_inside_a_paragraph() {
+        fn check(value: &serde_json::Value, file: &str) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    for (key, value) in map {
+                        match value {
+                            serde_json::Value::String(text) if key == "description" => {
+                                for pair in text.split("\n\n") {
+                                    for line in pair.lines().skip(1) {
+                                        assert!(line.starts_with("- ") || line.starts_with("* "), "{file}: {text:?}");
+                                    }
+                                }
+                            }
+                            _ => check(value, file),
+                        }
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| check(v, file)),
+                _ => {}
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (file, _) in all() {
+            let text = std::fs::read_to_string(root.join("crds").join(file)).expect("committed CRD");
+            let value: serde_json::Value = serde_saphyr::from_str(&text).expect("committed CRD parses");
+            check(&value, file);
         }
     }
 

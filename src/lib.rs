@@ -5,6 +5,7 @@
 //! (Kubernetes I/O) ← the binary.
 
 pub mod api;
+pub mod api_check;
 pub mod client;
 pub mod controller;
 pub mod crds;

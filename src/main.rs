@@ -1,4 +1,5 @@
-//! The `agent-operator` binary: `run` starts the controllers, `crds` prints or writes the CRDs.
+//! The `agent-operator` binary: `run` starts the controllers, `crds` prints or writes the CRDs,
+//! `check-api` waits until the API server admits creates of the operator's kinds.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,13 +12,13 @@ use kube::{Api, Client};
 use tracing::info;
 
 use agent_operator::api::Agent;
-use agent_operator::client;
 use agent_operator::controller::{self, Settings};
 use agent_operator::crds;
 use agent_operator::http::{self, Health};
 use agent_operator::lease::{Leadership, LeaseSettings};
 use agent_operator::metrics::Metrics;
 use agent_operator::telemetry::{self, LogFormat};
+use agent_operator::{api_check, client};
 
 #[derive(Parser)]
 #[command(name = "agent-operator", version, about = "Versions AI agent definitions and rolls them back on request")]
@@ -37,6 +38,28 @@ enum Command {
         #[arg(long = "write-dir")]
         write_dirs: Vec<PathBuf>,
     },
+    /// Wait until the API server admits a create of every agentops.dev kind, with the chart's
+    /// admission policies applied (server-side dry runs); the chart's post-install hook.
+    CheckApi(CheckApiArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckApiArgs {
+    /// Kubeconfig file; without it, $KUBECONFIG, ~/.kube/config or the in-cluster account.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use.
+    #[arg(long)]
+    context: Option<String>,
+    /// Namespace of the dry-run creates (in a cluster: the hook's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Which admission policies the chart installed, and so what an admitted create must show.
+    #[arg(long, value_enum, default_value = "none")]
+    policies: api_check::Policies,
+    /// Seconds to wait before giving up.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
 }
 
 #[derive(clap::Args)]
@@ -89,7 +112,17 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds { write_dirs } => write_crds(&write_dirs),
         Command::Run(args) => run(args).await,
+        Command::CheckApi(args) => check_api(args).await,
     }
+}
+
+async fn check_api(args: CheckApiArgs) -> anyhow::Result<()> {
+    let mut config = client::config(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    // Each refusal is seen and reported here, not retried inside the client.
+    config.default_retry = false;
+    let client = Client::try_from(config)?;
+    api_check::wait(&client, &args.namespace, args.policies, std::time::Duration::from_secs(args.timeout)).await?;
+    Ok(())
 }
 
 fn write_crds(dirs: &[PathBuf]) -> anyhow::Result<()> {

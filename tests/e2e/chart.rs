@@ -155,13 +155,13 @@ fn workload_patches_are_granted_only_when_the_chart_enables_restarts() {
 }
 
 #[tokio::test]
-async fn edit_users_may_roll_back_and_view_users_may_read_in_their_namespace_only() {
+async fn edit_users_may_roll_back_admins_delete_rollbacks_and_view_users_read_in_their_namespace_only() {
     let admin = client().await;
     crate::support::install_crds(&admin).await;
     chart_identity(); // the aggregated roles come with the chart
     let ns = namespace(&admin, "chart-team").await;
     let other = namespace(&admin, "chart-other").await;
-    for (user, role) in [("erin", "edit"), ("victor", "view")] {
+    for (user, role) in [("erin", "edit"), ("victor", "view"), ("ada", "admin")] {
         let out = kubectl(
             &[
                 "create",
@@ -178,6 +178,7 @@ async fn edit_users_may_roll_back_and_view_users_may_read_in_their_namespace_onl
     }
     let editor = user_kubeconfig("erin", &["team"]);
     let viewer = user_kubeconfig("victor", &["team"]);
+    let namespace_admin = user_kubeconfig("ada", &["team"]);
     let rollback = |name: &str, ns: &str| {
         format!(
             "{{\"apiVersion\":\"agentops.dev/v1alpha1\",\"kind\":\"AgentRollback\",\"metadata\":{{\"name\":\"{name}\",\"namespace\":\"{ns}\"}},\"spec\":{{\"agentName\":\"support\",\"strategy\":\"Pop\"}}}}"
@@ -194,6 +195,28 @@ async fn edit_users_may_roll_back_and_view_users_may_read_in_their_namespace_onl
     assert!(out.status.success(), "edit user creates a rollback: {}", String::from_utf8_lossy(&out.stderr));
     let out = kubectl_as(&editor, &["get", "agentversions", "-n", &ns], None);
     assert!(out.status.success(), "edit user reads versions: {}", String::from_utf8_lossy(&out.stderr));
+
+    // A rollback is the audit record of who rolled back what: its editors can neither erase nor
+    // change it; a namespace admin may delete it.
+    for args in [
+        vec!["delete", "agentrollback", "by-editor", "-n", ns.as_str()],
+        vec!["delete", "agentrollbacks", "--all", "-n", ns.as_str()],
+        vec!["annotate", "agentrollback", "by-editor", "-n", ns.as_str(), "note=rewritten"],
+        vec!["label", "agentrollback", "by-editor", "-n", ns.as_str(), "hidden=true"],
+    ] {
+        let out = kubectl_as(&editor, &args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("forbidden"), "edit user: {args:?}: {stderr}");
+    }
+    eventually(Duration::from_secs(30), || async {
+        let out = kubectl_as(&namespace_admin, &["auth", "can-i", "delete", "agentrollbacks", "-n", &ns], None);
+        (String::from_utf8_lossy(&out.stdout).trim() == "yes").then_some(())
+    })
+    .await;
+    let out = kubectl_as(&namespace_admin, &["create", "-f", "-"], Some(&rollback("by-admin", &ns)));
+    assert!(out.status.success(), "admin creates a rollback: {}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl_as(&namespace_admin, &["delete", "agentrollback", "by-admin", "-n", &ns], None);
+    assert!(out.status.success(), "admin deletes a rollback: {}", String::from_utf8_lossy(&out.stderr));
 
     let out = kubectl_as(&viewer, &["create", "-f", "-"], Some(&rollback("by-viewer", &ns)));
     assert!(

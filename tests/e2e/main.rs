@@ -12,6 +12,7 @@ mod control_plane;
 mod crash;
 mod delivery;
 mod docs;
+mod fresh_kinds;
 mod fuzz;
 mod identity;
 mod in_cluster;

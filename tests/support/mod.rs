@@ -186,7 +186,37 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
     kubectl_as(&control_plane().kubeconfig, args, stdin)
 }
 
+/// Runs kubectl as `kubeconfig`'s user. The API server's transient refusals (429, and 503 such
+/// as a new kind's "Resource kind ... not found"), which kubectl retries only with a Retry-After,
+/// are retried here with a bounded backoff; every other answer is returned as it came.
 pub fn kubectl_as(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let out = kubectl_once(kubeconfig, args, stdin);
+        if out.status.success()
+            || !transient_refusal(&String::from_utf8_lossy(&out.stderr))
+            || Instant::now() >= deadline
+        {
+            return out;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Whether kubectl's error output is only the API server's transient refusals.
+pub fn transient_refusal(stderr: &str) -> bool {
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("Error from server")).collect();
+    !errors.is_empty()
+        && errors.iter().all(|l| {
+            l.starts_with("Error from server (ServiceUnavailable)")
+                || l.starts_with("Error from server (TooManyRequests)")
+        })
+}
+
+/// Runs kubectl once, as a user's pipeline does: no retry.
+pub fn kubectl_once(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
     let mut child = Command::new(control_plane().bin.join("kubectl"))
         .env("KUBECONFIG", kubeconfig)
@@ -267,8 +297,11 @@ pub fn chart_identity() -> &'static ChartIdentity {
         assert!(rendered.status.success(), "helm template: {}", String::from_utf8_lossy(&rendered.stderr));
         let _ = kubectl(&["create", "namespace", RELEASE_NAMESPACE], None);
         let rendered = String::from_utf8_lossy(&rendered.stdout);
-        let without_deployment: Vec<&str> =
-            rendered.split("\n---").filter(|doc| !doc.contains("\nkind: Deployment\n")).collect();
+        // The operator runs as a process; the start-up check is a hook Job for a cluster with a node.
+        let without_deployment: Vec<&str> = rendered
+            .split("\n---")
+            .filter(|doc| !doc.contains("\nkind: Deployment\n") && !doc.contains("helm.sh/hook:"))
+            .collect();
         let applied = kubectl(&["apply", "-f", "-"], Some(&without_deployment.join("\n---")));
         assert!(applied.status.success(), "chart applied: {}", String::from_utf8_lossy(&applied.stderr));
         wait_for_mutating_policies();
