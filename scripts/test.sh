@@ -4,7 +4,8 @@
 # it: first those that run the operator as a process (as the chart's ServiceAccount); then,
 # alone, the outage ones (API server restarted, etcd paused, the operator cut off) and the
 # in-cluster ones (the chart installed with Helm, the operator running as Pods from the image
-# scripts/image.sh builds, watching every namespace).
+# scripts/image.sh builds, watching every namespace); last, ten first installs of the chart, each
+# on a fresh control plane, each followed at once by a plain `kubectl apply`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,3 +56,10 @@ start=$SECONDS
 tests/control-plane/run.sh --node "$dir/cp" -- "$0" --inside
 tests/control-plane/leftovers.sh "$ip_forward"
 echo "Real-cluster tests took $((SECONDS - start))s; nothing left behind"
+
+# The chart's first install, then at once a plain kubectl apply, as a pipeline runs them: ten
+# rounds, each on a control plane and node of its own (only a fresh API server shows the race).
+start=$SECONDS
+tests/first-install.sh 10
+tests/control-plane/leftovers.sh "$ip_forward"
+echo "First-install rounds took $((SECONDS - start))s; nothing left behind"

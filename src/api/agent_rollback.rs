@@ -40,7 +40,9 @@ use super::agent::AgentDefinition;
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Requested-By", type_ = "string", json_path = ".spec.requestedBy", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // The name becomes the label agentops.dev/rollback of the version a rollback makes.
+    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name: at most 63 characters (it labels the version the rollback makes)")
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("AgentRollback spec is immutable; create a new AgentRollback instead"))]
 #[x_kube(validation = Rule::new("self.strategy != 'Restore' || has(self.targetVersion)").message("targetVersion is required when strategy is Restore").field_path(".targetVersion"))]

@@ -186,9 +186,10 @@ done
 # The controllers that API objects depend on: ownerReference garbage collection, namespace
 # deletion, ServiceAccounts and their tokens, the aggregated edit/view roles, Deployments (the
 # benchmark times `kubectl rollout undo` until their controller observes it); with a node, also
-# what nodes and workloads need (node health and taints, ReplicaSets, StatefulSets, endpoints).
+# what nodes and workloads need (node health and taints, ReplicaSets, StatefulSets, Jobs (the
+# chart's start-up check is one), endpoints).
 controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller,root-ca-certificate-publisher-controller,deployment-controller
-[[ -z $node ]] || controllers+=,node-lifecycle-controller,replicaset-controller,statefulset-controller,endpoints-controller,endpointslice-controller,pod-garbage-collector-controller
+[[ -z $node ]] || controllers+=,node-lifecycle-controller,replicaset-controller,statefulset-controller,job-controller,endpoints-controller,endpointslice-controller,pod-garbage-collector-controller
 "$K8S_BIN/kube-controller-manager" --kubeconfig="$D/admin.kubeconfig" \
   --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
   --controllers="$controllers" \

@@ -238,3 +238,69 @@ async fn edit_users_may_roll_back_admins_delete_rollbacks_and_view_users_read_in
         assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"), "{who} user reads another namespace");
     }
 }
+
+/// The operator may restart workloads that an Agent's author may not: the chart's policy refuses
+/// an Agent, or a change of one, that lists a workload its author could not patch.
+#[tokio::test]
+async fn an_agent_may_list_only_workloads_its_author_may_restart() {
+    let admin = client().await;
+    crate::support::install_crds(&admin).await;
+    chart_identity();
+    let ns = namespace(&admin, "chart-deputy").await;
+    for (user, role) in [("mallory", "clusterrole=agent-operator-tests-edit"), ("edwin", "clusterrole=edit")] {
+        let out =
+            kubectl(&["create", "rolebinding", user, &format!("--{role}"), &format!("--user={user}"), "-n", &ns], None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mallory = user_kubeconfig("mallory", &[]);
+    let edwin = user_kubeconfig("edwin", &[]);
+    let can_i = |kubeconfig, args: &[&str]| {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-n", &ns]);
+        String::from_utf8_lossy(&kubectl_as(kubeconfig, &all, None).stdout).trim().to_string()
+    };
+    assert_eq!(can_i(&mallory, &["patch", "deployments"]), "no");
+    assert_eq!(can_i(&mallory, &["create", "agents"]), "yes");
+    eventually(Duration::from_secs(30), || async { (can_i(&edwin, &["patch", "deployments"]) == "yes").then_some(()) })
+        .await;
+
+    let agent = |name: &str, restart: &str| {
+        format!(
+            r#"{{"apiVersion":"agentops.dev/v1alpha1","kind":"Agent","metadata":{{"name":"{name}","namespace":"{ns}"}},"spec":{{"instructions":"v1","delivery":{{"restart":[{restart}]}}}}}}"#
+        )
+    };
+    let web = r#"{"kind":"Deployment","name":"web"}"#;
+    let db = r#"{"kind":"StatefulSet","name":"db"}"#;
+    // The policy reaches the admission chain a moment after it is created.
+    let refused = eventually(Duration::from_secs(30), || async {
+        let out = kubectl_as(&mallory, &["create", "-f", "-"], Some(&agent("by-mallory", &format!("{web},{db}"))));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (!out.status.success()).then_some(stderr)
+    })
+    .await;
+    assert!(
+        refused.contains("spec.delivery.restart: mallory may not patch Deployment web, StatefulSet db"),
+        "{refused}"
+    );
+
+    // Without workloads she may define agents; adding one she cannot patch is refused.
+    let out = kubectl_as(&mallory, &["create", "-f", "-"], Some(&agent("plain", "")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl_as(&mallory, &["apply", "-f", "-"], Some(&agent("plain", web)));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may not patch Deployment web"), "{out:?}");
+
+    // Her namespace's editor may; and then an edit of that Agent's definition, which would roll
+    // the Deployment out, is his and not hers.
+    let out = kubectl_as(&edwin, &["create", "-f", "-"], Some(&agent("by-edwin", web)));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl_as(
+        &mallory,
+        &["patch", "agent", "by-edwin", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"instructions":"v2"}}"#],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may not patch Deployment web"), "{out:?}");
+    // A change of metadata only restarts nothing, and is hers to make.
+    let out = kubectl_as(&mallory, &["label", "agent", "by-edwin", "-n", &ns, "team=support"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -257,3 +257,29 @@ async fn where_streaming_lists_are_refused_the_operator_lists_in_pages_and_the_p
     assert!(out.contains("Succeeded: Agent rolled back to version 1. New version 3 is now active."), "{out}");
     assert!(out.contains("event RollbackSucceeded"), "{out}");
 }
+
+/// A change cause, a rollback's reason and a field name are written by users; printed raw, a
+/// control sequence in them would reach the reader's terminal (here an OSC 52 clipboard write and
+/// a screen clear).
+#[tokio::test]
+async fn text_users_wrote_reaches_the_terminal_with_its_control_characters_escaped() {
+    let s = setup("plugin-escape").await;
+    let hostile = "fixed\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{1b}[2J\u{9b}31m";
+    let body = json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "Agent",
+                      "metadata": {"name": "support", "annotations": {"agentops.dev/change-cause": hostile}},
+                      "spec": {"instructions": "v1", "advancedSettings": {format!("key\u{1b}[2J"): "x"}}});
+    s.agents().patch("support", &PatchParams::apply("tests").force(), &Patch::Apply(body)).await.unwrap();
+    s.settled_agent("support").await;
+    s.apply_agent("support", json!({"instructions": "v2"})).await;
+    s.settled_agent("support").await;
+
+    for args in [vec!["history", "support"], vec!["diff", "support", "1", "2"]] {
+        let (code, out, err) = text(&plugin(&s, &args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{args:?} printed a control character: {out:?}");
+        assert!(out.contains("\\u{1b}"), "{args:?} shows the escape instead: {out}");
+    }
+    let (code, out, err) = text(&plugin(&s, &["rollback", "support", "--previous", "--reason", hostile]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!format!("{out}{err}").chars().any(|c| c.is_control() && c != '\n'), "{out:?}{err:?}");
+}

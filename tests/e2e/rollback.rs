@@ -433,6 +433,16 @@ async fn bad_input_is_refused_at_apply_time_with_a_message_naming_the_rule() {
         (rollback("r6", r#"{"agentName":"$(x)","strategy":"Pop"}"#), "spec.agentName", "should match"),
         (agent(&"a".repeat(64), "{}"), "metadata.name", "at most 63 characters"),
         (rollback("r7", &format!(r#"{{"agentName":"{}","strategy":"Pop"}}"#, "a".repeat(64))), "spec.agentName", "63"),
+        // A rollback's name labels the version it makes: one longer than a label value would
+        // be refused at that version's create and leave the rollback Running for ever.
+        (
+            rollback(
+                "support-rollback-after-incident-inc-4711-bad-prompt-restore-v1-extra",
+                r#"{"agentName":"support","strategy":"Previous"}"#,
+            ),
+            "metadata.name",
+            "at most 63 characters",
+        ),
     ];
     for (manifest, field, message) in cases {
         let out = kubectl(&["apply", "-f", "-"], Some(&manifest));
@@ -445,6 +455,9 @@ async fn bad_input_is_refused_at_apply_time_with_a_message_naming_the_rule() {
     s.agent_with_versions(&longest, 2, 10).await;
     s.create_rollback("longest", &longest, "Previous", None).await;
     assert_eq!(phase(&s.terminal("longest").await), Some(RollbackPhase::Succeeded));
+    let longest_rollback = "r".repeat(63);
+    s.create_rollback(&longest_rollback, &longest, "Previous", None).await;
+    assert_eq!(phase(&s.terminal(&longest_rollback).await), Some(RollbackPhase::Succeeded));
 
     // A finished rollback and a version cannot be edited.
     s.create_rollback("done", "support", "Pop", None).await;

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use agent_operator::api::AgentDefinition;
 use serde_json::Value;
 
+use crate::terminal::escape;
+
 /// One changed field.
 #[derive(Debug, PartialEq)]
 pub enum Change {
@@ -41,9 +43,9 @@ pub fn render(changes: &[Change]) -> String {
     changes
         .iter()
         .map(|c| match c {
-            Change::Added(path, v) => format!("+ {path}: {v}\n"),
-            Change::Removed(path, v) => format!("- {path}: {v}\n"),
-            Change::Changed(path, a, b) => format!("~ {path}: {a} -> {b}\n"),
+            Change::Added(path, v) => format!("+ {}: {v}\n", escape(path)),
+            Change::Removed(path, v) => format!("- {}: {v}\n", escape(path)),
+            Change::Changed(path, a, b) => format!("~ {}: {a} -> {b}\n", escape(path)),
         })
         .collect()
 }

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
-use crate::{Output, Session, diff};
+use crate::{Output, Session, diff, terminal};
 
 /// The Agent, or an error that says how to find the right name.
 pub async fn fetch_agent(session: &Session, name: &str) -> anyhow::Result<Agent> {
@@ -132,6 +132,10 @@ fn print_list(versions: &[AgentVersion], output: Output) -> anyhow::Result<()> {
 
 /// Prints rows under a header, columns padded like kubectl's.
 pub fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    // Cells hold text users wrote (a change cause, a name): escaped before they are measured.
+    let rows: Vec<[String; N]> =
+        rows.iter().map(|row| row.clone().map(|c| terminal::escape(&c).into_owned())).collect();
+    let rows = rows.as_slice();
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

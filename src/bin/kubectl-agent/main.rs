@@ -7,6 +7,7 @@ mod diff;
 mod export;
 mod history;
 mod rollback;
+mod terminal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -118,7 +119,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", terminal::escape(&format!("{error:#}")));
             ExitCode::from(1)
         }
     }

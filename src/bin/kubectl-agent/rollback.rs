@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::history::{fetch_agent, fetch_versions};
-use crate::{Session, diff};
+use crate::{Session, diff, terminal};
 
 #[derive(Args)]
 #[command(group = clap::ArgGroup::new("strategy").required(true).args(["to", "previous", "pop"]))]
@@ -301,7 +301,7 @@ async fn follow_delivery(
         let delivery = status.delivery.clone().unwrap_or_default();
         let progress = delivery_progress(&delivery);
         if progress != last {
-            println!("{progress}");
+            println!("{}", terminal::escape(&progress));
             last = progress;
         }
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
@@ -310,7 +310,11 @@ async fn follow_delivery(
             continue;
         }
         if let Some(stalled) = stalled {
-            eprintln!("error: version {active} is not delivered ({}): {}", stalled.reason, stalled.message);
+            eprintln!(
+                "error: version {active} is not delivered ({}): {}",
+                terminal::escape(&stalled.reason),
+                terminal::escape(&stalled.message)
+            );
             return Ok(ExitCode::from(1));
         }
         if ready.is_some_and(|c| c.status == "True") && delivery.version == Some(active) {
@@ -354,7 +358,7 @@ async fn follow(
                 if status.phase != last_phase {
                     last_phase = status.phase;
                     if let Some(phase) = status.phase {
-                        println!("{}: {}", phase.as_str(), status.message.clone().unwrap_or_default());
+                        println!("{}: {}", phase.as_str(), terminal::escape(status.message.as_deref().unwrap_or_default()));
                     }
                 }
                 if status.phase.is_some_and(RollbackPhase::is_terminal) {
@@ -390,8 +394,8 @@ async fn follow(
         _ => {
             eprintln!(
                 "error: rollback {name} failed ({}): {}",
-                status.reason.unwrap_or_default(),
-                status.message.unwrap_or_default()
+                terminal::escape(&status.reason.unwrap_or_default()),
+                terminal::escape(&status.message.unwrap_or_default())
             );
             Ok((ExitCode::from(1), None))
         }
@@ -405,7 +409,11 @@ fn is_final(event: &Event) -> bool {
 
 fn print_event(event: &Event, seen: &mut HashSet<String>) {
     if seen.insert(event.uid().unwrap_or_default()) {
-        println!("  event {}: {}", event.reason.as_deref().unwrap_or(""), event.message.as_deref().unwrap_or(""));
+        println!(
+            "  event {}: {}",
+            terminal::escape(event.reason.as_deref().unwrap_or("")),
+            terminal::escape(event.message.as_deref().unwrap_or(""))
+        );
     }
 }
 
@@ -438,7 +446,11 @@ async fn dry_run(session: &Session, args: &RollbackArgs) -> anyhow::Result<ExitC
             Ok(ExitCode::SUCCESS)
         }
         Err(failure) => {
-            eprintln!("Dry run: the rollback would fail ({}): {}", failure.reason.as_str(), failure.message);
+            eprintln!(
+                "Dry run: the rollback would fail ({}): {}",
+                failure.reason.as_str(),
+                terminal::escape(&failure.message)
+            );
             Ok(ExitCode::from(1))
         }
     }
