@@ -280,7 +280,9 @@ async fn an_agent_may_list_only_workloads_its_author_may_restart() {
     })
     .await;
     assert!(
-        refused.contains("spec.delivery.restart: mallory may not patch Deployment web, StatefulSet db"),
+        refused.contains(
+            "spec.delivery.restart: mallory may not patch every workload listed (Deployment web, StatefulSet db)"
+        ),
         "{refused}"
     );
 
@@ -288,7 +290,10 @@ async fn an_agent_may_list_only_workloads_its_author_may_restart() {
     let out = kubectl_as(&mallory, &["create", "-f", "-"], Some(&agent("plain", "")));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = kubectl_as(&mallory, &["apply", "-f", "-"], Some(&agent("plain", web)));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("may not patch Deployment web"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("may not patch every workload listed (Deployment web)"),
+        "{out:?}"
+    );
 
     // Her namespace's editor may; and then an edit of that Agent's definition, which would roll
     // the Deployment out, is his and not hers.
@@ -299,7 +304,10 @@ async fn an_agent_may_list_only_workloads_its_author_may_restart() {
         &["patch", "agent", "by-edwin", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"instructions":"v2"}}"#],
         None,
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("may not patch Deployment web"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("may not patch every workload listed (Deployment web)"),
+        "{out:?}"
+    );
     // A change of metadata only restarts nothing, and is hers to make.
     let out = kubectl_as(&mallory, &["label", "agent", "by-edwin", "-n", &ns, "team=support"], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

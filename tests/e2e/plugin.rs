@@ -265,12 +265,13 @@ async fn where_streaming_lists_are_refused_the_operator_lists_in_pages_and_the_p
 async fn text_users_wrote_reaches_the_terminal_with_its_control_characters_escaped() {
     let s = setup("plugin-escape").await;
     let hostile = "fixed\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{1b}[2J\u{9b}31m";
-    let body = json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "Agent",
-                      "metadata": {"name": "support", "annotations": {"agentops.dev/change-cause": hostile}},
+    // JSON: the API server's YAML parser (server-side apply) refuses control characters.
+    let body = json!({"metadata": {"annotations": {"agentops.dev/change-cause": hostile}},
                       "spec": {"instructions": "v1", "advancedSettings": {format!("key\u{1b}[2J"): "x"}}});
-    s.agents().patch("support", &PatchParams::apply("tests").force(), &Patch::Apply(body)).await.unwrap();
+    s.apply_agent("support", json!({"instructions": "v0"})).await;
     s.settled_agent("support").await;
-    s.apply_agent("support", json!({"instructions": "v2"})).await;
+    // Version 2: the hostile change cause and field name.
+    s.agents().patch("support", &PatchParams::default(), &Patch::Merge(body)).await.unwrap();
     s.settled_agent("support").await;
 
     for args in [vec!["history", "support"], vec!["diff", "support", "1", "2"]] {
