@@ -37,6 +37,8 @@ run_retried() {
 say "Kubernetes $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])'), one node"
 run kubectl get nodes
 say "Installing the operator with Helm (its image imported into the node, as a registry pull would)"
+echo "helm install returns once the chart's start-up check has seen the API server admit creates of"
+echo "Agents, AgentVersions and AgentRollbacks, so the kubectl apply that follows needs no wait."
 tests/control-plane/node.sh import "$DEMO_DIR/cp" "$DEMO_IMAGE" "$(dirname "$DEMO_IMAGE")/agent-runtime-$(basename "$DEMO_IMAGE" | sed 's/^agent-operator-//')"
 run helm install agent-operator charts/agent-operator -n agent-operator-system --create-namespace --wait --timeout 180s \
   --set delivery.restartWorkloads=true
@@ -120,7 +122,7 @@ run kubectl get agents,agentversions,agentrollbacks
 run kubectl get configmap support-agent -o jsonpath='{.metadata.annotations}{"\n"}'
 run kubectl get agent support -o jsonpath='{.status.delivery}{"\n"}' 
 say "The operator's Events, in the order they happened"
-run kubectl get events.v1.events.k8s.io --field-selector reportingComponent=agentops.dev/agent-operator \
+run kubectl get events.v1.events.k8s.io --field-selector reportingController=agentops.dev/agent-operator \
   --sort-by=.eventTime -o custom-columns=TIME:.eventTime,TYPE:.type,REASON:.reason,KIND:.regarding.kind,OBJECT:.regarding.name,MESSAGE:.note
 say "The Agent's spec is untouched by the rollbacks (temperature is still the edited 0.3)"
 run kubectl get agent support -o jsonpath='{.spec.temperature}{"\n"}'
