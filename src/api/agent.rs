@@ -176,8 +176,9 @@ pub struct DeliverySpec {
     pub config_map_name: Option<String>,
 
     /// Workloads in the Agent's namespace to roll out when the active version changes: the
-    /// operator sets two annotations on their pod template (active version, snapshot hash)
-    /// and touches nothing else.
+    /// operator sets three annotations on their pod template (active version, snapshot hash,
+    /// this Agent's name) and touches nothing else. A workload another Agent already rolls is
+    /// left alone and reported (`WorkloadConflict`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub restart: Vec<WorkloadRef>,

@@ -29,6 +29,8 @@ pub mod reasons {
     pub const WORKLOAD_NOT_FOUND: &str = "WorkloadNotFound";
     /// The operator may not read or patch a workload of `spec.delivery.restart`.
     pub const WORKLOAD_FORBIDDEN: &str = "WorkloadForbidden";
+    /// A workload listed by this Agent takes another Agent's delivery.
+    pub const WORKLOAD_CONFLICT: &str = "WorkloadConflict";
     /// A workload's rollout stopped progressing.
     pub const ROLLOUT_STUCK: &str = "RolloutStuck";
     /// The spec's definition is larger than a version may be; it is not published.

@@ -30,6 +30,10 @@ pub const ACTIVE_VERSION_ANNOTATION: &str = "agentops.dev/active-version";
 /// Annotation on the delivery ConfigMap, on rolled pod templates and on every AgentVersion
 /// (from this build on): the snapshot's hash.
 pub const SNAPSHOT_HASH_ANNOTATION: &str = "agentops.dev/snapshot-hash";
+/// Annotation on rolled pod templates: the Agent whose delivery the workload takes. One Agent
+/// owns a workload's delivery annotations; another that lists the same workload reports
+/// `WorkloadConflict` and writes nothing to it.
+pub const DELIVERED_FOR_ANNOTATION: &str = "agentops.dev/delivered-for";
 /// The delivery ConfigMap's key that holds the active snapshot (canonical JSON).
 pub const AGENT_JSON_KEY: &str = "agent.json";
 

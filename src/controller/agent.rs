@@ -67,6 +67,7 @@ pub fn awaits_delivery(agent: &Agent) -> bool {
                 reasons::CONFIG_MAP_CONFLICT,
                 reasons::WORKLOAD_NOT_FOUND,
                 reasons::WORKLOAD_FORBIDDEN,
+                reasons::WORKLOAD_CONFLICT,
                 reasons::ROLLOUT_STUCK,
             ]
             .contains(&c.reason.as_str())

@@ -95,7 +95,7 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
             })
         }
         Step::RollWorkload { workload, held } => {
-            Ok(Outcome::Done(delivery::roll_workload(ctx, ns, &workload, &held).await?))
+            Ok(Outcome::Done(delivery::roll_workload(ctx, ns, &observed.agent_name, &workload, &held).await?))
         }
         Step::Event(note) => {
             publish(ctx, observed, note);

@@ -7,14 +7,14 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource};
+use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::Context;
 use super::apply::status_code;
 use super::lean_meta::LeanMeta;
 use super::settled::revision;
-use crate::api::keys::{DELIVERY_FIELD_MANAGER, FIELD_MANAGER};
+use crate::api::keys::{DELIVERED_FOR_ANNOTATION, DELIVERY_FIELD_MANAGER, FIELD_MANAGER};
 use crate::api::{Agent, WorkloadKind, WorkloadRef};
 use crate::plan::delivery::{ConfigMapState, Found, Held, Rollout, WorkloadState, config_map_name};
 use crate::plan::{Applied, Observed};
@@ -47,18 +47,20 @@ fn newer(kept: &ConfigMapState, cached: &LeanMeta<ConfigMap>) -> bool {
 
 async fn read_workloads(ctx: &Context, namespace: &str, agent: &Agent) -> Result<Vec<WorkloadState>> {
     let listed = agent.spec.delivery.as_ref().map(|d| d.restart.clone()).unwrap_or_default();
-    futures::future::try_join_all(listed.into_iter().map(|w| read_workload(ctx, namespace, w))).await
+    let name = agent.name_any();
+    futures::future::try_join_all(listed.into_iter().map(|w| read_workload(ctx, namespace, &name, w))).await
 }
 
-async fn read_workload(ctx: &Context, namespace: &str, workload: WorkloadRef) -> Result<WorkloadState> {
+async fn read_workload(ctx: &Context, namespace: &str, agent: &str, workload: WorkloadRef) -> Result<WorkloadState> {
+    let claimed = |owner: Option<&str>| claimed_by(ctx, namespace, agent, &workload, owner);
     let found = match workload.kind {
         WorkloadKind::Deployment => {
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-            found(api.get_opt(&workload.name).await, deployment_rollout)
+            found(api.get_opt(&workload.name).await, deployment_rollout, &claimed)
         }
         WorkloadKind::StatefulSet => {
             let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
-            found(api.get_opt(&workload.name).await, statefulset_rollout)
+            found(api.get_opt(&workload.name).await, statefulset_rollout, &claimed)
         }
     };
     let found = found.map_err(|source| Error::ReadWorkload {
@@ -69,15 +71,38 @@ async fn read_workload(ctx: &Context, namespace: &str, workload: WorkloadRef) ->
     Ok(WorkloadState { workload, found })
 }
 
+/// The other Agent whose delivery a workload's template takes (`owner`), if that Agent still
+/// exists and lists the workload: then it is its, and `agent` leaves it alone. A workload
+/// whose owner is gone or lists it no more is free to take.
+fn claimed_by(
+    ctx: &Context,
+    namespace: &str,
+    agent: &str,
+    workload: &WorkloadRef,
+    owner: Option<&str>,
+) -> Option<String> {
+    let owner = owner.filter(|owner| *owner != agent)?;
+    let other = ctx.agents.get(&ObjectRef::new(owner).within(namespace))?;
+    let lists = other.spec.delivery.as_ref().is_some_and(|d| d.restart.contains(workload));
+    lists.then(|| owner.to_string())
+}
+
 /// A workload read (or written) as the planner sees it: what its template carries and how far
-/// its rollout has come; missing and forbidden are states to report, not errors.
+/// its rollout has come; missing, forbidden and another Agent's are states to report, not
+/// errors.
 fn found<K: Resource + HasTemplate>(
     result: kube::Result<Option<K>>,
     rollout: fn(&K) -> Rollout,
+    claimed_by: &dyn Fn(Option<&str>) -> Option<String>,
 ) -> kube::Result<Found> {
     match result {
         Ok(Some(object)) => {
-            let held = object.template_annotations().and_then(Held::from_annotations);
+            let annotations = object.template_annotations();
+            let owner = annotations.and_then(|a| a.get(DELIVERED_FOR_ANNOTATION)).map(String::as_str);
+            if let Some(by) = claimed_by(owner) {
+                return Ok(Found::Claimed { by });
+            }
+            let held = annotations.and_then(Held::from_annotations);
             Ok(Found::Present { held, rollout: rollout(&object) })
         }
         Ok(None) => Ok(Found::Missing),
@@ -199,25 +224,38 @@ pub async fn apply_config_map(
     }
 }
 
-/// Sets the two pod-template annotations with server-side apply under the delivery field
-/// manager: it owns those fields and no other, so whoever manages the rest of the workload
-/// (a GitOps tool) sees no drift.
-pub async fn roll_workload(ctx: &Context, namespace: &str, workload: &WorkloadRef, held: &Held) -> Result<Applied> {
+/// Sets the delivery pod-template annotations (the version, its snapshot hash, and the Agent
+/// whose delivery it takes) with server-side apply under the delivery field manager: it owns
+/// those fields and no other, so whoever manages the rest of the workload (a GitOps tool) sees
+/// no drift.
+pub async fn roll_workload(
+    ctx: &Context,
+    namespace: &str,
+    agent: &str,
+    workload: &WorkloadRef,
+    held: &Held,
+) -> Result<Applied> {
+    let mut annotations = held.annotations();
+    annotations.insert(DELIVERED_FOR_ANNOTATION.to_string(), agent.to_string());
     let body = json!({
         "apiVersion": "apps/v1",
         "kind": workload.kind.as_str(),
         "metadata": { "name": workload.name },
-        "spec": { "template": { "metadata": { "annotations": held.annotations() } } },
+        "spec": { "template": { "metadata": { "annotations": annotations } } },
     });
     let params = PatchParams::apply(DELIVERY_FIELD_MANAGER).force();
     let found = match workload.kind {
         WorkloadKind::Deployment => {
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-            found(api.patch(&workload.name, &params, &Patch::Apply(body)).await.map(Some), deployment_rollout)
+            found(api.patch(&workload.name, &params, &Patch::Apply(body)).await.map(Some), deployment_rollout, &|_| {
+                None
+            })
         }
         WorkloadKind::StatefulSet => {
             let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
-            found(api.patch(&workload.name, &params, &Patch::Apply(body)).await.map(Some), statefulset_rollout)
+            found(api.patch(&workload.name, &params, &Patch::Apply(body)).await.map(Some), statefulset_rollout, &|_| {
+                None
+            })
         }
     };
     let found = found.map_err(|source| Error::RollWorkload {

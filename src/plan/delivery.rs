@@ -101,6 +101,10 @@ pub enum Found {
     Missing,
     /// The operator may not read or patch it.
     Forbidden(String),
+    /// Its pod template takes the delivery of Agent `by`, which lists it too: not written.
+    Claimed {
+        by: String,
+    },
     Present {
         /// What its pod template's annotations carry.
         held: Option<Held>,
@@ -184,6 +188,15 @@ pub fn plan(observed: &Observed, agent: &Agent) -> Plan {
             Found::Forbidden(why) => {
                 let message = format!("{} {}: {why}", workload.kind.as_str(), workload.name);
                 (None, DeliveryState::Blocked { reason: reasons::WORKLOAD_FORBIDDEN, message })
+            }
+            Found::Claimed { by } => {
+                let message = format!(
+                    "{} {} takes the delivery of Agent {by}, which lists it too; it is left as it is. \
+                     Remove it from spec.delivery.restart of one of the two.",
+                    workload.kind.as_str(),
+                    workload.name
+                );
+                (None, DeliveryState::Blocked { reason: reasons::WORKLOAD_CONFLICT, message })
             }
             Found::Present { held, .. } if held.as_ref() != Some(&want) => {
                 rolls.push(Step::RollWorkload { workload: workload.clone(), held: want.clone() });
@@ -457,6 +470,8 @@ mod tests {
         for (found, reason) in [
             (Found::Missing, reasons::WORKLOAD_NOT_FOUND),
             (Found::Forbidden("forbidden".into()), reasons::WORKLOAD_FORBIDDEN),
+            // Another Agent's, even one behind: never rolled to this Agent's version.
+            (Found::Claimed { by: "other".into() }, reasons::WORKLOAD_CONFLICT),
             (
                 Found::Present { held: Some(held(2, "h2")), rollout: Rollout::Stuck("deadline exceeded".into()) },
                 reasons::ROLLOUT_STUCK,

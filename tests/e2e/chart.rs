@@ -312,3 +312,115 @@ async fn an_agent_may_list_only_workloads_its_author_may_restart() {
     let out = kubectl_as(&mallory, &["label", "agent", "by-edwin", "-n", &ns, "team=support"], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// RBAC lets the operator's identity write every ConfigMap it can see and, with restarts on,
+/// patch every Deployment and StatefulSet: a leaked token would reach kube-system/coredns and any
+/// pod template. The chart's policies hold that identity to its job.
+#[tokio::test]
+async fn the_operators_identity_writes_only_its_config_maps_its_two_annotations_and_its_lease() {
+    const REACH: &str = "agent-operator-reach";
+    let admin = client().await;
+    crate::support::install_crds(&admin).await;
+    let mut render = Command::new(&control_plane().helm);
+    render.args(["template", REACH]).arg(chart_dir()).args([
+        "--namespace",
+        REACH,
+        "--set",
+        "delivery.restartWorkloads=true",
+    ]);
+    for template in [
+        "serviceaccount",
+        "clusterrole",
+        "clusterrolebinding",
+        "role-lease",
+        "rolebinding-lease",
+        "operator-reach-policy",
+    ] {
+        render.args(["--show-only", &format!("templates/{template}.yaml")]);
+    }
+    let rendered = render.args(crate::support::served_api_versions(&control_plane().kubeconfig)).output().unwrap();
+    assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
+    let _ = kubectl(&["create", "namespace", REACH], None);
+    let out = kubectl(&["apply", "-f", "-"], Some(&String::from_utf8_lossy(&rendered.stdout)));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let operator = crate::support::service_account_kubeconfig(REACH, REACH);
+
+    let ns = namespace(&admin, "chart-reach").await;
+    let objects = format!(
+        r#"{{"apiVersion":"v1","kind":"List","items":[
+{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"coredns","namespace":"{ns}"}},"data":{{"Corefile":". {{ forward . 8.8.8.8 }}"}}}},
+{{"apiVersion":"agentops.dev/v1alpha1","kind":"Agent","metadata":{{"name":"support","namespace":"{ns}"}},"spec":{{}}}},
+{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"web","namespace":"{ns}","labels":{{"app":"web"}}}},"spec":{{"replicas":0,
+  "selector":{{"matchLabels":{{"app":"web"}}}},"template":{{"metadata":{{"labels":{{"app":"web"}},"annotations":{{"team":"a"}}}},
+  "spec":{{"containers":[{{"name":"web","image":"agent-runtime:0.1.0"}}]}}}}}}}}]}}"#
+    );
+    let out = kubectl(&["apply", "-f", "-"], Some(&objects));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let uid = String::from_utf8_lossy(
+        &kubectl(&["get", "agent", "support", "-n", &ns, "-o", "jsonpath={.metadata.uid}"], None).stdout,
+    )
+    .into_owned();
+
+    let as_operator = |args: &[&str], stdin: Option<&str>| {
+        let mut all: Vec<&str> = vec!["-n", &ns];
+        all.extend_from_slice(args);
+        let out = kubectl_as(&operator, &all, stdin);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // The policies reach the admission chain a moment after they are created; until then RBAC
+    // alone answers, and this write would go through.
+    let refused = eventually(Duration::from_secs(30), || async {
+        let (ok, stderr) =
+            as_operator(&["patch", "configmap", "coredns", "--type=merge", "-p", r#"{"data":{"x":"y"}}"#], None);
+        (!ok).then_some(stderr)
+    })
+    .await;
+    assert!(refused.contains("writes only the delivery ConfigMaps its Agents own"), "{refused}");
+
+    let config_map = |owner: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"support-agent","namespace":"{ns}"{owner}}},"data":{{}}}}"#
+        )
+    };
+    let owned = format!(
+        r#","ownerReferences":[{{"apiVersion":"agentops.dev/v1alpha1","kind":"Agent","name":"support","uid":"{uid}","controller":true}}]"#
+    );
+    let (ok, stderr) = as_operator(&["create", "--dry-run=server", "-f", "-"], Some(&config_map("")));
+    assert!(!ok && stderr.contains("its Agents own"), "an unowned ConfigMap: {stderr}");
+    let (ok, stderr) = as_operator(&["create", "--dry-run=server", "-f", "-"], Some(&config_map(&owned)));
+    assert!(ok, "its own delivery ConfigMap: {stderr}");
+    let adopt = format!(r#"{{"metadata":{{{}}}}}"#, &owned[1..]);
+    let (ok, stderr) = as_operator(&["patch", "configmap", "coredns", "--type=merge", "-p", &adopt], None);
+    assert!(!ok && stderr.contains("its Agents own"), "adopting a ConfigMap: {stderr}");
+
+    // Workloads: the delivery annotations of the pod template, and nothing else.
+    let delivery = r#"{"spec":{"template":{"metadata":{"annotations":{"agentops.dev/active-version":"3","agentops.dev/snapshot-hash":"ab"}}}}}"#;
+    let (ok, stderr) = as_operator(&["patch", "deployment", "web", "--type=merge", "-p", delivery], None);
+    assert!(ok, "the delivery annotations: {stderr}");
+    for patch in [
+        r#"{"spec":{"replicas":5}}"#,
+        r#"{"spec":{"template":{"metadata":{"annotations":{"team":"b"}}}}}"#,
+        r#"{"spec":{"template":{"metadata":{"annotations":{"sidecar":"inject"}}}}}"#,
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"attacker:1"}]}}}}"#,
+        r#"{"metadata":{"labels":{"app":"other"}}}"#,
+    ] {
+        let (ok, stderr) = as_operator(&["patch", "deployment", "web", "--type=merge", "-p", patch], None);
+        assert!(!ok && stderr.contains("changes only the pod template's delivery annotations"), "{patch}: {stderr}");
+    }
+    let (ok, stderr) = as_operator(&["delete", "deployment", "web", "--dry-run=server"], None);
+    assert!(!ok, "delete: {stderr}");
+
+    // Leases: its own, by name.
+    let lease = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"name":"{name}","namespace":"{REACH}"}},"spec":{{}}}}"#
+        )
+    };
+    let out = kubectl_as(&operator, &["create", "--dry-run=server", "-f", "-"], Some(&lease("kube-scheduler")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("creates only its leader Lease"), "{stderr}");
+    let out = kubectl_as(&operator, &["create", "--dry-run=server", "-f", "-"], Some(&lease(REACH)));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl_as(&operator, &["get", "lease", "kube-scheduler", "-n", REACH], None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"), "{out:?}");
+}

@@ -135,3 +135,55 @@ async fn a_workload_the_operator_may_not_patch_is_reported_with_its_reason() {
     assert_eq!(status.workloads.len(), 1);
     assert!(!status.workloads[0].rolled_out);
 }
+
+/// Two Agents that list one workload would write the same annotations in turn and roll it at
+/// each other's every change. One owns its delivery; the other reports the conflict and writes
+/// nothing to it, until the owner is gone.
+#[tokio::test]
+async fn a_workload_takes_one_agents_delivery_and_another_that_lists_it_reports_the_conflict() {
+    let mut s = crate::rollback::setup_without_operator("delivery-conflict").await;
+    // Rights to patch workloads, as the chart grants with delivery.restartWorkloads=true.
+    s.operator = Some(crate::support::Operator::start_as(&crate::support::control_plane().kubeconfig, &s.ns));
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(s.client.clone(), &s.ns);
+    let web = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": "agent-runtime:0.1.0"}]}}}});
+    deployments.create(&PostParams::default(), &serde_json::from_value(web).unwrap()).await.unwrap();
+    let template = || async {
+        let d = deployments.get("web").await.unwrap();
+        d.spec.unwrap().template.metadata.unwrap().annotations.unwrap_or_default()
+    };
+    let restart = json!([{"kind": "Deployment", "name": "web"}]);
+
+    s.apply_agent("first", json!({"instructions": "first", "delivery": {"restart": restart}})).await;
+    s.settled_agent("first").await;
+    let owned = template().await;
+    assert_eq!(owned.get("agentops.dev/delivered-for").map(String::as_str), Some("first"), "{owned:?}");
+
+    s.apply_agent("second", json!({"instructions": "second", "delivery": {"restart": restart}})).await;
+    let agent = eventually(WAIT, || async {
+        let agent = s.agents().get("second").await.ok()?;
+        (condition(&agent, "Ready")?.1 == "WorkloadConflict").then_some(agent)
+    })
+    .await;
+    let (_, _, message) = condition(&agent, "Stalled").unwrap();
+    assert!(message.contains("Deployment web takes the delivery of Agent first"), "{message}");
+    let workload = &agent.status.unwrap().delivery.unwrap().workloads[0];
+    assert!(workload.version.is_none() && !workload.rolled_out, "{workload:?}");
+    // A new version of the second changes nothing of the workload either.
+    s.apply_agent("second", json!({"instructions": "second, v2", "delivery": {"restart": restart}})).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(template().await, owned, "the second Agent wrote to the first's workload");
+
+    // Its owner gone, the workload is the second's to take.
+    s.agents().delete("first", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, || async {
+        let annotations = template().await;
+        (annotations.get("agentops.dev/delivered-for").map(String::as_str) == Some("second")
+            && annotations.get("agentops.dev/active-version").map(String::as_str) == Some("2"))
+        .then_some(())
+    })
+    .await;
+    s.settled_agent("second").await;
+}

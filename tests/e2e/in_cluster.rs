@@ -367,7 +367,7 @@ async fn a_rollback_changes_what_the_running_agent_serves_with_and_without_resta
     assert_eq!(delivery.version, Some(2));
     assert!(delivery.workloads.iter().all(|w| w.rolled_out && w.version == Some(2)), "{delivery:?}");
 
-    // The operator owns the two template annotations and nothing else of the Deployment.
+    // The operator owns its template annotations and nothing else of the Deployment.
     let d = deployments.get("rolled-runtime").await.unwrap();
     let ours = d
         .managed_fields()
