@@ -41,7 +41,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, warn};
 
-use crate::api::keys::AGENT_LABEL;
+use crate::api::keys::{AGENT_LABEL, CHANGE_CAUSE_ANNOTATION, CHANGED_BY_ANNOTATION, ROLLBACK_RECORD_ANNOTATION};
 use crate::api::{Agent, AgentDefinition, AgentRollback, AgentVersion};
 use crate::client::scoped;
 use crate::http::Health;
@@ -140,7 +140,7 @@ fn rollback_events(
     ctx: &Arc<Context>,
 ) -> impl Stream<Item = Result<AgentRollback, watcher::Error>> + Send + 'static {
     let (index, early) = (ctx.rollbacks.clone(), ctx.clone());
-    reflector(writer, watcher(rollbacks, watching.clone()).modify(drop_managed_fields))
+    reflector(writer, watcher(rollbacks, watching.clone()).modify(slim_rollback))
         .inspect_ok(move |event| index.apply(event))
         .applied_objects()
         .inspect_ok(move |rollback| agent_rollback::start_early(rollback, &early))
@@ -238,6 +238,22 @@ fn drop_managed_fields<K: Resource>(object: &mut K) {
 fn slim_agent(agent: &mut Agent) {
     drop_managed_fields(agent);
     agent.spec.definition = AgentDefinition::default();
+    keep_annotations(agent, &[CHANGE_CAUSE_ANNOTATION, CHANGED_BY_ANNOTATION]);
+}
+
+/// Of a rollback's annotations the cache keeps its record, the only one the operator reads:
+/// annotations are anyone's to write, up to 256 KiB an object, and one namespace's rollbacks
+/// (or an Agent's `kubectl.kubernetes.io/last-applied-configuration`) could otherwise fill the
+/// memory of an operator shared by every namespace.
+fn slim_rollback(rollback: &mut AgentRollback) {
+    drop_managed_fields(rollback);
+    keep_annotations(rollback, &[ROLLBACK_RECORD_ANNOTATION]);
+}
+
+fn keep_annotations<K: Resource>(object: &mut K, keep: &[&str]) {
+    if let Some(annotations) = object.meta_mut().annotations.as_mut() {
+        annotations.retain(|key, _| keep.contains(&key.as_str()));
+    }
 }
 
 /// How every watch gets its first state: streamed from the API server's watch cache where the
@@ -371,6 +387,31 @@ mod tests {
         assert!(streams_lists("1", "37+"));
         assert!(streams_lists("2", "0"));
         assert!(!streams_lists("", ""));
+    }
+
+    #[test]
+    fn the_caches_keep_only_the_annotations_the_operator_reads() {
+        let big = "x".repeat(200_000);
+        let mut rollback: AgentRollback = serde_json::from_value(serde_json::json!({
+            "apiVersion": "agentops.dev/v1alpha1", "kind": "AgentRollback",
+            "metadata": {"name": "r", "annotations": {ROLLBACK_RECORD_ANNOTATION: "{}", "ticket": big}},
+            "spec": {"agentName": "support", "strategy": "Pop"}}))
+        .unwrap();
+        slim_rollback(&mut rollback);
+        let kept: Vec<&String> = rollback.metadata.annotations.as_ref().unwrap().keys().collect();
+        assert_eq!(kept, [ROLLBACK_RECORD_ANNOTATION]);
+
+        let mut agent: Agent = serde_json::from_value(serde_json::json!({
+            "apiVersion": "agentops.dev/v1alpha1", "kind": "Agent",
+            "metadata": {"name": "a", "annotations": {
+                CHANGE_CAUSE_ANNOTATION: "why", CHANGED_BY_ANNOTATION: "who",
+                "kubectl.kubernetes.io/last-applied-configuration": big}},
+            "spec": {"instructions": "long"}}))
+        .unwrap();
+        slim_agent(&mut agent);
+        let kept: Vec<&String> = agent.metadata.annotations.as_ref().unwrap().keys().collect();
+        assert_eq!(kept, [CHANGE_CAUSE_ANNOTATION, CHANGED_BY_ANNOTATION]);
+        assert_eq!(agent.spec.definition, AgentDefinition::default());
     }
 
     #[test]
