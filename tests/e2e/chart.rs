@@ -317,7 +317,7 @@ async fn an_agent_may_list_only_workloads_its_author_may_restart() {
 /// patch every Deployment and StatefulSet: a leaked token would reach kube-system/coredns and any
 /// pod template. The chart's policies hold that identity to its job.
 #[tokio::test]
-async fn the_operators_identity_writes_only_its_config_maps_its_two_annotations_and_its_lease() {
+async fn the_operators_identity_writes_only_its_config_maps_its_delivery_annotations_and_its_lease() {
     const REACH: &str = "agent-operator-reach";
     let admin = client().await;
     crate::support::install_crds(&admin).await;

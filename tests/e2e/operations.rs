@@ -16,7 +16,7 @@ use kube::runtime::{reflector, watcher};
 use serde_json::json;
 
 use crate::rollback::{Setup, setup};
-use crate::support::{Operator, RELEASE_NAMESPACE, chart_identity, eventually};
+use crate::support::{Operator, RELEASE, RELEASE_NAMESPACE, chart_identity, eventually};
 
 /// The value of one metric line (name with labels, exactly as exposed), if present.
 fn metric(text: &str, series: &str) -> Option<f64> {
@@ -39,7 +39,8 @@ fn replica(s: &Setup, lease: &str, name: &str) -> Operator {
 async fn two_replicas_share_a_lease_and_the_standby_takes_over_when_the_leader_is_killed() {
     let mut s = setup("ops-lease").await;
     s.operator = None; // this test runs its own two replicas
-    let lease = s.ns.clone();
+    // The chart's leader Lease: its identity may take no other.
+    let lease = RELEASE.to_string();
     let mut leader = replica(&s, &lease, "replica-a");
     eventually(Duration::from_secs(30), || async {
         (metric(&scrape(&leader).await, "agentops_leader") == Some(1.0)).then_some(())

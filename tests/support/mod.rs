@@ -270,7 +270,9 @@ impl ControlPlane {
 /// the in-cluster tests can `helm install` the chart as users do, as `agent-operator` in
 /// `agent-operator-system`, beside it.
 pub const RELEASE_NAMESPACE: &str = "agent-operator-tests";
-const RELEASE: &str = "agent-operator-tests";
+/// The release's name, and so its fullname: the name of its leader Lease, the only Lease its
+/// identity may take.
+pub const RELEASE: &str = "agent-operator-tests";
 
 /// The identity the chart gives the operator.
 pub struct ChartIdentity {
