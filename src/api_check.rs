@@ -123,13 +123,16 @@ fn requested_by_is_caller(created: &Value, caller: &str) -> Result<(), String> {
 
 /// The probes for `policies`: a version, an Agent and a rollback. With mutating policies, the
 /// Agent and the rollback carry forged names that the policies must overwrite; with validating
-/// ones, the forged names are probed separately by [`forged_probes`].
-fn probes(namespace: &str, policies: Policies) -> Vec<Probe> {
+/// ones the rollback names its `caller`, as the policy demands, and forged names are probed
+/// separately by [`forged_probes`].
+fn probes(namespace: &str, policies: Policies, caller: &str) -> Vec<Probe> {
     let mutating = policies == Policies::Mutating;
     let forged_annotations = if mutating { json!({keys::CHANGED_BY_ANNOTATION: FORGED}) } else { json!({}) };
     let mut rollback_spec = json!({"agentName": PROBE, "strategy": "Previous"});
-    if mutating {
-        rollback_spec["requestedBy"] = json!(FORGED);
+    match policies {
+        Policies::Mutating => rollback_spec["requestedBy"] = json!(FORGED),
+        Policies::Validating => rollback_spec["requestedBy"] = json!(caller),
+        Policies::None => {}
     }
     vec![
         Probe {
@@ -249,7 +252,8 @@ async fn dry_run_create(client: &Client, namespace: &str, probe: &Probe) -> Resu
 pub async fn wait(client: &Client, namespace: &str, policies: Policies, timeout: Duration) -> Result<(), CheckError> {
     let start = Instant::now();
     let caller = caller(client).await?;
-    let mut pending: Vec<(Probe, bool)> = probes(namespace, policies).into_iter().map(|p| (p, false)).collect();
+    let mut pending: Vec<(Probe, bool)> =
+        probes(namespace, policies, &caller).into_iter().map(|p| (p, false)).collect();
     if policies == Policies::Validating {
         pending.extend(forged_probes(namespace).into_iter().map(|p| (p, true)));
     }
@@ -266,7 +270,8 @@ pub async fn wait(client: &Client, namespace: &str, policies: Policies, timeout:
                 if *forged { classify_forged(result) } else { classify(result, |v| (probe.check)(v, &caller)) };
             match answer {
                 Answer::Admitted => {
-                    println!("{}: admitted after {:.1?}", probe.kind, start.elapsed());
+                    let outcome = if *forged { "refused by the policy, as it should be," } else { "admitted" };
+                    println!("{}: {outcome} after {:.1?}", probe.kind, start.elapsed());
                     last[i] = Some(String::new());
                 }
                 Answer::Permanent(message) => return Err(CheckError::Permanent { kind: probe.kind, message }),
@@ -321,7 +326,7 @@ mod tests {
     #[test]
     fn an_admitted_create_counts_only_once_the_mutating_policies_stamped_the_caller() {
         let ns = "agent-operator-system";
-        let [_, agent, rollback] = <[Probe; 3]>::try_from(probes(ns, Policies::Mutating)).unwrap();
+        let [_, agent, rollback] = <[Probe; 3]>::try_from(probes(ns, Policies::Mutating, "me")).unwrap();
         // Unstamped, the dry run returns what was sent: the forged names.
         assert!(matches!(
             classify(Ok(agent.object.clone()), |v| (agent.check)(v, "system:serviceaccount:x:y")),
@@ -347,7 +352,7 @@ mod tests {
 
     #[test]
     fn probes_name_the_namespace_and_carry_their_kind() {
-        for probe in probes("team-a", Policies::None).iter().chain(forged_probes("team-a").iter()) {
+        for probe in probes("team-a", Policies::None, "me").iter().chain(forged_probes("team-a").iter()) {
             assert_eq!(probe.object["metadata"]["namespace"], "team-a");
             assert!(probe.kind.starts_with(probe.object["kind"].as_str().unwrap()), "{probe:?}");
         }

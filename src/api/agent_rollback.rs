@@ -77,7 +77,7 @@ pub struct AgentRollbackSpec {
 
     /// Who asked for the rollback: the username the API server authenticated for the create.
     /// The chart's admission policy sets it, whatever the client sent (or, where the cluster
-    /// cannot mutate, refuses any other value than the caller's).
+    /// cannot mutate, refuses any value but the caller's, and none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub requested_by: Option<String>,

@@ -247,7 +247,12 @@ async fn without_mutating_admission_policies_a_forged_requester_is_refused() {
         Some(err)
     })
     .await;
-    assert!(refused.contains("spec.requestedBy: must be the caller, alice, or left out; it was bob"), "{refused}");
+    assert!(refused.contains("spec.requestedBy: must be the caller, alice; it was bob"), "{refused}");
+    // Nothing would fill it in here: a rollback that names nobody is refused, not anonymous.
+    let anonymous = "apiVersion: agentops.dev/v1alpha1\nkind: AgentRollback\nmetadata: {name: anonymous, namespace: team}\nspec: {agentName: support, strategy: Previous}\n";
+    let out = kubectl_as(&alice, &["create", "-f", "-"], Some(anonymous));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("must be the caller, alice; it is missing"), "{stderr}");
     // A changed-by annotation from a client is refused too.
     let forged = "  annotations: {agentops.dev/changed-by: bob}\n";
     let out = kubectl_as(&alice, &["apply", "-f", "-"], Some(&agent_manifest("team", "be kind", forged)));
@@ -262,4 +267,16 @@ async fn without_mutating_admission_policies_a_forged_requester_is_refused() {
     assert_eq!(rollback.spec.requested_by.as_deref(), Some("alice"));
     // And the caller's own name passes.
     ok(kubectl_as(&alice, &["create", "-f", "-"], Some(&rollback_manifest("team", "honest", "alice"))));
+
+    // The chart's start-up check knows these policies: its own name passes, a forged one is
+    // refused, and so the check passes.
+    let check = Command::new(env!("CARGO_BIN_EXE_agent-operator"))
+        .args(["check-api", "--kubeconfig"])
+        .arg(admin)
+        .args(["--namespace", "team", "--policies", "validating", "--timeout", "60"])
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(check.status.success(), "{said}");
+    assert!(said.contains("AgentRollback (forged requestedBy): refused by the policy, as it should be"), "{said}");
 }
