@@ -121,6 +121,17 @@ fn requested_by_is_caller(created: &Value, caller: &str) -> Result<(), String> {
     }
 }
 
+/// A probe of kind `K`: the object `name` in `namespace`, with `rest` (spec, and metadata to add).
+fn probe<K: Resource<DynamicType = ()>>(
+    label: &'static str,
+    namespace: &str,
+    name: &str,
+    rest: Value,
+    check: fn(&Value, &str) -> Result<(), String>,
+) -> Probe {
+    Probe { kind: label, resource: ApiResource::erase::<K>(&()), object: object_of::<K>(namespace, name, rest), check }
+}
+
 /// The probes for `policies`: a version, an Agent and a rollback. With mutating policies, the
 /// Agent and the rollback carry forged names that the policies must overwrite; with validating
 /// ones the rollback names its `caller`, as the policy demands, and forged names are probed
@@ -134,34 +145,23 @@ fn probes(namespace: &str, policies: Policies, caller: &str) -> Vec<Probe> {
         Policies::Validating => rollback_spec["requestedBy"] = json!(caller),
         Policies::None => {}
     }
+    let version = json!({"spec": {"agentName": PROBE, "version": 1, "snapshot": {}, "snapshotHash": "0".repeat(64)}});
     vec![
-        Probe {
-            kind: "AgentVersion",
-            resource: ApiResource::erase::<AgentVersion>(&()),
-            object: object_of::<AgentVersion>(
-                namespace,
-                &format!("{PROBE}-v1"),
-                json!({"spec": {"agentName": PROBE, "version": 1, "snapshot": {},
-                                "snapshotHash": "0".repeat(64)}}),
-            ),
-            check: admitted,
-        },
-        Probe {
-            kind: "Agent",
-            resource: ApiResource::erase::<Agent>(&()),
-            object: object_of::<Agent>(
-                namespace,
-                PROBE,
-                json!({"metadata": {"annotations": forged_annotations}, "spec": {}}),
-            ),
-            check: if mutating { changed_by_is_caller } else { admitted },
-        },
-        Probe {
-            kind: "AgentRollback",
-            resource: ApiResource::erase::<AgentRollback>(&()),
-            object: object_of::<AgentRollback>(namespace, PROBE, json!({"spec": rollback_spec})),
-            check: if mutating { requested_by_is_caller } else { admitted },
-        },
+        probe::<AgentVersion>("AgentVersion", namespace, &format!("{PROBE}-v1"), version, admitted),
+        probe::<Agent>(
+            "Agent",
+            namespace,
+            PROBE,
+            json!({"metadata": {"annotations": forged_annotations}, "spec": {}}),
+            if mutating { changed_by_is_caller } else { admitted },
+        ),
+        probe::<AgentRollback>(
+            "AgentRollback",
+            namespace,
+            PROBE,
+            json!({"spec": rollback_spec}),
+            if mutating { requested_by_is_caller } else { admitted },
+        ),
     ]
 }
 
@@ -169,26 +169,20 @@ fn probes(namespace: &str, policies: Policies, caller: &str) -> Vec<Probe> {
 /// not reached the admission chain.
 fn forged_probes(namespace: &str) -> Vec<Probe> {
     vec![
-        Probe {
-            kind: "Agent (forged changed-by)",
-            resource: ApiResource::erase::<Agent>(&()),
-            object: object_of::<Agent>(
-                namespace,
-                PROBE,
-                json!({"metadata": {"annotations": {keys::CHANGED_BY_ANNOTATION: FORGED}}, "spec": {}}),
-            ),
-            check: admitted,
-        },
-        Probe {
-            kind: "AgentRollback (forged requestedBy)",
-            resource: ApiResource::erase::<AgentRollback>(&()),
-            object: object_of::<AgentRollback>(
-                namespace,
-                PROBE,
-                json!({"spec": {"agentName": PROBE, "strategy": "Previous", "requestedBy": FORGED}}),
-            ),
-            check: admitted,
-        },
+        probe::<Agent>(
+            "Agent (forged changed-by)",
+            namespace,
+            PROBE,
+            json!({"metadata": {"annotations": {keys::CHANGED_BY_ANNOTATION: FORGED}}, "spec": {}}),
+            admitted,
+        ),
+        probe::<AgentRollback>(
+            "AgentRollback (forged requestedBy)",
+            namespace,
+            PROBE,
+            json!({"spec": {"agentName": PROBE, "strategy": "Previous", "requestedBy": FORGED}}),
+            admitted,
+        ),
     ]
 }
 

@@ -154,6 +154,17 @@ fn workload_patches_are_granted_only_when_the_chart_enables_restarts() {
     );
 }
 
+/// Waits until `kubectl auth can-i ARGS` says yes for `kubeconfig`'s user: the aggregation
+/// controller folds the chart's roles into the built-in ones a moment after they are created.
+async fn allowed_soon(kubeconfig: &std::path::Path, args: &[&str]) {
+    let mut all = vec!["auth", "can-i"];
+    all.extend_from_slice(args);
+    eventually(Duration::from_secs(30), || async {
+        (String::from_utf8_lossy(&kubectl_as(kubeconfig, &all, None).stdout).trim() == "yes").then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn edit_users_may_roll_back_admins_delete_rollbacks_and_view_users_read_in_their_namespace_only() {
     let admin = client().await;
@@ -186,11 +197,7 @@ async fn edit_users_may_roll_back_admins_delete_rollbacks_and_view_users_read_in
     };
 
     // The aggregation controller folds the chart's roles into edit/view shortly after install.
-    eventually(Duration::from_secs(30), || async {
-        let out = kubectl_as(&editor, &["auth", "can-i", "create", "agentrollbacks", "-n", &ns], None);
-        (String::from_utf8_lossy(&out.stdout).trim() == "yes").then_some(())
-    })
-    .await;
+    allowed_soon(&editor, &["create", "agentrollbacks", "-n", &ns]).await;
     let out = kubectl_as(&editor, &["create", "-f", "-"], Some(&rollback("by-editor", &ns)));
     assert!(out.status.success(), "edit user creates a rollback: {}", String::from_utf8_lossy(&out.stderr));
     let out = kubectl_as(&editor, &["get", "agentversions", "-n", &ns], None);
@@ -208,11 +215,7 @@ async fn edit_users_may_roll_back_admins_delete_rollbacks_and_view_users_read_in
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains("forbidden"), "edit user: {args:?}: {stderr}");
     }
-    eventually(Duration::from_secs(30), || async {
-        let out = kubectl_as(&namespace_admin, &["auth", "can-i", "delete", "agentrollbacks", "-n", &ns], None);
-        (String::from_utf8_lossy(&out.stdout).trim() == "yes").then_some(())
-    })
-    .await;
+    allowed_soon(&namespace_admin, &["delete", "agentrollbacks", "-n", &ns]).await;
     let out = kubectl_as(&namespace_admin, &["create", "-f", "-"], Some(&rollback("by-admin", &ns)));
     assert!(out.status.success(), "admin creates a rollback: {}", String::from_utf8_lossy(&out.stderr));
     let out = kubectl_as(&namespace_admin, &["delete", "agentrollback", "by-admin", "-n", &ns], None);
@@ -262,8 +265,7 @@ async fn an_agent_may_list_only_workloads_its_author_may_restart() {
     };
     assert_eq!(can_i(&mallory, &["patch", "deployments"]), "no");
     assert_eq!(can_i(&mallory, &["create", "agents"]), "yes");
-    eventually(Duration::from_secs(30), || async { (can_i(&edwin, &["patch", "deployments"]) == "yes").then_some(()) })
-        .await;
+    allowed_soon(&edwin, &["patch", "deployments", "-n", &ns]).await;
 
     let agent = |name: &str, restart: &str| {
         format!(

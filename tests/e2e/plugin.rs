@@ -25,7 +25,7 @@ fn plugin_in(ns: &str, args: &[&str]) -> Output {
     plugin_on(&control_plane().kubeconfig, ns, args)
 }
 
-fn plugin_on(kubeconfig: &Path, ns: &str, args: &[&str]) -> Output {
+pub(crate) fn plugin_on(kubeconfig: &Path, ns: &str, args: &[&str]) -> Output {
     let out = Command::new("timeout")
         .args(["--kill-after=5", "60", env!("CARGO_BIN_EXE_kubectl-agent")])
         .arg("--kubeconfig")

@@ -17,6 +17,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 
+use crate::plugin::plugin_on;
 use crate::support::{
     OwnControlPlane, client, client_for, control_plane, install_crds, kubectl, kubectl_as, kubectl_once, namespace,
     repo, served_api_versions, wait_crd_established,
@@ -133,16 +134,6 @@ fn agent(ns: &str, name: &str) -> String {
     )
 }
 
-fn plugin(kubeconfig: &Path, ns: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kubectl-agent"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["-n", ns])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn check_api(kubeconfig: &Path, ns: &str, policies: &str, timeout: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_agent-operator"))
         .args(["check-api", "--kubeconfig"])
@@ -171,7 +162,7 @@ async fn the_tests_kubectl_kubectl_agent_and_check_api_retry_429_and_503_and_not
     assert_eq!(webhook.log(), ["503 Agent support", "503 Agent support", "429 Agent support", "200 Agent support"]);
 
     webhook.plan(&[503, 429, 503]);
-    let out = plugin(kubeconfig, &ns, &["rollback", "support", "--previous", "--no-wait"]);
+    let out = plugin_on(kubeconfig, &ns, &["rollback", "support", "--previous", "--no-wait"]);
     assert!(out.status.success(), "{}", text(&out));
     let log = webhook.log();
     assert_eq!(log.iter().map(|l| &l[..3]).collect::<Vec<_>>(), ["503", "429", "503", "200"], "{log:?}");
@@ -202,7 +193,7 @@ async fn the_tests_kubectl_kubectl_agent_and_check_api_retry_429_and_503_and_not
         assert_eq!(webhook.log().len(), 1, "the tests' kubectl retried {code}: {:?}", webhook.log());
 
         webhook.plan(&[code, code, code]);
-        let out = plugin(kubeconfig, &ns, &["rollback", "support", "--previous", "--no-wait"]);
+        let out = plugin_on(kubeconfig, &ns, &["rollback", "support", "--previous", "--no-wait"]);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert!(text(&out).contains(&format!("refused by the test's webhook with {code}")), "{}", text(&out));
         assert_eq!(webhook.log().len(), 1, "kubectl agent retried {code}: {:?}", webhook.log());
