@@ -54,9 +54,10 @@ pub enum CheckError {
     Permanent { kind: &'static str, message: String },
     #[error(
         "gave up after {waited:?}: {kind} is still not admitted ({last}). Check that the CRDs are \
-         Established (kubectl get crd -l app.kubernetes.io/part-of=agent-operator, or \
-         kubectl get crd agents.agentops.dev), that the admission policies and their bindings \
-         exist, then run helm upgrade again"
+         Established (kubectl get crd agents.agentops.dev agentversions.agentops.dev \
+         agentrollbacks.agentops.dev) and that the admission policies and their bindings exist \
+         (kubectl get validatingadmissionpolicies,mutatingadmissionpolicies), then run helm \
+         upgrade again"
     )]
     GaveUp { waited: Duration, kind: &'static str, last: String },
 }
@@ -251,12 +252,14 @@ pub async fn wait(client: &Client, namespace: &str, policies: Policies, timeout:
     if policies == Policies::Validating {
         pending.extend(forged_probes(namespace).into_iter().map(|p| (p, true)));
     }
-    let mut last: Vec<Option<String>> = pending.iter().map(|_| None).collect();
+    // Per probe: admitted yet, and the last answer printed (each change is printed once).
+    let mut admitted = vec![false; pending.len()];
+    let mut last: Vec<Option<String>> = vec![None; pending.len()];
     let mut pause = Duration::from_millis(100);
     loop {
         let mut waiting = None;
         for (i, (probe, forged)) in pending.iter().enumerate() {
-            if last[i].as_deref() == Some("") {
+            if admitted[i] {
                 continue;
             }
             let result = dry_run_create(client, namespace, probe).await;
@@ -266,7 +269,7 @@ pub async fn wait(client: &Client, namespace: &str, policies: Policies, timeout:
                 Answer::Admitted => {
                     let outcome = if *forged { "refused by the policy, as it should be," } else { "admitted" };
                     println!("{}: {outcome} after {:.1?}", probe.kind, start.elapsed());
-                    last[i] = Some(String::new());
+                    admitted[i] = true;
                 }
                 Answer::Permanent(message) => return Err(CheckError::Permanent { kind: probe.kind, message }),
                 Answer::NotYet(why) => {
