@@ -354,7 +354,10 @@ async fn the_operators_identity_writes_only_its_config_maps_its_delivery_annotat
 {{"apiVersion":"agentops.dev/v1alpha1","kind":"Agent","metadata":{{"name":"support","namespace":"{ns}"}},"spec":{{}}}},
 {{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"web","namespace":"{ns}","labels":{{"app":"web"}}}},"spec":{{"replicas":0,
   "selector":{{"matchLabels":{{"app":"web"}}}},"template":{{"metadata":{{"labels":{{"app":"web"}},"annotations":{{"team":"a"}}}},
-  "spec":{{"containers":[{{"name":"web","image":"agent-runtime:0.1.0"}}]}}}}}}}}]}}"#
+  "spec":{{"containers":[{{"name":"web","image":"agent-runtime:0.1.0"}}]}}}}}}}},
+{{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{{"name":"db","namespace":"{ns}"}},"spec":{{"replicas":0,"serviceName":"db",
+  "selector":{{"matchLabels":{{"app":"db"}}}},"template":{{"metadata":{{"labels":{{"app":"db"}}}},
+  "spec":{{"containers":[{{"name":"db","image":"agent-runtime:0.1.0"}}]}}}}}}}}]}}"#
     );
     let out = kubectl(&["apply", "-f", "-"], Some(&objects));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -411,6 +414,13 @@ async fn the_operators_identity_writes_only_its_config_maps_its_delivery_annotat
     }
     let (ok, stderr) = as_operator(&["delete", "deployment", "web", "--dry-run=server"], None);
     assert!(!ok, "delete: {stderr}");
+    // A StatefulSet, under its own policy: the same rule.
+    let (ok, stderr) = as_operator(&["patch", "statefulset", "db", "--type=merge", "-p", delivery], None);
+    assert!(ok, "the delivery annotations of a StatefulSet: {stderr}");
+    for patch in [r#"{"spec":{"replicas":3}}"#, r#"{"spec":{"minReadySeconds":5}}"#] {
+        let (ok, stderr) = as_operator(&["patch", "statefulset", "db", "--type=merge", "-p", patch], None);
+        assert!(!ok && stderr.contains("delivery annotations") && stderr.contains("statefulset"), "{patch}: {stderr}");
+    }
 
     // Leases: its own, by name.
     let lease = |name: &str| {
