@@ -68,8 +68,16 @@ struct Probe {
     resource: ApiResource,
     /// The object to create, in the namespace.
     object: Value,
-    /// Whether the created object shows the policies' work, or why not.
-    check: fn(&Value, &str) -> Result<(), String>,
+    expect: Expect,
+}
+
+/// What a probe's create must meet.
+enum Expect {
+    /// Admitted, and the created object shows the policies' work (or says why not, given the
+    /// caller's name).
+    Admitted(fn(&Value, &str) -> Result<(), String>),
+    /// Refused by a validating policy: it carries a forged name.
+    RefusedByPolicy,
 }
 
 impl fmt::Debug for Probe {
@@ -78,24 +86,13 @@ impl fmt::Debug for Probe {
     }
 }
 
-fn object_of<K: Resource<DynamicType = ()>>(namespace: &str, name: &str, rest: Value) -> Value {
-    let mut object = json!({
+fn object_of<K: Resource<DynamicType = ()>>(namespace: &str, name: &str, annotations: Value, spec: Value) -> Value {
+    json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
-        "metadata": {"name": name, "namespace": namespace},
-    });
-    if let (Some(object), Value::Object(rest)) = (object.as_object_mut(), rest) {
-        for (key, value) in rest {
-            if key == "metadata" {
-                if let (Some(Value::Object(meta)), Value::Object(extra)) = (object.get_mut("metadata"), value) {
-                    meta.extend(extra);
-                }
-            } else {
-                object.insert(key, value);
-            }
-        }
-    }
-    object
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+        "spec": spec,
+    })
 }
 
 fn admitted(_: &Value, _: &str) -> Result<(), String> {
@@ -122,21 +119,22 @@ fn requested_by_is_caller(created: &Value, caller: &str) -> Result<(), String> {
     }
 }
 
-/// A probe of kind `K`: the object `name` in `namespace`, with `rest` (spec, and metadata to add).
+/// A probe of kind `K`: the object `name` in `namespace` with these annotations and spec.
 fn probe<K: Resource<DynamicType = ()>>(
     label: &'static str,
     namespace: &str,
     name: &str,
-    rest: Value,
-    check: fn(&Value, &str) -> Result<(), String>,
+    (annotations, spec): (Value, Value),
+    expect: Expect,
 ) -> Probe {
-    Probe { kind: label, resource: ApiResource::erase::<K>(&()), object: object_of::<K>(namespace, name, rest), check }
+    let object = object_of::<K>(namespace, name, annotations, spec);
+    Probe { kind: label, resource: ApiResource::erase::<K>(&()), object, expect }
 }
 
 /// The probes for `policies`: a version, an Agent and a rollback. With mutating policies, the
 /// Agent and the rollback carry forged names that the policies must overwrite; with validating
-/// ones the rollback names its `caller`, as the policy demands, and forged names are probed
-/// separately by [`forged_probes`].
+/// ones the rollback names its `caller`, as the policy demands, and forged names must be
+/// refused as well.
 fn probes(namespace: &str, policies: Policies, caller: &str) -> Vec<Probe> {
     let mutating = policies == Policies::Mutating;
     let forged_annotations = if mutating { json!({keys::CHANGED_BY_ANNOTATION: FORGED}) } else { json!({}) };
@@ -146,45 +144,44 @@ fn probes(namespace: &str, policies: Policies, caller: &str) -> Vec<Probe> {
         Policies::Validating => rollback_spec["requestedBy"] = json!(caller),
         Policies::None => {}
     }
-    let version = json!({"spec": {"agentName": PROBE, "version": 1, "snapshot": {}, "snapshotHash": "0".repeat(64)}});
-    vec![
-        probe::<AgentVersion>("AgentVersion", namespace, &format!("{PROBE}-v1"), version, admitted),
-        probe::<Agent>(
-            "Agent",
+    let version = json!({"agentName": PROBE, "version": 1, "snapshot": {}, "snapshotHash": "0".repeat(64)});
+    let checked = |check| Expect::Admitted(if mutating { check } else { admitted });
+    let mut probes = vec![
+        probe::<AgentVersion>(
+            "AgentVersion",
             namespace,
-            PROBE,
-            json!({"metadata": {"annotations": forged_annotations}, "spec": {}}),
-            if mutating { changed_by_is_caller } else { admitted },
+            &format!("{PROBE}-v1"),
+            (json!({}), version),
+            Expect::Admitted(admitted),
         ),
+        probe::<Agent>("Agent", namespace, PROBE, (forged_annotations, json!({})), checked(changed_by_is_caller)),
         probe::<AgentRollback>(
             "AgentRollback",
             namespace,
             PROBE,
-            json!({"spec": rollback_spec}),
-            if mutating { requested_by_is_caller } else { admitted },
+            (json!({}), rollback_spec),
+            checked(requested_by_is_caller),
         ),
-    ]
-}
-
-/// With validating policies only, a forged name must be refused: until it is, the policy has
-/// not reached the admission chain.
-fn forged_probes(namespace: &str) -> Vec<Probe> {
-    vec![
-        probe::<Agent>(
+    ];
+    // Until a forged name is refused, the validating policies have not reached the admission
+    // chain.
+    if policies == Policies::Validating {
+        probes.push(probe::<Agent>(
             "Agent (forged changed-by)",
             namespace,
             PROBE,
-            json!({"metadata": {"annotations": {keys::CHANGED_BY_ANNOTATION: FORGED}}, "spec": {}}),
-            admitted,
-        ),
-        probe::<AgentRollback>(
+            (json!({keys::CHANGED_BY_ANNOTATION: FORGED}), json!({})),
+            Expect::RefusedByPolicy,
+        ));
+        probes.push(probe::<AgentRollback>(
             "AgentRollback (forged requestedBy)",
             namespace,
             PROBE,
-            json!({"spec": {"agentName": PROBE, "strategy": "Previous", "requestedBy": FORGED}}),
-            admitted,
-        ),
-    ]
+            (json!({}), json!({"agentName": PROBE, "strategy": "Previous", "requestedBy": FORGED})),
+            Expect::RefusedByPolicy,
+        ));
+    }
+    probes
 }
 
 /// Classifies the API server's answer to a dry-run create that should be admitted.
@@ -247,39 +244,40 @@ async fn dry_run_create(client: &Client, namespace: &str, probe: &Probe) -> Resu
 pub async fn wait(client: &Client, namespace: &str, policies: Policies, timeout: Duration) -> Result<(), CheckError> {
     let start = Instant::now();
     let caller = caller(client).await?;
-    let mut pending: Vec<(Probe, bool)> =
-        probes(namespace, policies, &caller).into_iter().map(|p| (p, false)).collect();
-    if policies == Policies::Validating {
-        pending.extend(forged_probes(namespace).into_iter().map(|p| (p, true)));
-    }
-    // Per probe: admitted yet, and the last answer printed (each change is printed once).
-    let mut admitted = vec![false; pending.len()];
-    let mut last: Vec<Option<String>> = vec![None; pending.len()];
+    // Each probe not yet admitted, with the last answer printed (each change is printed once).
+    let mut pending: Vec<(Probe, Option<String>)> =
+        probes(namespace, policies, &caller).into_iter().map(|p| (p, None)).collect();
     let mut pause = Duration::from_millis(100);
     loop {
         let mut waiting = None;
-        for (i, (probe, forged)) in pending.iter().enumerate() {
-            if admitted[i] {
-                continue;
-            }
+        let mut admitted = Vec::new();
+        for (i, (probe, last)) in pending.iter_mut().enumerate() {
             let result = dry_run_create(client, namespace, probe).await;
-            let answer =
-                if *forged { classify_forged(result) } else { classify(result, |v| (probe.check)(v, &caller)) };
+            let answer = match probe.expect {
+                Expect::Admitted(check) => classify(result, |v| check(v, &caller)),
+                Expect::RefusedByPolicy => classify_forged(result),
+            };
             match answer {
                 Answer::Admitted => {
-                    let outcome = if *forged { "refused by the policy, as it should be," } else { "admitted" };
+                    let outcome = match probe.expect {
+                        Expect::Admitted(_) => "admitted",
+                        Expect::RefusedByPolicy => "refused by the policy, as it should be,",
+                    };
                     println!("{}: {outcome} after {:.1?}", probe.kind, start.elapsed());
-                    admitted[i] = true;
+                    admitted.push(i);
                 }
                 Answer::Permanent(message) => return Err(CheckError::Permanent { kind: probe.kind, message }),
                 Answer::NotYet(why) => {
-                    if last[i].as_deref() != Some(&why) {
+                    if last.as_deref() != Some(&why) {
                         println!("{}: not yet ({why})", probe.kind);
                     }
                     waiting.get_or_insert((probe.kind, why.clone()));
-                    last[i] = Some(why);
+                    *last = Some(why);
                 }
             }
+        }
+        for i in admitted.into_iter().rev() {
+            pending.remove(i);
         }
         let Some((kind, why)) = waiting else {
             println!(
@@ -324,18 +322,18 @@ mod tests {
     fn an_admitted_create_counts_only_once_the_mutating_policies_stamped_the_caller() {
         let ns = "agent-operator-system";
         let [_, agent, rollback] = <[Probe; 3]>::try_from(probes(ns, Policies::Mutating, "me")).unwrap();
+        let (Expect::Admitted(agent_check), Expect::Admitted(rollback_check)) = (agent.expect, rollback.expect) else {
+            panic!("both are to be admitted")
+        };
         // Unstamped, the dry run returns what was sent: the forged names.
-        assert!(matches!(
-            classify(Ok(agent.object.clone()), |v| (agent.check)(v, "system:serviceaccount:x:y")),
-            Answer::NotYet(_)
-        ));
-        assert!(matches!(classify(Ok(rollback.object.clone()), |v| (rollback.check)(v, "me")), Answer::NotYet(_)));
+        assert!(matches!(classify(Ok(agent.object.clone()), |v| agent_check(v, "me")), Answer::NotYet(_)));
+        assert!(matches!(classify(Ok(rollback.object.clone()), |v| rollback_check(v, "me")), Answer::NotYet(_)));
         let mut stamped = rollback.object.clone();
         stamped["spec"]["requestedBy"] = json!("me");
-        assert_eq!(classify(Ok(stamped), |v| (rollback.check)(v, "me")), Answer::Admitted);
+        assert_eq!(classify(Ok(stamped), |v| rollback_check(v, "me")), Answer::Admitted);
         let mut stamped = agent.object.clone();
         stamped["metadata"]["annotations"][keys::CHANGED_BY_ANNOTATION] = json!("me");
-        assert_eq!(classify(Ok(stamped), |v| (agent.check)(v, "me")), Answer::Admitted);
+        assert_eq!(classify(Ok(stamped), |v| agent_check(v, "me")), Answer::Admitted);
     }
 
     #[test]
@@ -349,7 +347,7 @@ mod tests {
 
     #[test]
     fn probes_name_the_namespace_and_carry_their_kind() {
-        for probe in probes("team-a", Policies::None, "me").iter().chain(forged_probes("team-a").iter()) {
+        for probe in probes("team-a", Policies::Validating, "me") {
             assert_eq!(probe.object["metadata"]["namespace"], "team-a");
             assert!(probe.kind.starts_with(probe.object["kind"].as_str().unwrap()), "{probe:?}");
         }

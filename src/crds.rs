@@ -18,27 +18,29 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
 /// Every description as `kubectl explain` should print it: doc comments wrap at 100 columns,
 /// and kubectl prints their line breaks as they are, in the middle of sentences.
 fn with_prose_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
-    fn walk(value: &mut serde_json::Value) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (key, value) in map.iter_mut() {
-                    match value {
-                        serde_json::Value::String(text) if key == "description" => *text = prose(text),
-                        _ => walk(value),
-                    }
-                }
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
-            _ => {}
-        }
-    }
     let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
-    walk(&mut value);
+    for_each_description(&mut value, &mut |text| *text = prose(text));
     serde_json::from_value(value).expect("a CRD with other descriptions deserializes")
 }
 
+/// Calls `f` on every `description` string in a CRD (schemas, printer columns).
+fn for_each_description(value: &mut serde_json::Value, f: &mut impl FnMut(&mut String)) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match value {
+                    serde_json::Value::String(text) if key == "description" => f(text),
+                    _ => for_each_description(value, f),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|item| for_each_description(item, f)),
+        _ => {}
+    }
+}
+
 /// Joins the lines of each paragraph; paragraphs (blank lines) and list items stay apart.
-pub fn prose(text: &str) -> String {
+fn prose(text: &str) -> String {
     let mut paragraphs: Vec<String> = Vec::new();
     let mut open = false;
     for line in text.lines().map(str::trim) {
@@ -107,31 +109,17 @@ mod tests {
     /// sentence.
     #[test]
     fn no_committed_description_breaks_a_line_inside_a_paragraph() {
-        fn check(value: &serde_json::Value, file: &str) {
-            match value {
-                serde_json::Value::Object(map) => {
-                    for (key, value) in map {
-                        match value {
-                            serde_json::Value::String(text) if key == "description" => {
-                                for pair in text.split("\n\n") {
-                                    for line in pair.lines().skip(1) {
-                                        assert!(line.starts_with("- ") || line.starts_with("* "), "{file}: {text:?}");
-                                    }
-                                }
-                            }
-                            _ => check(value, file),
-                        }
-                    }
-                }
-                serde_json::Value::Array(items) => items.iter().for_each(|v| check(v, file)),
-                _ => {}
-            }
-        }
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         for (file, _) in all() {
             let text = std::fs::read_to_string(root.join("crds").join(file)).expect("committed CRD");
-            let value: serde_json::Value = serde_saphyr::from_str(&text).expect("committed CRD parses");
-            check(&value, file);
+            let mut value: serde_json::Value = serde_saphyr::from_str(&text).expect("committed CRD parses");
+            for_each_description(&mut value, &mut |text| {
+                for paragraph in text.split("\n\n") {
+                    for line in paragraph.lines().skip(1) {
+                        assert!(line.starts_with("- ") || line.starts_with("* "), "{file}: {text:?}");
+                    }
+                }
+            });
         }
     }
 

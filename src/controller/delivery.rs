@@ -56,11 +56,11 @@ async fn read_workload(ctx: &Context, namespace: &str, agent: &str, workload: Wo
     let found = match workload.kind {
         WorkloadKind::Deployment => {
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-            found(api.get_opt(&workload.name).await, deployment_rollout, &claimed)
+            found_unless_claimed(api.get_opt(&workload.name).await, deployment_rollout, claimed)
         }
         WorkloadKind::StatefulSet => {
             let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
-            found(api.get_opt(&workload.name).await, statefulset_rollout, &claimed)
+            found_unless_claimed(api.get_opt(&workload.name).await, statefulset_rollout, claimed)
         }
     };
     let found = found.map_err(|source| Error::ReadWorkload {
@@ -87,22 +87,31 @@ fn claimed_by(
     lists.then(|| owner.to_string())
 }
 
+/// As `found`, unless the workload's template names (`agentops.dev/delivered-for`) another
+/// Agent that `claimed_by` finds still holds it.
+fn found_unless_claimed<K: Resource + HasTemplate>(
+    result: kube::Result<Option<K>>,
+    rollout: fn(&K) -> Rollout,
+    claimed_by: impl Fn(Option<&str>) -> Option<String>,
+) -> kube::Result<Found> {
+    if let Ok(Some(object)) = &result {
+        let owner = object.template_annotations().and_then(|a| a.get(DELIVERED_FOR_ANNOTATION));
+        if let Some(by) = claimed_by(owner.map(String::as_str)) {
+            return Ok(Found::Claimed { by });
+        }
+    }
+    found(result, rollout)
+}
+
 /// A workload read (or written) as the planner sees it: what its template carries and how far
-/// its rollout has come; missing, forbidden and another Agent's are states to report, not
-/// errors.
+/// its rollout has come; missing and forbidden are states to report, not errors.
 fn found<K: Resource + HasTemplate>(
     result: kube::Result<Option<K>>,
     rollout: fn(&K) -> Rollout,
-    claimed_by: &dyn Fn(Option<&str>) -> Option<String>,
 ) -> kube::Result<Found> {
     match result {
         Ok(Some(object)) => {
-            let annotations = object.template_annotations();
-            let owner = annotations.and_then(|a| a.get(DELIVERED_FOR_ANNOTATION)).map(String::as_str);
-            if let Some(by) = claimed_by(owner) {
-                return Ok(Found::Claimed { by });
-            }
-            let held = annotations.and_then(Held::from_annotations);
+            let held = object.template_annotations().and_then(Held::from_annotations);
             Ok(Found::Present { held, rollout: rollout(&object) })
         }
         Ok(None) => Ok(Found::Missing),
@@ -247,15 +256,11 @@ pub async fn roll_workload(
     let found = match workload.kind {
         WorkloadKind::Deployment => {
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-            found(api.patch(&workload.name, &params, &Patch::Apply(body)).await.map(Some), deployment_rollout, &|_| {
-                None
-            })
+            found(api.patch(&workload.name, &params, &Patch::Apply(body)).await.map(Some), deployment_rollout)
         }
         WorkloadKind::StatefulSet => {
             let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
-            found(api.patch(&workload.name, &params, &Patch::Apply(body)).await.map(Some), statefulset_rollout, &|_| {
-                None
-            })
+            found(api.patch(&workload.name, &params, &Patch::Apply(body)).await.map(Some), statefulset_rollout)
         }
     };
     let found = found.map_err(|source| Error::RollWorkload {

@@ -134,7 +134,7 @@ fn print_list(versions: &[AgentVersion], output: Output) -> anyhow::Result<()> {
 pub fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     // Cells hold text users wrote (a change cause, a name): escaped before they are measured.
     let rows: Vec<[String; N]> =
-        rows.iter().map(|row| row.clone().map(|c| terminal::escape(&c).into_owned())).collect();
+        rows.iter().map(|row| row.each_ref().map(|c| terminal::escape(c).into_owned())).collect();
     let rows = rows.as_slice();
     let mut widths = header.map(str::len);
     for row in rows {
