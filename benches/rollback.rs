@@ -172,7 +172,7 @@ async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &Age
             Some(number),
             None,
             &DeliveryState::Delivered,
-            in_sync::condition(agent, Some(&version.spec), None, false),
+            in_sync::condition(agent, Some(&version.spec), None, None),
             &t,
         ),
     };
@@ -674,7 +674,7 @@ async fn grow_history(client: &Client, ns: &str, agents: &[Agent], to: i64, byte
                     Some(to),
                     None,
                     &DeliveryState::Delivered,
-                    in_sync::condition(agent, last.as_ref().map(|v| &v.spec), None, false),
+                    in_sync::condition(agent, last.as_ref().map(|v| &v.spec), None, None),
                     &t,
                 ),
                 ..Default::default()

@@ -171,7 +171,7 @@ pub struct AgentRollbackStatus {
     pub message: Option<String>,
 
     /// Why it failed, for machines: AgentNotFound, VersionNotFound, AlreadyActive,
-    /// NoPreviousVersion, AtFirstVersion or ActiveVersionChanged.
+    /// NoPreviousVersion, AtFirstVersion, ActiveVersionChanged or VersionRefused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 

@@ -35,6 +35,9 @@ pub mod reasons {
     pub const ROLLOUT_STUCK: &str = "RolloutStuck";
     /// The spec's definition is larger than a version may be; it is not published.
     pub const DEFINITION_TOO_LARGE: &str = "DefinitionTooLarge";
+    /// The API server refused to create the version of the spec's definition (an admission
+    /// policy, a validation rule): no retry would change its answer, so it is not published.
+    pub const VERSION_REFUSED: &str = "VersionRefused";
     /// InSync: the spec's definition is the active version's.
     pub const MATCHES_ACTIVE_VERSION: &str = "MatchesActiveVersion";
     /// InSync: a rollback made a version active whose definition the spec does not hold.
@@ -55,5 +58,4 @@ pub mod events {
     pub const ROLLBACK_FAILED: &str = "RollbackFailed";
     pub const ROLLED_BACK: &str = "RolledBack";
     pub const DELIVERY_BLOCKED: &str = "DeliveryBlocked";
-    pub const DEFINITION_TOO_LARGE: &str = "DefinitionTooLarge";
 }

@@ -13,8 +13,8 @@ use super::echoes::Echo;
 use super::{Context, delivery};
 use crate::api::keys::{FIELD_MANAGER, ROLLBACK_RECORD_ANNOTATION};
 use crate::api::{Agent, AgentRollback, AgentVersion};
-use crate::plan::durable::RollbackRecord;
-use crate::plan::{Applied, EventNote, EventTarget, Observed, RelatedObject, Step};
+use crate::plan::durable::{RollbackRecord, handled_of};
+use crate::plan::{Applied, EventNote, EventTarget, Observed, RefusedVersion, RelatedObject, Step};
 use crate::{Error, Result};
 
 /// What became of one step.
@@ -32,6 +32,12 @@ pub(super) fn status_code(error: &kube::Error) -> Option<u16> {
         kube::Error::Api(status) => Some(status.code),
         _ => None,
     }
+}
+
+/// A client error that no retry changes: not 404 (a namespace on its way out), 409 (a name
+/// taken: look again) or 429 (too many requests: later).
+pub(super) fn is_permanent(code: u16) -> bool {
+    (400..500).contains(&code) && !matches!(code, 404 | 409 | 429)
 }
 
 /// Applies one planned step: a single write, or writes made together (all at once).
@@ -129,6 +135,15 @@ async fn create_version(ctx: &Context, ns: &str, version: &AgentVersion) -> Resu
     match result {
         Ok(created) => Ok(Outcome::Done(Applied::VersionCreated(Box::new(created)))),
         Err(e) if status_code(&e) == Some(409) => Ok(Outcome::Stale(None)),
+        // The rest of the unit (the status that says it was published, its Event) is dropped.
+        Err(kube::Error::Api(status)) if is_permanent(status.code) => {
+            Ok(Outcome::Stale(Some(Applied::VersionRefused(RefusedVersion {
+                number: version.spec.version,
+                generation: handled_of(version).map(|h| h.generation),
+                rollback: version.spec.rollback_name.clone(),
+                message: status.message,
+            }))))
+        }
         Err(source) => Err(Error::CreateVersion { namespace: ns.into(), name: version.name_any(), source }),
     }
 }

@@ -4,19 +4,19 @@
 
 use serde_json::Value;
 
+use super::Refusal;
 use super::hash::snapshot_hash;
 use super::status::ConditionSpec;
 use crate::api::conditions::{IN_SYNC, reasons};
 use crate::api::{Agent, AgentDefinition, AgentVersionSpec};
 
 /// `InSync` for `agent` with `active` the active version; `rolled_back_by` names the rollback
-/// that left it active, if one did; `refused` when the spec's definition is too large to
-/// publish.
+/// that left it active, if one did; `refused` when the spec's definition is not published.
 pub fn condition(
     agent: &Agent,
     active: Option<&AgentVersionSpec>,
     rolled_back_by: Option<&str>,
-    refused: bool,
+    refused: Option<&Refusal>,
 ) -> ConditionSpec<'static> {
     let name = agent.metadata.name.as_deref().unwrap_or_default();
     let differs =
@@ -25,11 +25,13 @@ pub fn condition(
         return differs(reasons::NO_VERSION, "No version is active yet.".to_string());
     };
     let number = active.version;
-    if refused {
-        return differs(
-            reasons::DEFINITION_TOO_LARGE,
-            format!("The spec's definition is too large to publish; version {number} stays active."),
-        );
+    if let Some(refusal) = refused {
+        let why = if refusal.reason == reasons::VERSION_REFUSED {
+            "was refused by the API server"
+        } else {
+            "is too large to publish"
+        };
+        return differs(refusal.reason, format!("The spec's definition {why}; version {number} stays active."));
     }
     if snapshot_hash(&agent.spec.definition) == active.snapshot_hash {
         return ConditionSpec {
@@ -95,7 +97,7 @@ mod tests {
     #[test]
     fn a_spec_that_holds_the_active_definition_is_in_sync() {
         let a = agent("be kind", "m1");
-        let c = condition(&a, Some(&version(2, &a, None)), None, false);
+        let c = condition(&a, Some(&version(2, &a, None)), None, None);
         assert!(c.status);
         assert_eq!(c.reason, reasons::MATCHES_ACTIVE_VERSION);
     }
@@ -104,13 +106,13 @@ mod tests {
     fn after_a_rollback_it_names_the_rollback_and_the_fields_that_differ() {
         let (old, spec) = (agent("be kind", "m1"), agent("be brief", "m2"));
         let made = version(3, &old, Some("undo-brief"));
-        let c = condition(&spec, Some(&made), None, false);
+        let c = condition(&spec, Some(&made), None, None);
         assert!(!c.status);
         assert_eq!(c.reason, reasons::ROLLED_BACK);
         assert!(c.message.contains("AgentRollback undo-brief made version 3 active"), "{}", c.message);
         assert!(c.message.contains("in: instructions, model."), "{}", c.message);
         // A Pop makes no version: the rollback is named by the caller.
-        let c = condition(&spec, Some(&version(1, &old, None)), Some("pop-it"), false);
+        let c = condition(&spec, Some(&version(1, &old, None)), Some("pop-it"), None);
         assert_eq!(c.reason, reasons::ROLLED_BACK);
         assert!(c.message.contains("AgentRollback pop-it made version 1 active"), "{}", c.message);
     }
@@ -118,12 +120,16 @@ mod tests {
     #[test]
     fn a_difference_without_a_rollback_and_a_refused_definition_have_their_own_reasons() {
         let (old, spec) = (agent("be kind", "m1"), agent("be kind", "m2"));
-        let c = condition(&spec, Some(&version(1, &old, None)), None, false);
+        let c = condition(&spec, Some(&version(1, &old, None)), None, None);
         assert_eq!((c.status, c.reason), (false, reasons::SPEC_DIFFERS));
         assert!(c.message.ends_with("in: model."), "{}", c.message);
-        let c = condition(&spec, Some(&version(1, &old, None)), None, true);
-        assert_eq!((c.status, c.reason), (false, reasons::DEFINITION_TOO_LARGE));
-        let c = condition(&spec, None, None, false);
+        for reason in [reasons::DEFINITION_TOO_LARGE, reasons::VERSION_REFUSED] {
+            let refusal = Refusal { reason, message: String::new() };
+            let c = condition(&spec, Some(&version(1, &old, None)), None, Some(&refusal));
+            assert_eq!((c.status, c.reason), (false, reason));
+            assert!(c.message.contains("version 1 stays active"), "{}", c.message);
+        }
+        let c = condition(&spec, None, None, None);
         assert_eq!((c.status, c.reason), (false, reasons::NO_VERSION));
     }
 }

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::{Resource, ResourceExt};
 
+use crate::api::conditions::{STALLED, reasons};
 use crate::api::{
     Agent, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, DeliveryStatus, LastRollback, RollbackPhase,
     WorkloadRef,
@@ -89,6 +90,9 @@ pub struct Observed {
     pub config_map: Option<ConfigMapState>,
     /// The workloads of `spec.delivery.restart` that were read.
     pub workloads: Vec<WorkloadState>,
+    /// Versions whose create the API server refused during this sync with an answer no retry
+    /// changes (see [`RefusedVersion`]).
+    pub refused: Vec<RefusedVersion>,
     /// The size of the Agent's definition as canonical JSON, and the generation it was
     /// measured at (measuring is costly; the spec changes only with the generation).
     definition_size: Option<(Option<i64>, usize)>,
@@ -121,6 +125,7 @@ impl Observed {
             rollbacks_listed: false,
             config_map: None,
             workloads: Vec::new(),
+            refused: Vec::new(),
             definition_size: None,
         };
         observed.measure_definition();
@@ -164,15 +169,42 @@ impl Observed {
         self.definition_size = Some((agent.metadata.generation, size));
     }
 
-    /// Why the Agent's spec is not published, if its definition is too large.
-    pub fn refusal(&self) -> Option<String> {
-        let (_, size) = self.definition_size?;
-        (size > publish::MAX_DEFINITION_BYTES).then(|| {
-            format!(
+    /// Why the Agent's spec is not published, if it is not: its definition is too large, or
+    /// the API server refused its version, in this sync or (as the Agent's status says) in an
+    /// earlier one at the same generation. A status lost meanwhile is rebuilt by one more try.
+    pub fn refusal(&self) -> Option<Refusal> {
+        if let Some((_, size)) = self.definition_size
+            && size > publish::MAX_DEFINITION_BYTES
+        {
+            let message = format!(
                 "spec: the definition is {size} bytes as canonical JSON, more than the {} a version may hold; it is not published.",
                 publish::MAX_DEFINITION_BYTES
-            )
-        })
+            );
+            return Some(Refusal { reason: reasons::DEFINITION_TOO_LARGE, message });
+        }
+        let agent = self.agent.as_ref()?;
+        let generation = agent.metadata.generation;
+        let refused_now = self.refused.iter().find(|r| r.rollback.is_none() && r.generation == generation);
+        if let Some(refused) = refused_now {
+            let message = format!(
+                "The API server refused version {} of generation {}: {} It is not published until the spec changes.",
+                refused.number,
+                generation.unwrap_or_default(),
+                refused.message
+            );
+            return Some(Refusal { reason: reasons::VERSION_REFUSED, message });
+        }
+        let status = agent.status.as_ref()?;
+        status
+            .conditions
+            .iter()
+            .find(|c| {
+                c.type_ == STALLED
+                    && c.status == "True"
+                    && c.reason == reasons::VERSION_REFUSED
+                    && c.observed_generation == generation
+            })
+            .map(|c| Refusal { reason: reasons::VERSION_REFUSED, message: c.message.clone() })
     }
 
     /// The versions as observed, for a status that changes none of them.
@@ -203,15 +235,11 @@ impl Observed {
 
         let (existing, generation) = (&status.conditions, agent.metadata.generation);
         let refusal = self.refusal();
-        let in_sync = in_sync::condition(
-            agent,
-            active,
-            status.last_rollback.as_ref().map(|r| r.name.as_str()),
-            refusal.is_some(),
-        );
+        let in_sync =
+            in_sync::condition(agent, active, status.last_rollback.as_ref().map(|r| r.name.as_str()), refusal.as_ref());
         let active = status.active_version;
         status.conditions = match refusal {
-            Some(message) => status::refused_conditions(existing, generation, active, &message, in_sync, now),
+            Some(refusal) => status::refused_conditions(existing, generation, active, &refusal, in_sync, now),
             None => status::agent_conditions(existing, generation, active, change.busy, change.delivery, in_sync, now),
         };
         status
@@ -349,6 +377,7 @@ impl Observed {
                 self.unsynced.remove(&name);
             }
             Applied::ConfigMap(state) => self.config_map = state,
+            Applied::VersionRefused(refused) => self.refused.push(refused),
             Applied::Workload(state) => match self.workloads.iter_mut().find(|w| w.workload == state.workload) {
                 Some(slot) => *slot = state,
                 None => self.workloads.push(state),
@@ -356,6 +385,28 @@ impl Observed {
             Applied::Nothing => {}
         }
     }
+}
+
+/// Why an Agent's spec is not published: a condition reason, and its message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// A version whose create the API server refused with a client error other than 404 (the
+/// namespace is going), 409 (the name is taken: look again) and 429 (too many requests): an
+/// admission policy, a validation rule, a quota. Retrying would meet the same answer, so the
+/// publish or rollback that made it ends (see [`Observed::refusal`] and `rollback`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedVersion {
+    pub number: i64,
+    /// The Agent's generation the version was made at.
+    pub generation: Option<i64>,
+    /// The rollback that made it, if one did.
+    pub rollback: Option<String>,
+    /// What the API server said.
+    pub message: String,
 }
 
 /// The API server's answer to one applied [`Step`], as far as later decisions care.
@@ -368,6 +419,8 @@ pub enum Applied {
     /// Every rollback of the Agent, listed from the API server.
     Rollbacks(Vec<AgentRollback>),
     RollbackDeleted(String),
+    /// The API server refused a version's create with an answer no retry changes.
+    VersionRefused(RefusedVersion),
     /// The delivery ConfigMap as written or read back; `None`: there is none.
     ConfigMap(Option<ConfigMapState>),
     Workload(WorkloadState),

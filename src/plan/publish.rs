@@ -31,8 +31,9 @@ pub fn needed(agent: &Agent, observed: &Observed) -> bool {
 }
 
 /// Publishes the Agent's definition; or, when it equals the active version, did not change
-/// since the last handled generation, or is too large (then with an Event, the first time),
-/// only records that this generation was handled.
+/// since the last handled generation, or is refused (too large, or its version refused by the
+/// API server; then with an Event, the first time), only records that this generation was
+/// handled.
 pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: &Time) -> Vec<Step> {
     let generation = agent.metadata.generation;
     let hash = snapshot_hash(&agent.spec.definition);
@@ -52,19 +53,24 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
             delivery: &delivery,
         };
         let status = observed.agent_status(agent, change, now);
-        let refused_before = agent.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == STALLED && c.status == "True" && c.reason == reasons::DEFINITION_TOO_LARGE)
-        });
-        let event = refusal.filter(|_| !refused_before).map(|note| {
+        let refused_before = |reason: &str| {
+            agent.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == STALLED
+                        && c.status == "True"
+                        && c.reason == reason
+                        && (reason == reasons::DEFINITION_TOO_LARGE || c.observed_generation == generation)
+                })
+            })
+        };
+        let event = refusal.filter(|r| !refused_before(r.reason)).map(|refusal| {
             Step::Event(EventNote {
                 on: EventTarget::Agent,
                 related: None,
                 warning: true,
-                reason: events::DEFINITION_TOO_LARGE,
+                reason: refusal.reason,
                 action: "Publish",
-                note,
+                note: refusal.message,
             })
         });
         return [Step::PatchAgentStatus(Box::new(status))].into_iter().chain(event).collect();

@@ -31,16 +31,20 @@ pub enum FailureReason {
     AtFirstVersion,
     /// `expectedActiveVersion` is no longer the active version.
     ActiveVersionChanged,
+    /// The API server refused to create the version the rollback makes (see
+    /// `plan::RefusedVersion`).
+    VersionRefused,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 6] = [
+    pub const ALL: [FailureReason; 7] = [
         Self::AgentNotFound,
         Self::VersionNotFound,
         Self::AlreadyActive,
         Self::NoPreviousVersion,
         Self::AtFirstVersion,
         Self::ActiveVersionChanged,
+        Self::VersionRefused,
     ];
 
     /// The machine-readable name: status.reason, the Event reason and the metric label.
@@ -52,6 +56,7 @@ impl FailureReason {
             Self::NoPreviousVersion => "NoPreviousVersion",
             Self::AtFirstVersion => "AtFirstVersion",
             Self::ActiveVersionChanged => "ActiveVersionChanged",
+            Self::VersionRefused => "VersionRefused",
         }
     }
 }
@@ -363,6 +368,20 @@ fn resume_restore(
             },
             now,
         ),
+        (None, Some(_))
+            if let Some(refused) =
+                observed.refused.iter().find(|r| r.number == new && r.rollback.as_deref() == Some(name.as_str())) =>
+        {
+            fail(
+                observed,
+                running,
+                Failure {
+                    reason: FailureReason::VersionRefused,
+                    message: format!("The API server refused version {new}: {} Nothing was changed.", refused.message),
+                },
+                now,
+            )
+        }
         (None, Some(source)) => {
             let create = Step::CreateVersion(Box::new(restored_copy(observed, agent, running, source, new)));
             with_status_copy(observed, running, create)

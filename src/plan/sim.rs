@@ -29,6 +29,8 @@ enum Refused {
     /// A rollback status write lost its compare-and-swap; carries the fresh rollback, which
     /// the controller reads back and folds in.
     StaleRollback(Box<AgentRollback>),
+    /// An admission policy refused a version's create.
+    Denied(super::RefusedVersion),
 }
 
 /// One Agent's corner of an API server.
@@ -41,6 +43,8 @@ pub struct Cluster {
     pub config_map: Option<(ConfigMapState, AgentDefinition)>,
     /// Every state the rollbacks went through: a watch cache may serve any recent one.
     rollback_history: Vec<Vec<AgentRollback>>,
+    /// An admission policy on versions: refuses those it returns a message for.
+    pub version_policy: Option<fn(&AgentVersion) -> Option<String>>,
     revision: u64,
     uids: u64,
     clock: i64,
@@ -63,6 +67,7 @@ impl Cluster {
             events: Vec::new(),
             config_map: None,
             rollback_history: Vec::new(),
+            version_policy: None,
             revision: 100,
             uids: 0,
             clock: 1_700_000_000,
@@ -179,6 +184,14 @@ impl Cluster {
             Step::CreateVersion(version) => {
                 if self.versions.iter().any(|v| v.name_any() == version.name_any()) {
                     return Err(Refused::AlreadyExists);
+                }
+                if let Some(message) = self.version_policy.and_then(|policy| policy(version)) {
+                    return Err(Refused::Denied(super::RefusedVersion {
+                        number: version.spec.version,
+                        generation: super::durable::handled_of(version).map(|h| h.generation),
+                        rollback: version.spec.rollback_name.clone(),
+                        message,
+                    }));
                 }
                 let meta = self.new_meta(&version.name_any());
                 let mut created = (**version).clone();
@@ -337,6 +350,10 @@ impl Cluster {
                         observed.fold(Applied::Rollback(fresh));
                         break;
                     }
+                    Err(Refused::Denied(refused)) => {
+                        observed.fold(Applied::VersionRefused(refused));
+                        break;
+                    }
                     Err(Refused::AlreadyExists | Refused::Conflict) => {
                         observed = self.observe_lagging(lag());
                         break;
@@ -367,6 +384,10 @@ impl Cluster {
                     Ok(applied) => observed.fold(applied),
                     Err(Refused::StaleRollback(fresh)) => {
                         observed.fold(Applied::Rollback(fresh));
+                        break;
+                    }
+                    Err(Refused::Denied(refused)) => {
+                        observed.fold(Applied::VersionRefused(refused));
                         break;
                     }
                     Err(Refused::AlreadyExists | Refused::Conflict) => {
@@ -835,6 +856,47 @@ fn a_definition_over_the_bound_is_not_published_and_the_agent_says_why() {
     cluster.edit(Some(content(7)), None);
     cluster.converge(&mut || false);
     assert_eq!(cluster.history().last(), Some(&(4, content(7))));
+    let status = cluster.agent.as_ref().and_then(|a| a.status.clone()).expect("status");
+    assert!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+}
+
+/// What an admission policy refuses for good ends the publish or rollback that asked for it,
+/// with the API server's words; nothing is retried until the spec changes, and nothing waits
+/// behind it.
+#[test]
+fn a_version_the_api_server_refuses_ends_its_publish_or_rollback_and_blocks_nothing() {
+    let mut cluster = two_versions();
+    cluster.version_policy = Some(|v| (v.spec.version == 3).then(|| "version 3 is not allowed.".to_string()));
+    cluster.create_rollback("rb", RollbackStrategy::Previous, None, None);
+    cluster.converge(&mut || false);
+    assert_eq!(cluster.outcome("rb"), Outcome::Failed("VersionRefused".into()));
+    let status = cluster.rollbacks[0].status.clone().expect("status");
+    assert!(status.message.as_deref().is_some_and(|m| m.contains("version 3 is not allowed.")), "{status:?}");
+    assert_eq!(status.active_version, Some(2));
+
+    cluster.edit(Some(content(5)), None);
+    cluster.converge(&mut || false);
+    assert_eq!(cluster.history().len(), 2, "nothing published");
+    let status = cluster.agent.as_ref().and_then(|a| a.status.clone()).expect("status");
+    let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled").expect("Stalled");
+    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "VersionRefused"));
+    assert!(stalled.message.contains("version 3 is not allowed."), "{}", stalled.message);
+    assert_eq!(cluster.events.iter().filter(|e| e.reason == "VersionRefused").count(), 1);
+    // A later sync of the same generation keeps saying so, and tries nothing again.
+    let (observed, _) = cluster.sync_from(cluster.observe());
+    assert!(decide(&observed, &time(cluster.clock + 1)).is_empty());
+    let stalled_again = cluster.agent.as_ref().and_then(|a| a.status.clone()).expect("status");
+    assert!(stalled_again.conditions.iter().any(|c| c.type_ == "Stalled" && c.reason == "VersionRefused"));
+
+    // A rollback behind it runs (Pop makes no version); once the policy is lifted the next
+    // edit is published.
+    cluster.create_rollback("pop", RollbackStrategy::Pop, None, None);
+    cluster.converge(&mut || false);
+    assert_eq!(cluster.outcome("pop"), Outcome::Succeeded(1));
+    cluster.version_policy = None;
+    cluster.edit(Some(content(6)), None);
+    cluster.converge(&mut || false);
+    assert_eq!(cluster.history().last(), Some(&(2, content(6))));
     let status = cluster.agent.as_ref().and_then(|a| a.status.clone()).expect("status");
     assert!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
 }

@@ -4,6 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::Refusal;
 use super::delivery::DeliveryState;
 use crate::api::conditions::{READY, RECONCILING, STALLED, reasons};
 use crate::api::{AgentRollbackStatus, RollbackPhase};
@@ -102,26 +103,27 @@ pub fn agent_conditions(
     conditions(existing, [ready, reconciling, stalled, in_sync], generation, now)
 }
 
-/// The conditions of an Agent whose spec's definition is refused (see
-/// `publish::MAX_DEFINITION_BYTES`): not Ready and Stalled with the reason, until the spec
-/// changes; the active version stays.
+/// The conditions of an Agent whose spec is not published (see `Observed::refusal`): not
+/// Ready and Stalled with the refusal's reason, until the spec changes; the active version
+/// stays. Stalled holds the refusal's own message, which a later sync carries on.
 pub fn refused_conditions(
     existing: &[Condition],
     generation: Option<i64>,
     active: Option<i64>,
-    message: &str,
+    refusal: &Refusal,
     in_sync: ConditionSpec<'_>,
     now: &Time,
 ) -> Vec<Condition> {
-    let message = match active {
+    let message = &refusal.message;
+    let ready_message = match active {
         Some(v) => format!("{message} Version {v} stays active."),
-        None => message.to_string(),
+        None => message.clone(),
     };
-    let reason = reasons::DEFINITION_TOO_LARGE;
+    let reason = refusal.reason;
     let specs = [
-        ConditionSpec { type_: READY, status: false, reason, message: message.clone() },
+        ConditionSpec { type_: READY, status: false, reason, message: ready_message },
         ConditionSpec { type_: RECONCILING, status: false, reason: reasons::AS_EXPECTED, message: String::new() },
-        ConditionSpec { type_: STALLED, status: true, reason, message },
+        ConditionSpec { type_: STALLED, status: true, reason, message: message.clone() },
         in_sync,
     ];
     conditions(existing, specs, generation, now)

@@ -535,3 +535,69 @@ async fn fifty_rollbacks_created_at_once_end_as_if_applied_one_by_one_in_creatio
     }
     assert_eq!(s.history("support").await, expected.0);
 }
+
+/// An admission policy of the cluster's own (here: versions above 2 are frozen) refuses the
+/// version a rollback or an edit would make. The rollback fails with the API server's words
+/// instead of running for ever, the edit is reported on the Agent, and neither holds up the
+/// Agent's next rollback.
+#[tokio::test]
+async fn a_version_the_api_server_refuses_fails_its_rollback_and_stalls_only_its_publish() {
+    let s = setup("e2e-refused").await;
+    s.agent_with_versions("support", 2, 10).await;
+    let policy = format!("freeze-{}", s.ns);
+    let manifest = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": policy},
+         "spec": {"failurePolicy": "Fail",
+                  "matchConstraints": {
+                      "resourceRules": [{"apiGroups": ["agentops.dev"], "apiVersions": ["*"],
+                                         "operations": ["CREATE"], "resources": ["agentversions"]}],
+                      "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": s.ns}}},
+                  "validations": [{"expression": "object.spec.version < 3",
+                                   "message": "versions above 2 are frozen in this namespace"}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": {"name": policy},
+         "spec": {"policyName": policy, "validationActions": ["Deny"]}}
+    ]});
+    let out = kubectl(&["apply", "-f", "-"], Some(&manifest.to_string()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A policy takes effect a moment after it is created: wait until a dry run meets it.
+    let versions: Api<AgentVersion> = Api::namespaced(s.client.clone(), &s.ns);
+    let probe: AgentVersion = serde_json::from_value(json!({
+        "metadata": {"name": "support-v3"},
+        "spec": {"agentName": "support", "version": 3, "snapshot": {}, "snapshotHash": "0".repeat(64)}
+    }))
+    .expect("a version");
+    let dry_run = PostParams { dry_run: true, ..PostParams::default() };
+    eventually(WAIT, || async {
+        let refused = versions.create(&dry_run, &probe).await.err()?;
+        refused.to_string().contains("frozen").then_some(())
+    })
+    .await;
+
+    s.create_rollback("undo", "support", "Previous", None).await;
+    let status = s.terminal("undo").await.status.expect("a status");
+    assert_eq!((status.phase, status.reason.as_deref()), (Some(RollbackPhase::Failed), Some("VersionRefused")));
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("versions above 2 are frozen in this namespace"), "{message}");
+    assert_eq!(status.active_version, Some(2));
+
+    let edited = s.apply_agent("support", json!({"instructions": "i3", "revisionHistoryLimit": 10})).await;
+    let stalled = eventually(WAIT, || async {
+        let agent = s.agents().get("support").await.ok()?;
+        let status = agent.status?;
+        let stalled = status.conditions.into_iter().find(|c| c.type_ == "Stalled" && c.status == "True")?;
+        (stalled.observed_generation == edited.metadata.generation).then_some(stalled)
+    })
+    .await;
+    assert_eq!(stalled.reason, "VersionRefused");
+    assert!(stalled.message.contains("versions above 2 are frozen in this namespace"), "{}", stalled.message);
+    s.wait_events("support", "VersionRefused", 1).await;
+
+    // The next rollback of the Agent runs: a Pop makes no version.
+    s.create_rollback("pop", "support", "Pop", None).await;
+    s.expect_outcome("pop", Ok(1), "a refused publish blocks nothing").await;
+    assert_eq!(s.history("support").await, BTreeMap::from([(1, "i1".to_string())]));
+    let out = kubectl(&["delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", &policy], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
