@@ -115,6 +115,20 @@ pub(crate) fn settings_map(_: &mut schemars::SchemaGenerator) -> schemars::Schem
     })
 }
 
+/// What `instructions`, `knowledgeBaseFiles` and `advancedSettings` may take together, in
+/// bytes of JSON (their text, and the quotes and separators of each entry): the whole
+/// definition's bound (`plan::publish::MAX_DEFINITION_BYTES`, 128 KiB) less what its small
+/// fields can take at most. So a definition made only of fields the API server can measure is
+/// refused at apply, never accepted and then left unpublished. `steps` and `askUserQuestions`
+/// keep fields of any shape, which CEL cannot measure: they count only at publish.
+pub const TYPED_FIELDS_BUDGET: usize = 126_976;
+
+/// The rule, on the spec (`self`): the bytes of JSON those fields take, at most the budget.
+const TYPED_FIELDS_SIZE_RULE: &str = "(has(self.instructions) ? bytes(self.instructions).size() : 0) + \
+    (has(self.knowledgeBaseFiles) ? self.knowledgeBaseFiles.map(f, bytes(f).size() + 3).sum() \
+    : 0) + (has(self.advancedSettings) ? self.advancedSettings.map(k, bytes(k).size() + \
+    bytes(self.advancedSettings[k]).size() + 6).sum() : 0) <= 126976";
+
 /// An AI agent's definition. Every change of the definition is published as a new
 /// AgentVersion; AgentRollbacks move the active version without touching this spec.
 // Several printcolumn(...) entries repeat the same keys, which clippy takes for duplicates.
@@ -148,6 +162,11 @@ pub(crate) fn settings_map(_: &mut schemars::SchemaGenerator) -> schemars::Schem
         .message("metadata.name: at most 63 characters, as its versions and ConfigMap carry it in the agentops.dev/agent label")
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": TYPED_FIELDS_SIZE_RULE,
+    // A messageExpression that said how many bytes they take would cost more than CEL allows.
+    "message": "spec: instructions, knowledgeBaseFiles and advancedSettings take more than 126976 bytes together as JSON (the whole definition may take 131072)",
+}]))]
 pub struct AgentSpec {
     #[serde(flatten)]
     pub definition: AgentDefinition,

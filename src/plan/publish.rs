@@ -180,3 +180,50 @@ pub fn busy_reason(publish_pending: bool, rollbacks_pending: bool) -> Option<&'s
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::agent::TYPED_FIELDS_BUDGET;
+    use crate::api::{AgentSpec, Visibility};
+
+    /// What the CRD's rule counts of a definition (see `api::agent::TYPED_FIELDS_BUDGET`).
+    fn typed_fields_size(d: &AgentDefinition) -> usize {
+        let instructions = d.instructions.as_ref().map_or(0, String::len);
+        let files = d.knowledge_base_files.iter().flatten().map(|f| f.len() + 3).sum::<usize>();
+        let settings = d.advanced_settings.iter().flatten().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>();
+        instructions + files + settings
+    }
+
+    /// The rule on the spec names the budget, and a definition the API server admits by the
+    /// fields it can measure (its small fields at their bounds in four-byte characters, the
+    /// budget spent to the byte) fits a version.
+    #[test]
+    fn a_definition_admitted_by_its_measured_fields_fits_a_version() {
+        let schema = serde_json::to_string(&schemars::schema_for!(AgentSpec)).expect("a schema");
+        assert!(schema.contains(&format!("<= {TYPED_FIELDS_BUDGET}\"")), "the rule ends with the budget");
+        assert!(schema.contains(&format!("more than {TYPED_FIELDS_BUDGET} bytes")), "its message names it");
+        let wide = |chars: usize| "\u{1F600}".repeat(chars);
+        let settings: BTreeMap<String, String> =
+            (0..64).map(|i| (format!("setting-{i:02}"), "s".repeat(1000))).collect();
+        let files: Vec<String> = (0..100).map(|i| format!("file-{i:03}-{}", "f".repeat(200))).collect();
+        let mut definition = AgentDefinition {
+            display_name: Some(wide(256)),
+            instructions: Some(String::new()),
+            type_: Some(wide(128)),
+            subtype: Some(wide(128)),
+            model: Some(wide(256)),
+            temperature: Some(1.2345678901234567),
+            steps: None,
+            ask_user_questions: None,
+            knowledge_base_files: Some(files),
+            visibility: Some(Visibility::Workspace),
+            advanced_settings: Some(settings),
+        };
+        let rest = TYPED_FIELDS_BUDGET - typed_fields_size(&definition);
+        definition.instructions = Some("i".repeat(rest));
+        assert_eq!(typed_fields_size(&definition), TYPED_FIELDS_BUDGET);
+        let size = super::super::hash::canonical_json(&definition).len();
+        assert!(size <= MAX_DEFINITION_BYTES, "{size} bytes");
+    }
+}

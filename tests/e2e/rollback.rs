@@ -393,6 +393,12 @@ async fn a_version_deleted_by_someone_else_is_noticed_by_the_status_and_the_next
     assert_eq!(s.history("support").await.get(&6).map(String::as_str), Some("i3"));
 }
 
+/// A spec with `count` advancedSettings of `chars` characters each.
+fn wide_settings(count: usize, chars: usize) -> String {
+    let settings: BTreeMap<String, String> = (0..count).map(|i| (format!("s{i:02}"), "x".repeat(chars))).collect();
+    json!({ "advancedSettings": settings }).to_string()
+}
+
 #[tokio::test]
 async fn bad_input_is_refused_at_apply_time_with_a_message_naming_the_rule() {
     let s = setup("e2e-refuse").await;
@@ -429,6 +435,9 @@ async fn bad_input_is_refused_at_apply_time_with_a_message_naming_the_rule() {
         (agent("hot", r#"{"temperature":7}"#), "spec.temperature", "less than or equal to 2"),
         (agent("short", r#"{"revisionHistoryLimit":0}"#), "spec.revisionHistoryLimit", "greater than or equal to 1"),
         (agent("vis", r#"{"visibility":"everyone"}"#), "spec.visibility", "supported values"),
+        // Each setting within its own limit, all of them over what a version may hold: refused
+        // here, not left unpublished.
+        (agent("wide", &wide_settings(60, 4000)), "spec", "advancedSettings take more than 126976 bytes together"),
         // Names of objects: what no Agent could be called is refused, not looked up for ever.
         (rollback("r6", r#"{"agentName":"$(x)","strategy":"Pop"}"#), "spec.agentName", "should match"),
         (agent(&"a".repeat(64), "{}"), "metadata.name", "at most 63 characters"),
