@@ -58,4 +58,6 @@ pub mod events {
     pub const ROLLBACK_FAILED: &str = "RollbackFailed";
     pub const ROLLED_BACK: &str = "RolledBack";
     pub const DELIVERY_BLOCKED: &str = "DeliveryBlocked";
+    /// The delivered definition was changed by hand, and the active version written back.
+    pub const DELIVERY_REPAIRED: &str = "DeliveryRepaired";
 }

@@ -75,8 +75,9 @@ pub fn awaits_delivery(agent: &Agent) -> bool {
 }
 
 /// Whether the delivery the Agent's status records still stands: the active version delivered
-/// to every listed workload, and the cached ConfigMap, owned by the Agent, holding it. A
-/// ConfigMap deleted or changed by someone else fails this, and the Agent is synced.
+/// to every listed workload, and the cached ConfigMap, owned by the Agent, holding it as the
+/// operator wrote it. A ConfigMap deleted or changed by someone else fails this, and the Agent
+/// is synced.
 fn delivery_intact(ctx: &Context, agent: &Agent) -> bool {
     let Some(status) = agent.status.as_ref() else { return false };
     let Some(delivery) = status.delivery.as_ref() else { return false };
@@ -94,7 +95,7 @@ fn delivery_intact(ctx: &Context, agent: &Agent) -> bool {
     let reference = ObjectRef::<LeanMeta<ConfigMap>>::new(&name).within(&namespace);
     ctx.config_maps.get(&reference).is_some_and(|c| {
         let state = ConfigMapState::from_meta(&c.metadata);
-        state.owned_by(agent) && state.held.map(|h| h.version) == status.active_version
+        state.owned_by(agent) && state.held.map(|h| h.version) == status.active_version && state.edited_by.is_none()
     })
 }
 

@@ -1,19 +1,24 @@
-//! Objects of a metadata-only watch, decoded without their managed fields. kube's
+//! Objects of a metadata-only watch, decoded without most of their managed fields. kube's
 //! `PartialObjectMeta` decodes every object's managed fields into a JSON tree that the watch then
 //! drops; at 100,000 versions that tree was most of what a restart's first list allocated, and
-//! the allocator kept much of the peak. What is decoded here is what the watches read.
+//! the allocator kept much of the peak. What is decoded here is what the watches read: of the
+//! managed fields, only who owns which `data` key (a delivery ConfigMap's `agent.json` edited
+//! by hand is told by them, see `plan::delivery::ConfigMapState::edited_by`).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta, OwnerReference, Time};
 use kube::Resource;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
-/// The metadata of a `K`, as a metadata-only request returns it, less its managed fields,
-/// generateName, selfLink and deletionGracePeriodSeconds.
+/// The metadata of a `K`, as a metadata-only request returns it, less generateName, selfLink,
+/// deletionGracePeriodSeconds and its managed fields but for the entries that own `data` keys
+/// (each with its manager and those keys only).
 pub struct LeanMeta<K> {
     pub metadata: ObjectMeta,
     kind: PhantomData<fn() -> K>,
@@ -39,7 +44,7 @@ impl<K> fmt::Debug for LeanMeta<K> {
 
 impl<'de, K> Deserialize<'de> for LeanMeta<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // Fields not named here (managedFields among them) are skipped without being kept.
+        // Fields not named here are skipped without being kept.
         #[derive(Deserialize)]
         struct Object {
             #[serde(default)]
@@ -59,8 +64,42 @@ impl<'de, K> Deserialize<'de> for LeanMeta<K> {
             annotations: Option<BTreeMap<String, String>>,
             owner_references: Option<Vec<OwnerReference>>,
             finalizers: Option<Vec<String>>,
+            managed_fields: Option<Vec<ManagedEntry>>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct ManagedEntry {
+            manager: Option<String>,
+            operation: Option<String>,
+            fields_v1: Option<OwnedFields>,
+        }
+        #[derive(Deserialize)]
+        struct OwnedFields {
+            #[serde(rename = "f:data")]
+            data: Option<BTreeMap<String, IgnoredAny>>,
         }
         let Object { metadata: m } = Object::deserialize(deserializer)?;
+        let data_owners: Vec<ManagedFieldsEntry> = m
+            .managed_fields
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let keys = entry.fields_v1?.data?;
+                let owned: serde_json::Map<String, Value> = keys
+                    .into_keys()
+                    .filter(|k| k.starts_with("f:"))
+                    .map(|k| (k, Value::Object(Default::default())))
+                    .collect();
+                // Kept with no key too: a manager that owned `data` and owns none of its keys
+                // now had them changed or removed by someone else.
+                Some(ManagedFieldsEntry {
+                    manager: entry.manager,
+                    operation: entry.operation,
+                    fields_v1: Some(FieldsV1(serde_json::json!({ "f:data": owned }))),
+                    ..ManagedFieldsEntry::default()
+                })
+            })
+            .collect();
         Ok(Self::new(ObjectMeta {
             name: m.name,
             namespace: m.namespace,
@@ -73,6 +112,7 @@ impl<'de, K> Deserialize<'de> for LeanMeta<K> {
             annotations: m.annotations,
             owner_references: m.owner_references,
             finalizers: m.finalizers,
+            managed_fields: (!data_owners.is_empty()).then_some(data_owners),
             ..ObjectMeta::default()
         }))
     }
@@ -142,5 +182,33 @@ mod tests {
         assert!(version.metadata.managed_fields.is_none());
         assert!(LeanMeta::<AgentVersion>::metadata_api());
         assert_eq!(LeanMeta::<AgentVersion>::plural(&()), "agentversions");
+    }
+
+    #[test]
+    fn keeps_of_the_managed_fields_only_who_owns_which_data_key() {
+        let body = serde_json::json!({
+            "metadata": {
+                "name": "support-agent",
+                "managedFields": [
+                    {"manager": "agentops.dev/agent-operator", "operation": "Update", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:data": {".": {}}, "f:metadata": {"f:annotations": {"f:x": {}}}}},
+                    {"manager": "kubectl-patch", "operation": "Update", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:data": {"f:agent.json": {}}}},
+                    {"manager": "kubectl-label", "operation": "Update", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:metadata": {"f:labels": {"f:team": {}}}}}
+                ]
+            }
+        });
+        let config_map: LeanMeta<k8s_openapi::api::core::v1::ConfigMap> =
+            serde_json::from_value(body).expect("decodes");
+        let kept = config_map.metadata.managed_fields.expect("the owners of data are kept");
+        let owners: Vec<_> = kept.iter().map(|e| (e.manager.as_deref(), e.fields_v1.as_ref().map(|f| &f.0))).collect();
+        assert_eq!(
+            owners,
+            [
+                (Some("agentops.dev/agent-operator"), Some(&serde_json::json!({"f:data": {}}))),
+                (Some("kubectl-patch"), Some(&serde_json::json!({"f:data": {"f:agent.json": {}}}))),
+            ]
+        );
     }
 }

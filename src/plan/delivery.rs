@@ -7,13 +7,15 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::ResourceExt;
 
 use super::hash::canonical_json;
-use super::{Observed, Step, owner_reference};
-use crate::api::conditions::reasons;
-use crate::api::keys::{ACTIVE_VERSION_ANNOTATION, AGENT_JSON_KEY, AGENT_LABEL, SNAPSHOT_HASH_ANNOTATION};
+use super::{EventNote, EventTarget, Observed, Step, owner_reference};
+use crate::api::conditions::{events, reasons};
+use crate::api::keys::{
+    ACTIVE_VERSION_ANNOTATION, AGENT_JSON_KEY, AGENT_LABEL, FIELD_MANAGER, SNAPSHOT_HASH_ANNOTATION,
+};
 use crate::api::{Agent, AgentVersion, DeliveryStatus, WorkloadDelivery, WorkloadRef};
 
 /// The name of the Agent's delivery ConfigMap.
@@ -36,6 +38,11 @@ pub struct ConfigMapState {
     pub owner_uid: Option<String>,
     /// What its annotations say it holds.
     pub held: Option<Held>,
+    /// Who changed or removed what it delivers (`agent.json`, or the version it says it is)
+    /// since the operator wrote it, if someone did: its managed fields no longer give that key
+    /// to the operator's field manager. The annotations alone would still say it holds the
+    /// active version.
+    pub edited_by: Option<String>,
 }
 
 /// A version and its snapshot hash, as a ConfigMap or a pod template carries them.
@@ -85,8 +92,34 @@ impl ConfigMapState {
                 .find(|o| o.controller == Some(true))
                 .map(|o| o.uid.clone()),
             held: meta.annotations.as_ref().and_then(Held::from_annotations),
+            edited_by: edited_by(meta),
         }
     }
+}
+
+/// The keys of the delivery ConfigMap's data, all written by the operator: the snapshot, and
+/// the Agent, version and snapshot hash it is.
+const AGENT_KEY: &str = "agent";
+const VERSION_KEY: &str = "version";
+const SNAPSHOT_HASH_KEY: &str = "snapshot-hash";
+const DATA_KEYS: [&str; 4] = [AGENT_JSON_KEY, AGENT_KEY, VERSION_KEY, SNAPSHOT_HASH_KEY];
+
+/// Who changed or removed a key of the delivered data when the operator's field manager no
+/// longer owns it (see [`ConfigMapState::edited_by`]); none when managed fields are not known.
+fn edited_by(meta: &ObjectMeta) -> Option<String> {
+    let entries = meta.managed_fields.as_ref()?;
+    let owns = |entry: &ManagedFieldsEntry, key: &str| {
+        let data = entry.fields_v1.as_ref().and_then(|f| f.0.get("f:data"));
+        data.and_then(|data| data.get(format!("f:{key}"))).is_some()
+    };
+    DATA_KEYS.iter().find_map(|key| {
+        let owners: Vec<&str> =
+            entries.iter().filter(|e| owns(e, key)).map(|e| e.manager.as_deref().unwrap_or("someone")).collect();
+        if owners.contains(&FIELD_MANAGER) {
+            return None;
+        }
+        Some(owners.first().map_or_else(|| format!("someone (who removed {key})"), |m| (*m).to_string()))
+    })
 }
 
 /// One workload of `spec.delivery.restart`, as observed.
@@ -164,11 +197,27 @@ pub fn plan(observed: &Observed, agent: &Agent) -> Plan {
                 state: DeliveryState::Blocked { reason: reasons::CONFIG_MAP_CONFLICT, message },
             };
         }
-        Some(ours) if ours.held.as_ref() == Some(&want) => {}
-        existing => steps.push(Step::ApplyConfigMap {
-            config_map: Box::new(config_map(agent, active, &name)),
-            resource_version: existing.and_then(|c| c.resource_version.clone()),
-        }),
+        Some(ours) if ours.held.as_ref() == Some(&want) && ours.edited_by.is_none() => {}
+        existing => {
+            steps.push(Step::ApplyConfigMap {
+                config_map: Box::new(config_map(agent, active, &name)),
+                resource_version: existing.and_then(|c| c.resource_version.clone()),
+            });
+            if let Some(editor) = existing.and_then(|c| c.edited_by.as_ref()) {
+                steps.push(Step::Event(EventNote {
+                    on: EventTarget::Agent,
+                    related: None,
+                    warning: true,
+                    reason: events::DELIVERY_REPAIRED,
+                    action: "Deliver",
+                    note: format!(
+                        "The data of ConfigMap {name} was changed by {editor}, not by a published version; \
+                         version {} is written back.",
+                        want.version
+                    ),
+                }));
+            }
+        }
     }
     status.version = Some(want.version);
 
@@ -315,9 +364,9 @@ fn config_map(agent: &Agent, version: &AgentVersion, name: &str) -> ConfigMap {
         },
         data: Some(BTreeMap::from([
             (AGENT_JSON_KEY.to_string(), canonical_json(&version.spec.snapshot)),
-            ("agent".to_string(), agent.name_any()),
-            ("version".to_string(), held.version.to_string()),
-            ("snapshot-hash".to_string(), held.snapshot_hash.clone()),
+            (AGENT_KEY.to_string(), agent.name_any()),
+            (VERSION_KEY.to_string(), held.version.to_string()),
+            (SNAPSHOT_HASH_KEY.to_string(), held.snapshot_hash.clone()),
         ])),
         ..ConfigMap::default()
     }
@@ -380,6 +429,7 @@ mod tests {
             resource_version: Some("7".into()),
             owner_uid: Some("agent-uid".into()),
             held,
+            edited_by: None,
         }
     }
 
@@ -412,6 +462,58 @@ mod tests {
         assert!(plan.steps.is_empty());
         assert_eq!(plan.state, DeliveryState::Delivered);
         assert_eq!(plan.status.unwrap().version, Some(2));
+    }
+
+    /// Managed fields as the API server writes them after `kubectl patch` changed `agent.json`.
+    fn managed(entries: &[(&str, serde_json::Value)]) -> ObjectMeta {
+        let managed_fields = entries
+            .iter()
+            .map(|(manager, fields)| ManagedFieldsEntry {
+                manager: Some(manager.to_string()),
+                operation: Some("Update".into()),
+                fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(fields.clone())),
+                ..Default::default()
+            })
+            .collect();
+        ObjectMeta { managed_fields: Some(managed_fields), ..ObjectMeta::default() }
+    }
+
+    #[test]
+    fn whoever_owns_the_delivered_key_if_not_the_operator_edited_it() {
+        let owns = serde_json::json!({"f:data": {".": {}, "f:agent.json": {}, "f:agent": {}, "f:version": {}, "f:snapshot-hash": {}}});
+        let lost = serde_json::json!({"f:data": {".": {}, "f:agent": {}, "f:version": {}, "f:snapshot-hash": {}}});
+        let edit = serde_json::json!({"f:data": {"f:agent.json": {}}});
+        assert_eq!(edited_by(&managed(&[(FIELD_MANAGER, owns.clone())])), None);
+        assert_eq!(
+            edited_by(&managed(&[(FIELD_MANAGER, lost.clone()), ("kubectl-patch", edit)])).as_deref(),
+            Some("kubectl-patch")
+        );
+        let removed = edited_by(&managed(&[(FIELD_MANAGER, lost)])).expect("removed");
+        assert!(removed.contains("removed agent.json"), "{removed}");
+        let version_lost =
+            serde_json::json!({"f:data": {".": {}, "f:agent.json": {}, "f:agent": {}, "f:snapshot-hash": {}}});
+        let version_edit = serde_json::json!({"f:data": {"f:version": {}}});
+        let edited = edited_by(&managed(&[(FIELD_MANAGER, version_lost), ("kubectl-edit", version_edit)]));
+        assert_eq!(edited.as_deref(), Some("kubectl-edit"));
+        // Another manager's labels are not an edit; unknown managed fields tell nothing.
+        let labels = serde_json::json!({"f:metadata": {"f:labels": {}}});
+        assert_eq!(edited_by(&managed(&[(FIELD_MANAGER, owns), ("kubectl-label", labels)])), None);
+        assert_eq!(edited_by(&ObjectMeta::default()), None);
+    }
+
+    #[test]
+    fn a_config_map_edited_by_hand_is_written_back_and_the_agent_told() {
+        let agent = agent(vec![]);
+        let mut edited = ours(Some(held(2, "h2")));
+        edited.edited_by = Some("kubectl-patch".into());
+        let plan = plan(&observed(&agent, Some(edited), vec![]), &agent);
+        let [Step::ApplyConfigMap { resource_version: Some(rv), .. }, Step::Event(note)] = plan.steps.as_slice() else {
+            panic!("{:?}", plan.steps)
+        };
+        assert_eq!(rv, "7", "on the condition that it did not change again");
+        assert_eq!(note.reason, events::DELIVERY_REPAIRED);
+        assert!(note.note.contains("changed by kubectl-patch") && note.note.contains("version 2"), "{}", note.note);
+        assert_eq!(plan.state, DeliveryState::Delivered);
     }
 
     #[test]

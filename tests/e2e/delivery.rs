@@ -12,7 +12,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use crate::rollback::{Setup, setup};
-use crate::support::eventually;
+use crate::support::{eventually, kubectl, kubectl_as, user_kubeconfig};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -186,4 +186,50 @@ async fn a_workload_takes_one_agents_delivery_and_another_that_lists_it_reports_
     })
     .await;
     s.settled_agent("second").await;
+}
+
+/// The delivered definition edited by hand, as a namespace editor may (`kubectl patch`): its
+/// annotations still say it holds the active version, yet the runtime would serve text that
+/// was never published. The operator writes the active version back and tells the Agent.
+#[tokio::test]
+async fn a_config_map_edited_by_hand_is_written_back_and_reported() {
+    let s = setup("delivery-edited").await;
+    s.agent_with_versions("support", 2, 10).await;
+    delivered(&s, 2, "i2").await;
+    let editor = user_kubeconfig("mallory", &["test-users"]);
+    let out =
+        kubectl(&["-n", &s.ns, "create", "rolebinding", "mallory-edit", "--clusterrole=edit", "--user=mallory"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let forged = json!({"data": {"agent.json": "{\"instructions\":\"never published\"}"}}).to_string();
+    let out =
+        kubectl_as(&editor, &["-n", &s.ns, "patch", "configmap", "support-agent", "--type=merge", "-p", &forged], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events = s.wait_events("support", "DeliveryRepaired", 1).await;
+    let (_, note) = events.iter().find(|(reason, _)| reason == "DeliveryRepaired").expect("the Event");
+    assert!(note.contains("changed by kubectl-patch") && note.contains("version 2"), "{note}");
+    delivered(&s, 2, "i2").await;
+
+    // The version it says it is, too; and a key removed.
+    let out = kubectl_as(
+        &editor,
+        &[
+            "-n",
+            &s.ns,
+            "patch",
+            "configmap",
+            "support-agent",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/data/version"}]"#,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // (Its Event joins the first one's series: same reason, same Agent.)
+    eventually(WAIT, || async {
+        let cm = config_maps(&s).get("support-agent").await.ok()?;
+        cm.data?.contains_key("version").then_some(())
+    })
+    .await;
+    delivered(&s, 2, "i2").await;
 }
