@@ -14,6 +14,7 @@ pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod plan;
+pub mod policy_check;
 pub mod telemetry;
 
 pub use error::{Error, Result};

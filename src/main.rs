@@ -18,7 +18,7 @@ use agent_operator::http::{self, Health};
 use agent_operator::lease::{Leadership, LeaseSettings};
 use agent_operator::metrics::Metrics;
 use agent_operator::telemetry::{self, LogFormat};
-use agent_operator::{api_check, client};
+use agent_operator::{api_check, client, policy_check};
 
 #[derive(Parser)]
 #[command(name = "agent-operator", version, about = "Versions AI agent definitions and rolls them back on request")]
@@ -101,6 +101,11 @@ struct RunArgs {
     /// gives up after half of it of failed renewals, before the Lease can expire.
     #[arg(long, env = "AGENT_OPERATOR_LEASE_GRACE", default_value_t = 10)]
     lease_grace: u64,
+    /// The ValidatingAdmissionPolicy (and binding) that guards the rollbacks' records, checked at
+    /// start; without it, or when it is missing, the operator warns that who did what is not
+    /// stamped (the chart names it when its admission policies are on).
+    #[arg(long, env = "AGENT_OPERATOR_ADMISSION_POLICY")]
+    admission_policy: Option<String>,
     /// Turn off the hot path's two fast paths (resuming a sync from the state the Agent's last
     /// sync left; recognising the operator's own version writes on the watch), to measure them.
     #[arg(long, env = "AGENT_OPERATOR_SIMPLE_HOT_PATH")]
@@ -148,6 +153,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let shutdown = shutdown_signal().shared();
     let metrics = Arc::new(Metrics::default());
+    let policies = policy_check::check(&client, args.admission_policy.as_deref()).await;
+    policy_check::report(&policies);
+    metrics.admission_policies_installed.set(i64::from(policies == policy_check::Policies::Installed));
     let health = Arc::new(Health::default());
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
@@ -207,7 +215,9 @@ async fn stop_http(http: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow
 /// The operator never installs its CRDs; without them it says what to do.
 async fn check_crds_installed(client: &Client, namespace: Option<&str>) -> anyhow::Result<()> {
     let agents: Api<Agent> = client::scoped(client, namespace);
-    match agents.list(&kube::api::ListParams::default().limit(1)).await {
+    // Metadata only: an Agent the operator cannot decode is reported on that Agent by its sync,
+    // never the reason the operator does not start.
+    match agents.list_metadata(&kube::api::ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => {
             bail!(

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub tracked_agents: Gauge,
     pub agents_out_of_sync: Gauge,
+    pub admission_policies_installed: Gauge,
 }
 
 impl Default for Metrics {
@@ -92,6 +93,12 @@ impl Default for Metrics {
              a deleted Agent leaves the count at the next pruning (every minute)",
             agents_out_of_sync.clone(),
         );
+        let admission_policies_installed = Gauge::default();
+        registry.register(
+            "admission_policies_installed",
+            "1 when the chart's admission policies (who did what, the rollbacks' records) were found at start",
+            admission_policies_installed.clone(),
+        );
         // Every series that can appear is served from the start, at zero, so that `rate` and
         // `increase` see the first event and the docs can be checked against what is served.
         for resource in RESOURCES {
@@ -120,6 +127,7 @@ impl Default for Metrics {
             leader,
             tracked_agents,
             agents_out_of_sync,
+            admission_policies_installed,
         }
     }
 }

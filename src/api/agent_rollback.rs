@@ -171,7 +171,8 @@ pub struct AgentRollbackStatus {
     pub message: Option<String>,
 
     /// Why it failed, for machines: AgentNotFound, VersionNotFound, AlreadyActive,
-    /// NoPreviousVersion, AtFirstVersion, ActiveVersionChanged or VersionRefused.
+    /// NoPreviousVersion, AtFirstVersion, ActiveVersionChanged, VersionRefused or
+    /// InvalidRecord.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 

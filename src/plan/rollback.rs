@@ -34,10 +34,14 @@ pub enum FailureReason {
     /// The API server refused to create the version the rollback makes (see
     /// `plan::RefusedVersion`).
     VersionRefused,
+    /// The rollback's record asks for what its spec and the history do not allow (a version
+    /// to delete that is not the newest, a version to make that is not the next, a target
+    /// other than the spec's): the operator did not write it.
+    InvalidRecord,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 7] = [
+    pub const ALL: [FailureReason; 8] = [
         Self::AgentNotFound,
         Self::VersionNotFound,
         Self::AlreadyActive,
@@ -45,6 +49,7 @@ impl FailureReason {
         Self::AtFirstVersion,
         Self::ActiveVersionChanged,
         Self::VersionRefused,
+        Self::InvalidRecord,
     ];
 
     /// The machine-readable name: status.reason, the Event reason and the metric label.
@@ -57,6 +62,7 @@ impl FailureReason {
             Self::AtFirstVersion => "AtFirstVersion",
             Self::ActiveVersionChanged => "ActiveVersionChanged",
             Self::VersionRefused => "VersionRefused",
+            Self::InvalidRecord => "InvalidRecord",
         }
     }
 }
@@ -353,6 +359,18 @@ fn resume_restore(
         // A Running status without its plan was not written by this controller.
         return start(observed, agent, running, now);
     };
+    // Where no admission policy guards it, a record is whatever the client wrote: act on it
+    // only as far as the spec and the history allow what it says.
+    let spec_target = running.spec.strategy != RollbackStrategy::Restore || running.spec.target_version == Some(target);
+    let next = observed.active_number().unwrap_or(0) + 1;
+    let exists = observed.version(new).is_some();
+    if !spec_target || (!exists && new != next && new != observed.next_version_number()) {
+        let message = format!(
+            "Its record asks to restore version {target} as new version {new}, which its spec and the history \
+             (the next version is {next}) do not allow; the operator did not write it. Nothing was changed."
+        );
+        return fail(observed, running, Failure { reason: FailureReason::InvalidRecord, message }, now);
+    }
     match (observed.version(new), observed.version(target)) {
         (Some(made), _) if made.spec.rollback_name.as_deref() == Some(name.as_str()) => {
             finish(observed, agent, running, busy_after, now)
@@ -440,6 +458,15 @@ fn resume_pop(
         return start(observed, agent, running, now);
     };
     match observed.version(popped) {
+        // Only the newest version is ever popped, whatever a record says (see `resume_restore`).
+        Some(_) if observed.active_number() != Some(popped) => {
+            let message = format!(
+                "Its record asks to delete version {popped}, which is not the newest version ({}); the operator \
+                 did not write it. Nothing was changed.",
+                observed.active_number().unwrap_or_default()
+            );
+            fail(observed, running, Failure { reason: FailureReason::InvalidRecord, message }, now)
+        }
         Some(version)
             if Some(&version.spec.snapshot_hash) == status.popped_snapshot_hash.as_ref()
                 && observed.versions.len() > 1 =>

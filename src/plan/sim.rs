@@ -860,6 +860,79 @@ fn a_definition_over_the_bound_is_not_published_and_the_agent_says_why() {
     assert!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
 }
 
+/// A rollback created with a record of the client's own (where no admission policy refuses
+/// one): Running, with the plan `status` says.
+fn forge(
+    cluster: &mut Cluster,
+    name: &str,
+    strategy: RollbackStrategy,
+    target: Option<i64>,
+    status: AgentRollbackStatus,
+) {
+    cluster.create_rollback(name, strategy, target, None);
+    let record = super::durable::RollbackRecord {
+        status: AgentRollbackStatus { phase: Some(RollbackPhase::Running), ..status },
+        agent: None,
+    };
+    let text = serde_json::to_string(&record).expect("a record");
+    let forged = cluster.rollbacks.last_mut().expect("the rollback");
+    forged.metadata.annotations.get_or_insert_default().insert(ROLLBACK_RECORD_ANNOTATION.into(), text);
+    // As created: the watch cache never saw it without its record.
+    cluster.rollback_history.pop();
+    cluster.rollback_history.push(cluster.rollbacks.clone());
+}
+
+/// A forged record may not make the operator delete a version other than the newest, make a
+/// version out of turn, or restore another target than the spec's: it fails and changes
+/// nothing.
+#[test]
+fn a_record_the_operator_did_not_write_is_acted_on_only_as_the_history_allows() {
+    let mut cluster = two_versions();
+    cluster.edit(Some(content(3)), None);
+    cluster.converge(&mut || false);
+    let v1 = cluster.versions.iter().find(|v| v.spec.version == 1).expect("v1").clone();
+    let plans = [
+        (
+            "pop-v1",
+            RollbackStrategy::Pop,
+            None,
+            AgentRollbackStatus {
+                popped_version: Some(1),
+                popped_snapshot_hash: Some(v1.spec.snapshot_hash.clone()),
+                ..AgentRollbackStatus::default()
+            },
+        ),
+        (
+            "restore-as-100",
+            RollbackStrategy::Restore,
+            Some(1),
+            AgentRollbackStatus { restored_version: Some(1), new_version: Some(100), ..AgentRollbackStatus::default() },
+        ),
+        (
+            "restore-other",
+            RollbackStrategy::Restore,
+            Some(2),
+            AgentRollbackStatus { restored_version: Some(1), new_version: Some(4), ..AgentRollbackStatus::default() },
+        ),
+    ];
+    for (name, strategy, target, status) in plans {
+        forge(&mut cluster, name, strategy, target, status);
+        cluster.converge(&mut || false);
+        assert_eq!(cluster.outcome(name), Outcome::Failed("InvalidRecord".into()), "{name}");
+        assert_eq!(cluster.history().iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2, 3], "{name}");
+    }
+    // A record of the operator's own plan still runs.
+    forge(
+        &mut cluster,
+        "restore-ok",
+        RollbackStrategy::Restore,
+        Some(1),
+        AgentRollbackStatus { restored_version: Some(1), new_version: Some(4), ..AgentRollbackStatus::default() },
+    );
+    cluster.converge(&mut || false);
+    assert_eq!(cluster.outcome("restore-ok"), Outcome::Succeeded(4));
+}
+
 /// What an admission policy refuses for good ends the publish or rollback that asked for it,
 /// with the API server's words; nothing is retried until the spec changes, and nothing waits
 /// behind it.

@@ -254,3 +254,32 @@ async fn shutdown_waits_for_a_sync_started_from_the_watch_and_starts_no_more() {
     let second = s.rollbacks().get("second").await.unwrap();
     assert_eq!(phase(&second), None, "{:?}", second.status);
 }
+
+/// The gauge `agentops_admission_policies_installed`, once the operator serves it.
+async fn installed(operator: &Operator) -> f64 {
+    eventually(Duration::from_secs(30), || async {
+        metric(&scrape(operator).await, "agentops_admission_policies_installed ")
+    })
+    .await
+}
+
+/// The operator says at start whether the chart's admission policies are there: without them
+/// `requestedBy`, `changed-by` and the rollbacks' records are whatever clients write, and an
+/// admin must hear of it (a warning in the log, and a gauge at 0).
+#[tokio::test]
+async fn the_operator_says_at_start_whether_the_admission_policies_are_installed() {
+    let s = crate::rollback::setup_without_operator("policies").await;
+    let identity = chart_identity();
+    let named = format!("{RELEASE}-rollback-record");
+    let with = Operator::start_with(&identity.kubeconfig, &s.ns, &["--admission-policy", &named]);
+    assert_eq!(installed(&with).await, 1.0, "the chart's policy is found");
+    drop(with);
+    let without = Operator::start_with(&identity.kubeconfig, &s.ns, &[]);
+    assert_eq!(installed(&without).await, 0.0, "none named");
+    drop(without);
+    let log = std::env::temp_dir().join(format!("agent-operator-{}.log", s.ns));
+    let text = std::fs::read_to_string(&log).expect("the operator's log");
+    assert!(text.contains("The admission policies that stamp who did what are installed"), "{text}");
+    assert!(text.contains("Running without admission policies"), "{text}");
+    assert!(text.contains("admissionPolicies.enabled=true"), "{text}");
+}

@@ -610,3 +610,45 @@ async fn a_version_the_api_server_refuses_fails_its_rollback_and_stalls_only_its
     let out = kubectl(&["delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", &policy], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A rollback created with a record of its own (`agentops.dev/record`), as anyone may where the
+/// chart's admission policies are not installed (and an admin may anywhere): the operator acts
+/// on it only as the rollback's spec and the Agent's history allow, so it cannot be made to
+/// delete a version other than the newest or to make one out of turn.
+#[tokio::test]
+async fn a_forged_record_cannot_make_the_operator_delete_or_make_other_versions() {
+    let s = setup("e2e-forged").await;
+    s.agent_with_versions("support", 3, 10).await;
+    let v1 = s.versions("support").await.into_iter().find(|v| v.spec.version == 1).expect("v1");
+    let forged = |name: &str, strategy: &str, target: Option<i64>, plan: Value| {
+        let record = json!({"status": {"phase": "Running", "startTime": "2026-01-01T00:00:00Z"}});
+        let mut record = record;
+        for (key, value) in plan.as_object().expect("a plan") {
+            record["status"][key] = value.clone();
+        }
+        let mut spec = json!({"agentName": "support", "strategy": strategy});
+        if let Some(target) = target {
+            spec["targetVersion"] = json!(target);
+        }
+        json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "AgentRollback",
+               "metadata": {"name": name, "namespace": s.ns,
+                            "annotations": {"agentops.dev/record": record.to_string()}},
+               "spec": spec})
+    };
+    let cases = [
+        forged("pop-v1", "Pop", None, json!({"poppedVersion": 1, "poppedSnapshotHash": v1.spec.snapshot_hash})),
+        forged("restore-as-100", "Restore", Some(1), json!({"restoredVersion": 1, "newVersion": 100})),
+        forged("restore-other", "Restore", Some(2), json!({"restoredVersion": 1, "newVersion": 4})),
+    ];
+    for manifest in cases {
+        let name = manifest["metadata"]["name"].as_str().expect("a name").to_string();
+        let out = kubectl(&["create", "-f", "-"], Some(&manifest.to_string()));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        s.expect_outcome(&name, Err("InvalidRecord"), "a forged record").await;
+        let numbers: Vec<i64> = s.history("support").await.into_keys().collect();
+        assert_eq!(numbers, [1, 2, 3], "{name} changed the history");
+    }
+    // The Agent goes on as before.
+    s.create_rollback("pop", "support", "Pop", None).await;
+    s.expect_outcome("pop", Ok(2), "after forged records").await;
+}
