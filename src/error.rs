@@ -108,10 +108,13 @@ pub enum Error {
 
     #[error("Agent {namespace}/{name} did not settle after {steps} units of work")]
     NotSettled { namespace: String, name: String, steps: usize },
+
+    #[error("Agent {namespace}/{name} cannot be decoded: {why}")]
+    UnreadableAgent { namespace: String, name: String, why: String },
 }
 
 /// Every value of [`Error::metric_label`], so that each series is served from the start.
-pub const OPERATIONS: [&str; 14] = [
+pub const OPERATIONS: [&str; 15] = [
     "get_agent",
     "list_versions",
     "list_rollbacks",
@@ -126,6 +129,7 @@ pub const OPERATIONS: [&str; 14] = [
     "roll_workload",
     "missing_object_key",
     "not_settled",
+    "unreadable_agent",
 ];
 
 impl Error {
@@ -146,6 +150,7 @@ impl Error {
             Self::RollWorkload { .. } => "roll_workload",
             Self::MissingObjectKey(_) => "missing_object_key",
             Self::NotSettled { .. } => "not_settled",
+            Self::UnreadableAgent { .. } => "unreadable_agent",
         }
     }
 }

@@ -38,6 +38,9 @@ pub mod reasons {
     /// The API server refused to create the version of the spec's definition (an admission
     /// policy, a validation rule): no retry would change its answer, so it is not published.
     pub const VERSION_REFUSED: &str = "VersionRefused";
+    /// The spec's definition cannot be decoded (it nests deeper than the operator's JSON decoder
+    /// reads): nothing is published until it changes.
+    pub const DEFINITION_UNREADABLE: &str = "DefinitionUnreadable";
     /// InSync: the spec's definition is the active version's.
     pub const MATCHES_ACTIVE_VERSION: &str = "MatchesActiveVersion";
     /// InSync: a rollback made a version active whose definition the spec does not hold.

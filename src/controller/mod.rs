@@ -16,6 +16,7 @@ pub mod context;
 pub mod delivery;
 pub mod echoes;
 pub mod events;
+pub mod lean_agent;
 pub mod lean_meta;
 pub mod observe;
 pub mod rollback_index;
@@ -42,11 +43,12 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, warn};
 
 use crate::api::keys::{AGENT_LABEL, CHANGE_CAUSE_ANNOTATION, CHANGED_BY_ANNOTATION, ROLLBACK_RECORD_ANNOTATION};
-use crate::api::{Agent, AgentDefinition, AgentRollback, AgentVersion};
+use crate::api::{Agent, AgentRollback, AgentVersion};
 use crate::client::scoped;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::plan::phase_of;
+use lean_agent::LeanAgent;
 use lean_meta::LeanMeta;
 use rollback_index::RollbackCache;
 
@@ -62,7 +64,8 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let watching = watch_config(&client, settings.namespace.as_deref()).await;
-    let agents: Api<Agent> = scoped(&client, settings.namespace.as_deref());
+    // Decoded without their definitions (see `lean_agent`).
+    let agents: Api<LeanAgent> = scoped(&client, settings.namespace.as_deref());
     let agent_names: Api<LeanMeta<Agent>> = scoped(&client, settings.namespace.as_deref());
     // Only the versions' metadata: what wakes an Agent needs no snapshot, and at 10,000 Agents
     // with kilobytes of instructions the full objects' list after a restart is most of a GiB.
@@ -74,7 +77,8 @@ where
 
     let (rollback_store, rollback_writer) = reflector::store();
     let (agent_store, agent_writer) = reflector::store();
-    let agent_events = reflector(agent_writer, watcher(agents, watching.clone()).modify(slim_agent)).applied_objects();
+    let agent_watch = watcher(agents, watching.clone()).map_ok(LeanAgent::event).modify(slim_agent);
+    let agent_events = reflector(agent_writer, agent_watch).applied_objects();
     let agent_controller = Controller::for_stream(agent_events, agent_store.clone());
     // Only the ConfigMaps the operator labels, and only their metadata: what delivery needs
     // to know (owner, the version they hold) without holding every snapshot in memory.
@@ -231,13 +235,13 @@ fn drop_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// The Agent cache keeps no definition either: the cached Agent wakes syncs and answers checks
-/// of its metadata and status, and a sync reads the Agent live whenever it decides anything
-/// from its spec (see `observe::resume_from`). With instructions of kilobytes, the definitions
-/// were most of the operator's memory at thousands of Agents.
+/// The Agent cache keeps no definition either (the watch never decodes one, see `lean_agent`):
+/// the cached Agent wakes syncs and answers checks of its metadata and status, and a sync reads
+/// the Agent live whenever it decides anything from its spec (see `observe::resume_from`).
+/// With instructions of kilobytes, the definitions were most of the operator's memory at
+/// thousands of Agents.
 fn slim_agent(agent: &mut Agent) {
     drop_managed_fields(agent);
-    agent.spec.definition = AgentDefinition::default();
     keep_annotations(agent, &[CHANGE_CAUSE_ANNOTATION, CHANGED_BY_ANNOTATION]);
 }
 
@@ -401,7 +405,7 @@ mod tests {
         let kept: Vec<&String> = rollback.metadata.annotations.as_ref().unwrap().keys().collect();
         assert_eq!(kept, [ROLLBACK_RECORD_ANNOTATION]);
 
-        let mut agent: Agent = serde_json::from_value(serde_json::json!({
+        let LeanAgent(mut agent) = serde_json::from_value(serde_json::json!({
             "apiVersion": "agentops.dev/v1alpha1", "kind": "Agent",
             "metadata": {"name": "a", "annotations": {
                 CHANGE_CAUSE_ANNOTATION: "why", CHANGED_BY_ANNOTATION: "who",
@@ -411,7 +415,7 @@ mod tests {
         slim_agent(&mut agent);
         let kept: Vec<&String> = agent.metadata.annotations.as_ref().unwrap().keys().collect();
         assert_eq!(kept, [CHANGE_CAUSE_ANNOTATION, CHANGED_BY_ANNOTATION]);
-        assert_eq!(agent.spec.definition, AgentDefinition::default());
+        assert_eq!(agent.spec.definition, crate::api::AgentDefinition::default());
     }
 
     #[test]

@@ -34,10 +34,13 @@ pub enum Freshness {
 pub async fn observe(ctx: &Context, namespace: &str, name: &str, freshness: Freshness) -> Result<Observed> {
     let agents: Api<Agent> = Api::namespaced(ctx.client.clone(), namespace);
     let get_agent = async {
-        agents.get_opt(name).await.map_err(|source| Error::GetAgent {
-            namespace: namespace.into(),
-            name: name.into(),
-            source,
+        agents.get_opt(name).await.map_err(|source| match source {
+            // Reported on the Agent by the sync (see `sync::report_unreadable`), never retried
+            // as if it were the API server's fault.
+            kube::Error::SerdeError(error) => {
+                Error::UnreadableAgent { namespace: namespace.into(), name: name.into(), why: error.to_string() }
+            }
+            source => Error::GetAgent { namespace: namespace.into(), name: name.into(), source },
         })
     };
     // Both reads at once: the versions are checked against the Agent afterwards.

@@ -4,17 +4,25 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use tracing::debug;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource};
+use serde_json::json;
+use tracing::{debug, warn};
 
 use super::Context;
 use super::apply::{Outcome, apply};
+use super::lean_agent::LeanAgent;
 use super::observe::{Freshness, observe, resume_from};
 use super::settled::Start;
+use crate::api::Agent;
 use crate::api::RollbackPhase;
+use crate::api::conditions::{STALLED, reasons};
+use crate::api::keys::FIELD_MANAGER;
 use crate::metrics::RollbackLabels;
 use crate::plan::rollback::stopped;
+use crate::plan::status::unreadable_status;
 use crate::plan::sync::decide;
-use crate::plan::{Applied, FailureReason, Observed, Step, phase_of};
+use crate::plan::{Applied, EventNote, EventTarget, FailureReason, Observed, Step, phase_of};
 use crate::{Error, Result};
 
 /// Units of work one sync may do before it yields: enough for a long queue of rollbacks, and
@@ -36,10 +44,51 @@ pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str, done: impl F
     // the state this sync ends with.
     let epoch = ctx.settled.epoch(namespace, name);
     let start = ctx.settled.take(namespace, name);
-    let observed = run_units(ctx, namespace, name, start).await?;
+    let observed = match run_units(ctx, namespace, name, start).await {
+        Err(Error::UnreadableAgent { why, .. }) => {
+            report_unreadable(ctx, namespace, name, &why).await?;
+            return Ok(false);
+        }
+        result => result?,
+    };
     let delivering = observed.agent.as_ref().is_some_and(super::agent::awaits_delivery);
     ctx.settled.settle(namespace, name, epoch, observed);
     Ok(delivering)
+}
+
+/// An Agent whose spec cannot be decoded is told so in its status and an Event, and nothing
+/// else is done for it: its rollbacks wait, and the next change of its spec is read again.
+/// Its status and policy are read without the definition (see `lean_agent`).
+async fn report_unreadable(ctx: &Context, namespace: &str, name: &str, why: &str) -> Result<()> {
+    warn!(namespace, agent = name, why, "Cannot decode the Agent's spec");
+    let api: Api<LeanAgent> = Api::namespaced(ctx.client.clone(), namespace);
+    let read = api.get_opt(name).await.map_err(|source| Error::GetAgent {
+        namespace: namespace.into(),
+        name: name.into(),
+        source,
+    })?;
+    let Some(LeanAgent(agent)) = read else { return Ok(()) };
+    let Some(status) = unreadable_status(&agent, why, &Time(Timestamp::now())) else { return Ok(()) };
+    let note = status.conditions.iter().find(|c| c.type_ == STALLED).map(|c| c.message.clone()).unwrap_or_default();
+    let event = Step::Event(EventNote {
+        on: EventTarget::Agent,
+        related: None,
+        warning: true,
+        reason: reasons::DEFINITION_UNREADABLE,
+        action: "Publish",
+        note,
+    });
+    // As `apply` writes an Agent's status, but the answer is decoded as a lean Agent too.
+    let body = json!({ "apiVersion": Agent::api_version(&()), "kind": Agent::kind(&()), "status": status });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(name, &params, &Patch::Apply(body)).await.map_err(|source| Error::PatchAgentStatus {
+        namespace: namespace.into(),
+        name: name.into(),
+        source,
+    })?;
+    let observed = Observed::new(namespace.into(), name.into(), Some(agent), Vec::new(), Vec::new());
+    apply(ctx, &observed, event).await?;
+    Ok(())
 }
 
 /// Works until the planner has nothing left to do; returns the state it left.

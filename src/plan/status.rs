@@ -6,8 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::Refusal;
 use super::delivery::DeliveryState;
-use crate::api::conditions::{READY, RECONCILING, STALLED, reasons};
-use crate::api::{AgentRollbackStatus, RollbackPhase};
+use crate::api::conditions::{IN_SYNC, READY, RECONCILING, STALLED, reasons};
+use crate::api::{Agent, AgentRollbackStatus, AgentStatus, RollbackPhase};
 
 /// What a condition should say; the builder fills in generation and transition time.
 pub struct ConditionSpec<'a> {
@@ -127,6 +127,36 @@ pub fn refused_conditions(
         in_sync,
     ];
     conditions(existing, specs, generation, now)
+}
+
+/// The status of an Agent whose spec the operator cannot decode (`why` says where it stopped):
+/// as it was, with not Ready and Stalled for the reason; nothing else of it is touched, since
+/// nothing was decided. `None` when it says so already for this generation.
+pub fn unreadable_status(agent: &Agent, why: &str, now: &Time) -> Option<AgentStatus> {
+    let generation = agent.metadata.generation;
+    let mut status = agent.status.clone().unwrap_or_default();
+    let reason = reasons::DEFINITION_UNREADABLE;
+    let reported = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == STALLED && c.status == "True" && c.reason == reason && c.observed_generation == generation);
+    if reported {
+        return None;
+    }
+    let message = format!(
+        "spec: the definition cannot be read ({why}); the items of steps and askUserQuestions may nest at most 32 \
+         levels. Nothing is published until the spec changes."
+    );
+    let refusal = Refusal { reason, message };
+    let in_sync = ConditionSpec {
+        type_: IN_SYNC,
+        status: false,
+        reason,
+        message: "The spec's definition cannot be read.".to_string(),
+    };
+    status.conditions =
+        refused_conditions(&status.conditions, generation, status.active_version, &refusal, in_sync, now);
+    Some(status)
 }
 
 /// Sets `phase`, `message`, `reason` and the matching conditions on a rollback status.

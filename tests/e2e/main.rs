@@ -13,6 +13,7 @@ mod crash;
 mod delivery;
 mod docs;
 mod fuzz;
+mod hostile;
 mod identity;
 mod in_cluster;
 mod operations;
