@@ -18,6 +18,7 @@ mod support;
 mod peers;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_operator::api::conditions::READY;
@@ -37,7 +38,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -1002,6 +1003,156 @@ fn print_scale_targets(runs: &[Scale]) {
     );
 }
 
+/// One Agent's queue against another Agent's rollbacks: their latency with nothing else to do,
+/// then while `queued` rollbacks of another Agent, all created at once, wait their turn.
+#[derive(serde::Serialize)]
+struct Fairness {
+    queued: usize,
+    quiet: Percentiles,
+    beside_the_queue: Percentiles,
+    /// Rollbacks of the busy Agent still to run when the last sample beside the queue ended.
+    left_in_the_queue: usize,
+}
+
+async fn fairness(client: &Client, queued: usize, n: usize) -> Fairness {
+    let ns = namespace(client, "bench-fairness").await;
+    let _operator = start_operator(&ns, &[]);
+    let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
+    let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
+    for name in ["busy", "quiet"] {
+        create_agent(&agents, name, "v1", 10).await;
+        settled(&agents, name).await;
+        agents
+            .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"instructions": "v2"}})))
+            .await
+            .unwrap();
+        settled(&agents, name).await;
+    }
+    let config = watcher::Config::default().fields("spec.agentName=quiet");
+    let mut quiet_watch = watcher(rollbacks.clone(), config).applied_objects().boxed();
+    let sample = |i: usize| {
+        let rollbacks = rollbacks.clone();
+        async move {
+            let name = format!("quiet-{i}");
+            let start = Instant::now();
+            create_rollback(&rollbacks, &name, "quiet", "Previous", None).await;
+            (name, start)
+        }
+    };
+    let measure = async |i: usize, watch: &mut _| {
+        let (name, start) = sample(i).await;
+        let mut waiting = HashMap::from([(name, None)]);
+        wait_terminal(watch, &mut waiting).await;
+        let end = waiting.into_values().next().flatten().unwrap();
+        tokio::time::sleep(SETTLE).await;
+        end.duration_since(start).as_secs_f64() * 1000.0
+    };
+    let mut quiet = Vec::new();
+    for i in 0..n {
+        quiet.push(measure(i, &mut quiet_watch).await);
+    }
+
+    let created = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let creating = {
+        let (rollbacks, created) = (rollbacks.clone(), created.clone());
+        tokio::spawn(async move {
+            futures::stream::iter(0..queued)
+                .for_each_concurrent(64, |i| {
+                    let (rollbacks, created) = (rollbacks.clone(), created.clone());
+                    async move {
+                        create_rollback(&rollbacks, &format!("busy-{i}"), "busy", "Previous", None).await;
+                        created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
+                .await;
+        })
+    };
+    // A deep queue first, then a sample at a time while it runs.
+    while created.load(std::sync::atomic::Ordering::Relaxed) < queued / 5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut beside = Vec::new();
+    for i in n..2 * n {
+        beside.push(measure(i, &mut quiet_watch).await);
+    }
+    let busy = rollbacks.list(&ListParams::default().fields("spec.agentName=busy")).await.unwrap().items;
+    let done = busy.iter().filter(|r| r.status.as_ref().and_then(|s| s.phase).is_some_and(RollbackPhase::is_terminal));
+    let left_in_the_queue = queued - done.count();
+    creating.await.unwrap();
+    Fairness { queued, quiet: percentiles(quiet), beside_the_queue: percentiles(beside), left_in_the_queue }
+}
+
+fn print_fairness(f: &Fairness) {
+    let ratio = f.beside_the_queue.p50_ms / f.quiet.p50_ms;
+    println!(
+        "fairness: another Agent's rollback p50 {:.2} ms quiet, {:.2} ms beside {} queued on one Agent ({} still queued at the last sample); p99 {:.2} / {:.2} ms",
+        f.quiet.p50_ms,
+        f.beside_the_queue.p50_ms,
+        f.queued,
+        f.left_in_the_queue,
+        f.quiet.p99_ms,
+        f.beside_the_queue.p99_ms
+    );
+    println!("  beside the queue <= 1.5x quiet (p50): {ratio:.2}x {}", verdict(ratio <= 1.5));
+}
+
+/// What the operator keeps of rollbacks whose annotations are large (anyone may write up to
+/// 256 KiB of them): its RSS with `count` rollbacks carrying `bytes` of annotations each.
+#[derive(serde::Serialize)]
+struct AnnotationMemory {
+    count: usize,
+    bytes: usize,
+    rss_before_mib: f64,
+    rss_after_mib: f64,
+}
+
+async fn annotation_memory(client: &Client, count: usize, bytes: usize) -> AnnotationMemory {
+    let ns = namespace(client, "bench-memory").await;
+    let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
+    create_agent(&agents, "support", "v1", 10).await;
+    let operator = start_operator(&ns, &[]);
+    settled(&agents, "support").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_before_mib = operator.usage().unwrap().0 as f64 / (1024.0 * 1024.0);
+    let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
+    let note = "n".repeat(bytes);
+    futures::stream::iter(0..count)
+        .for_each_concurrent(16, |i| {
+            let (rollbacks, note) = (rollbacks.clone(), note.clone());
+            async move {
+                // A Restore of a version that does not exist: it fails at once, as cheap to run as
+                // a rollback gets, so what stays is what the caches keep.
+                let body: AgentRollback = serde_json::from_value(json!({
+                    "metadata": {"name": format!("noted-{i}"), "annotations": {"ticket-notes": note}},
+                    "spec": {"agentName": "support", "strategy": "Restore", "targetVersion": 99}
+                }))
+                .unwrap();
+                rollbacks.create(&PostParams::default(), &body).await.unwrap();
+            }
+        })
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while operator.metric_sum("agentops_rollbacks_total{").await < count as f64 {
+        assert!(Instant::now() < deadline, "{count} rollbacks not finished within 10 minutes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_after_mib = operator.usage().unwrap().0 as f64 / (1024.0 * 1024.0);
+    AnnotationMemory { count, bytes, rss_before_mib, rss_after_mib }
+}
+
+fn print_annotation_memory(m: &AnnotationMemory) {
+    println!(
+        "memory: {} rollbacks with {} KB of annotations each ({:.0} MiB in all): operator RSS {:.1} MiB before, {:.1} MiB after",
+        m.count,
+        m.bytes / 1000,
+        (m.count * m.bytes) as f64 / (1024.0 * 1024.0),
+        m.rss_before_mib,
+        m.rss_after_mib
+    );
+    println!("  RSS under the chart's 256 MiB limit: {}", verdict(m.rss_after_mib < 256.0));
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
@@ -1017,6 +1168,18 @@ async fn main() {
         eprintln!("churn: {total} agents in {waves} waves ...");
         let churn = churn(&client, total, waves).await;
         print_churn(&churn);
+        return;
+    }
+    if only.as_deref() == Ok("fairness") {
+        let (queued, n) = (env_size("BENCH_FAIRNESS_QUEUED", 5000), env_size("BENCH_FAIRNESS_N", 30));
+        eprintln!("fairness: {n} rollbacks of one Agent, quiet and beside {queued} queued on another ...");
+        print_fairness(&fairness(&client, queued, n).await);
+        return;
+    }
+    if only.as_deref() == Ok("memory") {
+        let (count, bytes) = (env_size("BENCH_MEMORY_ROLLBACKS", 1500), env_size("BENCH_MEMORY_BYTES", 200_000));
+        eprintln!("memory: {count} rollbacks with {bytes} bytes of annotations ...");
+        print_annotation_memory(&annotation_memory(&client, count, bytes).await);
         return;
     }
     if only.as_deref() == Ok("scale") {
