@@ -34,19 +34,24 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
     // The echo of a recent clean sync's last write: that sync left nothing to do.
     let intact = delivery_intact(&ctx, &agent);
     let covered = || intact && ctx.settled.covers(&agent);
-    let delivering = if covered() {
-        false
+    let synced = if covered() {
+        Some(false)
     } else if ctx.syncing(&namespace, &name) {
-        // Most likely an echo of the sync in progress: wait for it to end, then look again.
+        // Most likely an echo of the sync in progress, which passes once more for it.
         sync_agent(&ctx, &namespace, &name, covered).await?
     } else if !intact || !up_to_date(&ctx, &agent, &namespace).await? {
         sync_agent(&ctx, &namespace, &name, || false).await?
     } else {
-        false
+        Some(false)
     };
     let uid = agent.uid().unwrap_or_default();
     ctx.reset_backoff(&uid);
     timer.succeeded();
+    let Some(delivering) = synced else {
+        // Handed to the sync that runs: look again once it has surely ended, in case it failed
+        // or leaves the Agent waiting for its delivery.
+        return Ok(Action::requeue(super::HANDED_RECHECK));
+    };
     if delivering {
         return Ok(Action::requeue(ctx.next_delivery_poll(&uid)));
     }

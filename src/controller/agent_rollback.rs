@@ -24,10 +24,16 @@ pub async fn reconcile(rollback: Arc<AgentRollback>, ctx: Arc<Context>) -> Resul
     }
     let timer = ctx.metrics.reconcile(crate::metrics::AGENT_ROLLBACK);
     let namespace = rollback.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-    sync_agent(&ctx, &namespace, &rollback.spec.agent_name, || finished(&ctx, &namespace, &rollback)).await?;
+    let synced =
+        sync_agent(&ctx, &namespace, &rollback.spec.agent_name, || finished(&ctx, &namespace, &rollback)).await?;
     ctx.reset_backoff(&rollback.uid().unwrap_or_default());
     timer.succeeded();
-    Ok(Action::await_change())
+    match synced {
+        Some(_) => Ok(Action::await_change()),
+        // Handed to the sync of the Agent that runs, which runs this rollback too; looked at
+        // again in case that sync fails (its own retry may not come back to this rollback).
+        None => Ok(Action::requeue(super::HANDED_RECHECK)),
+    }
 }
 
 /// Whether a sync that ran while this one waited for its turn finished the rollback. Most

@@ -7,7 +7,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
-use tokio::sync::OwnedMutexGuard;
 
 use super::echoes::Echoes;
 use super::events::EventSink;
@@ -54,7 +53,9 @@ pub struct Context {
     pub early_starts: Arc<tokio::sync::Semaphore>,
     pub events: EventSink,
     pub metrics: Arc<Metrics>,
-    locks: Mutex<HashMap<AgentKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// The Agents whose sync runs now, and for each whether another pass was asked for
+    /// meanwhile (see [`Context::take_turn`]).
+    turns: Mutex<HashMap<AgentKey, bool>>,
     backoff: Mutex<HashMap<String, u32>>,
     /// Agents whose `InSync` condition was False when last seen.
     out_of_sync: Mutex<HashSet<AgentKey>>,
@@ -85,7 +86,7 @@ impl Context {
             early_starts: Arc::new(tokio::sync::Semaphore::new(usize::from(super::CONCURRENCY))),
             events,
             metrics,
-            locks: Mutex::default(),
+            turns: Mutex::default(),
             backoff: Mutex::default(),
             out_of_sync: Mutex::default(),
             listed: tokio::sync::watch::channel(false).0,
@@ -108,15 +109,23 @@ impl Context {
     }
 
     /// Takes the Agent's lock: one sync per Agent at a time, whichever controller asks.
-    pub async fn lock_agent(&self, namespace: &str, name: &str) -> OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Drop the locks nobody holds or waits for, so the map does not grow with every
-            // Agent ever seen.
-            locks.retain(|_, l| Arc::strong_count(l) > 1);
-            locks.entry((namespace.to_string(), name.to_string())).or_default().clone()
-        };
-        lock.lock_owned().await
+    /// Takes the Agent's turn to sync, if no sync of it runs now; else asks the one that runs
+    /// for one more pass when it ends, and returns `None`. One Agent's syncs run one at a
+    /// time, and a queue of thousands of its rollbacks occupies one task, not every worker the
+    /// controllers have: another Agent's rollback never waits behind it.
+    pub fn take_turn(&self, namespace: &str, name: &str) -> Option<Turn<'_>> {
+        let key = (namespace.to_string(), name.to_string());
+        let mut turns = self.turns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match turns.get_mut(&key) {
+            Some(again) => {
+                *again = true;
+                None
+            }
+            None => {
+                turns.insert(key.clone(), false);
+                Some(Turn { turns: &self.turns, key, ended: false })
+            }
+        }
     }
 
     /// Waits for every sync started early from the watch, and lets no more start. They run in
@@ -146,10 +155,10 @@ impl Context {
         self.metrics.agents_out_of_sync.set(i64::try_from(set.len()).unwrap_or(i64::MAX));
     }
 
-    /// Whether a sync of the Agent holds its lock now.
+    /// Whether a sync of the Agent runs now.
     pub fn syncing(&self, namespace: &str, name: &str) -> bool {
-        let locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        locks.get(&(namespace.to_string(), name.to_string())).is_some_and(|l| l.try_lock().is_err())
+        let turns = self.turns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        turns.contains_key(&(namespace.to_string(), name.to_string()))
     }
 
     /// Forgets what it keeps per Agent and per rollback for those gone from the watch caches:
@@ -198,5 +207,40 @@ impl Context {
     /// costs a read every 10 s.
     pub fn next_delivery_poll(&self, uid: &str) -> Duration {
         self.next_backoff(&format!("delivery/{uid}")).min(Duration::from_secs(10))
+    }
+}
+
+/// One Agent's turn to sync (see [`Context::take_turn`]); given up when dropped, so a sync
+/// that fails or is cancelled never leaves its Agent unsyncable.
+pub struct Turn<'a> {
+    turns: &'a Mutex<HashMap<AgentKey, bool>>,
+    key: AgentKey,
+    ended: bool,
+}
+
+impl Turn<'_> {
+    /// Whether another pass was asked for since the last one began; if not, the turn ends here,
+    /// under the same lock that a caller asking for a pass takes, so no request is lost.
+    pub fn again(&mut self) -> bool {
+        let mut turns = self.turns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match turns.get_mut(&self.key) {
+            Some(again) if *again => {
+                *again = false;
+                true
+            }
+            _ => {
+                turns.remove(&self.key);
+                self.ended = true;
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.turns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.key);
+        }
     }
 }

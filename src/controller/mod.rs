@@ -321,6 +321,11 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// thousand syncs at once, each holding its reads in memory while they wait on the API server.
 const CONCURRENCY: u16 = 16;
 
+/// When a reconcile whose sync was handed to the one running (see `Context::take_turn`) looks
+/// again: by then that sync has ended, unless a queue of thousands keeps it going (then it is
+/// handed again, at the cost of a lookup).
+const HANDED_RECHECK: Duration = Duration::from_secs(1);
+
 fn controller_config() -> controller::Config {
     controller::Config::default().concurrency(CONCURRENCY)
 }

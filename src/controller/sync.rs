@@ -29,17 +29,40 @@ use crate::{Error, Result};
 /// a bound should the planner ever fail to settle.
 const MAX_UNITS: usize = 2000;
 
-/// Runs the sync of one Agent, unless `done` (asked once the Agent's turn has come) says the
-/// work that asked for it has been done by a sync that ran meanwhile. True when the Agent is
-/// left waiting for its delivery (a rollout, or something to report): nothing watches
+/// Runs the sync of one Agent, unless `done` (asked once the Agent's turn is taken) says the
+/// work that asked for it has been done by a sync that ran meanwhile; passes again for as long
+/// as others ask for one while it runs. `None` when a sync of the Agent runs already: it passes
+/// once more for this caller, who need not wait (see `Context::take_turn`). Else true when the
+/// Agent is left waiting for its delivery (a rollout, or something to report): nothing watches
 /// workloads, so the Agent controller looks again after a while.
-pub async fn sync_agent(ctx: &Context, namespace: &str, name: &str, done: impl FnOnce() -> bool) -> Result<bool> {
+pub async fn sync_agent(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    done: impl FnOnce() -> bool,
+) -> Result<Option<bool>> {
     debug!(namespace, agent = name, "Sync requested");
-    let _turn = ctx.lock_agent(namespace, name).await;
-    debug!(namespace, agent = name, "Sync started");
+    let Some(mut turn) = ctx.take_turn(namespace, name) else {
+        debug!(namespace, agent = name, "Sync handed to the one running");
+        return Ok(None);
+    };
     if done() {
-        return Ok(false);
+        // Still the turn's end: a pass asked for meanwhile is made.
+        if !turn.again() {
+            return Ok(Some(false));
+        }
     }
+    loop {
+        debug!(namespace, agent = name, "Sync started");
+        let delivering = sync_once(ctx, namespace, name).await?;
+        if !turn.again() {
+            return Ok(Some(delivering));
+        }
+    }
+}
+
+/// One pass of an Agent's sync.
+async fn sync_once(ctx: &Context, namespace: &str, name: &str) -> Result<bool> {
     // Taken before the first read: a change to the versions by someone else from here on voids
     // the state this sync ends with.
     let epoch = ctx.settled.epoch(namespace, name);
