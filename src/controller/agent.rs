@@ -48,8 +48,8 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
     ctx.reset_backoff(&uid);
     timer.succeeded();
     let Some(delivering) = synced else {
-        // Handed to the sync that runs: look again once it has surely ended, in case it failed
-        // or leaves the Agent waiting for its delivery.
+        // Handed to the sync that runs: look again once it has likely ended, in case it leaves
+        // the Agent waiting for its delivery (a failure is retried by that sync's own caller).
         return Ok(Action::requeue(super::HANDED_RECHECK));
     };
     if delivering {

@@ -24,16 +24,12 @@ pub async fn reconcile(rollback: Arc<AgentRollback>, ctx: Arc<Context>) -> Resul
     }
     let timer = ctx.metrics.reconcile(crate::metrics::AGENT_ROLLBACK);
     let namespace = rollback.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-    let synced =
-        sync_agent(&ctx, &namespace, &rollback.spec.agent_name, || finished(&ctx, &namespace, &rollback)).await?;
+    // `None` is a sync handed to the one of the Agent that runs, which passes again and runs
+    // this rollback too; should it fail, its own retry does (see `turns`).
+    sync_agent(&ctx, &namespace, &rollback.spec.agent_name, || finished(&ctx, &namespace, &rollback)).await?;
     ctx.reset_backoff(&rollback.uid().unwrap_or_default());
     timer.succeeded();
-    match synced {
-        Some(_) => Ok(Action::await_change()),
-        // Handed to the sync of the Agent that runs, which runs this rollback too; looked at
-        // again in case that sync fails (its own retry may not come back to this rollback).
-        None => Ok(Action::requeue(super::HANDED_RECHECK)),
-    }
+    Ok(Action::await_change())
 }
 
 /// Whether a sync that ran while this one waited for its turn finished the rollback. Most
@@ -67,6 +63,8 @@ pub fn start_early(rollback: &AgentRollback, ctx: &Arc<Context>) {
             Err(error) => {
                 ctx.metrics.errors.get_or_create(&ErrorLabels { operation: error.metric_label() }).inc();
                 debug!(namespace, rollback = rollback.name_any(), error = %super::error_chain(&error), "Early start failed; the reconcile retries");
+                // Its reconcile may have been handed to this sync already.
+                ctx.retry_early_start(ObjectRef::from_obj(&*rollback));
             }
         }
     });

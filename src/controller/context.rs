@@ -4,18 +4,21 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::Stream;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
+use tokio::sync::mpsc;
 
 use super::echoes::Echoes;
 use super::events::EventSink;
 use super::lean_meta::LeanMeta;
 use super::rollback_index::RollbackCache;
 use super::settled::SettledAgents;
+use super::turns::Turns;
 use super::version_index::VersionIndex;
-use crate::api::Agent;
 use crate::api::conditions::IN_SYNC;
+use crate::api::{Agent, AgentRollback};
 use crate::metrics::Metrics;
 
 /// How the controllers were asked to run.
@@ -51,11 +54,15 @@ pub struct Context {
     pub echoes: Echoes,
     /// Permits for syncs started straight from the rollback watch.
     pub early_starts: Arc<tokio::sync::Semaphore>,
+    /// Rollbacks whose early start failed, for their controller to reconcile again: the only
+    /// sync with no retry of its own, which others may have handed their work to (see
+    /// `turns`).
+    early_failures: mpsc::UnboundedSender<ObjectRef<AgentRollback>>,
+    early_failures_rx: Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<AgentRollback>>>>,
     pub events: EventSink,
     pub metrics: Arc<Metrics>,
-    /// The Agents whose sync runs now, and for each whether another pass was asked for
-    /// meanwhile (see [`Context::take_turn`]).
-    turns: Mutex<HashMap<AgentKey, bool>>,
+    /// Whose turn it is to sync each Agent.
+    pub turns: Turns,
     backoff: Mutex<HashMap<String, u32>>,
     /// Agents whose `InSync` condition was False when last seen.
     out_of_sync: Mutex<HashSet<AgentKey>>,
@@ -73,6 +80,7 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Self {
         let events = EventSink::start(client.clone(), settings.instance.clone());
+        let (early_failures, early_failures_rx) = mpsc::unbounded_channel();
         let fast_paths = !settings.simple_hot_path;
         Self {
             client,
@@ -84,9 +92,11 @@ impl Context {
             settled: SettledAgents::new(fast_paths),
             echoes: Echoes::new(fast_paths),
             early_starts: Arc::new(tokio::sync::Semaphore::new(usize::from(super::CONCURRENCY))),
+            early_failures,
+            early_failures_rx: Mutex::new(Some(early_failures_rx)),
             events,
             metrics,
-            turns: Mutex::default(),
+            turns: Turns::default(),
             backoff: Mutex::default(),
             out_of_sync: Mutex::default(),
             listed: tokio::sync::watch::channel(false).0,
@@ -109,23 +119,20 @@ impl Context {
     }
 
     /// Takes the Agent's lock: one sync per Agent at a time, whichever controller asks.
-    /// Takes the Agent's turn to sync, if no sync of it runs now; else asks the one that runs
-    /// for one more pass when it ends, and returns `None`. One Agent's syncs run one at a
-    /// time, and a queue of thousands of its rollbacks occupies one task, not every worker the
-    /// controllers have: another Agent's rollback never waits behind it.
-    pub fn take_turn(&self, namespace: &str, name: &str) -> Option<Turn<'_>> {
-        let key = (namespace.to_string(), name.to_string());
-        let mut turns = self.turns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match turns.get_mut(&key) {
-            Some(again) => {
-                *again = true;
-                None
-            }
-            None => {
-                turns.insert(key.clone(), false);
-                Some(Turn { turns: &self.turns, key, ended: false })
-            }
-        }
+    /// Has the AgentRollback controller reconcile `rollback` again: its early start failed.
+    pub fn retry_early_start(&self, rollback: ObjectRef<AgentRollback>) {
+        let _ = self.early_failures.send(rollback);
+    }
+
+    /// The rollbacks to reconcile again (see [`Self::retry_early_start`]), for the controller
+    /// to follow; empty for a second caller.
+    pub fn early_start_retries(&self) -> impl Stream<Item = ObjectRef<AgentRollback>> + Send + 'static {
+        let rx = self.early_failures_rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        futures::stream::unfold(rx, |rx| async move {
+            let mut rx = rx?;
+            let next = rx.recv().await?;
+            Some((next, Some(rx)))
+        })
     }
 
     /// Waits for every sync started early from the watch, and lets no more start. They run in
@@ -157,8 +164,7 @@ impl Context {
 
     /// Whether a sync of the Agent runs now.
     pub fn syncing(&self, namespace: &str, name: &str) -> bool {
-        let turns = self.turns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        turns.contains_key(&(namespace.to_string(), name.to_string()))
+        self.turns.running(namespace, name)
     }
 
     /// Forgets what it keeps per Agent and per rollback for those gone from the watch caches:
@@ -207,40 +213,5 @@ impl Context {
     /// costs a read every 10 s.
     pub fn next_delivery_poll(&self, uid: &str) -> Duration {
         self.next_backoff(&format!("delivery/{uid}")).min(Duration::from_secs(10))
-    }
-}
-
-/// One Agent's turn to sync (see [`Context::take_turn`]); given up when dropped, so a sync
-/// that fails or is cancelled never leaves its Agent unsyncable.
-pub struct Turn<'a> {
-    turns: &'a Mutex<HashMap<AgentKey, bool>>,
-    key: AgentKey,
-    ended: bool,
-}
-
-impl Turn<'_> {
-    /// Whether another pass was asked for since the last one began; if not, the turn ends here,
-    /// under the same lock that a caller asking for a pass takes, so no request is lost.
-    pub fn again(&mut self) -> bool {
-        let mut turns = self.turns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match turns.get_mut(&self.key) {
-            Some(again) if *again => {
-                *again = false;
-                true
-            }
-            _ => {
-                turns.remove(&self.key);
-                self.ended = true;
-                false
-            }
-        }
-    }
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        if !self.ended {
-            self.turns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.key);
-        }
     }
 }

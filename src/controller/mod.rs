@@ -5,9 +5,10 @@
 //! someone else (the operator's own version writes are recognised, [`echoes`]). The
 //! AgentRollback controller runs it for the Agent a new rollback names, from its own store,
 //! which is why a rollback is never missed by a store that lags; a new rollback's sync is also
-//! started straight from the watch, ahead of the controller's queue. A per-Agent lock makes
-//! them take turns, so one Agent's work is serialized and different Agents run in parallel. A
-//! sync starts from the state the Agent's last clean sync left, when it can ([`settled`]).
+//! started straight from the watch, ahead of the controller's queue. One sync of an Agent runs
+//! at a time, and one asked for meanwhile is a further pass of it, so one Agent's work is
+//! serialized and different Agents run in parallel. A sync starts from the state the Agent's
+//! last clean sync left, when it can ([`settled`]).
 
 pub mod agent;
 pub mod agent_rollback;
@@ -22,6 +23,7 @@ pub mod observe;
 pub mod rollback_index;
 pub mod settled;
 pub mod sync;
+pub mod turns;
 pub mod version_index;
 
 pub use context::{Context, Settings};
@@ -165,6 +167,7 @@ where
 {
     let waiting = ctx.rollbacks.clone();
     controller
+        .reconcile_on(ctx.early_start_retries())
         .with_config(controller_config())
         .trigger_backoff(WatchBackoff::default())
         .watches(agents, watching.clone(), move |agent: LeanMeta<Agent>| {
@@ -321,9 +324,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// thousand syncs at once, each holding its reads in memory while they wait on the API server.
 const CONCURRENCY: u16 = 16;
 
-/// When a reconcile whose sync was handed to the one running (see `Context::take_turn`) looks
-/// again: by then that sync has ended, unless a queue of thousands keeps it going (then it is
-/// handed again, at the cost of a lookup).
+/// When an Agent reconcile whose sync was handed to the one running (see `turns`)
+/// looks again, in case that sync leaves the Agent waiting for its delivery, which only the
+/// Agent controller polls.
 const HANDED_RECHECK: Duration = Duration::from_secs(1);
 
 fn controller_config() -> controller::Config {

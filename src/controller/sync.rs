@@ -14,6 +14,7 @@ use super::apply::{Outcome, apply};
 use super::lean_agent::LeanAgent;
 use super::observe::{Freshness, observe, resume_from};
 use super::settled::Start;
+use super::turns::Turn;
 use crate::api::Agent;
 use crate::api::RollbackPhase;
 use crate::api::conditions::{STALLED, reasons};
@@ -25,14 +26,15 @@ use crate::plan::sync::decide;
 use crate::plan::{Applied, EventNote, EventTarget, FailureReason, Observed, Step, phase_of};
 use crate::{Error, Result};
 
-/// Units of work one sync may do before it yields: enough for a long queue of rollbacks, and
-/// a bound should the planner ever fail to settle.
+/// Units of work one pass of a sync may do: a long queue of rollbacks goes on in the next pass,
+/// read afresh; the bound is an error only where no rollback finished, should the planner ever
+/// fail to settle.
 const MAX_UNITS: usize = 2000;
 
 /// Runs the sync of one Agent, unless `done` (asked once the Agent's turn is taken) says the
 /// work that asked for it has been done by a sync that ran meanwhile; passes again for as long
 /// as others ask for one while it runs. `None` when a sync of the Agent runs already: it passes
-/// once more for this caller, who need not wait (see `Context::take_turn`). Else true when the
+/// once more for this caller, who need not wait (see `turns`). Else true when the
 /// Agent is left waiting for its delivery (a rollout, or something to report): nothing watches
 /// workloads, so the Agent controller looks again after a while.
 pub async fn sync_agent(
@@ -42,7 +44,7 @@ pub async fn sync_agent(
     done: impl FnOnce() -> bool,
 ) -> Result<Option<bool>> {
     debug!(namespace, agent = name, "Sync requested");
-    let Some(mut turn) = ctx.take_turn(namespace, name) else {
+    let Some(mut turn) = ctx.turns.take(namespace, name) else {
         debug!(namespace, agent = name, "Sync handed to the one running");
         return Ok(None);
     };
@@ -54,29 +56,43 @@ pub async fn sync_agent(
     }
     loop {
         debug!(namespace, agent = name, "Sync started");
-        let delivering = sync_once(ctx, namespace, name).await?;
-        if !turn.again() {
-            return Ok(Some(delivering));
+        match sync_once(ctx, namespace, name, &turn).await? {
+            Pass::MoreToDo => continue,
+            Pass::Done { delivering } if !turn.again() => return Ok(Some(delivering)),
+            Pass::Done { .. } => {}
         }
     }
 }
 
+/// How a pass of a sync ended.
+enum Pass {
+    /// Nothing left to do; `delivering` as [`sync_agent`] says.
+    Done { delivering: bool },
+    /// It did `MAX_UNITS` units and rollbacks are still finishing: a long queue, which the next
+    /// pass goes on with.
+    MoreToDo,
+}
+
 /// One pass of an Agent's sync.
-async fn sync_once(ctx: &Context, namespace: &str, name: &str) -> Result<bool> {
+async fn sync_once(ctx: &Context, namespace: &str, name: &str, turn: &Turn<'_>) -> Result<Pass> {
     // Taken before the first read: a change to the versions by someone else from here on voids
     // the state this sync ends with.
     let epoch = ctx.settled.epoch(namespace, name);
     let start = ctx.settled.take(namespace, name);
-    let observed = match run_units(ctx, namespace, name, start).await {
+    let (observed, settled) = match run_units(ctx, namespace, name, start, turn).await {
         Err(Error::UnreadableAgent { why, .. }) => {
             report_unreadable(ctx, namespace, name, &why).await?;
-            return Ok(false);
+            return Ok(Pass::Done { delivering: false });
         }
         result => result?,
     };
+    if !settled {
+        // Not a settled state to resume from: the next pass reads everything again.
+        return Ok(Pass::MoreToDo);
+    }
     let delivering = observed.agent.as_ref().is_some_and(super::agent::awaits_delivery);
     ctx.settled.settle(namespace, name, epoch, observed);
-    Ok(delivering)
+    Ok(Pass::Done { delivering })
 }
 
 /// An Agent whose spec cannot be decoded is told so in its status and an Event, and nothing
@@ -114,8 +130,15 @@ async fn report_unreadable(ctx: &Context, namespace: &str, name: &str, why: &str
     Ok(())
 }
 
-/// Works until the planner has nothing left to do; returns the state it left.
-async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> Result<Observed> {
+/// Works until the planner has nothing left to do, or for `MAX_UNITS` units of a long queue;
+/// returns the state it left, and whether the planner had nothing left to do.
+async fn run_units(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    start: Start,
+    turn: &Turn<'_>,
+) -> Result<(Observed, bool)> {
     let kept = match &start {
         Start::Settled(Some(state)) => resume_from(ctx, state),
         _ => None,
@@ -132,8 +155,8 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
     };
     super::delivery::observe(ctx, &mut observed).await?;
     debug!(namespace, agent = name, settled = matches!(start, Start::Settled(_)), "Observed");
-    match work(ctx, &mut observed).await {
-        Ok(()) => Ok(observed),
+    match work(ctx, &mut observed, turn).await {
+        Ok(settled) => Ok((observed, settled)),
         Err(error) => {
             mark_stopped(ctx, &observed).await;
             Err(error)
@@ -141,12 +164,18 @@ async fn run_units(ctx: &Context, namespace: &str, name: &str, start: Start) -> 
     }
 }
 
-/// Decides and applies units of work on `observed` until the planner has nothing left to do.
-async fn work(ctx: &Context, observed: &mut Observed) -> Result<()> {
+/// Decides and applies units of work on `observed` until the planner has nothing left to do
+/// (true), or for `MAX_UNITS` units if rollbacks finished meanwhile (false: a long queue, not a
+/// planner that fails to settle, which is an error).
+async fn work(ctx: &Context, observed: &mut Observed, turn: &Turn<'_>) -> Result<bool> {
     let (namespace, name) = (observed.namespace.clone(), observed.agent_name.clone());
     let (namespace, name) = (namespace.as_str(), name.as_str());
     let delivered_before = delivered(observed);
+    let pending_before = observed.pending_rollbacks().len();
     for _ in 0..MAX_UNITS {
+        // A queue of rollbacks lets the syncs of other Agents go first (see `turns`).
+        let unfinished = observed.rollbacks.iter().filter(|r| !phase_of(r).is_some_and(RollbackPhase::is_terminal));
+        turn.give_way(unfinished.count() > 1).await;
         let now = Time(Timestamp::now());
         let steps = decide(observed, &now);
         if steps.is_empty() {
@@ -154,7 +183,7 @@ async fn work(ctx: &Context, observed: &mut Observed) -> Result<()> {
             if delivered_after.is_some() && delivered_after != delivered_before {
                 record_delivery(ctx, observed);
             }
-            return Ok(());
+            return Ok(true);
         }
         debug!(namespace, agent = name, steps = steps.len(), "Applying a unit of work");
         for step in steps {
@@ -181,6 +210,9 @@ async fn work(ctx: &Context, observed: &mut Observed) -> Result<()> {
                 break;
             }
         }
+    }
+    if observed.pending_rollbacks().len() < pending_before {
+        return Ok(false);
     }
     Err(Error::NotSettled { namespace: namespace.into(), name: name.into(), steps: MAX_UNITS })
 }
