@@ -26,6 +26,14 @@ pub enum Outcome {
     Stale(Option<Applied>),
 }
 
+/// A rollback as the API server answered, less what the operator never reads (its annotations
+/// but the record, up to 256 KiB that anyone may write; its managed fields): a sync's state
+/// holds every rollback of its Agent, and the last state of many Agents is kept.
+fn slim(mut rollback: AgentRollback) -> AgentRollback {
+    super::slim_rollback(&mut rollback);
+    rollback
+}
+
 /// The HTTP status of an error the API server answered.
 pub(super) fn status_code(error: &kube::Error) -> Option<u16> {
     match error {
@@ -90,7 +98,7 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
                 name: observed.agent_name.clone(),
                 source,
             })?;
-            Ok(Outcome::Done(Applied::Rollbacks(list.items)))
+            Ok(Outcome::Done(Applied::Rollbacks(list.items.into_iter().map(slim).collect())))
         }
         // `apply` hands single writes only.
         Step::Together(_) => Ok(Outcome::Done(Applied::Nothing)),
@@ -231,7 +239,7 @@ async fn write_rollback(
         // What the API server has: the record written, the status as it was (see
         // `plan::Observed::fold`, which reads the status from the record).
         let written = AgentRollback { metadata: marked.metadata, ..read.clone() };
-        return Ok(Outcome::Done(Applied::Rollback(Box::new(written))));
+        return Ok(Outcome::Done(Applied::Rollback(Box::new(slim(written)))));
     }
     let copy = AgentRollback { status: Some(record.status.clone()), ..read.clone() };
     write_status(&api, ns, name, marked.metadata.resource_version, copy).await
@@ -258,7 +266,7 @@ async fn write_status(
     };
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
     match api.replace_status(&name, &params, &object).await {
-        Ok(rollback) => Ok(Outcome::Done(Applied::Rollback(Box::new(rollback)))),
+        Ok(rollback) => Ok(Outcome::Done(Applied::Rollback(Box::new(slim(rollback))))),
         Err(e) if status_code(&e) == Some(409) => Ok(Outcome::Stale(Some(read_rollback(api, ns, name).await?))),
         Err(e) if status_code(&e) == Some(404) => Ok(Outcome::Stale(Some(Applied::RollbackDeleted(name)))),
         Err(source) => Err(Error::PatchRollbackStatus { namespace: ns.into(), name, source }),
@@ -273,7 +281,7 @@ async fn read_rollback(api: &Api<AgentRollback>, ns: &str, name: String) -> Resu
         source,
     })?;
     Ok(match fresh {
-        Some(rollback) => Applied::Rollback(Box::new(rollback)),
+        Some(rollback) => Applied::Rollback(Box::new(slim(rollback))),
         None => Applied::RollbackDeleted(name),
     })
 }

@@ -252,7 +252,7 @@ fn slim_agent(agent: &mut Agent) {
 /// annotations are anyone's to write, up to 256 KiB an object, and one namespace's rollbacks
 /// (or an Agent's `kubectl.kubernetes.io/last-applied-configuration`) could otherwise fill the
 /// memory of an operator shared by every namespace.
-fn slim_rollback(rollback: &mut AgentRollback) {
+pub(crate) fn slim_rollback(rollback: &mut AgentRollback) {
     drop_managed_fields(rollback);
     keep_annotations(rollback, &[ROLLBACK_RECORD_ANNOTATION]);
 }
