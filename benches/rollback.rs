@@ -1008,6 +1008,9 @@ fn print_scale_targets(runs: &[Scale]) {
 struct Fairness {
     queued: usize,
     quiet: Percentiles,
+    /// Beside the writes the operator makes for such a queue, made directly by one client,
+    /// one rollback after another: what sharing the API server costs by itself.
+    beside_direct_writes: Percentiles,
     beside_the_queue: Percentiles,
     /// Rollbacks of the busy Agent still to run when the last sample beside the queue ended.
     left_in_the_queue: usize,
@@ -1051,6 +1054,37 @@ async fn fairness(client: &Client, queued: usize, n: usize) -> Fairness {
         quiet.push(measure(i, &mut quiet_watch).await);
     }
 
+    // The same writes as the queue's, made directly, in a namespace the operator does not watch.
+    let direct_ns = namespace(client, "bench-fairness-direct").await;
+    let busy = create_agent(&Api::namespaced(client.clone(), &direct_ns), "busy", "v1", 10).await;
+    let versions: Api<AgentVersion> = Api::namespaced(client.clone(), &direct_ns);
+    for v in 1..=2 {
+        let snapshot = definition(&format!("v{v}"));
+        let hash = snapshot_hash(&snapshot);
+        let provenance = Provenance { rollback: None, change_cause: None, published_by: None };
+        versions
+            .create(&PostParams::default(), &new_version(&busy, v, snapshot, hash, provenance, None))
+            .await
+            .unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut number = 3;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                direct_restore_in_full(&client, &direct_ns, &busy, &format!("busy-{number}"), number, 10).await;
+                number += 1;
+            }
+        })
+    };
+    let mut beside_direct = Vec::new();
+    for i in n..2 * n {
+        beside_direct.push(measure(i, &mut quiet_watch).await);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+
     // The whole queue first (the operator starts on it at once), then a sample at a time while
     // it runs: what is measured is the queue, not the API server busy with its creates.
     futures::stream::iter(0..queued)
@@ -1062,14 +1096,20 @@ async fn fairness(client: &Client, queued: usize, n: usize) -> Fairness {
         })
         .await;
     let mut beside = Vec::new();
-    for i in n..2 * n {
+    for i in 2 * n..3 * n {
         beside.push(measure(i, &mut quiet_watch).await);
     }
     let busy = rollbacks.list(&ListParams::default().fields("spec.agentName=busy")).await.unwrap().items;
     let done = busy.iter().filter(|r| r.status.as_ref().and_then(|s| s.phase).is_some_and(RollbackPhase::is_terminal));
     let left_in_the_queue = queued - done.count();
     assert!(left_in_the_queue > 0, "the queue drained before the samples beside it ended: queue more");
-    Fairness { queued, quiet: percentiles(quiet), beside_the_queue: percentiles(beside), left_in_the_queue }
+    Fairness {
+        queued,
+        quiet: percentiles(quiet),
+        beside_direct_writes: percentiles(beside_direct),
+        beside_the_queue: percentiles(beside),
+        left_in_the_queue,
+    }
 }
 
 fn print_fairness(f: &Fairness) {
@@ -1082,6 +1122,11 @@ fn print_fairness(f: &Fairness) {
         f.left_in_the_queue,
         f.quiet.p99_ms,
         f.beside_the_queue.p99_ms
+    );
+    let direct = f.beside_direct_writes.p50_ms / f.quiet.p50_ms;
+    println!(
+        "  beside the same writes made directly, one rollback after another: p50 {:.2} ms ({direct:.2}x quiet), p99 {:.2} ms",
+        f.beside_direct_writes.p50_ms, f.beside_direct_writes.p99_ms
     );
     println!("  beside the queue <= 1.5x quiet (p50): {ratio:.2}x {}", verdict(ratio <= 1.5));
 }
