@@ -271,11 +271,7 @@ impl Lane {
         let operator = start_operator(&ns, flags);
         let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
         let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
-        create_agent(&agents, "lat", "v1", 10).await;
-        settled(&agents, "lat").await;
-        let edit = json!({"spec": {"instructions": "v2"}});
-        agents.patch("lat", &PatchParams::default(), &Patch::Merge(edit)).await.unwrap();
-        settled(&agents, "lat").await;
+        published_twice(&agents, "lat").await;
         let events = watcher(rollbacks.clone(), watcher::Config::default()).applied_objects().boxed();
         Self { _operator: operator, rollbacks, events, samples: Vec::new() }
     }
@@ -367,6 +363,28 @@ async fn settled(api: &Api<Agent>, name: &str) {
         (a.status.as_ref()?.observed_generation == a.metadata.generation).then_some(())
     })
     .await;
+}
+
+/// An Agent with versions 1 and 2, published by the operator (a created Agent, then an edit).
+async fn published_twice(api: &Api<Agent>, name: &str) {
+    create_agent(api, name, "v1", 10).await;
+    settled(api, name).await;
+    let edit = json!({"spec": {"instructions": "v2"}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(edit)).await.unwrap();
+    settled(api, name).await;
+}
+
+/// Versions 1 and 2 of `agent`, written directly, as the operator would have published them.
+async fn write_two_versions(versions: &Api<AgentVersion>, agent: &Agent) {
+    for v in 1..=2 {
+        let snapshot = definition(&format!("v{v}"));
+        let hash = snapshot_hash(&snapshot);
+        let provenance = Provenance { rollback: None, change_cause: None, published_by: None };
+        versions
+            .create(&PostParams::default(), &new_version(agent, v, snapshot, hash, provenance, None))
+            .await
+            .unwrap();
+    }
 }
 
 /// With BENCH_TRACE set, prints when each latency sample's steps happened, to match against the
@@ -487,14 +505,7 @@ async fn throughput(client: &Client, agents_n: usize, per_agent: usize) -> Throu
         .for_each_concurrent(16, |a| {
             let agents = agents.clone();
             async move {
-                let name = format!("tp-{a}");
-                create_agent(&agents, &name, "v1", 10).await;
-                settled(&agents, &name).await;
-                agents
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"instructions": "v2"}})))
-                    .await
-                    .unwrap();
-                settled(&agents, &name).await;
+                published_twice(&agents, &format!("tp-{a}")).await;
             }
         })
         .await;
@@ -567,13 +578,7 @@ async fn direct_throughput(client: &Client, agents_n: usize, per_agent: usize, i
         let agent = create_agent(&agents_api, &format!("tp-{a}"), "v1", if in_full { LIMIT } else { 10_000 }).await;
         let mut mine = Vec::new();
         if in_full {
-            for v in 1..=2 {
-                let snapshot = definition(&format!("v{v}"));
-                let hash = snapshot_hash(&snapshot);
-                let provenance = Provenance { rollback: None, change_cause: None, published_by: None };
-                let version = new_version(&agent, v, snapshot, hash, provenance, None);
-                versions.create(&PostParams::default(), &version).await.unwrap();
-            }
+            write_two_versions(&versions, &agent).await;
         } else {
             for k in 0..per_agent {
                 mine.push(
@@ -1022,13 +1027,7 @@ async fn fairness(client: &Client, queued: usize, n: usize) -> Fairness {
     let agents: Api<Agent> = Api::namespaced(client.clone(), &ns);
     let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
     for name in ["busy", "quiet"] {
-        create_agent(&agents, name, "v1", 10).await;
-        settled(&agents, name).await;
-        agents
-            .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"instructions": "v2"}})))
-            .await
-            .unwrap();
-        settled(&agents, name).await;
+        published_twice(&agents, name).await;
     }
     let config = watcher::Config::default().fields("spec.agentName=quiet");
     let mut quiet_watch = watcher(rollbacks.clone(), config).applied_objects().boxed();
@@ -1058,15 +1057,7 @@ async fn fairness(client: &Client, queued: usize, n: usize) -> Fairness {
     let direct_ns = namespace(client, "bench-fairness-direct").await;
     let busy = create_agent(&Api::namespaced(client.clone(), &direct_ns), "busy", "v1", 10).await;
     let versions: Api<AgentVersion> = Api::namespaced(client.clone(), &direct_ns);
-    for v in 1..=2 {
-        let snapshot = definition(&format!("v{v}"));
-        let hash = snapshot_hash(&snapshot);
-        let provenance = Provenance { rollback: None, change_cause: None, published_by: None };
-        versions
-            .create(&PostParams::default(), &new_version(&busy, v, snapshot, hash, provenance, None))
-            .await
-            .unwrap();
-    }
+    write_two_versions(&versions, &busy).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let (client, stop) = (client.clone(), stop.clone());

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::echoes::Echo;
 use super::{Context, delivery};
 use crate::api::keys::{FIELD_MANAGER, ROLLBACK_RECORD_ANNOTATION};
-use crate::api::{Agent, AgentRollback, AgentVersion};
+use crate::api::{Agent, AgentRollback, AgentStatus, AgentVersion};
 use crate::plan::durable::{RollbackRecord, handled_of};
 use crate::plan::{Applied, EventNote, EventTarget, Observed, RefusedVersion, RelatedObject, Step};
 use crate::{Error, Result};
@@ -32,6 +32,12 @@ pub enum Outcome {
 fn slim(mut rollback: AgentRollback) -> AgentRollback {
     super::slim_rollback(&mut rollback);
     rollback
+}
+
+/// An Agent's whole status, as the operator writes it: server-side apply under its field
+/// manager, forced (see [`apply`]).
+pub(super) fn agent_status(status: &AgentStatus) -> Patch<serde_json::Value> {
+    Patch::Apply(json!({ "apiVersion": Agent::api_version(&()), "kind": Agent::kind(&()), "status": status }))
 }
 
 /// The HTTP status of an error the API server answered.
@@ -68,8 +74,7 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
         Step::PatchAgentStatus(status) => {
             let api: Api<Agent> = Api::namespaced(ctx.client.clone(), ns);
             let name = observed.agent_name.as_str();
-            let body = json!({ "apiVersion": Agent::api_version(&()), "kind": Agent::kind(&()), "status": status });
-            match api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await {
+            match api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &agent_status(&status)).await {
                 Ok(agent) => Ok(Outcome::Done(Applied::Agent(Box::new(agent)))),
                 Err(e) if status_code(&e) == Some(404) => Ok(Outcome::Stale(None)),
                 Err(source) => Err(Error::PatchAgentStatus { namespace: ns.into(), name: name.into(), source }),

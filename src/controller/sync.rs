@@ -3,21 +3,20 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::Api;
 use kube::ResourceExt;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Resource};
-use serde_json::json;
+use kube::api::PatchParams;
 use tracing::{debug, warn};
 
 use super::Context;
-use super::apply::{Outcome, apply};
+use super::apply::{Outcome, agent_status, apply};
 use super::lean_agent::LeanAgent;
 use super::observe::{Freshness, observe, resume_from};
 use super::settled::Start;
 use super::turns::Turn;
+use crate::api::RollbackPhase;
 use crate::api::conditions::{STALLED, reasons};
 use crate::api::keys::FIELD_MANAGER;
-use crate::api::{Agent, RollbackPhase};
 use crate::metrics::RollbackLabels;
 use crate::plan::rollback::stopped;
 use crate::plan::status::unreadable_status;
@@ -117,9 +116,8 @@ async fn report_unreadable(ctx: &Context, namespace: &str, name: &str, why: &str
         note,
     });
     // As `apply` writes an Agent's status, but the answer is decoded as a lean Agent too.
-    let body = json!({ "apiVersion": Agent::api_version(&()), "kind": Agent::kind(&()), "status": status });
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(name, &params, &Patch::Apply(body)).await.map_err(|source| Error::PatchAgentStatus {
+    api.patch_status(name, &params, &agent_status(&status)).await.map_err(|source| Error::PatchAgentStatus {
         namespace: namespace.into(),
         name: name.into(),
         source,
