@@ -83,14 +83,14 @@ impl Default for Metrics {
         let tracked_agents = Gauge::default();
         registry.register(
             "tracked_agents",
-            "Agents the controller keeps state for between syncs, as of the last pruning (every minute) of those gone",
+            "Agents the controller keeps state for: those that exist, or that a version or rollback still names",
             tracked_agents.clone(),
         );
         let agents_out_of_sync = Gauge::default();
         registry.register(
             "agents_out_of_sync",
-            "Agents whose spec does not hold the active version's definition (InSync False), as last seen; \
-             a deleted Agent leaves the count at the next pruning (every minute)",
+            "Agents whose spec does not hold the active version's definition (InSync False), as their watch \
+             last showed them",
             agents_out_of_sync.clone(),
         );
         let admission_policies_installed = Gauge::default();

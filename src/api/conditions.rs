@@ -1,6 +1,8 @@
 //! Condition types and reasons written to status, and Event reasons: one place for every
 //! PascalCase string the controller reports, so names stay consistent and bounded.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
 /// The object is in its desired state (`kubectl wait --for=condition=Ready`).
 pub const READY: &str = "Ready";
 /// The controller is working on the object (kstatus: in progress).
@@ -63,4 +65,36 @@ pub mod events {
     pub const DELIVERY_BLOCKED: &str = "DeliveryBlocked";
     /// The delivered definition was changed by hand, and the active version written back.
     pub const DELIVERY_REPAIRED: &str = "DeliveryRepaired";
+}
+
+/// Lookups of a status's conditions by type.
+pub trait HasConditions {
+    fn conditions(&self) -> &[Condition];
+
+    /// The condition of this type, if set.
+    fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions().iter().find(|c| c.type_ == type_)
+    }
+
+    /// Whether the condition of this type is set and "True".
+    fn is_true(&self, type_: &str) -> bool {
+        self.condition(type_).is_some_and(|c| c.status == "True")
+    }
+
+    /// Whether the condition of this type is set and "False".
+    fn is_false(&self, type_: &str) -> bool {
+        self.condition(type_).is_some_and(|c| c.status == "False")
+    }
+}
+
+impl HasConditions for crate::api::AgentStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
+impl HasConditions for crate::api::AgentRollbackStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
 }

@@ -11,6 +11,7 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{instrument, warn};
 
 use super::Context;
+use super::index::{AgentKey, Retry};
 use super::lean_meta::LeanMeta;
 use super::observe::fetch_versions;
 use super::sync::sync_agent;
@@ -29,23 +30,22 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
     let timer = ctx.metrics.reconcile(crate::metrics::AGENT);
     let namespace = agent.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let name = agent.name_any();
-    ctx.note_in_sync(&agent);
+    let key = AgentKey::new(&namespace, &name);
     ctx.caches_listed().await;
     // The echo of a recent clean sync's last write: that sync left nothing to do.
     let intact = delivery_intact(&ctx, &agent);
-    let covered = || intact && ctx.settled.covers(&agent);
+    let covered = || intact && ctx.index.covers(&agent);
     let synced = if covered() {
         Some(false)
-    } else if ctx.syncing(&namespace, &name) {
+    } else if ctx.turns.running(&key) {
         // Most likely an echo of the sync in progress, which passes once more for it.
-        sync_agent(&ctx, &namespace, &name, covered).await?
+        sync_agent(&ctx, &key, covered).await?
     } else if !intact || !up_to_date(&ctx, &agent, &namespace).await? {
-        sync_agent(&ctx, &namespace, &name, || false).await?
+        sync_agent(&ctx, &key, || false).await?
     } else {
         Some(false)
     };
-    let uid = agent.uid().unwrap_or_default();
-    ctx.reset_backoff(&uid);
+    ctx.index.reset_retry(&key, &Retry::Agent);
     timer.succeeded();
     let Some(delivering) = synced else {
         // Handed to the sync that runs: look again once it has likely ended, in case it leaves
@@ -53,9 +53,9 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::requeue(super::HANDED_RECHECK));
     };
     if delivering {
-        return Ok(Action::requeue(ctx.next_delivery_poll(&uid)));
+        return Ok(Action::requeue(ctx.index.next_retry(&key, Retry::Delivery)));
     }
-    ctx.reset_delivery_poll(&uid);
+    ctx.index.reset_retry(&key, &Retry::Delivery);
     Ok(Action::requeue(RESYNC))
 }
 
@@ -113,12 +113,12 @@ fn delivery_intact(ctx: &Context, agent: &Agent) -> bool {
 async fn up_to_date(ctx: &Context, agent: &Agent, namespace: &str) -> Result<bool> {
     let Some(status) = agent.status.as_ref() else { return Ok(false) };
     let Some(recorded) = status.versions_digest.as_ref() else { return Ok(false) };
-    let name = agent.name_any();
+    let key = AgentKey::new(namespace, &agent.name_any());
     let uid = agent.metadata.uid.as_deref().unwrap_or_default();
-    if !ctx.versions.confirms(namespace, &name, uid, recorded) && !listed_versions_match(ctx, agent, recorded).await? {
+    if !ctx.index.confirms(&key, uid, recorded) && !listed_versions_match(ctx, agent, recorded).await? {
         // Versions changed behind the controller's back (or it is mid-way): the next sync
         // reads them with a consistent list.
-        ctx.settled.unsettle(namespace, &name);
+        ctx.index.unsettle(&key);
         return Ok(false);
     }
     // A status written while work was in flight still says so: the sync must replace it.
@@ -143,7 +143,8 @@ async fn listed_versions_match(ctx: &Context, agent: &Agent, recorded: &str) -> 
 
 pub fn error_policy(agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.errors.get_or_create(&ErrorLabels { operation: error.metric_label() }).inc();
-    let delay = ctx.next_backoff(&agent.uid().unwrap_or_default());
+    let key = AgentKey::new(&agent.namespace().unwrap_or_default(), &agent.name_any());
+    let delay = ctx.index.next_retry(&key, Retry::Agent);
     warn!(namespace = agent.namespace(), agent = agent.name_any(), error = %super::error_chain(error), retry_in = ?delay, "Agent sync failed");
     Action::requeue(delay)
 }

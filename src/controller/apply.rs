@@ -9,7 +9,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Precon
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use super::echoes::Echo;
+use super::index::{AgentKey, Echo};
 use super::{Context, delivery};
 use crate::api::keys::{FIELD_MANAGER, ROLLBACK_RECORD_ANNOTATION};
 use crate::api::{Agent, AgentRollback, AgentStatus, AgentVersion};
@@ -69,8 +69,8 @@ fn flatten(step: Step) -> Vec<Step> {
 async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Outcome> {
     let ns = observed.namespace.as_str();
     match step {
-        Step::CreateVersion(version) => create_version(ctx, ns, &version).await,
-        Step::DeleteVersion { name, uid } => delete_version(ctx, ns, name, uid).await,
+        Step::CreateVersion(version) => create_version(ctx, observed, &version).await,
+        Step::DeleteVersion { name, uid } => delete_version(ctx, observed, name, uid).await,
         Step::PatchAgentStatus(status) => {
             let api: Api<Agent> = Api::namespaced(ctx.client.clone(), ns);
             let name = observed.agent_name.as_str();
@@ -136,14 +136,15 @@ fn publish(ctx: &Context, observed: &Observed, note: EventNote) {
 }
 
 /// Creates a version; its name taken means another sync got there first.
-async fn create_version(ctx: &Context, ns: &str, version: &AgentVersion) -> Result<Outcome> {
+async fn create_version(ctx: &Context, observed: &Observed, version: &AgentVersion) -> Result<Outcome> {
+    let (ns, agent) = (observed.namespace.as_str(), AgentKey::new(&observed.namespace, &observed.agent_name));
     let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), ns);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
-    let echo = Echo::Created { namespace: ns.into(), name: version.name_any() };
-    ctx.echoes.expect(echo.clone());
+    let echo = Echo::Created { name: version.name_any() };
+    ctx.index.expect_echo(&agent, echo.clone());
     let result = api.create(&params, version).await;
     if result.is_err() {
-        ctx.echoes.forget(&echo);
+        ctx.index.forget_echo(&agent, &echo);
     }
     match result {
         Ok(created) => Ok(Outcome::Done(Applied::VersionCreated(Box::new(created)))),
@@ -163,17 +164,18 @@ async fn create_version(ctx: &Context, ns: &str, version: &AgentVersion) -> Resu
 
 /// Deletes the version of that uid only (not a newer one of the same name); gone already is
 /// done.
-async fn delete_version(ctx: &Context, ns: &str, name: String, uid: String) -> Result<Outcome> {
+async fn delete_version(ctx: &Context, observed: &Observed, name: String, uid: String) -> Result<Outcome> {
+    let (ns, agent) = (observed.namespace.as_str(), AgentKey::new(&observed.namespace, &observed.agent_name));
     let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), ns);
     let echo = Echo::Deleted { uid: uid.clone() };
     let params = DeleteParams {
         preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
         ..DeleteParams::default()
     };
-    ctx.echoes.expect(echo.clone());
+    ctx.index.expect_echo(&agent, echo.clone());
     let result = api.delete(&name, &params).await;
     if result.is_err() {
-        ctx.echoes.forget(&echo);
+        ctx.index.forget_echo(&agent, &echo);
     }
     match result {
         Ok(_) => Ok(Outcome::Done(Applied::VersionDeleted(name))),

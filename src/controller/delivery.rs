@@ -12,8 +12,8 @@ use serde_json::json;
 
 use super::Context;
 use super::apply::status_code;
+use super::index::settled::revision;
 use super::lean_meta::LeanMeta;
-use super::settled::revision;
 use crate::api::keys::{DELIVERED_FOR_ANNOTATION, DELIVERY_FIELD_MANAGER, FIELD_MANAGER};
 use crate::api::{Agent, WorkloadKind, WorkloadRef};
 use crate::plan::delivery::{ConfigMapState, Found, Held, Rollout, WorkloadState, config_map_name};

@@ -2,29 +2,27 @@
 //! loop ([`sync::sync_agent`]): observe → plan → apply, until the plan is empty.
 //!
 //! The Agent controller runs it when an Agent changes, or one of its versions is changed by
-//! someone else (the operator's own version writes are recognised, [`echoes`]). The
+//! someone else (the operator's own version writes are recognised, [`index::settled`]). The
 //! AgentRollback controller runs it for the Agent a new rollback names, from its own store,
 //! which is why a rollback is never missed by a store that lags; a new rollback's sync is also
 //! started straight from the watch, ahead of the controller's queue. One sync of an Agent runs
 //! at a time, and one asked for meanwhile is a further pass of it, so one Agent's work is
 //! serialized and different Agents run in parallel. A sync starts from the state the Agent's
-//! last clean sync left, when it can ([`settled`]).
+//! last clean sync left, when it can. What the watches tell of each Agent, and what its syncs
+//! left, is kept in one index ([`index`]).
 
 pub mod agent;
 pub mod agent_rollback;
 pub mod apply;
 pub mod context;
 pub mod delivery;
-pub mod echoes;
 pub mod events;
+pub mod index;
 pub mod lean_agent;
 pub mod lean_meta;
 pub mod observe;
-pub mod rollback_index;
-pub mod settled;
 pub mod sync;
 pub mod turns;
-pub mod version_index;
 
 pub use context::{Context, Settings};
 
@@ -50,9 +48,9 @@ use crate::client::scoped;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::plan::phase_of;
+use index::{AgentIndex, AgentKey, Kind};
 use lean_agent::LeanAgent;
 use lean_meta::LeanMeta;
-use rollback_index::RollbackCache;
 
 /// Runs both controllers until `shutdown` resolves; work in flight is finished first.
 pub async fn run<F>(
@@ -77,10 +75,11 @@ where
     // Api<LeanMeta<_>> makes metadata-only requests (see `lean_meta`).
     let config_maps: Api<LeanMeta<ConfigMap>> = scoped(&client, settings.namespace.as_deref());
 
+    let index = Arc::new(AgentIndex::new(!settings.simple_hot_path));
     let (rollback_store, rollback_writer) = reflector::store();
     let (agent_store, agent_writer) = reflector::store();
     let agent_watch = watcher(agents, watching.clone()).map_ok(LeanAgent::event).modify(slim_agent);
-    let agent_events = reflector(agent_writer, agent_watch).applied_objects();
+    let agent_events = reflector(agent_writer, agent_watch).inspect_ok(indexed(&index, &metrics)).applied_objects();
     let agent_controller = Controller::for_stream(agent_events, agent_store.clone());
     // Only the ConfigMaps the operator labels, and only their metadata: what delivery needs
     // to know (owner, the version they hold) without holding every snapshot in memory.
@@ -90,7 +89,8 @@ where
     let ctx = Arc::new(Context::new(
         client.clone(),
         settings,
-        RollbackCache::new(rollback_store.clone()),
+        index.clone(),
+        rollback_store.clone(),
         agent_store.clone(),
         config_map_store.clone(),
         metrics,
@@ -102,9 +102,8 @@ where
         &ctx,
         shutdown.clone(),
     );
-    let index = ctx.versions.clone();
     let version_events =
-        watcher(versions, watching.clone()).inspect_ok(move |event| index.apply(event)).touched_objects();
+        watcher(versions, watching.clone()).inspect_ok(indexed(&index, &ctx.metrics)).touched_objects();
     let agent_controller = run_agent_controller(agent_controller, version_events, config_map_events, &ctx, shutdown);
 
     let readiness = async {
@@ -113,31 +112,36 @@ where
             && agent_store.wait_until_ready().await.is_ok()
             && config_map_store.wait_until_ready().await.is_ok()
         {
-            ctx.versions.listed().await;
+            ctx.index.listed(Kind::Version).await;
             ctx.set_listed();
             health.set_ready();
         }
         futures::future::pending::<()>().await
     };
-    let pruning = async {
-        let mut every = tokio::time::interval(PRUNE_EVERY);
-        loop {
-            every.tick().await;
-            ctx.prune();
-        }
-    };
     tokio::select! {
         _ = futures::future::join(rollback_controller, agent_controller) => {}
         _ = readiness => {}
-        _ = pruning => {}
     }
     ctx.finish_early_starts().await;
     ctx.events.flush().await;
     Ok(())
 }
 
-/// The rollback watch as the controller would build it, with the index of each Agent's
-/// rollbacks kept beside its cache, and an early start for each new rollback (see
+/// Feeds a watch's events to the index, and its gauges of what it holds.
+fn indexed<K: index::Indexed>(
+    index: &Arc<AgentIndex>,
+    metrics: &Arc<Metrics>,
+) -> impl Fn(&watcher::Event<K>) + Send + 'static {
+    let (index, metrics) = (index.clone(), metrics.clone());
+    move |event| {
+        index.apply(event);
+        metrics.tracked_agents.set(i64::try_from(index.tracked()).unwrap_or(i64::MAX));
+        metrics.agents_out_of_sync.set(i64::try_from(index.out_of_sync()).unwrap_or(i64::MAX));
+    }
+}
+
+/// The rollback watch as the controller would build it, with the index fed each Agent's
+/// rollbacks beside its cache, and an early start for each new rollback (see
 /// `agent_rollback::start_early`).
 fn rollback_events(
     rollbacks: Api<AgentRollback>,
@@ -145,9 +149,9 @@ fn rollback_events(
     watching: &watcher::Config,
     ctx: &Arc<Context>,
 ) -> impl Stream<Item = Result<AgentRollback, watcher::Error>> + Send + 'static {
-    let (index, early) = (ctx.rollbacks.clone(), ctx.clone());
+    let early = ctx.clone();
     reflector(writer, watcher(rollbacks, watching.clone()).modify(slim_rollback))
-        .inspect_ok(move |event| index.apply(event))
+        .inspect_ok(indexed(&ctx.index, &ctx.metrics))
         .applied_objects()
         .inspect_ok(move |rollback| agent_rollback::start_early(rollback, &early))
 }
@@ -171,9 +175,8 @@ where
         .with_config(controller_config())
         .trigger_backoff(WatchBackoff::default())
         .watches(agents, watching.clone(), move |agent: LeanMeta<Agent>| {
-            let namespace = agent.namespace().unwrap_or_default();
             waiting
-                .of_agent(&namespace, &agent.name_any())
+                .of_agent(&AgentKey::new(&agent.namespace().unwrap_or_default(), &agent.name_any()))
                 .into_iter()
                 .filter(|r| !phase_of(r).is_some_and(|p| p.is_terminal()))
                 .map(|r| ObjectRef::from_obj(&*r))
@@ -191,7 +194,7 @@ where
 
 /// The Agent controller. A change to a version wakes its Agent, unless it is the echo of this
 /// process's own write; so does a change to its delivery ConfigMap. `version_events` have
-/// passed the version index first (see [`version_index`]).
+/// passed the index first.
 fn run_agent_controller<F>(
     controller: Controller<Agent>,
     version_events: impl Stream<Item = Result<LeanMeta<AgentVersion>, watcher::Error>> + Send + 'static,
@@ -202,19 +205,11 @@ fn run_agent_controller<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let echoes = ctx.clone();
+    let index = ctx.index.clone();
     controller
         .with_config(controller_config())
         .trigger_backoff(WatchBackoff::default())
-        .watches_stream(version_events, move |version: LeanMeta<AgentVersion>| {
-            if echoes.echoes.matches(&version) {
-                return None;
-            }
-            let namespace = version.namespace()?;
-            let agent = version.owner_references().iter().find(|o| o.kind == "Agent")?.name.clone();
-            echoes.settled.versions_changed(&namespace, &agent);
-            Some(ObjectRef::<Agent>::new(&agent).within(&namespace))
-        })
+        .watches_stream(version_events, move |version: LeanMeta<AgentVersion>| index.wakes(&version))
         // A delivery ConfigMap changed or deleted by someone else wakes its Agent; the echoes of
         // the operator's own writes find the Agent's delivery intact and return at once.
         .watches_stream(config_map_events, |config_map: LeanMeta<ConfigMap>| {
@@ -316,9 +311,6 @@ fn streams_lists(major: &str, minor: &str) -> bool {
         _ => false,
     }
 }
-
-/// How often what is kept per Agent and per rollback is pruned of those that are gone.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Reconciles in flight per controller. Unbounded, a restart over a thousand Agents starts a
 /// thousand syncs at once, each holding its reads in memory while they wait on the API server.

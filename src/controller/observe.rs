@@ -16,7 +16,8 @@ use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
-use super::settled::revision;
+use super::index::AgentKey;
+use super::index::settled::revision;
 use crate::api::keys::AGENT_LABEL;
 use crate::api::{Agent, AgentRollback, AgentVersion};
 use crate::plan::Observed;
@@ -80,7 +81,7 @@ pub async fn fetch_versions(ctx: &Context, namespace: &str, name: &str, from_cac
 pub fn resume_from(ctx: &Context, state: &Observed) -> Option<Observed> {
     let reference = ObjectRef::<Agent>::new(&state.agent_name).within(&state.namespace);
     let cached = ctx.agents.get(&reference)?;
-    resume(state, &cached, ctx.rollbacks.of_agent(&state.namespace, &state.agent_name))
+    resume(state, &cached, ctx.rollbacks.of_agent(&AgentKey::new(&state.namespace, &state.agent_name)))
 }
 
 /// [`resume_from`], given what the caches hold of the Agent and its rollbacks.
@@ -102,5 +103,5 @@ pub fn resume(state: &Observed, cached: &Agent, cached_rollbacks: Vec<Arc<AgentR
 }
 
 fn cached_rollbacks(ctx: &Context, namespace: &str, name: &str) -> Vec<AgentRollback> {
-    ctx.rollbacks.of_agent(namespace, name).into_iter().map(|r| (*r).clone()).collect()
+    ctx.rollbacks.of_agent(&AgentKey::new(namespace, name)).into_iter().map(|r| (*r).clone()).collect()
 }

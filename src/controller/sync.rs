@@ -10,9 +10,9 @@ use tracing::{debug, warn};
 
 use super::Context;
 use super::apply::{Outcome, agent_status, apply};
+use super::index::{AgentKey, Start};
 use super::lean_agent::LeanAgent;
 use super::observe::{Freshness, observe, resume_from};
-use super::settled::Start;
 use super::turns::Turn;
 use crate::api::RollbackPhase;
 use crate::api::conditions::{STALLED, reasons};
@@ -35,14 +35,10 @@ const MAX_UNITS: usize = 2000;
 /// once more for this caller, who need not wait (see `turns`). Else true when the
 /// Agent is left waiting for its delivery (a rollout, or something to report): nothing watches
 /// workloads, so the Agent controller looks again after a while.
-pub async fn sync_agent(
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-    done: impl FnOnce() -> bool,
-) -> Result<Option<bool>> {
+pub async fn sync_agent(ctx: &Context, agent: &AgentKey, done: impl FnOnce() -> bool) -> Result<Option<bool>> {
+    let (namespace, name) = (agent.namespace.as_str(), agent.name.as_str());
     debug!(namespace, agent = name, "Sync requested");
-    let Some(mut turn) = ctx.turns.take(namespace, name) else {
+    let Some(mut turn) = ctx.turns.take(agent) else {
         debug!(namespace, agent = name, "Sync handed to the one running");
         return Ok(None);
     };
@@ -54,7 +50,7 @@ pub async fn sync_agent(
     }
     loop {
         debug!(namespace, agent = name, "Sync started");
-        match sync_once(ctx, namespace, name, &turn).await? {
+        match sync_once(ctx, agent, &turn).await? {
             Pass::MoreToDo => continue,
             Pass::Done { delivering } if !turn.again() => return Ok(Some(delivering)),
             Pass::Done { .. } => {}
@@ -72,11 +68,12 @@ enum Pass {
 }
 
 /// One pass of an Agent's sync.
-async fn sync_once(ctx: &Context, namespace: &str, name: &str, turn: &Turn<'_>) -> Result<Pass> {
+async fn sync_once(ctx: &Context, agent: &AgentKey, turn: &Turn<'_>) -> Result<Pass> {
+    let (namespace, name) = (agent.namespace.as_str(), agent.name.as_str());
     // Taken before the first read: a change to the versions by someone else from here on voids
     // the state this sync ends with.
-    let epoch = ctx.settled.epoch(namespace, name);
-    let start = ctx.settled.take(namespace, name);
+    let epoch = ctx.index.epoch(agent);
+    let start = ctx.index.take(agent);
     let (observed, settled) = match run_units(ctx, namespace, name, start, turn).await {
         Err(Error::UnreadableAgent { why, .. }) => {
             report_unreadable(ctx, namespace, name, &why).await?;
@@ -89,7 +86,7 @@ async fn sync_once(ctx: &Context, namespace: &str, name: &str, turn: &Turn<'_>) 
         return Ok(Pass::MoreToDo);
     }
     let delivering = observed.agent.as_ref().is_some_and(super::agent::awaits_delivery);
-    ctx.settled.settle(namespace, name, epoch, observed);
+    ctx.index.settle(agent, epoch, observed);
     Ok(Pass::Done { delivering })
 }
 

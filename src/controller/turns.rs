@@ -12,8 +12,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Namespace and name of an Agent.
-type AgentKey = (String, String);
+use super::index::AgentKey;
 
 /// The longest a sync with a queue waits for others before its next unit: about one rollback
 /// of another Agent, so a queue moves on even when other syncs never stop.
@@ -38,25 +37,23 @@ struct State {
 impl Turns {
     /// Takes the Agent's turn to sync, if no sync of it runs now; else asks the one that runs
     /// for one more pass when it ends, and returns `None`.
-    pub fn take(&self, namespace: &str, name: &str) -> Option<Turn<'_>> {
-        let key = (namespace.to_string(), name.to_string());
+    pub fn take(&self, key: &AgentKey) -> Option<Turn<'_>> {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        match running.get_mut(&key) {
+        match running.get_mut(key) {
             Some(state) => {
                 state.again = true;
                 None
             }
             None => {
                 running.insert(key.clone(), State::default());
-                Some(Turn { turns: self, key, ended: false })
+                Some(Turn { turns: self, key: key.clone(), ended: false })
             }
         }
     }
 
     /// Whether a sync of the Agent runs now.
-    pub fn running(&self, namespace: &str, name: &str) -> bool {
-        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        running.contains_key(&(namespace.to_string(), name.to_string()))
+    pub fn running(&self, key: &AgentKey) -> bool {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).contains_key(key)
     }
 
     /// Whether a sync of another Agent than `key` runs that has no queue.
@@ -139,37 +136,41 @@ impl Drop for Turn<'_> {
 mod tests {
     use super::*;
 
+    fn key(name: &str) -> AgentKey {
+        AgentKey::new("ns", name)
+    }
+
     #[test]
     fn a_second_caller_asks_the_running_sync_for_one_more_pass() {
         let turns = Turns::default();
-        let mut first = turns.take("ns", "a").expect("the turn");
-        assert!(turns.take("ns", "a").is_none(), "handed to the running sync");
-        assert!(turns.take("ns", "a").is_none(), "asked again: still one more pass");
-        assert!(turns.take("ns", "b").is_some(), "another Agent runs beside it");
+        let mut first = turns.take(&key("a")).expect("the turn");
+        assert!(turns.take(&key("a")).is_none(), "handed to the running sync");
+        assert!(turns.take(&key("a")).is_none(), "asked again: still one more pass");
+        assert!(turns.take(&key("b")).is_some(), "another Agent runs beside it");
         assert!(first.again(), "one pass asked for");
         assert!(!first.again(), "and no more: the turn ends");
-        assert!(!turns.running("ns", "a"));
-        assert!(turns.take("ns", "a").is_some(), "free again");
+        assert!(!turns.running(&key("a")));
+        assert!(turns.take(&key("a")).is_some(), "free again");
     }
 
     #[test]
     fn a_dropped_turn_frees_its_agent() {
         let turns = Turns::default();
-        let turn = turns.take("ns", "a").expect("the turn");
-        assert!(turns.take("ns", "a").is_none());
+        let turn = turns.take(&key("a")).expect("the turn");
+        assert!(turns.take(&key("a")).is_none());
         drop(turn);
-        assert!(turns.take("ns", "a").is_some(), "a failed or cancelled sync leaves no Agent behind");
+        assert!(turns.take(&key("a")).is_some(), "a failed or cancelled sync leaves no Agent behind");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_queue_gives_way_to_another_agents_sync_until_it_ends_or_for_at_most_a_while() {
         let turns = Turns::default();
-        let queue = turns.take("ns", "busy").expect("the turn");
+        let queue = turns.take(&key("busy")).expect("the turn");
         let start = Instant::now();
         queue.give_way(true).await;
         assert_eq!(start.elapsed(), Duration::ZERO, "nobody else: no wait");
 
-        let mut quiet = turns.take("ns", "quiet").expect("the turn");
+        let mut quiet = turns.take(&key("quiet")).expect("the turn");
         let ends = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert!(!quiet.again(), "its sync ends");
@@ -178,14 +179,14 @@ mod tests {
         tokio::join!(queue.give_way(true), ends);
         assert_eq!(start.elapsed(), Duration::from_millis(20), "until the other sync ended");
 
-        let mut other_queue = turns.take("ns", "other-queue").expect("the turn");
+        let mut other_queue = turns.take(&key("other-queue")).expect("the turn");
         other_queue.give_way(true).await;
         let start = Instant::now();
         queue.give_way(true).await;
         assert_eq!(start.elapsed(), Duration::ZERO, "two queues do not wait for each other");
         assert!(!other_queue.again());
 
-        let _endless = turns.take("ns", "endless").expect("the turn");
+        let _endless = turns.take(&key("endless")).expect("the turn");
         let start = Instant::now();
         queue.give_way(true).await;
         assert_eq!(start.elapsed(), GIVE_WAY, "at most a while");

@@ -71,7 +71,7 @@ pub fn handled_of(version: &AgentVersion) -> Option<Handled> {
 }
 
 /// The annotations of a new version: its snapshot's hash (so that its metadata alone says
-/// all a versions digest covers, see `controller::version_index`), and `handled`, if given.
+/// all a versions digest covers, see `controller::index::versions`), and `handled`, if given.
 pub fn version_annotations(snapshot_hash: &str, handled: Option<&Handled>) -> BTreeMap<String, String> {
     let mut annotations = BTreeMap::from([(SNAPSHOT_HASH_ANNOTATION.to_string(), snapshot_hash.to_string())]);
     if let Some(handled) = handled {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_operator::api::{AgentRollback, RollbackPhase};
+use agent_operator::controller::index::AgentIndex;
 use agent_operator::controller::lean_meta::LeanMeta;
-use agent_operator::controller::rollback_index::RollbackCache;
 use agent_operator::controller::{Context, Settings, agent_rollback};
 use agent_operator::metrics::Metrics;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -214,16 +214,18 @@ async fn shutdown_waits_for_a_sync_started_from_the_watch_and_starts_no_more() {
     s.operator = None;
     let first = s.create_rollback("first", "support", "Previous", None).await;
     let (rollback_store, mut rollback_writer) = reflector::store();
-    let rollbacks = RollbackCache::new(rollback_store);
+    let index = Arc::new(AgentIndex::new(true));
     let seen = |writer: &mut reflector::store::Writer<AgentRollback>, rollback: &AgentRollback| {
         let event = watcher::Event::Apply(rollback.clone());
         writer.apply_watcher_event(&event);
-        rollbacks.apply(&event);
+        index.apply(&event);
     };
     seen(&mut rollback_writer, &first);
     let (agents, mut agent_cache) = reflector::store();
     for agent in s.agents().list(&Default::default()).await.unwrap() {
-        agent_cache.apply_watcher_event(&watcher::Event::Apply(agent));
+        let event = watcher::Event::Apply(agent);
+        agent_cache.apply_watcher_event(&event);
+        index.apply(&event);
     }
     let (config_maps, mut config_map_cache) = reflector::store();
     let config_map_api: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
@@ -233,7 +235,8 @@ async fn shutdown_waits_for_a_sync_started_from_the_watch_and_starts_no_more() {
     let ctx = Arc::new(Context::new(
         s.client.clone(),
         Settings { namespace: Some(s.ns.clone()), ..Settings::default() },
-        rollbacks.clone(),
+        index.clone(),
+        rollback_store,
         agents,
         config_maps,
         Arc::new(Metrics::default()),

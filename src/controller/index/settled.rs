@@ -1,59 +1,65 @@
-//! What this process knows an Agent was left as: the end state of its last sync that ended
-//! cleanly. A sync that starts from it needs no reads (the Agent's next rollback starts with
-//! its first write), and reconciles that are only echoes of the sync's own writes return
-//! without reading anything.
+//! What this process's syncs left of each Agent: the end state of its last sync that ended
+//! cleanly, and the echoes of its own version writes still to come. A sync that starts from the
+//! end state needs no reads (the Agent's next rollback starts with its first write), and
+//! reconciles that are only echoes of the sync's own writes return without reading anything.
 //!
-//! The record is trusted only while nothing this process did not write has touched the Agent's
-//! versions: every such change (see [`super::echoes`]) moves the Agent's epoch, and a record
-//! from another epoch is not used. Changes to the Agent and its rollbacks need no epoch: both
-//! are in watch caches, and whichever of the record and the cache is newer wins.
+//! The end state is trusted only while nothing this process did not write has touched the
+//! Agent's versions: every version event that is not the echo of one of its own writes moves
+//! the Agent's epoch, and a state from another epoch is not used. A write is expected before it
+//! is sent, because its watch event can arrive before its answer; it is forgotten if the write
+//! fails. Changes to the Agent and its rollbacks need no epoch: both are in watch caches, and
+//! whichever of the state and the cache is newer wins.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
 
+use super::{AgentIndex, AgentKey, Inner};
 use crate::api::{Agent, AgentRollback};
 use crate::plan::{Observed, phase_of};
 
 /// Agents whose end state, with every version body, is kept in memory: the most recently
 /// synced ones, which are the ones likely to see the next rollback. The rest keep only what
 /// `handled` needs, so memory does not grow with the number of Agents times versions.
-const KEPT_STATES: usize = 64;
+pub(super) const KEPT_STATES: usize = 64;
 
 /// How long a clean sync's end state stands for the Agent without a read.
 const COVER_FOR: Duration = Duration::from_secs(60);
 
-/// Namespace and name of an Agent.
-type AgentKey = (String, String);
+/// Echoes expected of one Agent at most: one lost to a watch restart must not stay for ever.
+const MAX_ECHOES: usize = 64;
+/// Age past which an echo is dropped once the Agent has `MAX_ECHOES`.
+const ECHO_AGE: Duration = Duration::from_secs(60);
 
-pub struct SettledAgents {
-    inner: Mutex<Inner>,
-    /// Off, a clean sync leaves only the fact that it ended cleanly: no state to resume from,
-    /// no rollbacks it left terminal, so every sync reads and no echo is recognised here.
-    resume: bool,
-}
-
-impl Default for SettledAgents {
-    fn default() -> Self {
-        Self::new(true)
-    }
-}
-
+/// An Agent's part of the index that its syncs write.
 #[derive(Default)]
-struct Inner {
-    records: HashMap<AgentKey, Record>,
-    /// Moved by every change to an Agent's versions that this process did not make.
-    epochs: HashMap<AgentKey, u64>,
-    /// Orders records by age, to drop the oldest kept states.
-    clock: u64,
+pub struct Synced {
+    /// Moved by every change to the Agent's versions that this process did not make.
+    pub(super) epoch: u64,
+    record: Option<Record>,
+    echoes: Vec<(Echo, Instant)>,
 }
 
-impl Inner {
-    /// How many records keep their state.
-    fn kept(&self) -> usize {
-        self.records.values().filter(|r| r.state.is_some()).count()
+impl Synced {
+    /// A new entry's, at a fresh epoch.
+    pub(super) fn at(epoch: u64) -> Self {
+        Self { epoch, ..Self::default() }
+    }
+
+    /// The stamp of its kept state, if it keeps one.
+    pub(super) fn kept_stamp(&self) -> Option<u64> {
+        self.record.as_ref().filter(|r| r.state.is_some()).map(|r| r.stamp)
+    }
+
+    /// Forgets what the syncs left; the stamp of the state it kept, if any.
+    pub(super) fn forget(&mut self) -> Option<u64> {
+        let stamp = self.kept_stamp();
+        self.record = None;
+        self.echoes.clear();
+        stamp
     }
 }
 
@@ -76,51 +82,65 @@ pub enum Start {
     Settled(Option<Arc<Observed>>),
 }
 
+/// A version write of this process, expected back on the versions watch.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum Echo {
+    /// A create of the version of this name.
+    Created { name: String },
+    /// A delete of the version with this uid.
+    Deleted { uid: String },
+}
+
 /// An object's resourceVersion as a number: etcd revisions, which grow with every write (the
 /// same assumption that orders rollbacks by creation).
 pub fn revision<K: kube::Resource>(object: &K) -> Option<u64> {
     object.meta().resource_version.as_deref()?.parse().ok()
 }
 
-fn key(namespace: &str, name: &str) -> AgentKey {
-    (namespace.to_string(), name.to_string())
+impl Inner {
+    /// Drops the kept state of the entry with this stamp, if it still keeps it.
+    fn drop_kept(&mut self, stamp: u64) {
+        let Some(key) = self.kept.remove(&stamp) else { return };
+        if let Some(record) = self.entries.get_mut(&key).and_then(|e| e.synced.record.as_mut())
+            && record.stamp == stamp
+        {
+            record.state = None;
+        }
+    }
+
+    fn take_record(&mut self, agent: &AgentKey) -> Option<Record> {
+        let record = self.entries.get_mut(agent)?.synced.record.take()?;
+        if record.state.is_some() {
+            self.kept.remove(&record.stamp);
+        }
+        Some(record)
+    }
 }
 
-impl SettledAgents {
-    pub fn new(resume: bool) -> Self {
-        Self { inner: Mutex::default(), resume }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
+impl AgentIndex {
     /// The Agent's current versions epoch, to hand back to [`Self::settle`].
-    pub fn epoch(&self, namespace: &str, name: &str) -> u64 {
-        self.lock().epochs.get(&key(namespace, name)).copied().unwrap_or(0)
-    }
-
-    /// Notes a change to the Agent's versions that this process did not make.
-    pub fn versions_changed(&self, namespace: &str, name: &str) {
-        let mut inner = self.lock();
-        *inner.epochs.entry(key(namespace, name)).or_insert(0) += 1;
+    pub fn epoch(&self, agent: &AgentKey) -> u64 {
+        self.lock().entries.get(agent).map_or(0, |e| e.synced.epoch)
     }
 
     /// Takes the record for a sync that starts: a sync that then fails leaves the Agent
     /// unsettled.
-    pub fn take(&self, namespace: &str, name: &str) -> Start {
+    pub fn take(&self, agent: &AgentKey) -> Start {
         let mut inner = self.lock();
-        let key = key(namespace, name);
-        let epoch = inner.epochs.get(&key).copied().unwrap_or(0);
-        let Some(record) = inner.records.remove(&key) else { return Start::Unsettled };
+        let epoch = inner.entries.get(agent).map_or(0, |e| e.synced.epoch);
+        let Some(record) = inner.take_record(agent) else { return Start::Unsettled };
         Start::Settled(record.state.filter(|_| record.epoch == epoch))
     }
 
     /// Records the state a sync ended with; `epoch` is the Agent's epoch when the sync started.
-    pub fn settle(&self, namespace: &str, name: &str, epoch: u64, mut state: Observed) {
-        if !self.resume {
-            let record = Record { epoch, ended: Instant::now(), stamp: 0, terminal: HashMap::new(), state: None };
-            self.lock().records.insert(key(namespace, name), record);
+    /// Kept only for an Agent the watches show: what is kept leaves with its entry.
+    pub fn settle(&self, agent: &AgentKey, epoch: u64, mut state: Observed) {
+        if !self.fast_paths {
+            let mut inner = self.lock();
+            if let Some(entry) = inner.entries.get_mut(agent).filter(|e| e.agent.is_some()) {
+                let record = Record { epoch, ended: Instant::now(), stamp: 0, terminal: HashMap::new(), state: None };
+                entry.synced.record = Some(record);
+            }
             return;
         }
         let terminal = state
@@ -143,49 +163,36 @@ impl SettledAgents {
             rollback.metadata.managed_fields = None;
         }
         let mut inner = self.lock();
-        inner.clock += 1;
-        let stamp = inner.clock;
-        inner.records.insert(
-            key(namespace, name),
-            Record { epoch, ended: Instant::now(), stamp, terminal, state: Some(Arc::new(state)) },
-        );
-        if inner.kept() > KEPT_STATES {
-            let oldest = inner.records.values_mut().filter(|r| r.state.is_some()).min_by_key(|r| r.stamp);
-            if let Some(oldest) = oldest {
-                oldest.state = None;
-            }
+        if inner.entries.get(agent).is_none_or(|e| e.agent.is_none()) {
+            return;
+        }
+        let stamp = inner.tick();
+        inner.take_record(agent);
+        let record = Record { epoch, ended: Instant::now(), stamp, terminal, state: Some(Arc::new(state)) };
+        inner.entries.get_mut(agent).expect("present above").synced.record = Some(record);
+        inner.kept.insert(stamp, agent.clone());
+        if inner.kept.len() > KEPT_STATES {
+            let oldest = *inner.kept.keys().next().expect("more than one");
+            inner.drop_kept(oldest);
         }
     }
 
-    /// Forgets the records and epochs of the Agents `keep` says no, unless a sync of theirs
-    /// runs (`syncing`): it holds an epoch, which must not go back to where it started. Holding
-    /// this lock while asking means no sync can take an epoch meanwhile.
-    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool, syncing: impl Fn(&str, &str) -> bool) {
-        let mut inner = self.lock();
-        let stays = |(ns, name): &AgentKey| keep(ns, name) || syncing(ns, name);
-        inner.records.retain(|key, _| stays(key));
-        inner.epochs.retain(|key, _| stays(key));
-    }
-
-    /// How many Agents it keeps anything for.
-    pub fn tracked(&self) -> usize {
-        let inner = self.lock();
-        inner.records.keys().chain(inner.epochs.keys()).collect::<std::collections::HashSet<_>>().len()
-    }
-
     /// Forgets the Agent's record: the next sync reads with a consistent list.
-    pub fn unsettle(&self, namespace: &str, name: &str) {
-        self.lock().records.remove(&key(namespace, name));
+    pub fn unsettle(&self, agent: &AgentKey) {
+        self.lock().take_record(agent);
     }
 
     /// Whether the last clean sync of the rollback's Agent left it terminal at this
     /// resourceVersion or a newer one: the watch cache has yet to show the end.
-    pub fn handled(&self, namespace: &str, rollback: &AgentRollback) -> bool {
+    pub fn handled(&self, rollback: &AgentRollback) -> bool {
         let (Some(uid), Some(seen)) = (rollback.metadata.uid.as_deref(), revision(rollback)) else { return false };
+        let agent =
+            AgentKey { namespace: rollback.namespace().unwrap_or_default(), name: rollback.spec.agent_name.clone() };
         let inner = self.lock();
         inner
-            .records
-            .get(&key(namespace, &rollback.spec.agent_name))
+            .entries
+            .get(&agent)
+            .and_then(|e| e.synced.record.as_ref())
             .and_then(|r| r.terminal.get(uid))
             .is_some_and(|handled| *handled >= seen)
     }
@@ -194,83 +201,61 @@ impl SettledAgents {
     /// Agent's last clean sync, which left nothing to do, and that sync ended recently.
     pub fn covers(&self, agent: &Agent) -> bool {
         let (Some(namespace), Some(seen)) = (agent.namespace(), revision(agent)) else { return false };
+        let key = AgentKey { namespace, name: agent.name_any() };
         let inner = self.lock();
-        let key = key(&namespace, &agent.name_any());
-        let epoch = inner.epochs.get(&key).copied().unwrap_or(0);
-        inner
-            .records
-            .get(&key)
-            .filter(|r| r.epoch == epoch && r.ended.elapsed() < COVER_FOR)
+        let Some(synced) = inner.entries.get(&key).map(|e| &e.synced) else { return false };
+        synced
+            .record
+            .as_ref()
+            .filter(|r| r.epoch == synced.epoch && r.ended.elapsed() < COVER_FOR)
             .and_then(|r| r.state.as_ref())
             .and_then(|s| s.agent.as_ref())
             .and_then(revision)
             .is_some_and(|left| left >= seen)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn agent(rv: &str) -> Agent {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "agentops.dev/v1alpha1", "kind": "Agent",
-            "metadata": {"name": "a", "namespace": "ns", "resourceVersion": rv, "uid": "u"},
-            "spec": {"instructions": "x"}
-        }))
-        .unwrap()
-    }
-
-    fn state(rv: &str) -> Observed {
-        Observed::new("ns".into(), "a".into(), Some(agent(rv)), Vec::new(), Vec::new())
-    }
-
-    #[test]
-    fn a_foreign_change_to_versions_voids_the_kept_state_but_not_the_settling() {
-        let settled = SettledAgents::default();
-        let epoch = settled.epoch("ns", "a");
-        settled.settle("ns", "a", epoch, state("10"));
-        assert!(settled.covers(&agent("10")));
-        assert!(!settled.covers(&agent("11")), "a newer Agent is not covered");
-        settled.versions_changed("ns", "a");
-        assert!(!settled.covers(&agent("10")));
-        assert!(matches!(settled.take("ns", "a"), Start::Settled(None)));
-        assert!(matches!(settled.take("ns", "a"), Start::Unsettled), "taking forgets");
-    }
-
-    #[test]
-    fn a_change_during_the_sync_voids_the_state_it_ends_with() {
-        let settled = SettledAgents::default();
-        let epoch = settled.epoch("ns", "a");
-        settled.versions_changed("ns", "a");
-        settled.settle("ns", "a", epoch, state("10"));
-        assert!(matches!(settled.take("ns", "a"), Start::Settled(None)));
-    }
-
-    #[test]
-    fn agents_that_are_gone_are_forgotten_unless_a_sync_of_theirs_runs() {
-        let settled = SettledAgents::default();
-        for name in ["kept", "gone", "busy"] {
-            settled.settle("ns", name, 0, state("1"));
-            settled.versions_changed("ns", name);
+    /// Expects the echo of a version write of the Agent's sync, before it is sent.
+    pub fn expect_echo(&self, agent: &AgentKey, echo: Echo) {
+        if !self.fast_paths {
+            return;
         }
-        settled.retain(|_, name| name == "kept", |_, name| name == "busy");
-        assert_eq!(settled.tracked(), 2);
-        assert!(matches!(settled.take("ns", "gone"), Start::Unsettled));
-        assert_eq!(settled.epoch("ns", "busy"), 1, "a running sync's epoch stays");
+        let mut inner = self.lock();
+        let Some(entry) = inner.entries.get_mut(agent) else { return };
+        let echoes = &mut entry.synced.echoes;
+        if echoes.len() >= MAX_ECHOES {
+            echoes.retain(|(_, at)| at.elapsed() < ECHO_AGE);
+        }
+        echoes.push((echo, Instant::now()));
     }
 
-    #[test]
-    fn only_the_most_recent_states_are_kept() {
-        let settled = SettledAgents::default();
-        for i in 0..KEPT_STATES + 10 {
-            settled.settle("ns", &format!("a{i}"), 0, state("1"));
+    /// Forgets an expected echo: its write failed.
+    pub fn forget_echo(&self, agent: &AgentKey, echo: &Echo) {
+        if let Some(entry) = self.lock().entries.get_mut(agent) {
+            entry.synced.echoes.retain(|(e, _)| e != echo);
         }
-        assert_eq!(settled.lock().kept(), KEPT_STATES);
-        assert!(matches!(settled.take("ns", "a0"), Start::Settled(None)), "the oldest state was dropped");
-        let newest = format!("a{}", KEPT_STATES + 9);
-        assert!(matches!(settled.take("ns", &newest), Start::Settled(Some(_))));
-        assert_eq!(settled.lock().kept(), KEPT_STATES - 1);
+    }
+
+    /// The Agent a version event (its metadata) should wake: its owner, unless the event is
+    /// the echo of one of this process's writes (each expected echo matches once). Any other
+    /// event is a change by someone else, and moves the owner's epoch.
+    pub fn wakes(&self, version: &impl ResourceExt) -> Option<ObjectRef<Agent>> {
+        let namespace = version.namespace()?;
+        let owner = version.owner_references().iter().find(|o| o.kind == "Agent")?.name.clone();
+        let key = AgentKey { namespace, name: owner };
+        let mut inner = self.lock();
+        let epoch = inner.tick();
+        if let Some(entry) = inner.entries.get_mut(&key) {
+            let echoes = &mut entry.synced.echoes;
+            let deleted = version.uid().map(|uid| Echo::Deleted { uid });
+            let created = Echo::Created { name: version.name_any() };
+            let echo = echoes.iter().position(|(e, _)| Some(e) == deleted.as_ref() || *e == created);
+            if let Some(echo) = echo {
+                echoes.remove(echo);
+                return None;
+            }
+            entry.synced.epoch = epoch;
+        }
+        Some(ObjectRef::<Agent>::new(&key.name).within(&key.namespace))
     }
 }
 
@@ -283,7 +268,9 @@ mod resume_model {
 
     use proptest::prelude::*;
 
-    use super::{SettledAgents, Start};
+    use super::Start;
+    use crate::controller::index::AgentIndex;
+    use crate::controller::index::tests::{foreign_version, key, with_agent};
     use crate::controller::observe::resume;
     use crate::plan::sim::{Cluster, Op, Reference, check_invariants, content, op, submit};
 
@@ -317,7 +304,7 @@ mod resume_model {
     /// kept state where the record allows (merged with the caches by `observe::resume`), else
     /// from a fresh read. The caches are current; the notices are what come late.
     struct Process {
-        settled: SettledAgents,
+        settled: AgentIndex,
         /// Notices to deliver, by the number of syncs still to start first.
         due: Vec<usize>,
         during: usize,
@@ -326,7 +313,7 @@ mod resume_model {
 
     impl Process {
         fn notice(&self) {
-            self.settled.versions_changed("ns", "a");
+            assert!(self.settled.wakes(&foreign_version("a")).is_some(), "not an echo");
         }
 
         /// Whether the sync read the cluster (and saw every change made so far).
@@ -335,8 +322,8 @@ mod resume_model {
             self.due.retain(|d| *d > 0);
             self.due.iter_mut().for_each(|d| *d -= 1);
             (0..arrived).for_each(|_| self.notice());
-            let epoch = self.settled.epoch("ns", "a");
-            let kept = match self.settled.take("ns", "a") {
+            let epoch = self.settled.epoch(&key("a"));
+            let kept = match self.settled.take(&key("a")) {
                 Start::Settled(Some(state)) => {
                     let cached: Vec<_> = cluster.rollbacks.iter().cloned().map(Arc::new).collect();
                     cluster.agent.as_ref().and_then(|agent| resume(&state, agent, cached))
@@ -353,7 +340,7 @@ mod resume_model {
             };
             (0..std::mem::take(&mut self.during)).for_each(|_| self.notice());
             let (end, observed_again) = cluster.sync_from(observed);
-            self.settled.settle("ns", "a", epoch, end);
+            self.settled.settle(&key("a"), epoch, end);
             read || observed_again
         }
     }
@@ -373,7 +360,7 @@ mod resume_model {
         ) {
             let mut cluster = Cluster::new(content(0), limit);
             let mut reference = Reference::new(content(0), limit);
-            let mut process = Process { settled: SettledAgents::default(), due: Vec::new(), during: 0, lost: 0 };
+            let mut process = Process { settled: with_agent("a"), due: Vec::new(), during: 0, lost: 0 };
             process.sync(&mut cluster);
             for d in setup {
                 cluster.edit(Some(content(d)), None);
@@ -442,7 +429,7 @@ mod resume_model {
     #[test]
     fn a_late_notice_means_a_resumed_sync_on_the_kept_history() {
         let mut cluster = Cluster::new(content(0), 5);
-        let mut process = Process { settled: SettledAgents::default(), due: Vec::new(), during: 0, lost: 0 };
+        let mut process = Process { settled: with_agent("a"), due: Vec::new(), during: 0, lost: 0 };
         process.sync(&mut cluster);
         for d in 1..=3 {
             cluster.edit(Some(content(d)), None);

@@ -1,17 +1,14 @@
-//! The versions' metadata, as the versions watch delivers it, kept by Agent: enough to confirm
+//! The versions' part of the index: each version's metadata, kept by Agent, enough to confirm
 //! an Agent's recorded versions digest with no request. The check it stands in for lists the
 //! Agent's versions by label, and the API server answers such a list by scanning every version
 //! in the namespace: after a restart over 10,000 Agents, 10,000 scans of 100,000 versions.
 //!
 //! Invariants:
-//! - It is fed the versions watch's events in order, before they wake any Agent (see
-//!   `controller::run`): a reconcile woken by a version event finds that event here.
-//! - For every Agent, its entries are the versions labelled with its name (what the list
-//!   selects), each as its last event showed it; a relist replaces them all at its end, as it
-//!   replaces a store. An edited label moves an entry from the Agent that owns the version.
-//!   (One edit that changes both a version's label and its owner, to another Agent than either
-//!   names, leaves its old entry until the next relist: finding it would take a map of every
-//!   version's name, as large again as the index.)
+//! - For every Agent, its part is the versions labelled with its name (what the list selects),
+//!   each as its last event showed it. An edited label moves a version from the Agent that owns
+//!   it. (One edit that changes both a version's label and its owner, to another Agent than
+//!   either names, leaves its old entry until the next relist: finding it would take a map of
+//!   every version's name, as large again as the index.)
 //! - It only ever confirms. A version it cannot describe (made by an older build, without the
 //!   snapshot-hash annotation), a version owned by another uid, or a digest that differs from
 //!   the recorded one leaves the decision to the list.
@@ -21,36 +18,17 @@
 //! snapshot hash included, so it trusts nobody the list does not.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
-use kube::runtime::watcher;
-use tokio::sync::watch;
 
+use super::{AgentIndex, AgentKey, Entry, Indexed, Kind, Parts, Relists};
 use crate::api::keys::{AGENT_LABEL, ROLLBACK_LABEL, SNAPSHOT_HASH_ANNOTATION, VERSION_LABEL};
 use crate::plan::hash::history_digest;
 use crate::plan::owning_agent_uid;
 
-/// Namespace and name of an Agent.
-type AgentKey = (String, String);
-
-#[derive(Clone)]
-pub struct VersionIndex {
-    inner: Arc<Mutex<Inner>>,
-    /// True once the first list is in.
-    listed: Arc<watch::Sender<bool>>,
-}
-
-#[derive(Default)]
-struct Inner {
-    by_agent: HashMap<AgentKey, Vec<Entry>>,
-    /// The relist under way: what the index becomes at its end.
-    relist: HashMap<AgentKey, Vec<Entry>>,
-}
-
 /// One version, in about 100 bytes: at 100,000 versions the index is about 10 MiB.
-struct Entry {
+pub struct VersionEntry {
     name: Box<str>,
     facts: Option<Facts>,
 }
@@ -64,67 +42,63 @@ struct Facts {
     rollback: Option<Box<str>>,
 }
 
-impl Default for VersionIndex {
-    fn default() -> Self {
-        Self { inner: Arc::default(), listed: Arc::new(watch::channel(false).0) }
-    }
-}
+/// Versions are watched as metadata (see `lean_meta`); any kind whose metadata is a version's
+/// is indexed as one.
+impl<K: Resource<DynamicType = ()> + VersionMeta> Indexed for K {
+    type Part = Vec<VersionEntry>;
+    const KIND: Kind = Kind::Version;
 
-impl VersionIndex {
-    /// Follows one event of the versions watch.
-    pub fn apply<K: Resource>(&self, event: &watcher::Event<K>) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        match event {
-            watcher::Event::Apply(version) => {
-                let meta = version.meta();
-                let name = meta.name.as_deref().unwrap_or_default();
-                if let Some(owner) = owner_key(meta) {
-                    remove(&mut inner.by_agent, &owner, name);
-                }
-                if let Some(key) = label_key(meta) {
-                    remove(&mut inner.by_agent, &key, name);
-                    inner.by_agent.entry(key).or_default().push(Entry::of(meta));
-                }
-            }
-            watcher::Event::Delete(version) => {
-                let meta = version.meta();
-                let name = meta.name.as_deref().unwrap_or_default();
-                for key in [label_key(meta), owner_key(meta)].into_iter().flatten() {
-                    remove(&mut inner.by_agent, &key, name);
-                }
-            }
-            watcher::Event::Init => inner.relist = HashMap::new(),
-            watcher::Event::InitApply(version) => {
-                let meta = version.meta();
-                if let Some(key) = label_key(meta) {
-                    // A list names each object once; a later copy of a name replaces the first.
-                    remove(&mut inner.relist, &key, meta.name.as_deref().unwrap_or_default());
-                    inner.relist.entry(key).or_default().push(Entry::of(meta));
-                }
-            }
-            watcher::Event::InitDone => {
-                let mut by_agent = std::mem::take(&mut inner.relist);
-                // Lists grow by doubling: at 100,000 versions the slack is megabytes.
-                by_agent.values_mut().for_each(Vec::shrink_to_fit);
-                by_agent.shrink_to_fit();
-                inner.by_agent = by_agent;
-                self.listed.send_replace(true);
-            }
+    fn part(entry: &mut Entry) -> &mut Self::Part {
+        &mut entry.versions
+    }
+
+    fn relist(relists: &mut Relists) -> &mut Option<HashMap<AgentKey, Self::Part>> {
+        &mut relists.versions
+    }
+
+    fn applied(&self, parts: &mut impl Parts<Self::Part>) {
+        let meta = self.meta();
+        let name = meta.name.as_deref().unwrap_or_default();
+        if let Some(owner) = owner_key(meta) {
+            remove(parts, &owner, name);
+        }
+        if let Some(key) = label_key(meta) {
+            let part = parts.part(&key);
+            // A list names each object once; a later copy of a name replaces the first.
+            part.retain(|e| &*e.name != name);
+            part.push(VersionEntry::of(meta));
         }
     }
 
-    /// Waits until the first list is in: before it, every Agent would seem to have no versions.
-    pub async fn listed(&self) {
-        // Err only if the sender is gone, which it is not while `self` holds it.
-        let _ = self.listed.subscribe().wait_for(|listed| *listed).await;
+    fn deleted(&self, parts: &mut impl Parts<Self::Part>) {
+        let meta = self.meta();
+        let name = meta.name.as_deref().unwrap_or_default();
+        for key in [label_key(meta), owner_key(meta)].into_iter().flatten() {
+            remove(parts, &key, name);
+        }
     }
 
+    /// Lists grow by doubling: at 100,000 versions the slack is megabytes.
+    fn finish(part: &mut Self::Part) {
+        part.shrink_to_fit();
+    }
+}
+
+/// Marks the kinds that carry a version's metadata.
+pub trait VersionMeta {}
+
+impl VersionMeta for crate::api::AgentVersion {}
+impl VersionMeta for crate::controller::lean_meta::LeanMeta<crate::api::AgentVersion> {}
+
+impl AgentIndex {
     /// Whether the versions labelled with the Agent `namespace/name` are all owned by `uid`,
     /// all described, and their digest is `recorded`.
-    pub fn confirms(&self, namespace: &str, name: &str, uid: &str, recorded: &str) -> bool {
+    pub fn confirms(&self, agent: &AgentKey, uid: &str, recorded: &str) -> bool {
         let Some(uid) = parse_uid(uid) else { return false };
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(entries) = inner.by_agent.get(&(namespace.to_string(), name.to_string())) else { return false };
+        let inner = self.lock();
+        let Some(entries) = inner.entries.get(agent).map(|e| &e.versions).filter(|v| !v.is_empty()) else {
+            return false;
+        };
         let mut triples = Vec::with_capacity(entries.len());
         for entry in entries {
             match &entry.facts {
@@ -137,7 +111,7 @@ impl VersionIndex {
     }
 }
 
-impl Entry {
+impl VersionEntry {
     fn of(meta: &ObjectMeta) -> Self {
         Self { name: meta.name.as_deref().unwrap_or_default().into(), facts: Facts::of(meta) }
     }
@@ -155,24 +129,21 @@ impl Facts {
     }
 }
 
-fn remove(index: &mut HashMap<AgentKey, Vec<Entry>>, key: &AgentKey, name: &str) {
-    if let Some(entries) = index.get_mut(key) {
-        entries.retain(|e| &*e.name != name);
-        if entries.is_empty() {
-            index.remove(key);
-        }
+fn remove(parts: &mut impl Parts<Vec<VersionEntry>>, key: &AgentKey, name: &str) {
+    if let Some(part) = parts.existing(key) {
+        part.retain(|e| &*e.name != name);
     }
 }
 
 /// The Agent whose versions the list by label would return this one with.
 fn label_key(meta: &ObjectMeta) -> Option<AgentKey> {
-    Some((meta.namespace.clone()?, meta.labels.as_ref()?.get(AGENT_LABEL)?.clone()))
+    Some(AgentKey { namespace: meta.namespace.clone()?, name: meta.labels.as_ref()?.get(AGENT_LABEL)?.clone() })
 }
 
 /// The Agent that owns the version, by name.
 fn owner_key(meta: &ObjectMeta) -> Option<AgentKey> {
     let owner = meta.owner_references.as_ref()?.iter().find(|o| o.controller == Some(true) && o.kind == "Agent")?;
-    Some((meta.namespace.clone()?, owner.name.clone()))
+    Some(AgentKey { namespace: meta.namespace.clone()?, name: owner.name.clone() })
 }
 
 /// A uid as the number its UUID spells; `None` for one that is not a UUID.
@@ -204,6 +175,7 @@ mod tests {
     use crate::plan::hash::snapshot_hash;
     use crate::plan::publish::{Provenance, RollbackOrigin, new_version};
     use kube::ResourceExt;
+    use kube::runtime::watcher;
     use proptest::prelude::*;
 
     const UIDS: [&str; 2] = ["6f1c2a3e-0000-4000-8000-000000000001", "6f1c2a3e-0000-4000-8000-000000000002"];
@@ -268,7 +240,7 @@ mod tests {
         #[test]
         fn confirms_what_the_list_confirms(events in events()) {
             let (store, mut writer) = kube::runtime::reflector::store();
-            let index = VersionIndex::default();
+            let index = AgentIndex::new(true);
             for event in &events {
                 writer.apply_watcher_event(event);
                 index.apply(event);
@@ -280,13 +252,13 @@ mod tests {
                     let observed = Observed::new("ns".into(), name.into(), Some(agent(name, uid)), versions, Vec::new());
                     let digest = observed.versions_digest();
                     let by_list = observed.foreign_versions.is_empty() && !observed.versions.is_empty();
-                    let confirmed = index.confirms("ns", name, uid, &digest);
+                    let confirmed = index.confirms(&AgentKey::new("ns", name), uid, &digest);
                     if legacy {
                         prop_assert!(!confirmed, "a version without the annotation defers to the list");
                     } else {
                         prop_assert_eq!(confirmed, by_list);
                     }
-                    prop_assert!(!index.confirms("ns", name, uid, "another digest"));
+                    prop_assert!(!index.confirms(&AgentKey::new("ns", name), uid, "another digest"));
                 }
             }
         }
@@ -294,25 +266,28 @@ mod tests {
 
     #[test]
     fn an_edited_label_moves_the_version_off_its_owner() {
-        let index = VersionIndex::default();
+        let index = AgentIndex::new(true);
         let v1 = version("a0", UIDS[0], 1, false, false);
         index.apply(&watcher::Event::Apply(v1.clone()));
         let observed =
             Observed::new("ns".into(), "a0".into(), Some(agent("a0", UIDS[0])), vec![v1.clone()], Vec::new());
-        assert!(index.confirms("ns", "a0", UIDS[0], &observed.versions_digest()));
+        assert!(index.confirms(&AgentKey::new("ns", "a0"), UIDS[0], &observed.versions_digest()));
         let mut moved = v1;
         moved.labels_mut().insert(AGENT_LABEL.into(), "a1".into());
         index.apply(&watcher::Event::Apply(moved));
-        assert!(!index.confirms("ns", "a0", UIDS[0], &observed.versions_digest()));
-        assert!(!index.confirms("ns", "a1", UIDS[1], &observed.versions_digest()), "a1 owns none of them");
+        assert!(!index.confirms(&AgentKey::new("ns", "a0"), UIDS[0], &observed.versions_digest()));
+        assert!(
+            !index.confirms(&AgentKey::new("ns", "a1"), UIDS[1], &observed.versions_digest()),
+            "a1 owns none of them"
+        );
     }
 
     #[tokio::test]
     async fn listed_waits_for_the_first_list() {
-        let index = VersionIndex::default();
+        let index = std::sync::Arc::new(AgentIndex::new(true));
         let waiting = tokio::spawn({
             let index = index.clone();
-            async move { index.listed().await }
+            async move { index.listed(Kind::Version).await }
         });
         index.apply::<AgentVersion>(&watcher::Event::Init);
         tokio::task::yield_now().await;

@@ -1,0 +1,221 @@
+//! The index's own rules: entries come and go with what the watches show, a relist replaces
+//! one kind's part, the count of Agents out of sync follows, and what syncs leave is trusted
+//! as the epochs say.
+
+use kube::runtime::watcher::Event;
+
+use super::*;
+use crate::api::{Agent, AgentRollback, AgentVersion};
+
+pub(crate) fn key(name: &str) -> AgentKey {
+    AgentKey::new("ns", name)
+}
+
+/// An Agent `ns/name` as its watch shows it; `rv` its resourceVersion.
+pub(crate) fn agent(name: &str, rv: &str, in_sync: Option<bool>) -> Agent {
+    let conditions: Vec<serde_json::Value> = in_sync
+        .map(|ok| {
+            serde_json::json!({"type": "InSync", "status": if ok { "True" } else { "False" }, "reason": "R",
+                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"})
+        })
+        .into_iter()
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "agentops.dev/v1alpha1", "kind": "Agent",
+        "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv, "uid": format!("uid-{name}")},
+        "spec": {"instructions": "x"},
+        "status": {"conditions": conditions}
+    }))
+    .expect("an Agent")
+}
+
+/// An index whose Agent watch shows the Agent `ns/name`.
+pub(crate) fn with_agent(name: &str) -> AgentIndex {
+    let index = AgentIndex::new(true);
+    index.apply(&Event::Apply(agent(name, "1", None)));
+    index
+}
+
+/// A version of the Agent `ns/owner` that this process did not write.
+pub(crate) fn foreign_version(owner: &str) -> AgentVersion {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "agentops.dev/v1alpha1", "kind": "AgentVersion",
+        "metadata": {"name": format!("{owner}-v9"), "namespace": "ns", "uid": "someone-else",
+            "ownerReferences": [{"apiVersion": "agentops.dev/v1alpha1", "kind": "Agent", "name": owner,
+                "uid": format!("uid-{owner}"), "controller": true}]},
+        "spec": {"agentName": owner, "version": 9, "snapshot": {"instructions": "x"}, "snapshotHash": "h"}
+    }))
+    .expect("a version")
+}
+
+fn version_of(owner: &str, name: &str, uid: &str) -> AgentVersion {
+    let mut version = foreign_version(owner);
+    version.metadata.name = Some(name.into());
+    version.metadata.uid = Some(uid.into());
+    version.metadata.labels = Some([(crate::api::keys::AGENT_LABEL.to_string(), owner.to_string())].into());
+    version
+}
+
+fn rollback(name: &str, agent: &str) -> AgentRollback {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "agentops.dev/v1alpha1", "kind": "AgentRollback",
+        "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"), "resourceVersion": "5"},
+        "spec": {"agentName": agent, "strategy": "Previous"}
+    }))
+    .expect("a rollback")
+}
+
+fn state(rv: &str) -> crate::plan::Observed {
+    crate::plan::Observed::new("ns".into(), "a".into(), Some(agent("a", rv, None)), Vec::new(), Vec::new())
+}
+
+#[test]
+fn an_entry_leaves_when_nothing_refers_to_its_agent() {
+    let index = with_agent("a");
+    index.apply(&Event::Apply(version_of("a", "a-v1", "v1")));
+    index.apply(&Event::Apply(rollback("r1", "a")));
+    index.apply(&Event::Delete(agent("a", "2", None)));
+    assert_eq!(index.tracked(), 1, "its version and its rollback still name it");
+    index.apply(&Event::Delete(version_of("a", "a-v1", "v1")));
+    assert_eq!(index.tracked(), 1, "its rollback still names it");
+    index.apply(&Event::Delete(rollback("r1", "a")));
+    assert_eq!(index.tracked(), 0);
+}
+
+#[test]
+fn a_relist_replaces_one_kind_and_drops_entries_left_empty() {
+    let index = with_agent("a");
+    index.apply(&Event::Apply(rollback("r1", "b")));
+    index.apply(&Event::Apply(version_of("c", "c-v1", "v1")));
+    assert_eq!(index.tracked(), 3);
+    index.apply::<AgentRollback>(&Event::Init);
+    index.apply(&Event::InitApply(rollback("r2", "a")));
+    assert_eq!(index.tracked(), 3, "a relist under way changes nothing");
+    index.apply::<AgentRollback>(&Event::InitDone);
+    assert_eq!(index.tracked(), 2, "b's only rollback is gone; a and c keep their other parts");
+    let names = |agent: &str| index.lock().entries.get(&key(agent)).map(|e| e.rollbacks.clone());
+    assert_eq!(names("a"), Some(["r2".to_string()].into()));
+    index.apply::<AgentVersion>(&Event::Init);
+    index.apply::<AgentVersion>(&Event::InitDone);
+    assert_eq!(index.tracked(), 1, "c's versions are gone");
+}
+
+#[test]
+fn the_agents_out_of_sync_are_counted_as_last_seen() {
+    let index = AgentIndex::new(true);
+    index.apply(&Event::Apply(agent("a", "1", Some(false))));
+    index.apply(&Event::Apply(agent("b", "1", Some(false))));
+    index.apply(&Event::Apply(agent("c", "1", Some(true))));
+    assert_eq!(index.out_of_sync(), 2);
+    index.apply(&Event::Apply(agent("a", "2", Some(true))));
+    assert_eq!(index.out_of_sync(), 1);
+    index.apply(&Event::Delete(agent("b", "2", Some(false))));
+    assert_eq!(index.out_of_sync(), 0, "a deleted Agent leaves the count at once");
+    index.apply::<Agent>(&Event::Init);
+    index.apply(&Event::InitApply(agent("c", "3", Some(false))));
+    index.apply::<Agent>(&Event::InitDone);
+    assert_eq!((index.out_of_sync(), index.tracked()), (1, 1));
+}
+
+#[test]
+fn a_foreign_change_to_versions_voids_the_kept_state_but_not_the_settling() {
+    let index = with_agent("a");
+    let epoch = index.epoch(&key("a"));
+    index.settle(&key("a"), epoch, state("10"));
+    assert!(index.covers(&agent("a", "10", None)));
+    assert!(!index.covers(&agent("a", "11", None)), "a newer Agent is not covered");
+    assert!(index.wakes(&foreign_version("a")).is_some());
+    assert!(!index.covers(&agent("a", "10", None)));
+    assert!(matches!(index.take(&key("a")), Start::Settled(None)));
+    assert!(matches!(index.take(&key("a")), Start::Unsettled), "taking forgets");
+}
+
+#[test]
+fn a_change_during_the_sync_voids_the_state_it_ends_with() {
+    let index = with_agent("a");
+    let epoch = index.epoch(&key("a"));
+    index.wakes(&foreign_version("a"));
+    index.settle(&key("a"), epoch, state("10"));
+    assert!(matches!(index.take(&key("a")), Start::Settled(None)));
+}
+
+#[test]
+fn an_agent_that_leaves_and_comes_back_meets_no_epoch_taken_before() {
+    let index = with_agent("a");
+    let epoch = index.epoch(&key("a"));
+    index.apply(&Event::Delete(agent("a", "2", None)));
+    index.apply(&Event::Apply(agent("a", "3", None)));
+    index.settle(&key("a"), epoch, state("3"));
+    assert!(matches!(index.take(&key("a")), Start::Settled(None)), "a sync from before the deletion");
+}
+
+#[test]
+fn what_syncs_left_goes_with_the_agent() {
+    let index = with_agent("a");
+    index.apply(&Event::Apply(rollback("r1", "a")));
+    index.settle(&key("a"), index.epoch(&key("a")), state("1"));
+    index.apply(&Event::Delete(agent("a", "2", None)));
+    assert_eq!(index.tracked(), 1, "its rollback still names it");
+    assert!(matches!(index.take(&key("a")), Start::Unsettled));
+    index.settle(&key("gone"), 0, state("1"));
+    assert!(matches!(index.take(&key("gone")), Start::Unsettled), "nothing is kept for an Agent no watch shows");
+    assert_eq!(index.lock().kept.len(), 0);
+}
+
+#[test]
+fn only_the_most_recent_states_are_kept() {
+    let index = AgentIndex::new(true);
+    let names: Vec<String> = (0..settled::KEPT_STATES + 10).map(|i| format!("a{i}")).collect();
+    for name in &names {
+        index.apply(&Event::Apply(agent(name, "1", None)));
+        index.settle(&key(name), index.epoch(&key(name)), state("1"));
+    }
+    let kept = || index.lock().entries.values().filter(|e| e.synced.kept_stamp().is_some()).count();
+    assert_eq!(kept(), settled::KEPT_STATES);
+    assert_eq!(index.lock().kept.len(), settled::KEPT_STATES);
+    assert!(matches!(index.take(&key("a0")), Start::Settled(None)), "the oldest state was dropped");
+    assert!(matches!(index.take(&key(names.last().expect("names"))), Start::Settled(Some(_))));
+    assert_eq!(kept(), settled::KEPT_STATES - 1);
+    assert_eq!(index.lock().kept.len(), settled::KEPT_STATES - 1);
+}
+
+#[test]
+fn each_expected_echo_matches_one_event_and_nothing_else_matches() {
+    let index = with_agent("a");
+    index.expect_echo(&key("a"), Echo::Created { name: "a-v2".into() });
+    index.expect_echo(&key("a"), Echo::Deleted { uid: "u1".into() });
+    assert!(index.wakes(&version_of("a", "a-v3", "u3")).is_some(), "nobody expected this one");
+    assert!(index.wakes(&version_of("a", "a-v2", "u2")).is_none());
+    assert!(index.wakes(&version_of("a", "a-v2", "u2")).is_some(), "a second event is someone else's change");
+    assert!(index.wakes(&version_of("a", "a-v1", "u1")).is_none());
+    let echo = Echo::Created { name: "a-v4".into() };
+    index.expect_echo(&key("a"), echo.clone());
+    index.forget_echo(&key("a"), &echo);
+    assert!(index.wakes(&version_of("a", "a-v4", "u4")).is_some(), "a forgotten write matches nothing");
+}
+
+#[test]
+fn without_the_fast_paths_nothing_is_kept_or_expected() {
+    let index = AgentIndex::new(false);
+    index.apply(&Event::Apply(agent("a", "1", None)));
+    index.expect_echo(&key("a"), Echo::Created { name: "a-v2".into() });
+    assert!(index.wakes(&version_of("a", "a-v2", "u2")).is_some());
+    index.settle(&key("a"), index.epoch(&key("a")), state("1"));
+    assert!(!index.covers(&agent("a", "1", None)));
+    assert!(matches!(index.take(&key("a")), Start::Settled(None)), "settled, with no state");
+}
+
+#[test]
+fn retries_count_per_agent_and_leave_with_what_they_retry() {
+    let index = with_agent("a");
+    index.apply(&Event::Apply(rollback("r1", "a")));
+    let delays =
+        |what: Retry| (0..3).map(|_| index.next_retry(&key("a"), what.clone()).as_millis()).collect::<Vec<_>>();
+    assert_eq!(delays(Retry::Agent), [200, 400, 800]);
+    assert_eq!(delays(Retry::Rollback("r1".into())), [200, 400, 800], "counted apart");
+    index.reset_retry(&key("a"), &Retry::Agent);
+    assert_eq!(index.next_retry(&key("a"), Retry::Agent).as_millis(), 200, "a success starts over");
+    index.apply(&Event::Delete(rollback("r1", "a")));
+    index.apply(&Event::Apply(rollback("r1", "a")));
+    assert_eq!(index.next_retry(&key("a"), Retry::Rollback("r1".into())).as_millis(), 200, "a deleted rollback's go");
+}
