@@ -31,7 +31,7 @@ use agent_operator::plan::durable::{AgentMark, Handled, RollbackRecord};
 use agent_operator::plan::hash::{snapshot_hash, versions_digest};
 use agent_operator::plan::in_sync;
 use agent_operator::plan::publish::{Provenance, new_version};
-use agent_operator::plan::status::{agent_conditions, set_rollback_phase};
+use agent_operator::plan::status::{AgentState, agent_conditions, set_rollback_phase};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
@@ -168,11 +168,13 @@ async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rollback: &Age
         }),
         conditions: agent_conditions(
             &[],
-            Some(1),
-            Some(number),
-            None,
-            &DeliveryState::Delivered,
-            in_sync::condition(agent, Some(&version.spec), None, None),
+            AgentState {
+                generation: Some(1),
+                active: Some(number),
+                busy: None,
+                delivery: &DeliveryState::Delivered,
+                in_sync: in_sync::condition(agent, Some(&version.spec), None, None),
+            },
             &t,
         ),
     };
@@ -675,11 +677,13 @@ async fn grow_history(client: &Client, ns: &str, agents: &[Agent], to: i64, byte
                 observed_definition_hash: Some(snapshot_hash(&agent.spec.definition)),
                 conditions: agent_conditions(
                     &[],
-                    agent.metadata.generation,
-                    Some(to),
-                    None,
-                    &DeliveryState::Delivered,
-                    in_sync::condition(agent, last.as_ref().map(|v| &v.spec), None, None),
+                    AgentState {
+                        generation: agent.metadata.generation,
+                        active: Some(to),
+                        busy: None,
+                        delivery: &DeliveryState::Delivered,
+                        in_sync: in_sync::condition(agent, last.as_ref().map(|v| &v.spec), None, None),
+                    },
                     &t,
                 ),
                 ..Default::default()

@@ -154,3 +154,71 @@ impl Error {
         }
     }
 }
+
+/// The error and its causes on one line.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The HTTP status of an error the API server answered.
+pub fn status_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// A client error that no retry changes: not 404 (a namespace on its way out), 409 (a name
+/// taken: look again) or 429 (too many requests: later).
+pub fn is_permanent(code: u16) -> bool {
+    (400..500).contains(&code) && !matches!(code, 404 | 409 | 429)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_names_every_cause_in_order() {
+        let api = kube::Error::Api(kube::core::Status::failure("version refused", "Invalid").with_code(422).boxed());
+        let error = Error::CreateVersion { namespace: "ns".into(), name: "a-v2".into(), source: api };
+        let text = error_chain(&error);
+        assert!(text.starts_with("failed to create AgentVersion ns/a-v2: "), "{text}");
+        assert!(text.contains("version refused"), "{text}");
+        assert_eq!(error_chain(&Error::MissingObjectKey("metadata.namespace")), "object has no metadata.namespace");
+    }
+
+    #[test]
+    fn only_the_api_servers_answers_have_a_status_code() {
+        let api = kube::Error::Api(kube::core::Status::failure("gone", "NotFound").with_code(404).boxed());
+        assert_eq!(status_code(&api), Some(404));
+        let decode = kube::Error::SerdeError(serde_json::from_str::<u8>("x").expect_err("not a number"));
+        assert_eq!(status_code(&decode), None);
+    }
+
+    #[test]
+    fn client_errors_are_permanent_but_those_a_retry_changes() {
+        let cases = [
+            (400, true),
+            (403, true),
+            (404, false),
+            (409, false),
+            (413, true),
+            (422, true),
+            (429, false),
+            (500, false),
+            (503, false),
+            (200, false),
+        ];
+        for (code, permanent) in cases {
+            assert_eq!(is_permanent(code), permanent, "{code}");
+        }
+    }
+}

@@ -1,8 +1,5 @@
-//! Names the operator writes into the cluster: group, labels, annotations, field managers.
+//! Names the operator writes into the cluster: labels, annotations, field managers.
 //! Field managers are never renamed: a new name would orphan the fields the old one owns.
-
-pub const GROUP: &str = "agentops.dev";
-pub const VERSION: &str = "v1alpha1";
 
 /// Label on every AgentVersion: the Agent it belongs to.
 pub const AGENT_LABEL: &str = "agentops.dev/agent";

@@ -16,7 +16,8 @@ use super::lean_meta::LeanMeta;
 use super::observe::fetch_versions;
 use super::sync::sync_agent;
 use crate::api::Agent;
-use crate::api::conditions::{IN_SYNC, READY, reasons};
+use crate::api::conditions::{HasConditions, IN_SYNC, READY};
+use crate::error::error_chain;
 use crate::metrics::ErrorLabels;
 use crate::plan::Observed;
 use crate::plan::delivery::{ConfigMapState, config_map_name};
@@ -57,26 +58,6 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
     }
     ctx.index.reset_retry(&key, &Retry::Delivery);
     Ok(Action::requeue(RESYNC))
-}
-
-/// Whether the Agent's status says it waits for its delivery: a rollout in progress, or
-/// something in the way that may clear without a change to the Agent (a workload created, a
-/// foreign ConfigMap deleted).
-pub fn awaits_delivery(agent: &Agent) -> bool {
-    let conditions = agent.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-    conditions.iter().any(|c| {
-        c.type_ == READY
-            && c.status == "False"
-            && [
-                reasons::DELIVERING,
-                reasons::CONFIG_MAP_CONFLICT,
-                reasons::WORKLOAD_NOT_FOUND,
-                reasons::WORKLOAD_FORBIDDEN,
-                reasons::WORKLOAD_CONFLICT,
-                reasons::ROLLOUT_STUCK,
-            ]
-            .contains(&c.reason.as_str())
-    })
 }
 
 /// Whether the delivery the Agent's status records still stands: the active version delivered
@@ -123,11 +104,10 @@ async fn up_to_date(ctx: &Context, agent: &Agent, namespace: &str) -> Result<boo
     }
     // A status written while work was in flight still says so: the sync must replace it.
     let ready = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == READY && c.status == "True" && c.observed_generation == agent.metadata.generation);
+        .condition(READY)
+        .is_some_and(|c| c.status == "True" && c.observed_generation == agent.metadata.generation);
     // A status written before `InSync` existed gets it.
-    let in_sync_known = status.conditions.iter().any(|c| c.type_ == IN_SYNC);
+    let in_sync_known = status.condition(IN_SYNC).is_some();
     Ok(ready && in_sync_known && status.observed_generation == agent.metadata.generation)
 }
 
@@ -145,6 +125,6 @@ pub fn error_policy(agent: Arc<Agent>, error: &Error, ctx: Arc<Context>) -> Acti
     ctx.metrics.errors.get_or_create(&ErrorLabels { operation: error.metric_label() }).inc();
     let key = AgentKey::new(&agent.namespace().unwrap_or_default(), &agent.name_any());
     let delay = ctx.index.next_retry(&key, Retry::Agent);
-    warn!(namespace = agent.namespace(), agent = agent.name_any(), error = %super::error_chain(error), retry_in = ?delay, "Agent sync failed");
+    warn!(namespace = agent.namespace(), agent = agent.name_any(), error = %error_chain(error), retry_in = ?delay, "Agent sync failed");
     Action::requeue(delay)
 }

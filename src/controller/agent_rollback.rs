@@ -13,6 +13,7 @@ use super::index::{AgentKey, Retry};
 use super::sync::sync_agent;
 use crate::api::AgentRollback;
 use crate::api::keys::ROLLBACK_RECORD_ANNOTATION;
+use crate::error::error_chain;
 use crate::metrics::ErrorLabels;
 use crate::plan::phase_of;
 use crate::{Error, Result};
@@ -66,7 +67,7 @@ pub fn start_early(rollback: &AgentRollback, ctx: &Arc<Context>) {
             Ok(_) => timer.succeeded(),
             Err(error) => {
                 ctx.metrics.errors.get_or_create(&ErrorLabels { operation: error.metric_label() }).inc();
-                debug!(namespace = rollback.namespace(), rollback = rollback.name_any(), error = %super::error_chain(&error), "Early start failed; the reconcile retries");
+                debug!(namespace = rollback.namespace(), rollback = rollback.name_any(), error = %error_chain(&error), "Early start failed; the reconcile retries");
                 // Its reconcile may have been handed to this sync already.
                 ctx.retry_early_start(ObjectRef::from_obj(&*rollback));
             }
@@ -77,6 +78,6 @@ pub fn start_early(rollback: &AgentRollback, ctx: &Arc<Context>) {
 pub fn error_policy(rollback: Arc<AgentRollback>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.errors.get_or_create(&ErrorLabels { operation: error.metric_label() }).inc();
     let delay = ctx.index.next_retry(&agent_of(&rollback), Retry::Rollback(rollback.name_any()));
-    warn!(namespace = rollback.namespace(), rollback = rollback.name_any(), error = %super::error_chain(error), retry_in = ?delay, "AgentRollback sync failed");
+    warn!(namespace = rollback.namespace(), rollback = rollback.name_any(), error = %error_chain(error), retry_in = ?delay, "AgentRollback sync failed");
     Action::requeue(delay)
 }

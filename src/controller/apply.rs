@@ -13,6 +13,7 @@ use super::index::{AgentKey, Echo};
 use super::{Context, delivery};
 use crate::api::keys::{FIELD_MANAGER, ROLLBACK_RECORD_ANNOTATION};
 use crate::api::{Agent, AgentRollback, AgentStatus, AgentVersion};
+use crate::error::{is_permanent, status_code};
 use crate::plan::durable::{RollbackRecord, handled_of};
 use crate::plan::{Applied, EventNote, EventTarget, Observed, RefusedVersion, RelatedObject, Step};
 use crate::{Error, Result};
@@ -38,20 +39,6 @@ fn slim(mut rollback: AgentRollback) -> AgentRollback {
 /// manager, forced (see [`apply`]).
 pub(super) fn agent_status(status: &AgentStatus) -> Patch<serde_json::Value> {
     Patch::Apply(json!({ "apiVersion": Agent::api_version(&()), "kind": Agent::kind(&()), "status": status }))
-}
-
-/// The HTTP status of an error the API server answered.
-pub(super) fn status_code(error: &kube::Error) -> Option<u16> {
-    match error {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    }
-}
-
-/// A client error that no retry changes: not 404 (a namespace on its way out), 409 (a name
-/// taken: look again) or 429 (too many requests: later).
-pub(super) fn is_permanent(code: u16) -> bool {
-    (400..500).contains(&code) && !matches!(code, 404 | 409 | 429)
 }
 
 /// Applies one planned step: a single write, or writes made together (all at once).

@@ -11,13 +11,13 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::Context;
-use super::apply::status_code;
-use super::index::settled::revision;
 use super::lean_meta::LeanMeta;
 use crate::api::keys::{DELIVERED_FOR_ANNOTATION, DELIVERY_FIELD_MANAGER, FIELD_MANAGER};
 use crate::api::{Agent, WorkloadKind, WorkloadRef};
+use crate::error::status_code;
 use crate::plan::delivery::{ConfigMapState, Found, Held, Rollout, WorkloadState, config_map_name};
-use crate::plan::{Applied, Observed};
+use crate::plan::rollout::{deployment_rollout, statefulset_rollout};
+use crate::plan::{Applied, Observed, parse_revision, revision};
 use crate::{Error, Result};
 
 /// Fills in the delivery ConfigMap and the workloads to roll. The ConfigMap comes from the
@@ -41,8 +41,7 @@ pub async fn observe(ctx: &Context, observed: &mut Observed) -> Result<()> {
 }
 
 fn newer(kept: &ConfigMapState, cached: &LeanMeta<ConfigMap>) -> bool {
-    let kept = kept.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
-    kept >= revision(cached)
+    parse_revision(kept.resource_version.as_deref()) >= revision(cached)
 }
 
 async fn read_workloads(ctx: &Context, namespace: &str, agent: &Agent) -> Result<Vec<WorkloadState>> {
@@ -137,53 +136,6 @@ impl HasTemplate for Deployment {
 impl HasTemplate for StatefulSet {
     fn template_annotations(&self) -> Option<&std::collections::BTreeMap<String, String>> {
         self.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()
-    }
-}
-
-/// As `kubectl rollout status` judges a Deployment.
-fn deployment_rollout(d: &Deployment) -> Rollout {
-    let Some(status) = d.status.as_ref() else { return Rollout::Progressing("no status yet".into()) };
-    if status.observed_generation < d.metadata.generation {
-        return Rollout::Progressing("the new template is not yet observed".into());
-    }
-    let stuck = status.conditions.iter().flatten().any(|c| {
-        c.type_ == "Progressing" && c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    });
-    if stuck {
-        return Rollout::Stuck("rollout exceeded its progress deadline".into());
-    }
-    let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let updated = status.updated_replicas.unwrap_or(0);
-    let total = status.replicas.unwrap_or(0);
-    let available = status.available_replicas.unwrap_or(0);
-    if updated < wanted {
-        Rollout::Progressing(format!("{updated} of {wanted} replicas updated"))
-    } else if total > updated {
-        Rollout::Progressing(format!("{} old replicas pending termination", total - updated))
-    } else if available < updated {
-        Rollout::Progressing(format!("{available} of {updated} updated replicas available"))
-    } else {
-        Rollout::Done
-    }
-}
-
-/// As `kubectl rollout status` judges a StatefulSet with rolling updates.
-fn statefulset_rollout(s: &StatefulSet) -> Rollout {
-    let Some(status) = s.status.as_ref() else { return Rollout::Progressing("no status yet".into()) };
-    if status.observed_generation < s.metadata.generation {
-        return Rollout::Progressing("the new template is not yet observed".into());
-    }
-    let wanted = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let ready = status.ready_replicas.unwrap_or(0);
-    let updated = status.updated_replicas.unwrap_or(0);
-    if updated < wanted {
-        Rollout::Progressing(format!("{updated} of {wanted} pods updated"))
-    } else if status.update_revision.is_some() && status.current_revision != status.update_revision {
-        Rollout::Progressing("pods not yet on the current revision".into())
-    } else if ready < wanted {
-        Rollout::Progressing(format!("{ready} of {wanted} pods ready"))
-    } else {
-        Rollout::Done
     }
 }
 

@@ -45,6 +45,7 @@ use tracing::{debug, warn};
 use crate::api::keys::{AGENT_LABEL, CHANGE_CAUSE_ANNOTATION, CHANGED_BY_ANNOTATION, ROLLBACK_RECORD_ANNOTATION};
 use crate::api::{Agent, AgentRollback, AgentVersion};
 use crate::client::scoped;
+use crate::error::error_chain;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::plan::phase_of;
@@ -365,18 +366,6 @@ fn log_controller_error(kind: &str, error: &controller::Error<crate::Error, watc
             warn!(kind, error = %error_chain(error), "Controller stream failed")
         }
     }
-}
-
-/// The error and its causes on one line.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -17,10 +17,9 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
 use super::index::AgentKey;
-use super::index::settled::revision;
 use crate::api::keys::AGENT_LABEL;
 use crate::api::{Agent, AgentRollback, AgentVersion};
-use crate::plan::Observed;
+use crate::plan::{Observed, revision};
 use crate::{Error, Result};
 
 /// How far the versions may come from the watch cache.

@@ -15,9 +15,10 @@ use super::lean_agent::LeanAgent;
 use super::observe::{Freshness, observe, resume_from};
 use super::turns::Turn;
 use crate::api::RollbackPhase;
-use crate::api::conditions::{STALLED, reasons};
+use crate::api::conditions::{HasConditions, READY, STALLED, reasons};
 use crate::api::keys::FIELD_MANAGER;
 use crate::metrics::RollbackLabels;
+use crate::plan::delivery::awaits_delivery;
 use crate::plan::rollback::stopped;
 use crate::plan::status::unreadable_status;
 use crate::plan::sync::decide;
@@ -85,7 +86,7 @@ async fn sync_once(ctx: &Context, agent: &AgentKey, turn: &Turn<'_>) -> Result<P
         // Not a settled state to resume from: the next pass reads everything again.
         return Ok(Pass::MoreToDo);
     }
-    let delivering = observed.agent.as_ref().is_some_and(super::agent::awaits_delivery);
+    let delivering = observed.agent.as_ref().is_some_and(awaits_delivery);
     ctx.index.settle(agent, epoch, observed);
     Ok(Pass::Done { delivering })
 }
@@ -103,7 +104,7 @@ async fn report_unreadable(ctx: &Context, namespace: &str, name: &str, why: &str
     })?;
     let Some(LeanAgent(agent)) = read else { return Ok(()) };
     let Some(status) = unreadable_status(&agent, why, &Time(Timestamp::now())) else { return Ok(()) };
-    let note = status.conditions.iter().find(|c| c.type_ == STALLED).map(|c| c.message.clone()).unwrap_or_default();
+    let note = status.condition(STALLED).map(|c| c.message.clone()).unwrap_or_default();
     let event = Step::Event(EventNote {
         on: EventTarget::Agent,
         related: None,
@@ -228,7 +229,7 @@ async fn mark_stopped(ctx: &Context, observed: &Observed) {
 fn delivered(observed: &Observed) -> Option<i64> {
     let status = observed.agent.as_ref()?.status.as_ref()?;
     let holds = status.delivery.as_ref().is_some_and(|d| d.version.is_some() && d.version == status.active_version);
-    let ready = status.conditions.iter().any(|c| c.type_ == crate::api::conditions::READY && c.status == "True");
+    let ready = status.is_true(READY);
     (holds && ready).then_some(status.active_version?)
 }
 

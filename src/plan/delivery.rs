@@ -12,7 +12,7 @@ use kube::ResourceExt;
 
 use super::hash::canonical_json;
 use super::{EventNote, EventTarget, Observed, Step, owner_reference};
-use crate::api::conditions::{events, reasons};
+use crate::api::conditions::{HasConditions, READY, events, reasons};
 use crate::api::keys::{
     ACTIVE_VERSION_ANNOTATION, AGENT_JSON_KEY, AGENT_LABEL, FIELD_MANAGER, SNAPSHOT_HASH_ANNOTATION,
 };
@@ -171,6 +171,26 @@ pub struct Plan {
     pub steps: Vec<Step>,
     pub status: Option<DeliveryStatus>,
     pub state: DeliveryState,
+}
+
+/// Whether the Agent's status says it waits for its delivery: a rollout in progress, or
+/// something in the way that may clear without a change to the Agent (a workload created, a
+/// foreign ConfigMap deleted). Nothing watches workloads, so such an Agent is looked at again
+/// after a while.
+pub fn awaits_delivery(agent: &Agent) -> bool {
+    let ready = agent.status.as_ref().and_then(|s| s.condition(READY));
+    ready.is_some_and(|c| {
+        c.status == "False"
+            && [
+                reasons::DELIVERING,
+                reasons::CONFIG_MAP_CONFLICT,
+                reasons::WORKLOAD_NOT_FOUND,
+                reasons::WORKLOAD_FORBIDDEN,
+                reasons::WORKLOAD_CONFLICT,
+                reasons::ROLLOUT_STUCK,
+            ]
+            .contains(&c.reason.as_str())
+    })
 }
 
 /// What delivery of the newest version needs, given what was observed.
@@ -376,6 +396,39 @@ fn config_map(agent: &Agent, version: &AgentVersion, name: &str) -> ConfigMap {
 mod tests {
     use super::*;
     use crate::api::{AgentDefinition, AgentSpec, AgentVersionSpec, DeliverySpec, WorkloadKind};
+
+    #[test]
+    fn an_agent_awaits_its_delivery_while_ready_is_false_for_a_delivery_reason() {
+        let with_ready = |status: Option<&str>, reason: &str| {
+            let mut agent = agent(Vec::new());
+            let conditions = status
+                .map(|status| {
+                    serde_json::json!([{"type": READY, "status": status, "reason": reason, "message": "",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"}])
+                })
+                .unwrap_or_else(|| serde_json::json!([]));
+            agent.status =
+                Some(serde_json::from_value(serde_json::json!({"conditions": conditions})).expect("a status"));
+            agent
+        };
+        let cases = [
+            (Some("False"), reasons::DELIVERING, true),
+            (Some("False"), reasons::CONFIG_MAP_CONFLICT, true),
+            (Some("False"), reasons::WORKLOAD_NOT_FOUND, true),
+            (Some("False"), reasons::WORKLOAD_FORBIDDEN, true),
+            (Some("False"), reasons::WORKLOAD_CONFLICT, true),
+            (Some("False"), reasons::ROLLOUT_STUCK, true),
+            (Some("False"), reasons::PUBLISHING, false),
+            (Some("False"), reasons::ROLLBACK_IN_PROGRESS, false),
+            (Some("True"), reasons::DELIVERING, false),
+            (Some("True"), reasons::VERSION_ACTIVE, false),
+            (None, "", false),
+        ];
+        for (status, reason, awaits) in cases {
+            assert_eq!(awaits_delivery(&with_ready(status, reason)), awaits, "Ready={status:?} {reason}");
+        }
+        assert!(!awaits_delivery(&agent(Vec::new())), "no status");
+    }
 
     fn agent(restart: Vec<WorkloadRef>) -> Agent {
         let mut agent = Agent::new(

@@ -15,6 +15,7 @@ pub mod history;
 pub mod in_sync;
 pub mod publish;
 pub mod rollback;
+pub mod rollout;
 pub mod status;
 pub mod sync;
 
@@ -26,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::{Resource, ResourceExt};
 
-use crate::api::conditions::{STALLED, reasons};
+use crate::api::conditions::{HasConditions, STALLED, reasons};
 use crate::api::{
     Agent, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, DeliveryStatus, LastRollback, RollbackPhase,
     WorkloadRef,
@@ -196,13 +197,9 @@ impl Observed {
         }
         let status = agent.status.as_ref()?;
         status
-            .conditions
-            .iter()
-            .find(|c| {
-                c.type_ == STALLED
-                    && c.status == "True"
-                    && c.reason == reasons::VERSION_REFUSED
-                    && c.observed_generation == generation
+            .condition(STALLED)
+            .filter(|c| {
+                c.status == "True" && c.reason == reasons::VERSION_REFUSED && c.observed_generation == generation
             })
             .map(|c| Refusal { reason: reasons::VERSION_REFUSED, message: c.message.clone() })
     }
@@ -240,7 +237,11 @@ impl Observed {
         let active = status.active_version;
         status.conditions = match refusal {
             Some(refusal) => status::refused_conditions(existing, generation, active, &refusal, in_sync, now),
-            None => status::agent_conditions(existing, generation, active, change.busy, change.delivery, in_sync, now),
+            None => {
+                let state =
+                    status::AgentState { generation, active, busy: change.busy, delivery: change.delivery, in_sync };
+                status::agent_conditions(existing, state, now)
+            }
         };
         status
     }
@@ -513,6 +514,19 @@ fn owner_uid(version: &AgentVersion) -> Option<&str> {
     owning_agent_uid(&version.metadata)
 }
 
+/// A resourceVersion as a number: with etcd storage, the store's revision, which grows with
+/// every write. Kubernetes calls resourceVersions opaque; the operator orders rollbacks by
+/// creation and its own state against the caches' by them, and a revision it cannot read
+/// (`None`) never counts as newer.
+pub fn parse_revision(resource_version: Option<&str>) -> Option<u64> {
+    resource_version?.parse().ok()
+}
+
+/// An object's resourceVersion as a number (see [`parse_revision`]).
+pub fn revision<K: Resource>(object: &K) -> Option<u64> {
+    parse_revision(object.meta().resource_version.as_deref())
+}
+
 /// The uid of the Agent that controls an object (a version), by its owner references: whose
 /// version it is, whatever its labels say.
 pub fn owning_agent_uid(meta: &ObjectMeta) -> Option<&str> {
@@ -541,4 +555,18 @@ pub(crate) fn owner_reference(agent: &Agent) -> OwnerReference {
 /// The name of an Agent's version `number`.
 pub fn version_name(agent_name: &str, number: i64) -> String {
     format!("{agent_name}-v{number}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_revision;
+
+    #[test]
+    fn a_revision_is_a_number_or_nothing_and_nothing_is_never_newer() {
+        let cases = [(Some("42"), Some(42)), (Some("0"), Some(0)), (Some(""), None), (Some("12a"), None), (None, None)];
+        for (text, want) in cases {
+            assert_eq!(parse_revision(text), want, "{text:?}");
+        }
+        assert!(parse_revision(None) < parse_revision(Some("1")), "an unreadable revision is older than any");
+    }
 }

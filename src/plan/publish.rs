@@ -11,7 +11,7 @@ use super::hash::snapshot_hash;
 use super::{
     EventNote, EventTarget, Observed, RelatedObject, StatusChange, Step, VersionsAfter, owner_reference, version_name,
 };
-use crate::api::conditions::{STALLED, events, reasons};
+use crate::api::conditions::{HasConditions, STALLED, events, reasons};
 use crate::api::keys::{AGENT_LABEL, CHANGE_CAUSE_ANNOTATION, CHANGED_BY_ANNOTATION, VERSION_LABEL};
 use crate::api::{Agent, AgentDefinition, AgentVersion, AgentVersionSpec};
 
@@ -54,13 +54,10 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
         };
         let status = observed.agent_status(agent, change, now);
         let refused_before = |reason: &str| {
-            agent.status.as_ref().is_some_and(|s| {
-                s.conditions.iter().any(|c| {
-                    c.type_ == STALLED
-                        && c.status == "True"
-                        && c.reason == reason
-                        && (reason == reasons::DEFINITION_TOO_LARGE || c.observed_generation == generation)
-                })
+            agent.status.as_ref().and_then(|s| s.condition(STALLED)).is_some_and(|c| {
+                c.status == "True"
+                    && c.reason == reason
+                    && (reason == reasons::DEFINITION_TOO_LARGE || c.observed_generation == generation)
             })
         };
         let event = refusal.filter(|r| !refused_before(r.reason)).map(|refusal| {

@@ -161,7 +161,8 @@ fn list(numbers: &[i64]) -> String {
 /// resourceVersions opaque; with etcd storage they are the store's revision numbers.)
 pub fn queue_key(rollback: &AgentRollback) -> (u64, Option<Time>, String) {
     let recorded = rollback.status.as_ref().and_then(|s| s.creation_revision.clone());
-    let revision = recorded.or_else(|| rollback.resource_version()).and_then(|rv| rv.parse().ok()).unwrap_or(u64::MAX);
+    let revision =
+        super::parse_revision(recorded.or_else(|| rollback.resource_version()).as_deref()).unwrap_or(u64::MAX);
     (revision, rollback.metadata.creation_timestamp.clone(), rollback.name_any())
 }
 

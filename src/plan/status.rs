@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::Refusal;
 use super::delivery::DeliveryState;
-use crate::api::conditions::{IN_SYNC, READY, RECONCILING, STALLED, reasons};
+use crate::api::conditions::{HasConditions, IN_SYNC, READY, RECONCILING, STALLED, reasons};
 use crate::api::{Agent, AgentRollbackStatus, AgentStatus, RollbackPhase};
 
 /// What a condition should say; the builder fills in generation and transition time.
@@ -45,17 +45,23 @@ pub fn conditions<const N: usize>(
         .collect()
 }
 
-/// The conditions of an Agent: `busy` while a publish or rollback is in flight; otherwise
-/// `Ready` once the active version is delivered; and `in_sync` (see [`super::in_sync`]).
-pub fn agent_conditions(
-    existing: &[Condition],
-    generation: Option<i64>,
-    active: Option<i64>,
-    busy: Option<&str>,
-    delivery: &DeliveryState,
-    in_sync: ConditionSpec<'_>,
-    now: &Time,
-) -> Vec<Condition> {
+/// Where an Agent stands, as its conditions tell it.
+pub struct AgentState<'a> {
+    /// The generation handled.
+    pub generation: Option<i64>,
+    /// The active version.
+    pub active: Option<i64>,
+    /// The reason of a publish or rollback in flight.
+    pub busy: Option<&'a str>,
+    pub delivery: &'a DeliveryState,
+    /// `InSync` (see [`super::in_sync`]).
+    pub in_sync: ConditionSpec<'a>,
+}
+
+/// The conditions of an Agent: busy while a publish or rollback is in flight; otherwise
+/// `Ready` once the active version is delivered; and `InSync`.
+pub fn agent_conditions(existing: &[Condition], state: AgentState<'_>, now: &Time) -> Vec<Condition> {
+    let AgentState { generation, active, busy, delivery, in_sync } = state;
     let ready_message = match active {
         Some(v) => format!("Version {v} is active"),
         None => "No version published yet".to_string(),
@@ -137,9 +143,8 @@ pub fn unreadable_status(agent: &Agent, why: &str, now: &Time) -> Option<AgentSt
     let mut status = agent.status.clone().unwrap_or_default();
     let reason = reasons::DEFINITION_UNREADABLE;
     let reported = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == STALLED && c.status == "True" && c.reason == reason && c.observed_generation == generation);
+        .condition(STALLED)
+        .is_some_and(|c| c.status == "True" && c.reason == reason && c.observed_generation == generation);
     if reported {
         return None;
     }
@@ -216,19 +221,22 @@ mod tests {
         ConditionSpec { type_: "InSync", status: true, reason: reasons::MATCHES_ACTIVE_VERSION, message: String::new() }
     }
 
+    /// Version 1 active and delivered, at `generation`, `busy` or not.
+    fn delivered(generation: Option<i64>, busy: Option<&str>) -> AgentState<'_> {
+        AgentState { generation, active: Some(1), busy, delivery: &DeliveryState::Delivered, in_sync: in_sync() }
+    }
+
     #[test]
     fn unchanged_condition_keeps_its_transition_time() {
-        let first = agent_conditions(&[], Some(1), Some(1), None, &DeliveryState::Delivered, in_sync(), &at(10));
-        let second = agent_conditions(&first, Some(1), Some(1), None, &DeliveryState::Delivered, in_sync(), &at(20));
+        let first = agent_conditions(&[], delivered(Some(1), None), &at(10));
+        let second = agent_conditions(&first, delivered(Some(1), None), &at(20));
         assert_eq!(first, second);
     }
 
     #[test]
     fn changed_condition_gets_a_new_transition_time() {
-        let delivered = DeliveryState::Delivered;
-        let first = agent_conditions(&[], Some(1), Some(1), None, &delivered, in_sync(), &at(10));
-        let second =
-            agent_conditions(&first, Some(2), Some(1), Some(reasons::PUBLISHING), &delivered, in_sync(), &at(20));
+        let first = agent_conditions(&[], delivered(Some(1), None), &at(10));
+        let second = agent_conditions(&first, delivered(Some(2), Some(reasons::PUBLISHING)), &at(20));
         let ready = second.iter().find(|c| c.type_ == READY).expect("Ready is set");
         assert_eq!((ready.status.as_str(), &ready.last_transition_time), ("False", &at(20)));
         let stalled = second.iter().find(|c| c.type_ == STALLED).expect("Stalled is set");

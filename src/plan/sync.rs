@@ -23,7 +23,7 @@ use super::rollback::{Failure, FailureReason};
 use super::{
     EventNote, EventTarget, Observed, StatusChange, Step, VersionsAfter, history, phase_of, publish, rollback,
 };
-use crate::api::conditions::{STALLED, events};
+use crate::api::conditions::{HasConditions, STALLED, events};
 use crate::api::{Agent, AgentRollback, RollbackPhase};
 
 /// The next unit of work for one Agent, or nothing.
@@ -165,6 +165,6 @@ fn resync_rollbacks(observed: &Observed, terminal_only: bool) -> Option<Step> {
 
 /// Whether the Agent's status already reports it stalled for `reason` (its Event was sent).
 fn stalled_for(agent: &Agent, reason: &str) -> bool {
-    let conditions = agent.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-    conditions.iter().any(|c| c.type_ == STALLED && c.status == "True" && c.reason == reason)
+    let stalled = agent.status.as_ref().and_then(|s| s.condition(STALLED));
+    stalled.is_some_and(|c| c.status == "True" && c.reason == reason)
 }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use agent_operator::api::keys::AGENT_LABEL;
 use agent_operator::api::{Agent, AgentVersion, DeliveryStatus};
+use agent_operator::plan::owning_agent_uid;
 use anyhow::{Context as _, bail};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -33,7 +34,7 @@ pub async fn fetch_versions(session: &Session, agent: &Agent) -> anyhow::Result<
         .context("listing versions")?
         .items
         .into_iter()
-        .filter(|v| v.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
+        .filter(|v| uid.is_some() && owning_agent_uid(&v.metadata) == uid.as_deref())
         .collect();
     versions.sort_by_key(|v| v.spec.version);
     Ok(versions)

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use agent_operator::api::conditions::events;
-use agent_operator::api::{Agent, AgentRollback, DeliveryStatus, RollbackPhase, RollbackStrategy};
+use agent_operator::api::conditions::{HasConditions, READY, STALLED, events};
+use agent_operator::api::{Agent, AgentRollback, AgentRollbackSpec, DeliveryStatus, RollbackPhase, RollbackStrategy};
 use agent_operator::plan::rollback::{Choice, choose};
 use anyhow::Context as _;
 use clap::Args;
@@ -16,7 +16,6 @@ use k8s_openapi::api::core::v1::Event;
 use kube::api::{PostParams, WatchEvent, WatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::history::{fetch_agent, fetch_versions};
@@ -91,16 +90,14 @@ pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCo
         return dry_run(session, &args).await;
     }
     let api: Api<AgentRollback> = session.api();
-    let mut spec = json!({"agentName": args.agent, "strategy": args.strategy().as_str()});
-    if let Some(t) = args.to {
-        spec["targetVersion"] = json!(t);
-    }
-    if let Some(e) = args.expect_active {
-        spec["expectedActiveVersion"] = json!(e);
-    }
-    if let Some(r) = &args.reason {
-        spec["reason"] = json!(r);
-    }
+    let mut spec = AgentRollbackSpec {
+        agent_name: args.agent.clone(),
+        strategy: args.strategy(),
+        target_version: args.to,
+        expected_active_version: args.expect_active,
+        reason: args.reason.clone(),
+        requested_by: None,
+    };
     // The rollback's Events are watched from before its create (see `watch_events`), beside
     // the caller's lookup. Where the cluster cannot set `requestedBy` (no
     // MutatingAdmissionPolicy), the chart's policy requires it to be the caller; where it can,
@@ -109,12 +106,10 @@ pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCo
     let follows = !args.no_wait;
     let (mut events, ready) = watch_events(session, &name, follows);
     let (me, ()) = tokio::join!(whoami(session), ready.wait());
-    if let Some(me) = me {
-        spec["requestedBy"] = json!(me);
-    }
+    spec.requested_by = me;
     let mut attempt = 1;
     let created = loop {
-        let request: AgentRollback = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))?;
+        let request = AgentRollback::new(&name, spec.clone());
         match api.create(&PostParams::default(), &request).await {
             Ok(created) => break created,
             // Taken already (one in 14 million): another name, as generateName retries do.
@@ -304,8 +299,8 @@ async fn follow_delivery(
             println!("{}", terminal::escape(&progress));
             last = progress;
         }
-        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
-        let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled" && c.status == "True");
+        let ready = status.condition(READY);
+        let stalled = status.condition(STALLED).filter(|c| c.status == "True");
         if status.active_version != Some(active) {
             continue;
         }

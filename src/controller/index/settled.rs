@@ -19,7 +19,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::{AgentIndex, AgentKey, Inner};
 use crate::api::{Agent, AgentRollback};
-use crate::plan::{Observed, phase_of};
+use crate::plan::{Observed, phase_of, revision};
 
 /// Agents whose end state, with every version body, is kept in memory: the most recently
 /// synced ones, which are the ones likely to see the next rollback. The rest keep only what
@@ -89,12 +89,6 @@ pub enum Echo {
     Created { name: String },
     /// A delete of the version with this uid.
     Deleted { uid: String },
-}
-
-/// An object's resourceVersion as a number: etcd revisions, which grow with every write (the
-/// same assumption that orders rollbacks by creation).
-pub fn revision<K: kube::Resource>(object: &K) -> Option<u64> {
-    object.meta().resource_version.as_deref()?.parse().ok()
 }
 
 impl Inner {
