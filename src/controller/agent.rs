@@ -10,7 +10,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use tracing::{instrument, warn};
 
-use super::Context;
+use super::context::Context;
 use super::index::{AgentKey, Retry};
 use super::lean_meta::LeanMeta;
 use super::observe::fetch_versions;
@@ -25,6 +25,11 @@ use crate::{Error, Result};
 
 /// A periodic re-check, in case an event was missed.
 const RESYNC: Duration = Duration::from_secs(600);
+
+/// When an Agent reconcile whose sync was handed to the one running (see `turns`) looks
+/// again, in case that sync leaves the Agent waiting for its delivery, which only the Agent
+/// controller polls.
+const HANDED_RECHECK: Duration = Duration::from_secs(1);
 
 #[instrument(skip_all, fields(namespace = agent.namespace(), agent = agent.name_any()))]
 pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
@@ -51,7 +56,7 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
     let Some(delivering) = synced else {
         // Handed to the sync that runs: look again once it has likely ended, in case it leaves
         // the Agent waiting for its delivery (a failure is retried by that sync's own caller).
-        return Ok(Action::requeue(super::HANDED_RECHECK));
+        return Ok(Action::requeue(HANDED_RECHECK));
     };
     if delivering {
         return Ok(Action::requeue(ctx.index.next_retry(&key, Retry::Delivery)));

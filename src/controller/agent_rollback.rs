@@ -8,7 +8,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, instrument, warn};
 
-use super::Context;
+use super::context::Context;
 use super::index::{AgentKey, Retry};
 use super::sync::sync_agent;
 use crate::api::AgentRollback;

@@ -9,29 +9,22 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Precon
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
+use super::context::Context;
+use super::delivery;
 use super::index::{AgentKey, Echo};
-use super::{Context, delivery};
 use crate::api::keys::{FIELD_MANAGER, ROLLBACK_RECORD_ANNOTATION};
 use crate::api::{Agent, AgentRollback, AgentStatus, AgentVersion};
 use crate::error::{is_permanent, status_code};
+use crate::plan::driver::Outcome;
 use crate::plan::durable::{RollbackRecord, handled_of};
 use crate::plan::{Applied, EventNote, EventTarget, Observed, RefusedVersion, RelatedObject, Step};
 use crate::{Error, Result};
-
-/// What became of one step.
-pub enum Outcome {
-    /// Done; fold the answer in and go on with the unit.
-    Done(Applied),
-    /// The step met a newer state than the plan assumed. Fold in `Some` answer (the fresh
-    /// object) or observe everything again on `None`, then decide anew.
-    Stale(Option<Applied>),
-}
 
 /// A rollback as the API server answered, less what the operator never reads (its annotations
 /// but the record, up to 256 KiB that anyone may write; its managed fields): a sync's state
 /// holds every rollback of its Agent, and the last state of many Agents is kept.
 fn slim(mut rollback: AgentRollback) -> AgentRollback {
-    super::slim_rollback(&mut rollback);
+    super::watches::slim_rollback(&mut rollback);
     rollback
 }
 

@@ -16,6 +16,11 @@ use super::turns::Turns;
 use crate::api::{Agent, AgentRollback};
 use crate::metrics::Metrics;
 
+/// Reconciles in flight per controller, and syncs started early beside them. Unbounded, a
+/// restart over a thousand Agents starts a thousand syncs at once, each holding its reads in
+/// memory while they wait on the API server.
+pub const CONCURRENCY: u16 = 16;
+
 /// How the controllers were asked to run.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
@@ -74,7 +79,7 @@ impl Context {
             agents,
             config_maps,
             index,
-            early_starts: Arc::new(tokio::sync::Semaphore::new(usize::from(super::CONCURRENCY))),
+            early_starts: Arc::new(tokio::sync::Semaphore::new(usize::from(CONCURRENCY))),
             early_failures,
             early_failures_rx: Mutex::new(Some(early_failures_rx)),
             events,
@@ -119,7 +124,7 @@ impl Context {
     /// tasks of their own, which the controllers' graceful shutdown does not wait for; once
     /// every permit is taken (and kept), none runs and none can start.
     pub async fn finish_early_starts(&self) {
-        if let Ok(all) = self.early_starts.acquire_many(u32::from(super::CONCURRENCY)).await {
+        if let Ok(all) = self.early_starts.acquire_many(u32::from(CONCURRENCY)).await {
             all.forget();
         }
     }

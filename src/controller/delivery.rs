@@ -10,7 +10,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use super::Context;
+use super::context::Context;
 use super::lean_meta::LeanMeta;
 use crate::api::keys::{DELIVERED_FOR_ANNOTATION, DELIVERY_FIELD_MANAGER, FIELD_MANAGER};
 use crate::api::{Agent, WorkloadKind, WorkloadRef};

@@ -15,7 +15,7 @@ use kube::Api;
 use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
 
-use super::Context;
+use super::context::Context;
 use super::index::AgentKey;
 use crate::api::keys::AGENT_LABEL;
 use crate::api::{Agent, AgentRollback, AgentVersion};

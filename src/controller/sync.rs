@@ -8,8 +8,8 @@ use kube::ResourceExt;
 use kube::api::PatchParams;
 use tracing::{debug, warn};
 
-use super::Context;
-use super::apply::{Outcome, agent_status, apply};
+use super::apply::{agent_status, apply};
+use super::context::Context;
 use super::index::{AgentKey, Start};
 use super::lean_agent::LeanAgent;
 use super::observe::{Freshness, observe, resume_from};
@@ -19,9 +19,9 @@ use crate::api::conditions::{HasConditions, READY, STALLED, reasons};
 use crate::api::keys::FIELD_MANAGER;
 use crate::metrics::RollbackLabels;
 use crate::plan::delivery::awaits_delivery;
+use crate::plan::driver::{self, Outcome, Port, Worked};
 use crate::plan::rollback::stopped;
 use crate::plan::status::unreadable_status;
-use crate::plan::sync::decide;
 use crate::plan::{Applied, EventNote, EventTarget, FailureReason, Observed, Step, phase_of};
 use crate::{Error, Result};
 
@@ -163,53 +163,62 @@ async fn run_units(
 /// (true), or for `MAX_UNITS` units if rollbacks finished meanwhile (false: a long queue, not a
 /// planner that fails to settle, which is an error).
 async fn work(ctx: &Context, observed: &mut Observed, turn: &Turn<'_>) -> Result<bool> {
-    let (namespace, name) = (observed.namespace.clone(), observed.agent_name.clone());
-    let (namespace, name) = (namespace.as_str(), name.as_str());
     let delivered_before = delivered(observed);
-    let pending_before = observed.pending_rollbacks().len();
-    for _ in 0..MAX_UNITS {
-        // A queue of rollbacks lets the syncs of other Agents go first (see `turns`).
-        let unfinished = observed.rollbacks.iter().filter(|r| !phase_of(r).is_some_and(RollbackPhase::is_terminal));
-        turn.give_way(unfinished.count() > 1).await;
-        let now = Time(Timestamp::now());
-        let steps = decide(observed, &now);
-        if steps.is_empty() {
+    let mut port = ApiServer { ctx, turn, namespace: observed.namespace.clone(), name: observed.agent_name.clone() };
+    match driver::work(&mut port, observed, MAX_UNITS).await? {
+        Worked::Settled => {
             let delivered_after = delivered(observed);
             if delivered_after.is_some() && delivered_after != delivered_before {
                 record_delivery(ctx, observed);
             }
-            return Ok(true);
+            Ok(true)
         }
-        debug!(namespace, agent = name, steps = steps.len(), "Applying a unit of work");
-        for step in steps {
-            let label = step_label(&step);
-            let outcomes = apply(ctx, observed, step).await?;
-            let stale = outcomes.iter().any(|o| matches!(o, Outcome::Stale(_)));
-            debug!(namespace, agent = name, step = %label, stale, "Applied step");
-            let mut observe_again = false;
-            for outcome in outcomes {
-                match outcome {
-                    Outcome::Done(applied) => {
-                        count(ctx, observed, &applied);
-                        observed.fold(applied);
-                    }
-                    Outcome::Stale(Some(fresh)) => observed.fold(fresh),
-                    Outcome::Stale(None) => observe_again = true,
-                }
-            }
-            if observe_again {
-                *observed = observe(ctx, namespace, name, Freshness::Consistent).await?;
-                super::delivery::observe(ctx, observed).await?;
-            }
-            if stale {
-                break;
-            }
-        }
+        Worked::MoreToDo => Ok(false),
+        Worked::NotSettled => Err(Error::NotSettled {
+            namespace: observed.namespace.clone(),
+            name: observed.agent_name.clone(),
+            steps: MAX_UNITS,
+        }),
     }
-    if observed.pending_rollbacks().len() < pending_before {
-        return Ok(false);
+}
+
+/// The sync loop's port in production: the API server, through one Agent's turn.
+struct ApiServer<'a> {
+    ctx: &'a Context,
+    turn: &'a Turn<'a>,
+    namespace: String,
+    name: String,
+}
+
+impl Port for ApiServer<'_> {
+    type Error = Error;
+
+    async fn apply(&mut self, observed: &Observed, step: Step) -> Result<Vec<Outcome>> {
+        let label = step_label(&step);
+        let outcomes = apply(self.ctx, observed, step).await?;
+        let stale = outcomes.iter().any(|o| matches!(o, Outcome::Stale(_)));
+        debug!(namespace = self.namespace, agent = self.name, step = %label, stale, "Applied step");
+        Ok(outcomes)
     }
-    Err(Error::NotSettled { namespace: namespace.into(), name: name.into(), steps: MAX_UNITS })
+
+    async fn observe(&mut self) -> Result<Observed> {
+        let mut observed = observe(self.ctx, &self.namespace, &self.name, Freshness::Consistent).await?;
+        super::delivery::observe(self.ctx, &mut observed).await?;
+        Ok(observed)
+    }
+
+    fn now(&mut self) -> Time {
+        Time(Timestamp::now())
+    }
+
+    /// A queue of rollbacks lets the syncs of other Agents go first (see `turns`).
+    async fn before_unit(&mut self, queue: bool) {
+        self.turn.give_way(queue).await;
+    }
+
+    fn confirmed(&mut self, before: &Observed, applied: &Applied) {
+        count(self.ctx, before, applied);
+    }
 }
 
 /// After a failed sync, brings the statuses of its Agent's rollbacks up to their records and

@@ -9,6 +9,7 @@
 //! done and the decision carries on from there.
 
 pub mod delivery;
+pub mod driver;
 pub mod durable;
 pub mod hash;
 pub mod history;

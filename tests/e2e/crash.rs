@@ -10,7 +10,7 @@ use kube::ResourceExt;
 
 use crate::rollback::setup;
 use crate::support::Operator;
-use crate::support::reference::{History, Request};
+use crate::support::reference::{Request, published};
 
 /// A small deterministic generator, so a failing run can be repeated from its printed seed.
 struct Rng(u64);
@@ -38,7 +38,7 @@ async fn killing_the_operator_at_random_moments_loses_and_duplicates_nothing() {
     let mut rng = Rng(seed);
     let mut s = setup("e2e-crash").await;
     s.agent_with_versions("support", 3, 100_000).await;
-    let mut expected = History((1..=3).map(|i| (i, format!("i{i}"))).collect());
+    let mut expected = published(3);
     let mut names = Vec::new();
 
     for trial in 0..trials {
@@ -47,7 +47,7 @@ async fn killing_the_operator_at_random_moments_loses_and_duplicates_nothing() {
         let mut created = Vec::new();
         for b in 0..batch {
             let strategy = ["Restore", "Previous", "Pop"][rng.below(3) as usize];
-            let active = *expected.0.keys().max().unwrap_or(&1);
+            let active = *expected.versions.keys().max().unwrap_or(&1);
             let target = (strategy == "Restore").then(|| 1 + rng.below(active as u64 + 1) as i64);
             let name = format!("t{trial:03}-{b}");
             let rb = s.create_rollback(&name, "support", strategy, target).await;
@@ -66,7 +66,7 @@ async fn killing_the_operator_at_random_moments_loses_and_duplicates_nothing() {
     }
 
     // Nothing lost or duplicated: the history is exactly the reference's.
-    assert_eq!(s.history("support").await, expected.0, "seed {seed}");
+    assert_eq!(s.history("support").await, expected.versions, "seed {seed}");
     let versions = s.versions("support").await;
     for (name, request) in &names {
         let made = versions.iter().filter(|v| v.spec.rollback_name.as_deref() == Some(name.as_str())).count();

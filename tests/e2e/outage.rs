@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 
 use crate::rollback::{Setup, setup, setup_without_operator};
-use crate::support::reference::{History, Request};
+use crate::support::reference::{History, Request, published};
 use crate::support::{Operator, chart_identity, control_plane, kubectl, wait_for_mutating_policies};
 
 /// A uid no one else on the machine uses: the operator runs as it in the cut-off test, so
@@ -61,7 +61,7 @@ async fn check_all(s: &Setup, expected: &mut History, created: &[(u64, String, R
     for (_, name, request) in created {
         s.expect_outcome(name, expected.apply(request), &format!("{request:?}")).await;
     }
-    assert_eq!(s.history("support").await, expected.0);
+    assert_eq!(s.history("support").await, expected.versions);
     let versions = s.versions("support").await;
     for (_, name, _) in created {
         let made = versions.iter().filter(|v| v.spec.rollback_name.as_deref() == Some(name.as_str())).count();
@@ -92,7 +92,7 @@ fn mixed() -> Vec<Request> {
 async fn a_rollback_created_right_after_the_api_server_restarts_finishes_within_5_seconds() {
     let s = setup("e2e-outage-restart").await;
     s.agent_with_versions("support", 2, 100).await;
-    let mut expected = History((1..=2).map(|i| (i, format!("i{i}"))).collect());
+    let mut expected = published(2);
     // A graceful stop first (it drains requests for up to a minute), then two crashes.
     for (round, how) in ["TERM", "KILL", "KILL"].into_iter().enumerate() {
         let pid = pid_file("kube-apiserver.pid");
@@ -125,7 +125,7 @@ async fn a_rollback_created_right_after_the_api_server_restarts_finishes_within_
 async fn etcd_paused_for_20_seconds_while_rollbacks_run_loses_and_duplicates_nothing() {
     let s = setup("e2e-outage-etcd").await;
     s.agent_with_versions("support", 3, 100).await;
-    let mut expected = History((1..=3).map(|i| (i, format!("i{i}"))).collect());
+    let mut expected = published(3);
     let created = create_all(&s, "e", &mixed()).await;
     let etcd = pid_file("etcd.pid");
     signal(&etcd, "STOP");
@@ -194,7 +194,7 @@ async fn the_operator_cut_off_from_the_api_server_for_30_seconds_catches_up() {
         Rules::add(&[&["OUTPUT", "-m", "owner", "--uid-owner", "65532", "-j", "CONNMARK", "--set-mark", mark]]);
     s.operator = Some(Operator::start_as_uid(&readable_kubeconfig(), &s.ns, OPERATOR_UID));
     s.agent_with_versions("support", 3, 100).await;
-    let mut expected = History((1..=3).map(|i| (i, format!("i{i}"))).collect());
+    let mut expected = published(3);
 
     let requests = mixed();
     let mut created = create_all(&s, "before", &requests[..2]).await;

@@ -9,7 +9,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::support::reference::{History, Request};
+use crate::support::reference::{Request, published};
 use crate::support::{Operator, client, eventually, install_crds, kubectl, kubectl_as, namespace, user_kubeconfig};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -527,7 +527,7 @@ async fn fifty_rollbacks_created_at_once_end_as_if_applied_one_by_one_in_creatio
         .map(|(rb, r)| (rb.resource_version().unwrap().parse().unwrap(), rb.name_any(), r))
         .collect();
     ordered.sort_by_key(|(rv, _, _)| *rv);
-    let mut expected = History((1..=3).map(|i| (i, format!("i{i}"))).collect());
+    let mut expected = published(3);
     for (_, name, request) in &ordered {
         let want = expected.apply(request);
         let rb = s.terminal(name).await;
@@ -542,7 +542,7 @@ async fn fifty_rollbacks_created_at_once_end_as_if_applied_one_by_one_in_creatio
             Err(reason) => assert_eq!(st.reason.as_deref(), Some(reason), "{name} {request:?}: {:?}", st.message),
         }
     }
-    assert_eq!(s.history("support").await, expected.0);
+    assert_eq!(s.history("support").await, expected.versions);
 }
 
 /// An admission policy of the cluster's own (here: versions above 2 are frozen) refuses the

@@ -11,7 +11,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use crate::rollback::{Setup, setup};
-use crate::support::reference::{History, Request};
+use crate::support::reference::{Request, published};
 use crate::support::{Operator, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -72,7 +72,7 @@ async fn doing_events(s: &Setup, names: &[String]) -> usize {
 async fn lost_statuses_are_rebuilt_with_the_same_results_and_nothing_runs_again() {
     let mut s = setup("e2e-status-loss").await;
     s.agent_with_versions("support", 3, 100).await;
-    let mut expected = History((1..=3).map(|i| (i, format!("i{i}"))).collect());
+    let mut expected = published(3);
     let mut names: Vec<String> = Vec::new();
 
     // One finished rollback of each kind, and a failure.
@@ -147,7 +147,7 @@ async fn lost_statuses_are_rebuilt_with_the_same_results_and_nothing_runs_again(
             s.expect_outcome(name, want, &format!("trial {trial} {request:?}")).await;
             names.push(name.clone());
         }
-        assert_eq!(s.history("support").await, expected.0, "trial {trial}");
+        assert_eq!(s.history("support").await, expected.versions, "trial {trial}");
         // The rollbacks that had finished before keep their results.
         let earlier = rollback_statuses(&s, &names[..statuses.len()]).await;
         assert_eq!(earlier, statuses, "trial {trial}: a finished rollback's result changed");

@@ -1,7 +1,10 @@
-//! The contract's rollback rules (docs/reference.md) as a tiny model, written independently of
-//! the operator, to say what a sequence of rollbacks must end in.
+//! The contract's rollback rules, as the planner's property tests judge by them (the same file),
+//! for end-to-end tests to say what a sequence of rollbacks must end in.
 
-use std::collections::BTreeMap;
+#[path = "../../src/plan/sim/reference.rs"]
+mod rules;
+
+pub use rules::Reference;
 
 /// One rollback request.
 #[derive(Clone, Debug)]
@@ -10,42 +13,18 @@ pub struct Request {
     pub target: Option<i64>,
 }
 
-/// Versions by number, each holding the agent's instructions.
-#[derive(Clone, Debug, PartialEq)]
-pub struct History(pub BTreeMap<i64, String>);
+/// An Agent's history: versions by number, each holding its instructions. No pruning: tests
+/// that use it keep a history limit larger than what they make.
+pub type History = Reference<String>;
+
+/// Versions 1 to `n`, holding the instructions `i1` to `i<n>`.
+pub fn published(n: i64) -> History {
+    Reference::with_versions((1..=n).map(|i| (i, format!("i{i}"))).collect(), i32::MAX)
+}
 
 impl History {
-    fn active(&self) -> i64 {
-        *self.0.keys().max().expect("at least one version")
-    }
-
-    /// Applies one request; returns the failure reason, if it fails. No pruning: tests that use
-    /// this keep a history limit larger than what they make.
+    /// Applies one request; the active version it leaves, or its failure reason.
     pub fn apply(&mut self, request: &Request) -> Result<i64, &'static str> {
-        let active = self.active();
-        let target = match request.strategy {
-            "Restore" => {
-                let t = request.target.expect("Restore has a target");
-                if t == active {
-                    return Err("AlreadyActive");
-                }
-                if !self.0.contains_key(&t) {
-                    return Err("VersionNotFound");
-                }
-                t
-            }
-            "Previous" => *self.0.keys().filter(|n| **n < active).max().ok_or("NoPreviousVersion")?,
-            "Pop" => {
-                if self.0.len() < 2 {
-                    return Err("AtFirstVersion");
-                }
-                self.0.remove(&active);
-                return Ok(self.active());
-            }
-            other => panic!("unknown strategy {other}"),
-        };
-        let copy = self.0[&target].clone();
-        self.0.insert(active + 1, copy);
-        Ok(active + 1)
+        self.rollback(request.strategy, request.target, None)
     }
 }

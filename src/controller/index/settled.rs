@@ -266,7 +266,7 @@ mod resume_model {
     use crate::controller::index::AgentIndex;
     use crate::controller::index::tests::{foreign_version, key, with_agent};
     use crate::controller::observe::resume;
-    use crate::plan::sim::{Cluster, Op, Reference, check_invariants, content, op, submit};
+    use crate::plan::sim::{Cluster, Op, Rules, check_invariants, content, expected, op, submit};
 
     #[derive(Clone, Copy, Debug)]
     enum Notice {
@@ -353,7 +353,7 @@ mod resume_model {
             limit in 3i32..8,
         ) {
             let mut cluster = Cluster::new(content(0), limit);
-            let mut reference = Reference::new(content(0), limit);
+            let mut reference = Rules::new(content(0), limit);
             let mut process = Process { settled: with_agent("a"), due: Vec::new(), during: 0, lost: 0 };
             process.sync(&mut cluster);
             for d in setup {
@@ -396,7 +396,7 @@ mod resume_model {
                                 reference.delete_by_hand(number);
                             }
                         }
-                        let want = reference.rollback(op);
+                        let want = expected(&mut reference, op);
                         prop_assert_eq!(cluster.outcome(&name), want, "rollback {} {:?}", i, op);
                         // A version the kept history popped or pruned meanwhile is gone in the
                         // reference too: a later version of that number (a Pop frees it) is
