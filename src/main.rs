@@ -110,6 +110,10 @@ struct RunArgs {
     /// sync left; recognising the operator's own version writes on the watch), to measure them.
     #[arg(long, env = "AGENT_OPERATOR_SIMPLE_HOT_PATH")]
     simple_hot_path: bool,
+    /// Turn off the early start of a new rollback's sync from the watch (the controller's queue
+    /// runs it instead), to measure it.
+    #[arg(long, env = "AGENT_OPERATOR_WITHOUT_EARLY_START")]
+    without_early_start: bool,
 }
 
 #[tokio::main]
@@ -184,8 +188,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     metrics.leader.set(1);
 
-    let settings =
-        Settings { namespace: args.namespace, instance: args.instance, simple_hot_path: args.simple_hot_path };
+    let settings = Settings {
+        namespace: args.namespace,
+        instance: args.instance,
+        simple_hot_path: args.simple_hot_path,
+        without_early_start: args.without_early_start,
+    };
     info!(namespace = settings.namespace.as_deref().unwrap_or("<all>"), "Starting the controllers");
     let controllers = controller::run(client, settings, metrics.clone(), health, shutdown.clone());
     match leadership {

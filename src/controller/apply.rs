@@ -30,7 +30,7 @@ fn slim(mut rollback: AgentRollback) -> AgentRollback {
 
 /// An Agent's whole status, as the operator writes it: server-side apply under its field
 /// manager, forced (see [`apply`]).
-pub(super) fn agent_status(status: &AgentStatus) -> Patch<serde_json::Value> {
+pub fn agent_status(status: &AgentStatus) -> Patch<serde_json::Value> {
     Patch::Apply(json!({ "apiVersion": Agent::api_version(&()), "kind": Agent::kind(&()), "status": status }))
 }
 

@@ -32,6 +32,10 @@ pub struct Settings {
     /// Agent's last sync left and the operator's own version writes are not told apart on the
     /// watch ([`super::index::settled`]). For measuring what they gain.
     pub simple_hot_path: bool,
+    /// Without the early start of a new rollback's sync from the watch
+    /// ([`super::agent_rollback::start_early`]): the controller's queue runs it. For measuring
+    /// what it gains.
+    pub without_early_start: bool,
 }
 
 pub struct Context {

@@ -154,7 +154,11 @@ fn rollback_events(
     reflector(writer, watcher(rollbacks, watching.clone()).modify(slim_rollback))
         .inspect_ok(indexed(&ctx.index, &ctx.metrics))
         .applied_objects()
-        .inspect_ok(move |rollback| agent_rollback::start_early(rollback, &early))
+        .inspect_ok(move |rollback| {
+            if !early.settings.without_early_start {
+                agent_rollback::start_early(rollback, &early);
+            }
+        })
 }
 
 /// The AgentRollback controller. An Agent's deletion (or any change) wakes the rollbacks still

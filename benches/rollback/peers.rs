@@ -15,8 +15,8 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+use crate::figures::{Percentiles, percentiles};
 use crate::support::{control_plane, eventually, namespace};
-use crate::{Percentiles, percentiles};
 
 #[derive(Debug, serde::Serialize)]
 pub struct Peers {
@@ -34,7 +34,7 @@ fn ms(since: Instant) -> f64 {
 /// Pause after each sample, for every tool alike, as the latency samples do: a person runs one
 /// command on a quiet server, not one on the heels of the last one's trailing work (the
 /// operator's delivery and Events, the deployment controller's status writes).
-const QUIET: Duration = crate::SETTLE;
+const QUIET: Duration = crate::figures::SETTLE;
 
 /// Runs a command with the control plane's kubeconfig; panics if it fails.
 fn run(program: &Path, args: &[&str]) {
@@ -94,13 +94,13 @@ pub async fn peers(client: &Client, n: usize) -> Peers {
 
     // The operator: an Agent with two versions, rolled back with the plugin.
     let agents_ns = namespace(client, "bench-plugin").await;
-    let _operator = crate::start_operator(&agents_ns, &[]);
+    let _operator = crate::objects::start_operator(&agents_ns, &[]);
     let agents: Api<agent_operator::api::Agent> = Api::namespaced(client.clone(), &agents_ns);
-    crate::create_agent(&agents, "agent", "v1", 10).await;
-    crate::settled(&agents, "agent").await;
+    crate::objects::create_agent(&agents, "agent", "v1", 10).await;
+    crate::objects::settled(&agents, "agent").await;
     let edit = json!({"spec": {"instructions": "v2"}});
     agents.patch("agent", &PatchParams::default(), &Patch::Merge(edit)).await.unwrap();
-    crate::settled(&agents, "agent").await;
+    crate::objects::settled(&agents, "agent").await;
     let plugin = Path::new(env!("CARGO_BIN_EXE_kubectl-agent"));
     let mut plugin_command = Vec::new();
     for _ in 0..n {
