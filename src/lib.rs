@@ -10,6 +10,8 @@ pub mod client;
 pub mod controller;
 pub mod crds;
 pub mod error;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod http;
 pub mod lease;
 pub mod metrics;

@@ -395,71 +395,47 @@ fn config_map(agent: &Agent, version: &AgentVersion, name: &str) -> ConfigMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AgentDefinition, AgentSpec, AgentVersionSpec, DeliverySpec, WorkloadKind};
+    use crate::api::{AgentDefinition, AgentStatus, DeliverySpec, WorkloadKind};
+    use crate::fixtures;
 
     #[test]
     fn an_agent_awaits_its_delivery_while_ready_is_false_for_a_delivery_reason() {
-        let with_ready = |status: Option<&str>, reason: &str| {
+        let with_ready = |ready: Option<bool>, reason: &str| {
             let mut agent = agent(Vec::new());
-            let conditions = status
-                .map(|status| {
-                    serde_json::json!([{"type": READY, "status": status, "reason": reason, "message": "",
-                        "lastTransitionTime": "2026-01-01T00:00:00Z"}])
-                })
-                .unwrap_or_else(|| serde_json::json!([]));
-            agent.status =
-                Some(serde_json::from_value(serde_json::json!({"conditions": conditions})).expect("a status"));
+            let conditions = ready.map(|ready| fixtures::condition(READY, ready, reason)).into_iter().collect();
+            agent.status = Some(AgentStatus { conditions, ..AgentStatus::default() });
             agent
         };
         let cases = [
-            (Some("False"), reasons::DELIVERING, true),
-            (Some("False"), reasons::CONFIG_MAP_CONFLICT, true),
-            (Some("False"), reasons::WORKLOAD_NOT_FOUND, true),
-            (Some("False"), reasons::WORKLOAD_FORBIDDEN, true),
-            (Some("False"), reasons::WORKLOAD_CONFLICT, true),
-            (Some("False"), reasons::ROLLOUT_STUCK, true),
-            (Some("False"), reasons::PUBLISHING, false),
-            (Some("False"), reasons::ROLLBACK_IN_PROGRESS, false),
-            (Some("True"), reasons::DELIVERING, false),
-            (Some("True"), reasons::VERSION_ACTIVE, false),
+            (Some(false), reasons::DELIVERING, true),
+            (Some(false), reasons::CONFIG_MAP_CONFLICT, true),
+            (Some(false), reasons::WORKLOAD_NOT_FOUND, true),
+            (Some(false), reasons::WORKLOAD_FORBIDDEN, true),
+            (Some(false), reasons::WORKLOAD_CONFLICT, true),
+            (Some(false), reasons::ROLLOUT_STUCK, true),
+            (Some(false), reasons::PUBLISHING, false),
+            (Some(false), reasons::ROLLBACK_IN_PROGRESS, false),
+            (Some(true), reasons::DELIVERING, false),
+            (Some(true), reasons::VERSION_ACTIVE, false),
             (None, "", false),
         ];
-        for (status, reason, awaits) in cases {
-            assert_eq!(awaits_delivery(&with_ready(status, reason)), awaits, "Ready={status:?} {reason}");
+        for (ready, reason, awaits) in cases {
+            assert_eq!(awaits_delivery(&with_ready(ready, reason)), awaits, "Ready={ready:?} {reason}");
         }
         assert!(!awaits_delivery(&agent(Vec::new())), "no status");
     }
 
     fn agent(restart: Vec<WorkloadRef>) -> Agent {
-        let mut agent = Agent::new(
-            "support",
-            AgentSpec {
-                definition: AgentDefinition::default(),
-                revision_history_limit: 10,
-                delivery: Some(DeliverySpec { config_map_name: None, restart }),
-            },
-        );
-        agent.metadata.namespace = Some("ns".into());
-        agent.metadata.uid = Some("agent-uid".into());
+        let mut agent = fixtures::agent("support", AgentDefinition::default());
+        agent.spec.delivery = Some(DeliverySpec { config_map_name: None, restart });
         agent
     }
 
+    /// Version `number`, its snapshot hash written as `hash` (what the delivery compares).
     fn version(agent: &Agent, number: i64, hash: &str) -> AgentVersion {
-        let mut v = AgentVersion::new(
-            &format!("support-v{number}"),
-            AgentVersionSpec {
-                agent_name: "support".into(),
-                version: number,
-                snapshot: AgentDefinition::default(),
-                snapshot_hash: hash.into(),
-                rollback_from_version: None,
-                rollback_name: None,
-                change_cause: None,
-                published_by: None,
-            },
-        );
-        v.metadata.owner_references = Some(vec![owner_reference(agent)]);
-        v
+        let mut version = fixtures::version(agent, number, AgentDefinition::default(), None);
+        version.spec.snapshot_hash = hash.into();
+        version
     }
 
     fn observed(agent: &Agent, config_map: Option<ConfigMapState>, workloads: Vec<WorkloadState>) -> Observed {
@@ -480,7 +456,7 @@ mod tests {
             name: "support-agent".into(),
             uid: Some("cm".into()),
             resource_version: Some("7".into()),
-            owner_uid: Some("agent-uid".into()),
+            owner_uid: Some("uid-support".into()),
             held,
             edited_by: None,
         }

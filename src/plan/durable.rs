@@ -104,12 +104,7 @@ mod tests {
                 handled: Some(Handled { generation: 3, definition_hash: "h".into() }),
             }),
         };
-        let mut rollback: AgentRollback = serde_json::from_value(serde_json::json!({
-            "apiVersion": "agentops.dev/v1alpha1", "kind": "AgentRollback",
-            "metadata": {"name": "rb", "annotations": {}},
-            "spec": {"agentName": "a", "strategy": "Pop"}
-        }))
-        .expect("a rollback");
+        let mut rollback = crate::fixtures::rollback("rb", "a", crate::api::RollbackStrategy::Pop);
         let text = serde_json::to_string(&record).expect("serializes");
         rollback.metadata.annotations = Some(BTreeMap::from([(ROLLBACK_RECORD_ANNOTATION.to_string(), text)]));
         assert_eq!(record_of(&rollback), Some(record));

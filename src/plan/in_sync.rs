@@ -70,28 +70,15 @@ pub fn differing_fields(a: &AgentDefinition, b: &AgentDefinition) -> Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::AgentSpec;
+    use crate::fixtures;
 
     fn agent(instructions: &str, model: &str) -> Agent {
-        let definition = AgentDefinition {
-            instructions: Some(instructions.into()),
-            model: Some(model.into()),
-            ..AgentDefinition::default()
-        };
-        Agent::new("support", AgentSpec { definition, revision_history_limit: 10, delivery: None })
+        let definition = AgentDefinition { model: Some(model.into()), ..fixtures::definition(instructions) };
+        fixtures::agent("support", definition)
     }
 
     fn version(number: i64, agent: &Agent, rollback: Option<&str>) -> AgentVersionSpec {
-        AgentVersionSpec {
-            agent_name: "support".into(),
-            version: number,
-            snapshot: agent.spec.definition.clone(),
-            snapshot_hash: snapshot_hash(&agent.spec.definition),
-            rollback_from_version: rollback.map(|_| 1),
-            rollback_name: rollback.map(Into::into),
-            change_cause: None,
-            published_by: None,
-        }
+        fixtures::version(agent, number, agent.spec.definition.clone(), rollback).spec
     }
 
     #[test]

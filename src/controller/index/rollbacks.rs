@@ -76,24 +76,15 @@ impl RollbackCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AgentRollbackSpec, RollbackStrategy};
+    use crate::api::RollbackStrategy;
+    use crate::fixtures;
     use kube::runtime::{reflector, watcher};
     use proptest::prelude::*;
 
     fn rollback(namespace: &str, name: &str, agent: &str) -> AgentRollback {
-        let mut r = AgentRollback::new(
-            name,
-            AgentRollbackSpec {
-                agent_name: agent.into(),
-                strategy: RollbackStrategy::Previous,
-                target_version: None,
-                expected_active_version: None,
-                reason: None,
-                requested_by: None,
-            },
-        );
-        r.metadata.namespace = Some(namespace.into());
-        r
+        let mut rollback = fixtures::rollback(name, agent, RollbackStrategy::Previous);
+        rollback.metadata.namespace = Some(namespace.into());
+        rollback
     }
 
     /// The events a watch could deliver, over a few namespaces, names and Agents; a name always

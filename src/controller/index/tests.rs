@@ -5,7 +5,9 @@
 use kube::runtime::watcher::Event;
 
 use super::*;
-use crate::api::{Agent, AgentRollback, AgentVersion};
+use crate::api::conditions::IN_SYNC;
+use crate::api::{Agent, AgentRollback, AgentStatus, AgentVersion, RollbackStrategy};
+use crate::fixtures;
 
 pub(crate) fn key(name: &str) -> AgentKey {
     AgentKey::new("ns", name)
@@ -13,20 +15,11 @@ pub(crate) fn key(name: &str) -> AgentKey {
 
 /// An Agent `ns/name` as its watch shows it; `rv` its resourceVersion.
 pub(crate) fn agent(name: &str, rv: &str, in_sync: Option<bool>) -> Agent {
-    let conditions: Vec<serde_json::Value> = in_sync
-        .map(|ok| {
-            serde_json::json!({"type": "InSync", "status": if ok { "True" } else { "False" }, "reason": "R",
-                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"})
-        })
-        .into_iter()
-        .collect();
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "agentops.dev/v1alpha1", "kind": "Agent",
-        "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv, "uid": format!("uid-{name}")},
-        "spec": {"instructions": "x"},
-        "status": {"conditions": conditions}
-    }))
-    .expect("an Agent")
+    let mut agent = fixtures::agent(name, fixtures::definition("x"));
+    agent.metadata.resource_version = Some(rv.into());
+    let conditions = in_sync.map(|ok| fixtures::condition(IN_SYNC, ok, "R")).into_iter().collect();
+    agent.status = Some(AgentStatus { conditions, ..AgentStatus::default() });
+    agent
 }
 
 /// An index whose Agent watch shows the Agent `ns/name`.
@@ -38,31 +31,19 @@ pub(crate) fn with_agent(name: &str) -> AgentIndex {
 
 /// A version of the Agent `ns/owner` that this process did not write.
 pub(crate) fn foreign_version(owner: &str) -> AgentVersion {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "agentops.dev/v1alpha1", "kind": "AgentVersion",
-        "metadata": {"name": format!("{owner}-v9"), "namespace": "ns", "uid": "someone-else",
-            "ownerReferences": [{"apiVersion": "agentops.dev/v1alpha1", "kind": "Agent", "name": owner,
-                "uid": format!("uid-{owner}"), "controller": true}]},
-        "spec": {"agentName": owner, "version": 9, "snapshot": {"instructions": "x"}, "snapshotHash": "h"}
-    }))
-    .expect("a version")
+    version_of(owner, &format!("{owner}-v9"), "someone-else")
 }
 
+/// A version of the Agent `ns/owner`, by its name and uid.
 fn version_of(owner: &str, name: &str, uid: &str) -> AgentVersion {
-    let mut version = foreign_version(owner);
+    let mut version = fixtures::version(&agent(owner, "1", None), 9, fixtures::definition("x"), None);
     version.metadata.name = Some(name.into());
     version.metadata.uid = Some(uid.into());
-    version.metadata.labels = Some([(crate::api::keys::AGENT_LABEL.to_string(), owner.to_string())].into());
     version
 }
 
 fn rollback(name: &str, agent: &str) -> AgentRollback {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "agentops.dev/v1alpha1", "kind": "AgentRollback",
-        "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"), "resourceVersion": "5"},
-        "spec": {"agentName": agent, "strategy": "Previous"}
-    }))
-    .expect("a rollback")
+    fixtures::rollback(name, agent, RollbackStrategy::Previous)
 }
 
 fn state(rv: &str) -> crate::plan::Observed {

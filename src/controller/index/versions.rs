@@ -171,9 +171,8 @@ fn hex(bytes: &[u8; 32]) -> String {
 mod tests {
     use super::*;
     use crate::api::{Agent, AgentVersion};
+    use crate::fixtures;
     use crate::plan::Observed;
-    use crate::plan::hash::snapshot_hash;
-    use crate::plan::publish::{Provenance, RollbackOrigin, new_version};
     use kube::ResourceExt;
     use kube::runtime::watcher;
     use proptest::prelude::*;
@@ -181,24 +180,16 @@ mod tests {
     const UIDS: [&str; 2] = ["6f1c2a3e-0000-4000-8000-000000000001", "6f1c2a3e-0000-4000-8000-000000000002"];
 
     fn agent(name: &str, uid: &str) -> Agent {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "agentops.dev/v1alpha1", "kind": "Agent",
-            "metadata": {"name": name, "namespace": "ns", "uid": uid},
-            "spec": {"instructions": name}
-        }))
-        .expect("an Agent")
+        let mut agent = fixtures::agent(name, fixtures::definition(name));
+        agent.metadata.uid = Some(uid.into());
+        agent
     }
 
     /// A version as the operator makes it; `legacy`: without the snapshot-hash annotation, as
     /// older builds made them.
     fn version(agent_name: &str, owner: &str, number: i64, rollback: bool, legacy: bool) -> AgentVersion {
-        let agent = agent(agent_name, owner);
-        let mut snapshot = agent.spec.definition.clone();
-        snapshot.instructions = Some(format!("{agent_name} at {number}"));
-        let hash = snapshot_hash(&snapshot);
-        let origin = rollback.then_some(RollbackOrigin { from_version: 1, rollback_name: "rb" });
-        let provenance = Provenance { rollback: origin, change_cause: None, published_by: None };
-        let mut version = new_version(&agent, number, snapshot, hash, provenance, None);
+        let snapshot = fixtures::definition(&format!("{agent_name} at {number}"));
+        let mut version = fixtures::version(&agent(agent_name, owner), number, snapshot, rollback.then_some("rb"));
         if legacy {
             version.metadata.annotations = None;
         }
