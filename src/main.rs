@@ -70,9 +70,9 @@ struct RunArgs {
     /// Kubeconfig context to use.
     #[arg(long)]
     context: Option<String>,
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "AGENT_OPERATOR_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (default: all namespaces).
+    #[arg(long, env = "AGENT_OPERATOR_NAMESPACE", value_delimiter = ',')]
+    namespace: Vec<String>,
     /// Log format.
     #[arg(long, env = "AGENT_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -153,7 +153,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format, &args.log);
     let config = client::config(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     let client = Client::try_from(config.clone())?;
-    check_crds_installed(&client, args.namespace.as_deref()).await?;
+    let namespaces: Vec<String> = args.namespace.iter().filter(|n| !n.is_empty()).cloned().collect();
+    check_crds_installed(&client, namespaces.first().map(String::as_str)).await?;
 
     let shutdown = shutdown_signal().shared();
     let metrics = Arc::new(Metrics::default());
@@ -189,13 +190,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.leader.set(1);
 
     let settings = Settings {
-        namespace: args.namespace,
+        namespace: None,
         instance: args.instance,
         simple_hot_path: args.simple_hot_path,
         without_early_start: args.without_early_start,
     };
-    info!(namespace = settings.namespace.as_deref().unwrap_or("<all>"), "Starting the controllers");
-    let controllers = controller::run(client, settings, metrics.clone(), health, shutdown.clone());
+    let watched = if namespaces.is_empty() { "<all>".to_string() } else { namespaces.join(",") };
+    info!(namespaces = watched, "Starting the controllers");
+    let controllers = controller::run(client, &namespaces, settings, metrics.clone(), health, shutdown.clone());
     match leadership {
         None => controllers.await?,
         Some(leadership) => {

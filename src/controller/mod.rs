@@ -48,17 +48,55 @@ use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::plan::phase_of;
 use context::CONCURRENCY;
-use index::{AgentIndex, AgentKey, Kind};
+use index::{AgentIndex, AgentKey, Gauges, Kind};
 use lean_agent::LeanAgent;
 use lean_meta::LeanMeta;
 use watches::{WatchBackoff, slim_agent, slim_rollback, watch_config};
 
-/// Runs both controllers until `shutdown` resolves; work in flight is finished first.
+/// Runs both controllers, over every namespace or over each of `namespaces`, until `shutdown`
+/// resolves; work in flight is finished first. Ready once every namespace's caches have their
+/// first full list.
+///
+/// A list of namespaces runs one set of watches and controllers per namespace, each as when
+/// the operator watches one namespace: a watch lists one namespace or all, and a relist of one
+/// namespace must not replace what another's watch keeps. Their gauges add up; each namespace
+/// has its own workers, a few namespaces being what a list is for.
 pub async fn run<F>(
     client: Client,
+    namespaces: &[String],
     settings: Settings,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    shutdown: Shared<F>,
+) -> crate::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if namespaces.is_empty() {
+        return run_one(client, settings, metrics, move || health.set_ready(), shutdown).await;
+    }
+    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(namespaces.len()));
+    let runs = namespaces.iter().map(|namespace| {
+        let settings = Settings { namespace: Some(namespace.clone()), ..settings.clone() };
+        let (health, waiting) = (health.clone(), waiting.clone());
+        let ready = move || {
+            if waiting.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                health.set_ready();
+            }
+        };
+        run_one(client.clone(), settings, metrics.clone(), ready, shutdown.clone())
+    });
+    futures::future::try_join_all(runs).await?;
+    Ok(())
+}
+
+/// Runs both controllers over `settings.namespace` (all when `None`); `ready` is called once
+/// every cache has its first full list.
+async fn run_one<F>(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    ready: impl FnOnce(),
     shutdown: Shared<F>,
 ) -> crate::Result<()>
 where
@@ -76,11 +114,12 @@ where
     // Api<LeanMeta<_>> makes metadata-only requests (see `lean_meta`).
     let config_maps: Api<LeanMeta<ConfigMap>> = scoped(&client, settings.namespace.as_deref());
 
-    let index = Arc::new(AgentIndex::new(!settings.simple_hot_path));
+    let gauges = Gauges { tracked: metrics.tracked_agents.clone(), out_of_sync: metrics.agents_out_of_sync.clone() };
+    let index = Arc::new(AgentIndex::new(!settings.simple_hot_path, gauges));
     let (rollback_store, rollback_writer) = reflector::store();
     let (agent_store, agent_writer) = reflector::store();
     let agent_watch = watcher(agents, watching.clone()).map_ok(LeanAgent::event).modify(slim_agent);
-    let agent_events = reflector(agent_writer, agent_watch).inspect_ok(indexed(&index, &metrics)).applied_objects();
+    let agent_events = reflector(agent_writer, agent_watch).inspect_ok(indexed(&index)).applied_objects();
     let agent_controller = Controller::for_stream(agent_events, agent_store.clone());
     // Only the ConfigMaps the operator labels, and only their metadata: what delivery needs
     // to know (owner, the version they hold) without holding every snapshot in memory.
@@ -103,8 +142,7 @@ where
         &ctx,
         shutdown.clone(),
     );
-    let version_events =
-        watcher(versions, watching.clone()).inspect_ok(indexed(&index, &ctx.metrics)).touched_objects();
+    let version_events = watcher(versions, watching.clone()).inspect_ok(indexed(&index)).touched_objects();
     let agent_controller = run_agent_controller(agent_controller, version_events, config_map_events, &ctx, shutdown);
 
     let readiness = async {
@@ -115,7 +153,7 @@ where
         {
             ctx.index.listed(Kind::Version).await;
             ctx.set_listed();
-            health.set_ready();
+            ready();
         }
         futures::future::pending::<()>().await
     };
@@ -128,17 +166,10 @@ where
     Ok(())
 }
 
-/// Feeds a watch's events to the index, and its gauges of what it holds.
-fn indexed<K: index::Indexed>(
-    index: &Arc<AgentIndex>,
-    metrics: &Arc<Metrics>,
-) -> impl Fn(&watcher::Event<K>) + Send + 'static {
-    let (index, metrics) = (index.clone(), metrics.clone());
-    move |event| {
-        index.apply(event);
-        metrics.tracked_agents.set(i64::try_from(index.tracked()).unwrap_or(i64::MAX));
-        metrics.agents_out_of_sync.set(i64::try_from(index.out_of_sync()).unwrap_or(i64::MAX));
-    }
+/// Feeds a watch's events to the index.
+fn indexed<K: index::Indexed>(index: &Arc<AgentIndex>) -> impl Fn(&watcher::Event<K>) + Send + 'static {
+    let index = index.clone();
+    move |event| index.apply(event)
 }
 
 /// The rollback watch as the controller would build it, with the index fed each Agent's
@@ -152,7 +183,7 @@ fn rollback_events(
 ) -> impl Stream<Item = Result<AgentRollback, watcher::Error>> + Send + 'static {
     let early = ctx.clone();
     reflector(writer, watcher(rollbacks, watching.clone()).modify(slim_rollback))
-        .inspect_ok(indexed(&ctx.index, &ctx.metrics))
+        .inspect_ok(indexed(&ctx.index))
         .applied_objects()
         .inspect_ok(move |rollback| {
             if !early.settings.without_early_start {

@@ -7,8 +7,12 @@
 use std::process::Command;
 use std::time::Duration;
 
+use agent_operator::api::{Agent, AgentRollback, AgentVersion, RollbackPhase};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+
 use crate::support::{
-    RELEASE_NAMESPACE, chart_identity, client, control_plane, eventually, kubectl, kubectl_as, namespace,
+    Operator, RELEASE_NAMESPACE, chart_identity, client, control_plane, eventually, kubectl, kubectl_as, namespace,
     user_kubeconfig,
 };
 
@@ -435,4 +439,95 @@ async fn the_operators_identity_writes_only_its_config_maps_its_delivery_annotat
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = kubectl_as(&operator, &["get", "lease", "kube-scheduler", "-n", REACH], None);
     assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"), "{out:?}");
+}
+
+/// With `watchNamespaces`, the chart binds the operator's rules in each listed namespace only,
+/// and the operator, run with that identity and that list, works in each of them and sees
+/// nothing elsewhere.
+#[tokio::test]
+async fn an_operator_given_a_list_of_namespaces_works_in_each_with_their_rolebindings_only() {
+    let admin = client().await;
+    crate::support::install_crds(&admin).await;
+    chart_identity(); // the chart's admission policies, as every other test has them
+    let (a, b, elsewhere) =
+        (namespace(&admin, "list-a").await, namespace(&admin, "list-b").await, namespace(&admin, "list-c").await);
+    let release = "listed";
+    let rendered = Command::new(&control_plane().helm)
+        .args(["template", release])
+        .arg(chart_dir())
+        .args(["--namespace", RELEASE_NAMESPACE])
+        .args(["--set", &format!("watchNamespaces={{{a},{b}}}"), "--set", "admissionPolicies.enabled=false"])
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
+    let rendered = String::from_utf8_lossy(&rendered.stdout).into_owned();
+    let fullname = format!("{release}-agent-operator");
+    assert!(!rendered.contains("kind: ClusterRoleBinding"), "nothing bound cluster-wide:\n{rendered}");
+    assert!(rendered.contains(&format!("value: \"{a},{b}\"")), "the operator is told the list");
+    // The operator's identity: its ServiceAccount, its rules, and their bindings.
+    let identity: Vec<&str> = rendered
+        .split("\n---")
+        .filter(|doc| {
+            let kind = |k: &str| doc.contains(&format!("\nkind: {k}\n"));
+            (kind("ServiceAccount") || kind("ClusterRole") || kind("RoleBinding"))
+                && doc.contains(&format!("metadata:\n  name: {fullname}\n"))
+        })
+        .collect();
+    assert_eq!(identity.len(), 4, "a ServiceAccount, its ClusterRole, two RoleBindings: {identity:?}");
+    let applied = kubectl(&["apply", "-f", "-"], Some(&identity.join("\n---")));
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let kubeconfig = crate::support::service_account_kubeconfig(RELEASE_NAMESPACE, &fullname);
+    for (ns, want) in [(a.as_str(), "yes"), (b.as_str(), "yes"), (elsewhere.as_str(), "no")] {
+        let out = kubectl_as(&kubeconfig, &["auth", "can-i", "list", "configmaps", "-n", ns], None);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "configmaps in {ns}");
+    }
+    let out = kubectl_as(&kubeconfig, &["auth", "can-i", "list", "agents", "--all-namespaces"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no", "agents cluster-wide");
+
+    let operator = Operator::start_as(&kubeconfig, &format!("{a},{b}"));
+    let agents = |ns: &str| Api::<Agent>::namespaced(admin.clone(), ns);
+    let apply = |ns: String, instructions: &'static str| {
+        let agents = agents(&ns);
+        async move {
+            let body = serde_json::json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "Agent",
+                "metadata": {"name": "support"}, "spec": {"instructions": instructions}});
+            agents.patch("support", &PatchParams::apply("tests").force(), &Patch::Apply(body)).await.unwrap();
+        }
+    };
+    let active = |ns: String, version: i64| {
+        let agents = agents(&ns);
+        async move {
+            eventually(Duration::from_secs(60), || async {
+                let agent = agents.get("support").await.ok()?;
+                (agent.status?.active_version == Some(version)).then_some(())
+            })
+            .await
+        }
+    };
+    for ns in [&a, &b, &elsewhere] {
+        apply(ns.clone(), "i1").await;
+    }
+    active(a.clone(), 1).await;
+    active(b.clone(), 1).await;
+    // A rollback in the second namespace of the list runs as in the first.
+    apply(b.clone(), "i2").await;
+    active(b.clone(), 2).await;
+    let rollback = serde_json::json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "AgentRollback",
+        "metadata": {"name": "back"}, "spec": {"agentName": "support", "strategy": "Previous"}});
+    let rollbacks = Api::<AgentRollback>::namespaced(admin.clone(), &b);
+    rollbacks.create(&Default::default(), &serde_json::from_value(rollback).unwrap()).await.unwrap();
+    active(b.clone(), 3).await;
+    let phase = rollbacks.get("back").await.unwrap().status.and_then(|s| s.phase);
+    assert_eq!(phase, Some(RollbackPhase::Succeeded));
+    // Outside the list: never touched, not even seen.
+    let outside = agents(&elsewhere).get("support").await.unwrap();
+    assert!(outside.status.is_none(), "{:?}", outside.status);
+    let versions = Api::<AgentVersion>::namespaced(admin.clone(), &elsewhere).list(&Default::default()).await.unwrap();
+    assert!(versions.items.is_empty());
+    // Ready once both namespaces' caches are listed, and nothing failed for want of rights.
+    let (status, _) = operator.get("/readyz").await.unwrap();
+    assert_eq!(status, 200);
+    drop(operator);
+    let log = std::fs::read_to_string(std::env::temp_dir().join(format!("agent-operator-{a},{b}.log"))).unwrap();
+    assert!(!log.contains("Forbidden") && !log.contains("forbidden"), "{log}");
 }

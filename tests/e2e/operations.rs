@@ -214,7 +214,7 @@ async fn shutdown_waits_for_a_sync_started_from_the_watch_and_starts_no_more() {
     s.operator = None;
     let first = s.create_rollback("first", "support", "Previous", None).await;
     let (rollback_store, mut rollback_writer) = reflector::store();
-    let index = Arc::new(AgentIndex::new(true));
+    let index = Arc::new(AgentIndex::new(true, Default::default()));
     let seen = |writer: &mut reflector::store::Writer<AgentRollback>, rollback: &AgentRollback| {
         let event = watcher::Event::Apply(rollback.clone());
         writer.apply_watcher_event(&event);

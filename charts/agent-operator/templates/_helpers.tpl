@@ -35,3 +35,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "agent-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{- /* The namespaces watched, comma-separated; empty for all. */ -}}
+{{- define "agent-operator.watchNamespaces" -}}
+{{- $all := .Values.watchNamespaces | default list -}}
+{{- if .Values.watchNamespace }}{{ $all = prepend $all .Values.watchNamespace }}{{ end -}}
+{{- $all | uniq | join "," -}}
+{{- end }}

@@ -33,6 +33,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use kube::runtime::watcher;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
 /// Namespace and name of an Agent: the one key of everything kept per Agent.
@@ -158,6 +159,16 @@ struct Inner {
     kept: BTreeMap<u64, AgentKey>,
     /// How many entries' Agents are out of sync (see [`agents`]).
     out_of_sync: usize,
+    gauges: Gauges,
+}
+
+/// The gauges that follow the index: several indexes (one per watched namespace) add up.
+#[derive(Clone, Default)]
+pub struct Gauges {
+    /// Entries: Agents that exist, or that a version or rollback still names.
+    pub tracked: Gauge,
+    /// Agents whose `InSync` condition was False when their watch last showed them.
+    pub out_of_sync: Gauge,
 }
 
 impl Inner {
@@ -171,6 +182,7 @@ impl Inner {
         if !self.entries.contains_key(key) {
             let epoch = self.tick();
             self.entries.insert(key.clone(), Entry { synced: settled::Synced::at(epoch), ..Entry::default() });
+            self.gauges.tracked.inc();
         }
         self.entries.get_mut(key).expect("made above")
     }
@@ -192,12 +204,15 @@ impl Inner {
             entry.counted_out_of_sync = out_of_sync;
             if out_of_sync {
                 self.out_of_sync += 1;
+                self.gauges.out_of_sync.inc();
             } else {
                 self.out_of_sync -= 1;
+                self.gauges.out_of_sync.dec();
             }
         }
         if entry.is_empty() {
             self.entries.remove(key);
+            self.gauges.tracked.dec();
         }
     }
 
@@ -229,8 +244,9 @@ pub struct AgentIndex {
 }
 
 impl AgentIndex {
-    pub fn new(fast_paths: bool) -> Self {
-        Self { inner: Mutex::default(), listed: watch::channel(BTreeSet::new()).0, fast_paths }
+    pub fn new(fast_paths: bool, gauges: Gauges) -> Self {
+        let inner = Inner { gauges, ..Inner::default() };
+        Self { inner: Mutex::new(inner), listed: watch::channel(BTreeSet::new()).0, fast_paths }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -108,7 +108,7 @@ mod tests {
         #[test]
         fn finds_what_a_scan_of_the_store_finds(events in events()) {
             let (store, mut writer) = reflector::store();
-            let index = Arc::new(AgentIndex::new(true));
+            let index = Arc::new(AgentIndex::new(true, Default::default()));
             let cache = RollbackCache::new(store.clone(), index.clone());
             for event in &events {
                 writer.apply_watcher_event(event);

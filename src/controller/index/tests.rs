@@ -24,7 +24,7 @@ pub(crate) fn agent(name: &str, rv: &str, in_sync: Option<bool>) -> Agent {
 
 /// An index whose Agent watch shows the Agent `ns/name`.
 pub(crate) fn with_agent(name: &str) -> AgentIndex {
-    let index = AgentIndex::new(true);
+    let index = AgentIndex::new(true, Default::default());
     index.apply(&Event::Apply(agent(name, "1", None)));
     index
 }
@@ -83,7 +83,7 @@ fn a_relist_replaces_one_kind_and_drops_entries_left_empty() {
 
 #[test]
 fn the_agents_out_of_sync_are_counted_as_last_seen() {
-    let index = AgentIndex::new(true);
+    let index = AgentIndex::new(true, Default::default());
     index.apply(&Event::Apply(agent("a", "1", Some(false))));
     index.apply(&Event::Apply(agent("b", "1", Some(false))));
     index.apply(&Event::Apply(agent("c", "1", Some(true))));
@@ -145,7 +145,7 @@ fn what_syncs_left_goes_with_the_agent() {
 
 #[test]
 fn only_the_most_recent_states_are_kept() {
-    let index = AgentIndex::new(true);
+    let index = AgentIndex::new(true, Default::default());
     let names: Vec<String> = (0..settled::KEPT_STATES + 10).map(|i| format!("a{i}")).collect();
     for name in &names {
         index.apply(&Event::Apply(agent(name, "1", None)));
@@ -177,7 +177,7 @@ fn each_expected_echo_matches_one_event_and_nothing_else_matches() {
 
 #[test]
 fn without_the_fast_paths_nothing_is_kept_or_expected() {
-    let index = AgentIndex::new(false);
+    let index = AgentIndex::new(false, Default::default());
     index.apply(&Event::Apply(agent("a", "1", None)));
     index.expect_echo(&key("a"), Echo::Created { name: "a-v2".into() });
     assert!(index.wakes(&version_of("a", "a-v2", "u2")).is_some());
@@ -199,4 +199,18 @@ fn retries_count_per_agent_and_leave_with_what_they_retry() {
     index.apply(&Event::Delete(rollback("r1", "a")));
     index.apply(&Event::Apply(rollback("r1", "a")));
     assert_eq!(index.next_retry(&key("a"), Retry::Rollback("r1".into())).as_millis(), 200, "a deleted rollback's go");
+}
+
+#[test]
+fn indexes_that_share_gauges_add_up() {
+    let gauges = Gauges::default();
+    let (one, two) = (AgentIndex::new(true, gauges.clone()), AgentIndex::new(true, gauges.clone()));
+    one.apply(&Event::Apply(agent("a", "1", Some(false))));
+    two.apply(&Event::Apply(agent("b", "1", Some(false))));
+    two.apply(&Event::Apply(rollback("r1", "c")));
+    assert_eq!((gauges.tracked.get(), gauges.out_of_sync.get()), (3, 2));
+    one.apply(&Event::Delete(agent("a", "2", Some(false))));
+    two.apply::<AgentRollback>(&Event::Init);
+    two.apply::<AgentRollback>(&Event::InitDone);
+    assert_eq!((gauges.tracked.get(), gauges.out_of_sync.get()), (1, 1), "what leaves either index leaves the sum");
 }

@@ -231,7 +231,7 @@ mod tests {
         #[test]
         fn confirms_what_the_list_confirms(events in events()) {
             let (store, mut writer) = kube::runtime::reflector::store();
-            let index = AgentIndex::new(true);
+            let index = AgentIndex::new(true, Default::default());
             for event in &events {
                 writer.apply_watcher_event(event);
                 index.apply(event);
@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn an_edited_label_moves_the_version_off_its_owner() {
-        let index = AgentIndex::new(true);
+        let index = AgentIndex::new(true, Default::default());
         let v1 = version("a0", UIDS[0], 1, false, false);
         index.apply(&watcher::Event::Apply(v1.clone()));
         let observed =
@@ -275,7 +275,7 @@ mod tests {
 
     #[tokio::test]
     async fn listed_waits_for_the_first_list() {
-        let index = std::sync::Arc::new(AgentIndex::new(true));
+        let index = std::sync::Arc::new(AgentIndex::new(true, Default::default()));
         let waiting = tokio::spawn({
             let index = index.clone();
             async move { index.listed(Kind::Version).await }
