@@ -17,7 +17,7 @@ use crate::api::{Agent, AgentRollback, AgentStatus, AgentVersion};
 use crate::error::{is_permanent, status_code};
 use crate::plan::driver::Outcome;
 use crate::plan::durable::{RollbackRecord, handled_of};
-use crate::plan::{Applied, EventNote, EventTarget, Observed, RefusedVersion, RelatedObject, Step};
+use crate::plan::{Applied, EventNote, EventTarget, Observed, RefusedVersion, RelatedObject, Step, Write};
 use crate::{Error, Result};
 
 /// A rollback as the API server answered, less what the operator never reads (its annotations
@@ -36,22 +36,19 @@ pub fn agent_status(status: &AgentStatus) -> Patch<serde_json::Value> {
 
 /// Applies one planned step: a single write, or writes made together (all at once).
 pub async fn apply(ctx: &Context, observed: &Observed, step: Step) -> Result<Vec<Outcome>> {
-    try_join_all(flatten(step).into_iter().map(|write| apply_one(ctx, observed, write))).await
+    let writes = match step {
+        Step::One(write) => vec![write],
+        Step::Together(writes) => writes,
+    };
+    try_join_all(writes.into_iter().map(|write| apply_one(ctx, observed, write))).await
 }
 
-fn flatten(step: Step) -> Vec<Step> {
-    match step {
-        Step::Together(steps) => steps.into_iter().flat_map(flatten).collect(),
-        step => vec![step],
-    }
-}
-
-async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Outcome> {
+async fn apply_one(ctx: &Context, observed: &Observed, write: Write) -> Result<Outcome> {
     let ns = observed.namespace.as_str();
-    match step {
-        Step::CreateVersion(version) => create_version(ctx, observed, &version).await,
-        Step::DeleteVersion { name, uid } => delete_version(ctx, observed, name, uid).await,
-        Step::PatchAgentStatus(status) => {
+    match write {
+        Write::CreateVersion(version) => create_version(ctx, observed, &version).await,
+        Write::DeleteVersion { name, uid } => delete_version(ctx, observed, name, uid).await,
+        Write::PatchAgentStatus(status) => {
             let api: Api<Agent> = Api::namespaced(ctx.client.clone(), ns);
             let name = observed.agent_name.as_str();
             match api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &agent_status(&status)).await {
@@ -60,10 +57,10 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
                 Err(source) => Err(Error::PatchAgentStatus { namespace: ns.into(), name: name.into(), source }),
             }
         }
-        Step::WriteRollback { name, resource_version, record, copy_status, announce } => {
+        Write::WriteRollback { name, resource_version, record, copy_status, announce } => {
             write_rollback(ctx, observed, name, resource_version, &record, copy_status, announce).await
         }
-        Step::CopyRollbackStatus { name } => {
+        Write::CopyRollbackStatus { name } => {
             let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
             match observed.rollback(&name) {
                 // As folded in (see `plan::Observed::fold`): the status it holds is its record's.
@@ -71,11 +68,11 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
                 None => Ok(Outcome::Stale(Some(read_rollback(&api, ns, name).await?))),
             }
         }
-        Step::ReadRollback { name } => {
+        Write::ReadRollback { name } => {
             let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
             Ok(Outcome::Done(read_rollback(&api, ns, name).await?))
         }
-        Step::ListRollbacks => {
+        Write::ListRollbacks => {
             let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
             let params = ListParams::default().fields(&format!("spec.agentName={}", observed.agent_name));
             let list = api.list(&params).await.map_err(|source| Error::ListRollbacks {
@@ -85,18 +82,16 @@ async fn apply_one(ctx: &Context, observed: &Observed, step: Step) -> Result<Out
             })?;
             Ok(Outcome::Done(Applied::Rollbacks(list.items.into_iter().map(slim).collect())))
         }
-        // `apply` hands single writes only.
-        Step::Together(_) => Ok(Outcome::Done(Applied::Nothing)),
-        Step::ApplyConfigMap { config_map, resource_version } => {
+        Write::ApplyConfigMap { config_map, resource_version } => {
             Ok(match delivery::apply_config_map(ctx, ns, &config_map, resource_version).await? {
                 delivery::Written::Done(applied) => Outcome::Done(applied),
                 delivery::Written::Stale(fresh) => Outcome::Stale(Some(fresh)),
             })
         }
-        Step::RollWorkload { workload, held } => {
+        Write::RollWorkload { workload, held } => {
             Ok(Outcome::Done(delivery::roll_workload(ctx, ns, &observed.agent_name, &workload, &held).await?))
         }
-        Step::Event(note) => {
+        Write::Event(note) => {
             publish(ctx, observed, note);
             Ok(Outcome::Done(Applied::Nothing))
         }

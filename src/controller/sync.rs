@@ -22,7 +22,7 @@ use crate::plan::delivery::awaits_delivery;
 use crate::plan::driver::{self, Outcome, Port, Worked};
 use crate::plan::rollback::stopped;
 use crate::plan::status::unreadable_status;
-use crate::plan::{Applied, EventNote, EventTarget, FailureReason, Observed, Step, phase_of};
+use crate::plan::{Applied, EventNote, EventTarget, FailureReason, Observed, Step, Write, phase_of};
 use crate::{Error, Result};
 
 /// Units of work one pass of a sync may do: a long queue of rollbacks goes on in the next pass,
@@ -105,7 +105,7 @@ async fn report_unreadable(ctx: &Context, namespace: &str, name: &str, why: &str
     let Some(LeanAgent(agent)) = read else { return Ok(()) };
     let Some(status) = unreadable_status(&agent, why, &Time(Timestamp::now())) else { return Ok(()) };
     let note = status.condition(STALLED).map(|c| c.message.clone()).unwrap_or_default();
-    let event = Step::Event(EventNote {
+    let event = Write::Event(EventNote {
         on: EventTarget::Agent,
         related: None,
         warning: true,
@@ -121,7 +121,7 @@ async fn report_unreadable(ctx: &Context, namespace: &str, name: &str, why: &str
         source,
     })?;
     let observed = Observed::new(namespace.into(), name.into(), Some(agent), Vec::new(), Vec::new());
-    apply(ctx, &observed, event).await?;
+    apply(ctx, &observed, event.into()).await?;
     Ok(())
 }
 
@@ -293,18 +293,24 @@ fn count(ctx: &Context, before: &Observed, applied: &Applied) {
 
 fn step_label(step: &Step) -> String {
     match step {
-        Step::Together(steps) => steps.iter().map(step_label).collect::<Vec<_>>().join(" + "),
-        Step::CreateVersion(v) => format!("create {}", v.spec.version),
-        Step::DeleteVersion { name, .. } => format!("delete {name}"),
-        Step::PatchAgentStatus(s) => format!("agent status active={:?}", s.active_version),
-        Step::WriteRollback { name, record, .. } => format!("rollback {name} {:?}", record.status.phase),
-        Step::CopyRollbackStatus { name } => format!("rollback {name} status"),
-        Step::ReadRollback { name } => format!("read rollback {name}"),
-        Step::ListRollbacks => "list rollbacks".into(),
-        Step::Event(e) => format!("event {}", e.reason),
-        Step::ApplyConfigMap { config_map, .. } => {
+        Step::One(write) => write_label(write),
+        Step::Together(writes) => writes.iter().map(write_label).collect::<Vec<_>>().join(" + "),
+    }
+}
+
+fn write_label(write: &Write) -> String {
+    match write {
+        Write::CreateVersion(v) => format!("create {}", v.spec.version),
+        Write::DeleteVersion { name, .. } => format!("delete {name}"),
+        Write::PatchAgentStatus(s) => format!("agent status active={:?}", s.active_version),
+        Write::WriteRollback { name, record, .. } => format!("rollback {name} {:?}", record.status.phase),
+        Write::CopyRollbackStatus { name } => format!("rollback {name} status"),
+        Write::ReadRollback { name } => format!("read rollback {name}"),
+        Write::ListRollbacks => "list rollbacks".into(),
+        Write::Event(e) => format!("event {}", e.reason),
+        Write::ApplyConfigMap { config_map, .. } => {
             format!("config map {}", config_map.metadata.name.as_deref().unwrap_or_default())
         }
-        Step::RollWorkload { workload, held } => format!("roll {} to {}", workload.name, held.version),
+        Write::RollWorkload { workload, held } => format!("roll {} to {}", workload.name, held.version),
     }
 }

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectM
 use kube::ResourceExt;
 
 use super::hash::canonical_json;
-use super::{EventNote, EventTarget, Observed, Step, owner_reference};
+use super::{EventNote, EventTarget, Observed, Step, Write, owner_reference};
 use crate::api::conditions::{HasConditions, READY, events, reasons};
 use crate::api::keys::{
     ACTIVE_VERSION_ANNOTATION, AGENT_JSON_KEY, AGENT_LABEL, FIELD_MANAGER, SNAPSHOT_HASH_ANNOTATION,
@@ -219,23 +219,30 @@ pub fn plan(observed: &Observed, agent: &Agent) -> Plan {
         }
         Some(ours) if ours.held.as_ref() == Some(&want) && ours.edited_by.is_none() => {}
         existing => {
-            steps.push(Step::ApplyConfigMap {
-                config_map: Box::new(config_map(agent, active, &name)),
-                resource_version: existing.and_then(|c| c.resource_version.clone()),
-            });
+            steps.push(
+                Write::ApplyConfigMap {
+                    config_map: Box::new(config_map(agent, active, &name)),
+                    resource_version: existing.and_then(|c| c.resource_version.clone()),
+                }
+                .into(),
+            );
             if let Some(editor) = existing.and_then(|c| c.edited_by.as_ref()) {
-                steps.push(Step::Event(EventNote {
-                    on: EventTarget::Agent,
-                    related: None,
-                    warning: true,
-                    reason: events::DELIVERY_REPAIRED,
-                    action: "Deliver",
-                    note: format!(
-                        "The data of ConfigMap {name} was changed by {editor}, not by a published version; \
-                         version {} is written back.",
-                        want.version
-                    ),
-                }));
+                let note = format!(
+                    "The data of ConfigMap {name} was changed by {editor}, not by a published version; \
+                     version {} is written back.",
+                    want.version
+                );
+                steps.push(
+                    Write::Event(EventNote {
+                        on: EventTarget::Agent,
+                        related: None,
+                        warning: true,
+                        reason: events::DELIVERY_REPAIRED,
+                        action: "Deliver",
+                        note,
+                    })
+                    .into(),
+                );
             }
         }
     }
@@ -268,7 +275,7 @@ pub fn plan(observed: &Observed, agent: &Agent) -> Plan {
                 (None, DeliveryState::Blocked { reason: reasons::WORKLOAD_CONFLICT, message })
             }
             Found::Present { held, .. } if held.as_ref() != Some(&want) => {
-                rolls.push(Step::RollWorkload { workload: workload.clone(), held: want.clone() });
+                rolls.push(Write::RollWorkload { workload: workload.clone(), held: want.clone() });
                 let message =
                     format!("{} {} rolling out version {}.", workload.kind.as_str(), workload.name, want.version);
                 (Some((false, None)), DeliveryState::InProgress(message))
@@ -474,7 +481,7 @@ mod tests {
     fn a_missing_config_map_is_created_with_the_active_snapshot() {
         let agent = agent(vec![]);
         let plan = plan(&observed(&agent, None, vec![]), &agent);
-        let [Step::ApplyConfigMap { config_map, resource_version: None }] = plan.steps.as_slice() else {
+        let [Step::One(Write::ApplyConfigMap { config_map, resource_version: None })] = plan.steps.as_slice() else {
             panic!("{:?}", plan.steps)
         };
         assert_eq!(config_map.metadata.name.as_deref(), Some("support-agent"));
@@ -536,7 +543,9 @@ mod tests {
         let mut edited = ours(Some(held(2, "h2")));
         edited.edited_by = Some("kubectl-patch".into());
         let plan = plan(&observed(&agent, Some(edited), vec![]), &agent);
-        let [Step::ApplyConfigMap { resource_version: Some(rv), .. }, Step::Event(note)] = plan.steps.as_slice() else {
+        let [Step::One(Write::ApplyConfigMap { resource_version: Some(rv), .. }), Step::One(Write::Event(note))] =
+            plan.steps.as_slice()
+        else {
             panic!("{:?}", plan.steps)
         };
         assert_eq!(rv, "7", "on the condition that it did not change again");
@@ -550,7 +559,7 @@ mod tests {
         let agent = agent(vec![]);
         let plan = plan(&observed(&agent, Some(ours(Some(held(1, "h1")))), vec![]), &agent);
         assert!(
-            matches!(plan.steps.as_slice(), [Step::ApplyConfigMap { resource_version: Some(rv), .. }] if rv == "7")
+            matches!(plan.steps.as_slice(), [Step::One(Write::ApplyConfigMap { resource_version: Some(rv), .. })] if rv == "7")
         );
     }
 
@@ -573,7 +582,7 @@ mod tests {
         };
         let plan1 = plan(&observed(&agent, Some(ours(Some(held(1, "h1")))), vec![old]), &agent);
         assert!(
-            matches!(plan1.steps.as_slice(), [Step::ApplyConfigMap { .. }, Step::Together(rolls)] if rolls.len() == 1)
+            matches!(plan1.steps.as_slice(), [Step::One(Write::ApplyConfigMap { .. }), Step::Together(rolls)] if rolls.len() == 1)
         );
 
         let rolling = WorkloadState {

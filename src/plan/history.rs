@@ -3,7 +3,7 @@
 
 use kube::ResourceExt;
 
-use super::{EventNote, EventTarget, Observed, RelatedObject, Step};
+use super::{EventNote, EventTarget, Observed, RelatedObject, Write};
 use crate::api::Agent;
 use crate::api::conditions::events;
 
@@ -12,7 +12,7 @@ use crate::api::conditions::events;
 pub struct Pruning {
     pub count: i64,
     pub digest: String,
-    pub deletes: Vec<Step>,
+    pub deletes: Vec<Write>,
     pruned: Vec<i64>,
     limit: i32,
 }
@@ -29,12 +29,12 @@ impl Pruning {
 
     /// The Event of a prune on its own. It names the first version deleted, which also keeps
     /// it apart from the last prune's Event (the Events API folds same-looking ones together).
-    pub fn event(&self) -> Option<Step> {
+    pub fn event(&self) -> Option<Write> {
         let first = self.deletes.iter().find_map(|d| match d {
-            Step::DeleteVersion { name, .. } => Some(name.clone()),
+            Write::DeleteVersion { name, .. } => Some(name.clone()),
             _ => None,
         })?;
-        Some(Step::Event(EventNote {
+        Some(Write::Event(EventNote {
             on: EventTarget::Agent,
             related: Some(RelatedObject::Version(first)),
             warning: false,
@@ -54,7 +54,7 @@ pub fn pruning(observed: &Observed, agent: &Agent) -> Pruning {
         .versions
         .iter()
         .filter(|v| pruned.contains(&v.spec.version))
-        .map(|v| Step::DeleteVersion { name: v.name_any(), uid: v.metadata.uid.clone().unwrap_or_default() })
+        .map(|v| Write::DeleteVersion { name: v.name_any(), uid: v.metadata.uid.clone().unwrap_or_default() })
         .collect();
     Pruning {
         count: kept.len() as i64,

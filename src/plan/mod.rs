@@ -429,10 +429,26 @@ pub enum Applied {
     Nothing,
 }
 
-/// One write the controller makes. Steps of one unit are applied in order; if any fails, the
-/// rest are dropped and the controller observes again.
+/// One step of a unit of work: a write, or writes made together. The steps of one unit are
+/// applied in order; one that meets a newer state than planned ends the unit, and the
+/// controller decides again (see [`driver`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
+    One(Write),
+    /// Writes with no order between them, made at once; the unit goes on when all are done.
+    /// Each must be safe to happen without the others, as after a crash.
+    Together(Vec<Write>),
+}
+
+impl From<Write> for Step {
+    fn from(write: Write) -> Self {
+        Step::One(write)
+    }
+}
+
+/// One write (or read) the controller makes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
     /// Create this version. AlreadyExists means the name is taken: observe again.
     CreateVersion(Box<AgentVersion>),
     /// Delete a version, on condition that its uid is still this one.
@@ -443,7 +459,7 @@ pub enum Step {
     /// `resource_version`: this compare-and-swap is what makes each rollback run exactly once.
     /// Then its status, the record's copy, on condition that nothing changed in between;
     /// unless `copy_status` is false, when the next unit writes the copy beside its own write
-    /// ([`Step::CopyRollbackStatus`]). `announce`: the Events that tell of the record,
+    /// ([`Write::CopyRollbackStatus`]). `announce`: the Events that tell of the record,
     /// published once it is written (it is the durable state; the status is its copy), beside
     /// the status write; none if the record is refused.
     WriteRollback {
@@ -471,9 +487,6 @@ pub enum Step {
     RollWorkload { workload: WorkloadRef, held: Held },
     /// Record an Event.
     Event(EventNote),
-    /// Writes with no order between them, made at once; the unit goes on when all are done.
-    /// Each must be safe to happen without the others, as after a crash.
-    Together(Vec<Step>),
 }
 
 /// An Event to record; best effort, never a reason to stop.

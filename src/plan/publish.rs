@@ -9,7 +9,8 @@ use kube::ResourceExt;
 use super::durable::Handled;
 use super::hash::snapshot_hash;
 use super::{
-    EventNote, EventTarget, Observed, RelatedObject, StatusChange, Step, VersionsAfter, owner_reference, version_name,
+    EventNote, EventTarget, Observed, RelatedObject, StatusChange, Step, VersionsAfter, Write, owner_reference,
+    version_name,
 };
 use crate::api::conditions::{HasConditions, STALLED, events, reasons};
 use crate::api::keys::{AGENT_LABEL, CHANGE_CAUSE_ANNOTATION, CHANGED_BY_ANNOTATION, VERSION_LABEL};
@@ -61,7 +62,7 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
             })
         };
         let event = refusal.filter(|r| !refused_before(r.reason)).map(|refusal| {
-            Step::Event(EventNote {
+            Write::Event(EventNote {
                 on: EventTarget::Agent,
                 related: None,
                 warning: true,
@@ -70,7 +71,7 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
                 note: refusal.message,
             })
         });
-        return [Step::PatchAgentStatus(Box::new(status))].into_iter().chain(event).collect();
+        return [Write::PatchAgentStatus(Box::new(status))].into_iter().chain(event).map(Step::from).collect();
     }
 
     let number = observed.next_version_number();
@@ -95,10 +96,10 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
         delivery: &delivery,
     };
     let status = observed.agent_status(agent, change, now);
-    vec![
-        Step::CreateVersion(Box::new(version)),
-        Step::PatchAgentStatus(Box::new(status)),
-        Step::Event(EventNote {
+    [
+        Write::CreateVersion(Box::new(version)),
+        Write::PatchAgentStatus(Box::new(status)),
+        Write::Event(EventNote {
             on: EventTarget::Agent,
             related: Some(RelatedObject::Version(version_name(&agent.name_any(), number))),
             warning: false,
@@ -110,6 +111,9 @@ pub fn steps(observed: &Observed, agent: &Agent, busy_after: Option<&str>, now: 
             },
         }),
     ]
+    .into_iter()
+    .map(Step::from)
+    .collect()
 }
 
 /// Where a rollback-made version comes from.

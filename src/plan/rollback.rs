@@ -12,7 +12,7 @@ use kube::ResourceExt;
 
 use super::publish::{Provenance, RollbackOrigin, new_version};
 use super::status::set_rollback_phase;
-use super::{EventNote, EventTarget, Observed, RelatedObject, StatusChange, Step, VersionsAfter, status_of};
+use super::{EventNote, EventTarget, Observed, RelatedObject, StatusChange, Step, VersionsAfter, Write, status_of};
 use crate::api::conditions::events;
 use crate::api::{Agent, AgentRollback, AgentVersion, LastRollback, RollbackPhase, RollbackStrategy};
 
@@ -168,15 +168,15 @@ pub fn queue_key(rollback: &AgentRollback) -> (u64, Option<Time>, String) {
 
 /// A write of `rollback`'s record, conditional on its current resourceVersion, the Events that
 /// tell of it, and its status copy unless `copy_status` is false (the rollback's next write
-/// takes the copy along, see [`Step::WriteRollback`]).
+/// takes the copy along, see [`Write::WriteRollback`]).
 fn cas(
     observed: &Observed,
     rollback: &AgentRollback,
     status: crate::api::AgentRollbackStatus,
     copy_status: bool,
     announce: Vec<EventNote>,
-) -> Step {
-    Step::WriteRollback {
+) -> Write {
+    Write::WriteRollback {
         name: rollback.name_any(),
         resource_version: rollback.resource_version(),
         record: Box::new(observed.record(status)),
@@ -188,12 +188,12 @@ fn cas(
 /// `step`, the next write of the Running rollback `running`, and beside it the copy of its
 /// Running record into its status if that is still to be written: the move to Running writes
 /// its record alone, so that the copy costs the rollback no round trip of its own.
-fn with_status_copy(observed: &Observed, running: &AgentRollback, step: Step) -> Vec<Step> {
+fn with_status_copy(observed: &Observed, running: &AgentRollback, step: Write) -> Vec<Step> {
     let name = running.name_any();
     if !observed.unsynced.contains(&name) {
-        return vec![step];
+        return vec![step.into()];
     }
-    let copy = Step::CopyRollbackStatus { name };
+    let copy = Write::CopyRollbackStatus { name };
     vec![Step::Together(vec![copy, step])]
 }
 
@@ -254,7 +254,7 @@ pub fn fail(observed: &Observed, rollback: &AgentRollback, failure: Failure, now
             noted(rollback, format!("AgentRollback {name} failed ({}): {}", failure.reason.as_str(), failure.message)),
         ));
     }
-    vec![cas(observed, rollback, status, true, announce)]
+    vec![cas(observed, rollback, status, true, announce).into()]
 }
 
 /// Starts the head of the queue: fails it, or records its plan and moves it to Running.
@@ -300,7 +300,7 @@ pub fn start(observed: &Observed, agent: &Agent, head: &AgentRollback, now: &Tim
                 noted(head, message),
             );
             // The record alone: its status copy goes with the rollback's next write.
-            vec![cas(observed, head, status, false, vec![started])]
+            vec![cas(observed, head, status, false, vec![started]).into()]
         }
     }
 }
@@ -312,13 +312,13 @@ pub fn start(observed: &Observed, agent: &Agent, head: &AgentRollback, now: &Tim
 /// in turn, so it writes no Pending that its next write would replace (two writes a rollback,
 /// in a burst of rollbacks on one Agent): a rollback waiting without a phase is one whose
 /// sync is running or about to run.
-pub fn stopped(observed: &Observed, now: &Time) -> Vec<Step> {
+pub fn stopped(observed: &Observed, now: &Time) -> Vec<Write> {
     // Those with a record (the rest, with a status from before records, wait for the resync).
     let copies = observed
         .unsynced
         .iter()
         .filter(|name| observed.rollback(name).and_then(super::durable::record_of).is_some())
-        .map(|name| Step::CopyRollbackStatus { name: name.clone() });
+        .map(|name| Write::CopyRollbackStatus { name: name.clone() });
     let pending = observed.pending_rollbacks();
     let Some((head, queued)) = pending.split_first() else { return copies.collect() };
     let marks = queued.iter().filter(|r| super::phase_of(r).is_none()).map(|rollback| {
@@ -402,7 +402,7 @@ fn resume_restore(
             )
         }
         (None, Some(source)) => {
-            let create = Step::CreateVersion(Box::new(restored_copy(observed, agent, running, source, new)));
+            let create = Write::CreateVersion(Box::new(restored_copy(observed, agent, running, source, new)));
             with_status_copy(observed, running, create)
         }
         (None, None) => fail(
@@ -472,8 +472,10 @@ fn resume_pop(
             if Some(&version.spec.snapshot_hash) == status.popped_snapshot_hash.as_ref()
                 && observed.versions.len() > 1 =>
         {
-            let delete =
-                Step::DeleteVersion { name: version.name_any(), uid: version.metadata.uid.clone().unwrap_or_default() };
+            let delete = Write::DeleteVersion {
+                name: version.name_any(),
+                uid: version.metadata.uid.clone().unwrap_or_default(),
+            };
             with_status_copy(observed, running, delete)
         }
         _ => finish(observed, agent, running, busy_after, now),
@@ -528,7 +530,7 @@ fn finish(
         Some(pruned) => format!("AgentRollback {name}: {message} {pruned}."),
         None => format!("AgentRollback {name}: {message}"),
     };
-    let agent_status = Step::PatchAgentStatus(Box::new(agent_status));
+    let agent_status = Write::PatchAgentStatus(Box::new(agent_status));
     let announce = vec![
         event(
             EventTarget::Rollback(name.clone()),
@@ -540,7 +542,7 @@ fn finish(
         agent_event(&name, false, events::ROLLED_BACK, noted(rollback, agent_note)),
     ];
     let record = cas(observed, rollback, status, false, announce);
-    let mut steps = vec![Step::Together(vec![agent_status, record]), Step::CopyRollbackStatus { name }];
+    let mut steps = vec![Step::Together(vec![agent_status, record]), Write::CopyRollbackStatus { name }.into()];
     if !pruning.deletes.is_empty() {
         steps.push(Step::Together(pruning.deletes));
     }

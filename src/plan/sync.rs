@@ -21,7 +21,7 @@ use super::delivery::{self, DeliveryState};
 use super::history::Pruning;
 use super::rollback::{Failure, FailureReason};
 use super::{
-    EventNote, EventTarget, Observed, StatusChange, Step, VersionsAfter, history, phase_of, publish, rollback,
+    EventNote, EventTarget, Observed, StatusChange, Step, VersionsAfter, Write, history, phase_of, publish, rollback,
 };
 use crate::api::conditions::{HasConditions, STALLED, events};
 use crate::api::{Agent, AgentRollback, RollbackPhase};
@@ -32,7 +32,9 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
         return observed
             .foreign_versions
             .iter()
-            .map(|v| Step::DeleteVersion { name: v.name_any(), uid: v.metadata.uid.clone().unwrap_or_default() })
+            .map(|v| {
+                Write::DeleteVersion { name: v.name_any(), uid: v.metadata.uid.clone().unwrap_or_default() }.into()
+            })
             .collect();
     }
 
@@ -43,13 +45,13 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
 
     let status_lost = agent.status.as_ref().is_none_or(|s| s.observed_generation.is_none());
     if status_lost && !observed.versions.is_empty() && !observed.rollbacks_listed {
-        return vec![Step::ListRollbacks];
+        return vec![Write::ListRollbacks.into()];
     }
 
     let publish_pending = publish::needed(agent, observed);
     if let Some(running) = pending.iter().find(|r| phase_of(r) == Some(RollbackPhase::Running)) {
         if !observed.confirmed.contains(&running.name_any()) {
-            return vec![Step::ReadRollback { name: running.name_any() }];
+            return vec![Write::ReadRollback { name: running.name_any() }.into()];
         }
         let busy_after = publish::busy_reason(publish_pending, pending.len() > 1);
         return rollback::resume(observed, agent, running, busy_after, now);
@@ -101,9 +103,9 @@ fn prune(observed: &Observed, agent: &Agent, pruning: Pruning, busy: Option<&str
     };
     let agent_status = observed.agent_status(agent, change, now);
     let event = pruning.event();
-    let mut steps = pruning.deletes;
-    steps.push(Step::PatchAgentStatus(Box::new(agent_status)));
-    steps.extend(event);
+    let mut steps: Vec<Step> = pruning.deletes.into_iter().map(Step::from).collect();
+    steps.push(Write::PatchAgentStatus(Box::new(agent_status)).into());
+    steps.extend(event.map(Step::from));
     steps
 }
 
@@ -128,16 +130,16 @@ fn deliver(observed: &Observed, agent: &Agent, now: &Time) -> Vec<Step> {
             DeliveryState::Blocked { reason, message } if !stalled_for(agent, reason) => Some(message.clone()),
             _ => None,
         };
-        steps.push(Step::PatchAgentStatus(Box::new(desired)));
+        steps.push(Write::PatchAgentStatus(Box::new(desired)).into());
         steps.extend(newly_blocked.map(|note| {
-            Step::Event(EventNote {
+            Step::from(Write::Event(EventNote {
                 on: EventTarget::Agent,
                 related: None,
                 warning: true,
                 reason: events::DELIVERY_BLOCKED,
                 action: "Deliver",
                 note,
-            })
+            }))
         }));
     }
     steps
@@ -147,12 +149,12 @@ fn deliver(observed: &Observed, agent: &Agent, now: &Time) -> Vec<Step> {
 /// record of those that have a status from before records (of the terminal ones only, if
 /// `terminal_only`).
 fn resync_rollbacks(observed: &Observed, terminal_only: bool) -> Option<Step> {
-    let writes: Vec<Step> = observed
+    let writes: Vec<Write> = observed
         .unsynced
         .iter()
         .filter_map(|name| observed.rollback(name))
         .filter(|r| !terminal_only || phase_of(r).is_some_and(RollbackPhase::is_terminal))
-        .map(|r| Step::WriteRollback {
+        .map(|r| Write::WriteRollback {
             name: r.name_any(),
             resource_version: r.resource_version(),
             record: Box::new(observed.record_of(r)),

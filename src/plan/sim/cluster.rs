@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
+use crate::api::conditions::{HasConditions, READY};
 use crate::api::keys::ROLLBACK_RECORD_ANNOTATION;
 use crate::api::{
     Agent, AgentDefinition, AgentRollback, AgentRollbackSpec, AgentRollbackStatus, AgentSpec, AgentStatus,
@@ -17,7 +18,7 @@ use crate::api::{
 use crate::plan::delivery::ConfigMapState;
 use crate::plan::driver::{self, Outcome as Written, Port, Worked};
 use crate::plan::sync::decide;
-use crate::plan::{Applied, EventNote, Observed, Step};
+use crate::plan::{Applied, EventNote, Observed, Step, Write};
 
 #[derive(Debug)]
 pub(super) enum Refused {
@@ -177,9 +178,9 @@ impl Cluster {
 
     /// Applies one write of a sync that sees `seen` (a status copy is conditional on what it
     /// saw).
-    pub(super) fn apply(&mut self, step: &Step, seen: &Observed) -> Result<Applied, Refused> {
-        match step {
-            Step::CreateVersion(version) => {
+    pub(super) fn apply(&mut self, write: &Write, seen: &Observed) -> Result<Applied, Refused> {
+        match write {
+            Write::CreateVersion(version) => {
                 if self.versions.iter().any(|v| v.name_any() == version.name_any()) {
                     return Err(Refused::AlreadyExists);
                 }
@@ -202,7 +203,7 @@ impl Cluster {
                 self.versions.push(created.clone());
                 Ok(Applied::VersionCreated(Box::new(created)))
             }
-            Step::DeleteVersion { name, uid } => match self.versions.iter().position(|v| &v.name_any() == name) {
+            Write::DeleteVersion { name, uid } => match self.versions.iter().position(|v| &v.name_any() == name) {
                 Some(i) if self.versions[i].metadata.uid.as_ref() != Some(uid) => Err(Refused::Conflict),
                 Some(i) => {
                     self.versions.remove(i);
@@ -210,10 +211,10 @@ impl Cluster {
                 }
                 None => Ok(Applied::VersionDeleted(name.clone())),
             },
-            Step::PatchAgentStatus(status) => {
+            Write::PatchAgentStatus(status) => {
                 // Ready only once delivered, at every write, not only at the end: a status
                 // planned beside the ConfigMap write must land after it.
-                let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+                let ready = status.is_true(READY);
                 let held = self.config_map.as_ref().and_then(|(state, _)| state.held.as_ref().map(|h| h.version));
                 assert!(
                     !ready || (held.is_some() && held == status.active_version),
@@ -226,7 +227,7 @@ impl Cluster {
                 agent.metadata.resource_version = rv;
                 Ok(Applied::Agent(Box::new(agent.clone())))
             }
-            Step::WriteRollback { name, resource_version, record, copy_status, announce } => {
+            Write::WriteRollback { name, resource_version, record, copy_status, announce } => {
                 let rv = self.bump();
                 let rollback = self.rollbacks.iter_mut().find(|r| &r.name_any() == name).expect("rollback exists");
                 if resource_version.is_some() && resource_version != &rollback.metadata.resource_version {
@@ -243,7 +244,7 @@ impl Cluster {
                 self.events.extend(announce.iter().cloned());
                 Ok(Applied::Rollback(Box::new(updated)))
             }
-            Step::CopyRollbackStatus { name } => {
+            Write::CopyRollbackStatus { name } => {
                 let rv = self.bump();
                 let rollback = self.rollbacks.iter_mut().find(|r| &r.name_any() == name).expect("rollback exists");
                 let seen = seen.rollback(name).and_then(|r| r.metadata.resource_version.clone());
@@ -257,16 +258,16 @@ impl Cluster {
                 self.rollback_history.push(self.rollbacks.clone());
                 Ok(Applied::Rollback(Box::new(updated)))
             }
-            Step::ReadRollback { name } => Ok(match self.rollbacks.iter().find(|r| &r.name_any() == name) {
+            Write::ReadRollback { name } => Ok(match self.rollbacks.iter().find(|r| &r.name_any() == name) {
                 Some(rollback) => Applied::Rollback(Box::new(rollback.clone())),
                 None => Applied::RollbackDeleted(name.clone()),
             }),
-            Step::ListRollbacks => Ok(Applied::Rollbacks(self.rollbacks.clone())),
-            Step::Event(note) => {
+            Write::ListRollbacks => Ok(Applied::Rollbacks(self.rollbacks.clone())),
+            Write::Event(note) => {
                 self.events.push(note.clone());
                 Ok(Applied::Nothing)
             }
-            Step::ApplyConfigMap { config_map, resource_version } => {
+            Write::ApplyConfigMap { config_map, resource_version } => {
                 match (&self.config_map, resource_version) {
                     (Some(_), None) => return Err(Refused::AlreadyExists),
                     (Some((state, _)), Some(rv)) if state.resource_version.as_ref() != Some(rv) => {
@@ -290,8 +291,7 @@ impl Cluster {
                 self.config_map = Some((state.clone(), snapshot));
                 Ok(Applied::ConfigMap(Some(state)))
             }
-            Step::RollWorkload { .. } => unreachable!("the modelled Agent lists no workloads"),
-            Step::Together(_) => unreachable!("the port takes writes made together in turn"),
+            Write::RollWorkload { .. } => unreachable!("the modelled Agent lists no workloads"),
         }
     }
 
@@ -434,7 +434,7 @@ impl Port for Model<'_, '_> {
     async fn apply(&mut self, observed: &Observed, step: Step) -> Result<Vec<Written>, Crashed> {
         let mut writes = match step {
             Step::Together(writes) => writes,
-            write => vec![write],
+            Step::One(write) => vec![write],
         };
         if self.cluster.clock % 2 == 1 {
             writes.reverse();

@@ -4,10 +4,11 @@
 use kube::ResourceExt;
 
 use super::cluster::{Cluster, Outcome, content, time};
+use crate::api::conditions::{HasConditions, READY, STALLED};
 use crate::api::keys::ROLLBACK_RECORD_ANNOTATION;
 use crate::api::{AgentDefinition, AgentRollbackStatus, RollbackPhase, RollbackStrategy};
-use crate::plan::Step;
 use crate::plan::sync::decide;
+use crate::plan::{Step, Write};
 
 #[test]
 fn a_new_agent_gets_version_one_and_a_ready_status() {
@@ -16,7 +17,7 @@ fn a_new_agent_gets_version_one_and_a_ready_status() {
     assert_eq!(cluster.history(), vec![(1, content(1))]);
     let status = cluster.agent.as_ref().and_then(|a| a.status.clone()).expect("status written");
     assert_eq!((status.active_version, status.version_count, status.observed_generation), (Some(1), Some(1), Some(1)));
-    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready");
+    let ready = status.condition(READY).expect("Ready");
     assert_eq!(ready.status, "True");
 }
 
@@ -111,7 +112,7 @@ fn a_definition_over_the_bound_is_not_published_and_the_agent_says_why() {
     assert_eq!(cluster.history().len(), 2, "nothing published");
     let status = cluster.agent.as_ref().and_then(|a| a.status.clone()).expect("status");
     assert_eq!((status.observed_generation, status.active_version), (Some(3), Some(2)));
-    let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled").expect("Stalled");
+    let stalled = status.condition(STALLED).expect("Stalled");
     assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "DefinitionTooLarge"));
     assert!(stalled.message.contains(&crate::plan::publish::MAX_DEFINITION_BYTES.to_string()), "{}", stalled.message);
     assert_eq!(cluster.events.iter().filter(|e| e.reason == "DefinitionTooLarge").count(), 1);
@@ -124,7 +125,7 @@ fn a_definition_over_the_bound_is_not_published_and_the_agent_says_why() {
     cluster.converge(&mut || false);
     assert_eq!(cluster.history().last(), Some(&(4, content(7))));
     let status = cluster.agent.as_ref().and_then(|a| a.status.clone()).expect("status");
-    assert!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    assert!(status.is_true(READY));
 }
 
 /// A rollback created with a record of the client's own (where no admission policy refuses
@@ -218,7 +219,7 @@ fn a_version_the_api_server_refuses_ends_its_publish_or_rollback_and_blocks_noth
     cluster.converge(&mut || false);
     assert_eq!(cluster.history().len(), 2, "nothing published");
     let status = cluster.agent.as_ref().and_then(|a| a.status.clone()).expect("status");
-    let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled").expect("Stalled");
+    let stalled = status.condition(STALLED).expect("Stalled");
     assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "VersionRefused"));
     assert!(stalled.message.contains("version 3 is not allowed."), "{}", stalled.message);
     assert_eq!(cluster.events.iter().filter(|e| e.reason == "VersionRefused").count(), 1);
@@ -226,7 +227,7 @@ fn a_version_the_api_server_refuses_ends_its_publish_or_rollback_and_blocks_noth
     let (observed, _) = cluster.sync_from(cluster.observe());
     assert!(decide(&observed, &time(cluster.clock + 1)).is_empty());
     let stalled_again = cluster.agent.as_ref().and_then(|a| a.status.clone()).expect("status");
-    assert!(stalled_again.conditions.iter().any(|c| c.type_ == "Stalled" && c.reason == "VersionRefused"));
+    assert!(stalled_again.condition(STALLED).is_some_and(|c| c.reason == "VersionRefused"));
 
     // A rollback behind it runs (Pop makes no version); once the policy is lifted the next
     // edit is published.
@@ -238,7 +239,7 @@ fn a_version_the_api_server_refuses_ends_its_publish_or_rollback_and_blocks_noth
     cluster.converge(&mut || false);
     assert_eq!(cluster.history().last(), Some(&(2, content(6))));
     let status = cluster.agent.as_ref().and_then(|a| a.status.clone()).expect("status");
-    assert!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    assert!(status.is_true(READY));
 }
 
 #[test]
@@ -264,16 +265,16 @@ fn rollbacks_waiting_their_turn_are_marked_pending_only_by_a_sync_that_stops() {
     }
     let mut observed = cluster.observe();
     let steps = decide(&observed, &time(cluster.clock));
-    let [Step::WriteRollback { name, copy_status: false, .. }] = steps.as_slice() else {
+    let [Step::One(head @ Write::WriteRollback { name, copy_status: false, .. })] = steps.as_slice() else {
         panic!("only the head's record is written when it starts: {steps:?}")
     };
     assert_eq!(name, "rb-1");
-    let written = cluster.apply(&steps[0], &observed).expect("the record is written");
+    let written = cluster.apply(head, &observed).expect("the record is written");
     observed.fold(written);
     let next = decide(&observed, &time(cluster.clock));
     let [Step::Together(writes)] = next.as_slice() else { panic!("{next:?}") };
     assert!(
-        matches!(writes.as_slice(), [Step::CopyRollbackStatus { name, .. }, Step::CreateVersion(_)] if name == "rb-1"),
+        matches!(writes.as_slice(), [Write::CopyRollbackStatus { name, .. }, Write::CreateVersion(_)] if name == "rb-1"),
         "the status copy goes beside the version's create: {writes:?}"
     );
     let raw = cluster.rollbacks.iter().find(|r| r.name_any() == "rb-1").expect("rb-1");
@@ -281,13 +282,13 @@ fn rollbacks_waiting_their_turn_are_marked_pending_only_by_a_sync_that_stops() {
 
     let marks = crate::plan::rollback::stopped(&observed, &time(cluster.clock));
     assert!(
-        matches!(marks.first(), Some(Step::CopyRollbackStatus { name, .. }) if name == "rb-1"),
+        matches!(marks.first(), Some(Write::CopyRollbackStatus { name, .. }) if name == "rb-1"),
         "a sync that stops copies the Running record: {marks:?}"
     );
     let marked: Vec<(&str, Option<RollbackPhase>, Option<&str>)> = marks
         .iter()
         .filter_map(|s| match s {
-            Step::WriteRollback { name, record, .. } => {
+            Write::WriteRollback { name, record, .. } => {
                 Some((name.as_str(), record.status.phase, record.status.message.as_deref()))
             }
             _ => None,
@@ -300,7 +301,7 @@ fn rollbacks_waiting_their_turn_are_marked_pending_only_by_a_sync_that_stops() {
     );
     // The creation revision is recorded before the first write changes it: the order holds.
     for step in &marks {
-        let Step::WriteRollback { name, record, .. } = step else { continue };
+        let Write::WriteRollback { name, record, .. } = step else { continue };
         let created = cluster.rollbacks.iter().find(|r| &r.name_any() == name).and_then(|r| r.resource_version());
         assert_eq!(record.status.creation_revision, created);
     }

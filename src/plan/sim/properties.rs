@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 use super::cluster::{Cluster, Faults, Outcome, content};
 use super::reference::Reference;
+use crate::api::conditions::{HasConditions, READY};
 use crate::api::{AgentDefinition, RollbackStrategy};
 
 /// One Agent's history under the contract's rules.
@@ -50,7 +51,7 @@ pub(crate) fn check_invariants(cluster: &Cluster) -> Result<(), TestCaseError> {
     prop_assert_eq!(status.active_version, newest, "the active version is the newest one");
     prop_assert_eq!(status.version_count, Some(cluster.versions.len() as i64));
     let digest = crate::plan::hash::versions_digest(cluster.versions.iter().map(|v| &v.spec));
-    prop_assert_eq!(status.versions_digest, Some(digest), "the status digest describes the versions that exist");
+    prop_assert_eq!(&status.versions_digest, &Some(digest), "the status digest describes the versions that exist");
     let limit = cluster.agent.as_ref().map_or(1, |a| a.spec.revision_history_limit);
     prop_assert!(cluster.versions.len() <= limit.max(1) as usize);
     for v in &cluster.versions {
@@ -62,8 +63,8 @@ pub(crate) fn check_invariants(cluster: &Cluster) -> Result<(), TestCaseError> {
     let (state, snapshot) = cluster.config_map.clone().expect("the delivery ConfigMap exists");
     prop_assert_eq!(state.held.map(|h| h.version), Some(active.spec.version));
     prop_assert_eq!(&snapshot, &active.spec.snapshot);
-    prop_assert_eq!(status.delivery.and_then(|d| d.version), Some(active.spec.version));
-    let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    prop_assert_eq!(status.delivery.as_ref().and_then(|d| d.version), Some(active.spec.version));
+    let ready = status.is_true(READY);
     prop_assert!(ready, "Ready once delivered: {:?}", status.conditions);
     Ok(())
 }
