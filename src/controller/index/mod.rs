@@ -13,7 +13,7 @@
 //! - An entry leaves as soon as the watches show neither its Agent, nor a version labelled
 //!   with or owned by it, nor a rollback that names it: memory follows the objects that exist,
 //!   with no pruning. What syncs left goes with it; an Agent's deletion takes what its syncs
-//!   left at once (see [`Entry::tidy`]).
+//!   left at once (see `Inner::tidy`).
 //! - Epochs come from one clock for all entries, so an Agent that leaves and comes back never
 //!   meets an epoch a sync took before it left (see [`settled`]).
 
