@@ -70,7 +70,7 @@ pub struct Entry {
     synced: settled::Synced,
     /// Failed attempts in a row, per retried thing (see [`backoff`]).
     retries: HashMap<Retry, Backoff>,
-    /// Whether `Inner::out_of_sync` counts this entry.
+    /// Whether the `out_of_sync` gauge counts this entry.
     counted_out_of_sync: bool,
 }
 
@@ -157,8 +157,6 @@ struct Inner {
     clock: u64,
     /// The entries whose sync state is kept, by age (see [`settled`]).
     kept: BTreeMap<u64, AgentKey>,
-    /// How many entries' Agents are out of sync (see [`agents`]).
-    out_of_sync: usize,
     gauges: Gauges,
 }
 
@@ -203,10 +201,8 @@ impl Inner {
         if out_of_sync != entry.counted_out_of_sync {
             entry.counted_out_of_sync = out_of_sync;
             if out_of_sync {
-                self.out_of_sync += 1;
                 self.gauges.out_of_sync.inc();
             } else {
-                self.out_of_sync -= 1;
                 self.gauges.out_of_sync.dec();
             }
         }
@@ -291,14 +287,17 @@ impl AgentIndex {
         let _ = self.listed.subscribe().wait_for(|listed| listed.contains(&kind)).await;
     }
 
-    /// How many Agents it keeps an entry for.
+    /// How many Agents it keeps an entry for (what its `tracked` gauge adds).
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.lock().entries.len()
     }
 
-    /// How many Agents' `InSync` condition was False when their watch last showed them.
+    /// How many Agents' `InSync` condition was False when their watch last showed them (what
+    /// its `out_of_sync` gauge adds).
+    #[cfg(test)]
     pub fn out_of_sync(&self) -> usize {
-        self.lock().out_of_sync
+        self.lock().entries.values().filter(|e| e.counted_out_of_sync).count()
     }
 
     /// The delay before retrying `what` of the Agent after one more failure (see [`Backoff`]).
