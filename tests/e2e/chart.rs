@@ -517,8 +517,12 @@ async fn an_operator_given_a_list_of_namespaces_works_in_each_with_their_rolebin
     let rollbacks = Api::<AgentRollback>::namespaced(admin.clone(), &b);
     rollbacks.create(&Default::default(), &serde_json::from_value(rollback).unwrap()).await.unwrap();
     active(b.clone(), 3).await;
-    let phase = rollbacks.get("back").await.unwrap().status.and_then(|s| s.phase);
-    assert_eq!(phase, Some(RollbackPhase::Succeeded));
+    // The rollback's status is its record's copy, written just after the Agent's status.
+    let phase = || async { rollbacks.get("back").await.ok()?.status?.phase.filter(|p| p.is_terminal()) };
+    assert_eq!(
+        eventually(Duration::from_secs(30), || async { phase().await.map(Some) }).await,
+        Some(RollbackPhase::Succeeded)
+    );
     // Outside the list: never touched, not even seen.
     let outside = agents(&elsewhere).get("support").await.unwrap();
     assert!(outside.status.is_none(), "{:?}", outside.status);
