@@ -16,7 +16,7 @@ use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::api::{Agent, AgentRollback, AgentVersion, keys};
+use crate::api::{Agent, AgentChannel, AgentPromotion, AgentRollback, AgentVersion, keys};
 
 /// Which of the chart's admission policies the cluster has, and so what a create must show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -55,7 +55,7 @@ pub enum CheckError {
     #[error(
         "gave up after {waited:?}: {kind} is still not admitted ({last}). Check that the CRDs are \
          Established (kubectl get crd agents.agentops.dev agentversions.agentops.dev \
-         agentrollbacks.agentops.dev) and that the admission policies and their bindings exist \
+         agentchannels.agentops.dev agentrollbacks.agentops.dev agentpromotions.agentops.dev) and that the admission policies and their bindings exist \
          (kubectl get validatingadmissionpolicies,mutatingadmissionpolicies), then run helm \
          upgrade again"
     )]
@@ -131,18 +131,21 @@ fn probe<K: Resource<DynamicType = ()>>(
     Probe { kind: label, resource: ApiResource::erase::<K>(&()), object, expect }
 }
 
-/// The probes for `policies`: a version, an Agent and a rollback. With mutating policies, the
-/// Agent and the rollback carry forged names that the policies must overwrite; with validating
-/// ones the rollback names its `caller`, as the policy demands, and forged names must be
-/// refused as well.
+/// The probes for `policies`: a version, an Agent, a channel, a rollback and a promotion. With
+/// mutating policies, the Agent, the rollback and the promotion carry forged names that the
+/// policies must overwrite; with validating ones the rollback and the promotion name their
+/// `caller`, as the policy demands, and forged names must be refused as well.
 fn probes(namespace: &str, policies: Policies, caller: &str) -> Vec<Probe> {
     let mutating = policies == Policies::Mutating;
     let forged_annotations = if mutating { json!({keys::CHANGED_BY_ANNOTATION: FORGED}) } else { json!({}) };
     let mut rollback_spec = json!({"agentName": PROBE, "strategy": "Previous"});
-    match policies {
-        Policies::Mutating => rollback_spec["requestedBy"] = json!(FORGED),
-        Policies::Validating => rollback_spec["requestedBy"] = json!(caller),
-        Policies::None => {}
+    let mut promotion_spec = json!({"channel": PROBE, "version": 1});
+    for spec in [&mut rollback_spec, &mut promotion_spec] {
+        match policies {
+            Policies::Mutating => spec["requestedBy"] = json!(FORGED),
+            Policies::Validating => spec["requestedBy"] = json!(caller),
+            Policies::None => {}
+        }
     }
     let version = json!({"agentName": PROBE, "version": 1, "snapshot": {}, "snapshotHash": "0".repeat(64)});
     let checked = |check| Expect::Admitted(if mutating { check } else { admitted });
@@ -155,11 +158,25 @@ fn probes(namespace: &str, policies: Policies, caller: &str) -> Vec<Probe> {
             Expect::Admitted(admitted),
         ),
         probe::<Agent>("Agent", namespace, PROBE, (forged_annotations, json!({})), checked(changed_by_is_caller)),
+        probe::<AgentChannel>(
+            "AgentChannel",
+            namespace,
+            PROBE,
+            (json!({}), json!({"agentName": PROBE})),
+            Expect::Admitted(admitted),
+        ),
         probe::<AgentRollback>(
             "AgentRollback",
             namespace,
             PROBE,
             (json!({}), rollback_spec),
+            checked(requested_by_is_caller),
+        ),
+        probe::<AgentPromotion>(
+            "AgentPromotion",
+            namespace,
+            PROBE,
+            (json!({}), promotion_spec),
             checked(requested_by_is_caller),
         ),
     ];
@@ -178,6 +195,13 @@ fn probes(namespace: &str, policies: Policies, caller: &str) -> Vec<Probe> {
             namespace,
             PROBE,
             (json!({}), json!({"agentName": PROBE, "strategy": "Previous", "requestedBy": FORGED})),
+            Expect::RefusedByPolicy,
+        ));
+        probes.push(probe::<AgentPromotion>(
+            "AgentPromotion (forged requestedBy)",
+            namespace,
+            PROBE,
+            (json!({}), json!({"channel": PROBE, "version": 1, "requestedBy": FORGED})),
             Expect::RefusedByPolicy,
         ));
     }
@@ -321,19 +345,20 @@ mod tests {
     #[test]
     fn an_admitted_create_counts_only_once_the_mutating_policies_stamped_the_caller() {
         let ns = "agent-operator-system";
-        let [_, agent, rollback] = <[Probe; 3]>::try_from(probes(ns, Policies::Mutating, "me")).unwrap();
-        let (Expect::Admitted(agent_check), Expect::Admitted(rollback_check)) = (agent.expect, rollback.expect) else {
-            panic!("both are to be admitted")
-        };
+        let [_, agent, _, rollback, promotion] = <[Probe; 5]>::try_from(probes(ns, Policies::Mutating, "me")).unwrap();
+        let Expect::Admitted(agent_check) = agent.expect else { panic!("the Agent is to be admitted") };
         // Unstamped, the dry run returns what was sent: the forged names.
         assert!(matches!(classify(Ok(agent.object.clone()), |v| agent_check(v, "me")), Answer::NotYet(_)));
-        assert!(matches!(classify(Ok(rollback.object.clone()), |v| rollback_check(v, "me")), Answer::NotYet(_)));
-        let mut stamped = rollback.object.clone();
-        stamped["spec"]["requestedBy"] = json!("me");
-        assert_eq!(classify(Ok(stamped), |v| rollback_check(v, "me")), Answer::Admitted);
         let mut stamped = agent.object.clone();
         stamped["metadata"]["annotations"][keys::CHANGED_BY_ANNOTATION] = json!("me");
         assert_eq!(classify(Ok(stamped), |v| agent_check(v, "me")), Answer::Admitted);
+        for record in [rollback, promotion] {
+            let Expect::Admitted(check) = record.expect else { panic!("{record:?} is to be admitted") };
+            assert!(matches!(classify(Ok(record.object.clone()), |v| check(v, "me")), Answer::NotYet(_)));
+            let mut stamped = record.object.clone();
+            stamped["spec"]["requestedBy"] = json!("me");
+            assert_eq!(classify(Ok(stamped), |v| check(v, "me")), Answer::Admitted, "{record:?}");
+        }
     }
 
     #[test]

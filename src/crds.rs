@@ -4,14 +4,16 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::{Agent, AgentRollback, AgentVersion};
+use crate::api::{Agent, AgentChannel, AgentPromotion, AgentRollback, AgentVersion};
 
 /// The CRDs, each with the file name it is committed under.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("agents.agentops.dev.yaml", with_prose_descriptions(Agent::crd())),
         ("agentversions.agentops.dev.yaml", with_prose_descriptions(AgentVersion::crd())),
+        ("agentchannels.agentops.dev.yaml", with_prose_descriptions(AgentChannel::crd())),
         ("agentrollbacks.agentops.dev.yaml", with_prose_descriptions(AgentRollback::crd())),
+        ("agentpromotions.agentops.dev.yaml", with_prose_descriptions(AgentPromotion::crd())),
     ]
 }
 

@@ -234,6 +234,43 @@ async fn edit_users_may_roll_back_admins_delete_rollbacks_and_view_users_read_in
     let out = kubectl_as(&viewer, &["get", "agentrollback", "by-editor", "-n", &ns], None);
     assert!(out.status.success(), "view user reads rollbacks: {}", String::from_utf8_lossy(&out.stderr));
 
+    // Channels are editors' to define; promotions are audit records, as rollbacks are.
+    let channel = format!(
+        r#"{{"apiVersion":"agentops.dev/v1alpha1","kind":"AgentChannel","metadata":{{"name":"prod","namespace":"{ns}"}},"spec":{{"agentName":"support"}}}}"#
+    );
+    let promotion = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"agentops.dev/v1alpha1","kind":"AgentPromotion","metadata":{{"name":"{name}","namespace":"{ns}"}},"spec":{{"channel":"prod","version":2}}}}"#
+        )
+    };
+    allowed_soon(&editor, &["create", "agentpromotions", "-n", &ns]).await;
+    for manifest in [channel.clone(), promotion("by-editor")] {
+        let out = kubectl_as(&editor, &["create", "-f", "-"], Some(&manifest));
+        assert!(out.status.success(), "edit user creates {manifest}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = kubectl_as(
+        &editor,
+        &["patch", "agch", "prod", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"version":3}}"#],
+        None,
+    );
+    assert!(out.status.success(), "edit user pins a channel: {}", String::from_utf8_lossy(&out.stderr));
+    for args in [
+        vec!["delete", "agentpromotion", "by-editor", "-n", ns.as_str()],
+        vec!["annotate", "agentpromotion", "by-editor", "-n", ns.as_str(), "note=rewritten"],
+    ] {
+        let out = kubectl_as(&editor, &args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("forbidden"), "edit user: {args:?}: {stderr}");
+    }
+    allowed_soon(&namespace_admin, &["delete", "agentpromotions", "-n", &ns]).await;
+    let out = kubectl_as(&namespace_admin, &["delete", "agentpromotion", "by-editor", "-n", &ns], None);
+    assert!(out.status.success(), "admin deletes a promotion: {}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl_as(&viewer, &["create", "-f", "-"], Some(&promotion("by-viewer")));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"), "view user refused a promotion");
+    allowed_soon(&viewer, &["list", "agentpromotions", "-n", &ns]).await;
+    let out = kubectl_as(&viewer, &["get", "agentchannel", "prod", "-n", &ns], None);
+    assert!(out.status.success(), "view user reads channels: {}", String::from_utf8_lossy(&out.stderr));
+
     for (who, kubeconfig) in [("edit", &editor), ("view", &viewer)] {
         let out = kubectl_as(kubeconfig, &["create", "-f", "-"], Some(&rollback("elsewhere", &other)));
         assert!(
@@ -316,6 +353,24 @@ async fn an_agent_may_list_only_workloads_its_author_may_restart() {
     );
     // A change of metadata only restarts nothing, and is hers to make.
     let out = kubectl_as(&mallory, &["label", "agent", "by-edwin", "-n", &ns, "team=support"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A channel rolls its workloads as an Agent does: the same rule.
+    let channel = |name: &str, restart: &str| {
+        format!(
+            r#"{{"apiVersion":"agentops.dev/v1alpha1","kind":"AgentChannel","metadata":{{"name":"{name}","namespace":"{ns}"}},"spec":{{"agentName":"by-edwin","delivery":{{"restart":[{restart}]}}}}}}"#
+        )
+    };
+    let out = kubectl_as(&mallory, &["create", "-f", "-"], Some(&channel("prod", web)));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "spec.delivery.restart: mallory may not patch every workload listed (Deployment web), and the operator restarts only what the AgentChannel's author could restart"
+        ),
+        "{out:?}"
+    );
+    let out = kubectl_as(&edwin, &["create", "-f", "-"], Some(&channel("prod", web)));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl_as(&mallory, &["create", "-f", "-"], Some(&channel("quiet", "")));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 

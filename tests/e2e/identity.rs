@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use agent_operator::api::{Agent, AgentRollback};
+use agent_operator::api::{Agent, AgentPromotion, AgentRollback};
+use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
@@ -28,7 +29,7 @@ kind: Role
 metadata: {{name: agent-editor, namespace: {ns}}}
 rules:
 - apiGroups: [agentops.dev]
-  resources: [agents, agentrollbacks, agentversions]
+  resources: [agents, agentrollbacks, agentversions, agentpromotions]
   verbs: [get, list, watch, create, update, patch]
 - apiGroups: ['', events.k8s.io]
   resources: [events]
@@ -66,6 +67,16 @@ fn rollback_manifest(ns: &str, name: &str, requested_by: &str) -> String {
 kind: AgentRollback
 metadata: {{name: {name}, namespace: {ns}}}
 spec: {{agentName: support, strategy: Previous, requestedBy: {requested_by}}}
+"
+    )
+}
+
+fn promotion_manifest(ns: &str, name: &str, requested_by: &str) -> String {
+    format!(
+        "apiVersion: agentops.dev/v1alpha1
+kind: AgentPromotion
+metadata: {{name: {name}, namespace: {ns}}}
+spec: {{channel: production, version: 1, requestedBy: {requested_by}}}
 "
     )
 }
@@ -144,6 +155,12 @@ async fn the_api_server_stamps_who_asked_and_who_published_whatever_the_client_s
         agent_events.iter().any(|(reason, note)| reason == "RolledBack" && note.contains("Requested by alice.")),
         "{agent_events:?}"
     );
+
+    // A promotion is stamped as a rollback is.
+    ok(kubectl_as(&alice, &["create", "-f", "-"], Some(&promotion_manifest(&s.ns, "to-production", "bob"))));
+    let promotions: Api<AgentPromotion> = Api::namespaced(s.client.clone(), &s.ns);
+    let promotion = promotions.get("to-production").await.unwrap();
+    assert_eq!(promotion.spec.requested_by.as_deref(), Some("alice"));
 
     // A pipeline's ServiceAccount: its own name.
     ok(kubectl(&["create", "serviceaccount", "pipeline", "-n", &s.ns], None));
@@ -253,6 +270,9 @@ async fn without_mutating_admission_policies_a_forged_requester_is_refused() {
     let out = kubectl_as(&alice, &["create", "-f", "-"], Some(anonymous));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("must be the caller, alice; it is missing"), "{stderr}");
+    let out = kubectl_as(&alice, &["create", "-f", "-"], Some(&promotion_manifest("team", "forged", "bob")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("must be the caller, alice; it was bob"), "{stderr}");
     // A changed-by annotation from a client is refused too.
     let forged = "  annotations: {agentops.dev/changed-by: bob}\n";
     let out = kubectl_as(&alice, &["apply", "-f", "-"], Some(&agent_manifest("team", "be kind", forged)));

@@ -237,8 +237,9 @@ async fn the_charts_default_install_runs_hands_over_upgrades_and_uninstalls() {
     ok(&helm(&["uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "120s"]), "helm uninstall");
     eventually(Duration::from_secs(60), || async { operator_pods(&admin).await.is_empty().then_some(()) }).await;
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    for crd in ["agents.agentops.dev", "agentversions.agentops.dev", "agentrollbacks.agentops.dev"] {
-        assert!(crds.get(crd).await.is_ok(), "{crd} removed by helm uninstall");
+    for (_, crd) in agent_operator::crds::all() {
+        let crd = crd.metadata.name.unwrap();
+        assert!(crds.get(&crd).await.is_ok(), "{crd} removed by helm uninstall");
     }
     assert!(s.agents().get("support").await.is_ok());
     assert_eq!(s.history("support").await.len(), 5);

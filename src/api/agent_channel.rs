@@ -1,0 +1,205 @@
+//! The AgentChannel resource: a movable pointer over an Agent's immutable versions, serving one
+//! version to one audience (production serves version 7 while staging tries 9).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::agent::{DeliverySpec, DeliveryStatus};
+
+/// Default for `spec.analysis.bakeSeconds`.
+pub const DEFAULT_BAKE_SECONDS: i64 = 300;
+/// Default for `spec.analysis.progressDeadlineSeconds`.
+pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: i64 = 600;
+
+/// A channel of an Agent: the version one audience gets, through its own ConfigMap and
+/// workloads. It serves `spec.version`, or follows the Agent's active version; rollbacks and
+/// promotions move it in `status.override`, never in `spec`.
+// Several printcolumn(...) entries repeat the same keys, which clippy takes for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "agentops.dev",
+    version = "v1alpha1",
+    kind = "AgentChannel",
+    namespaced,
+    derive = "PartialEq",
+    status = "AgentChannelStatus",
+    shortname = "agch",
+    category = "agentops",
+    selectable = ".spec.agentName",
+    doc = "A channel of an Agent: the version one audience gets (pinned, or following the Agent's active version), through its own ConfigMap and workloads. Rollbacks and promotions move it without touching its spec.",
+    printcolumn(name = "Agent", type_ = "string", json_path = ".spec.agentName"),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredVersion",
+        description = "The version the spec asks for: spec.version, or the Agent's active version"
+    ),
+    printcolumn(
+        name = "Serving",
+        type_ = "integer",
+        json_path = ".status.version",
+        description = "The version the channel serves"
+    ),
+    printcolumn(
+        name = "Last-Known-Good",
+        type_ = "integer",
+        json_path = ".status.lastKnownGoodVersion",
+        description = "The newest version Healthy in this channel"
+    ),
+    printcolumn(name = "Healthy", type_ = "string", json_path = ".status.conditions[?(@.type==\"Healthy\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // The channel's automatic rollbacks are named `<channel>-auto-v<N>`, and a rollback's name
+    // labels the version it makes: at most 63 characters.
+    validation = Rule::new("self.metadata.name.size() <= 50").message("metadata.name: at most 50 characters (the names of its automatic rollbacks must fit 63)")
+)]
+#[x_kube(validation = Rule::new("self.agentName == oldSelf.agentName").message("spec.agentName is immutable: a channel belongs to one Agent; create another channel instead").field_path(".agentName"))]
+#[serde(rename_all = "camelCase")]
+pub struct AgentChannelSpec {
+    /// The Agent whose versions this channel serves, in the channel's namespace. Immutable.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub agent_name: String,
+
+    /// The version to serve (a pin). Absent, the channel follows the Agent's active version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub version: Option<i64>,
+
+    /// How the served version reaches this channel's runtime: its ConfigMap (default
+    /// `<channel>-channel`) and the workloads to roll when the served version changes, with the
+    /// same rules as an Agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+
+    /// How a version is judged in this channel. Absent, the rollout check alone judges it, with
+    /// the defaults below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+}
+
+/// How a version is judged in a channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSpec {
+    /// How long every check must pass after the version is delivered before it is Healthy in
+    /// this channel (default 300).
+    #[serde(default = "default_bake_seconds")]
+    #[schemars(range(min = 1))]
+    pub bake_seconds: i64,
+
+    /// How long the channel's workloads may take to roll out to a version before it fails the
+    /// rollout check (default 600).
+    #[serde(default = "default_progress_deadline_seconds")]
+    #[schemars(range(min = 1))]
+    pub progress_deadline_seconds: i64,
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        Self { bake_seconds: DEFAULT_BAKE_SECONDS, progress_deadline_seconds: DEFAULT_PROGRESS_DEADLINE_SECONDS }
+    }
+}
+
+fn default_bake_seconds() -> i64 {
+    DEFAULT_BAKE_SECONDS
+}
+
+fn default_progress_deadline_seconds() -> i64 {
+    DEFAULT_PROGRESS_DEADLINE_SECONDS
+}
+
+/// What a channel serves, and why, written by the controller.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentChannelStatus {
+    /// The version the channel serves now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+
+    /// The version its spec asks for: `spec.version`, or the Agent's active version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_version: Option<i64>,
+
+    /// While a rollback or promotion holds the channel on another version than the desired one:
+    /// which, and by whom. It ends when the desired version next changes.
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_: Option<ChannelOverride>,
+
+    /// The newest version Healthy in this channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_known_good_version: Option<i64>,
+
+    /// The judgement of the served version in this channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
+
+    /// What the runtime has of the served version: the ConfigMap and each workload to roll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryStatus>,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready` (delivered and rolled out), `Healthy` (the served version's verdict), `InSync`
+    /// (whether it serves what its spec declares), `Reconciling` and `Stalled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A channel held on a version by a rollback or a promotion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelOverride {
+    /// The version it holds the channel on.
+    pub version: i64,
+    /// The version the channel served before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacing: Option<i64>,
+    /// The AgentRollback that moved the channel, when a rollback did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<String>,
+    /// The AgentPromotion that moved the channel, when a promotion did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<String>,
+}
+
+/// The judgement of one version in a channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// The version under judgement.
+    pub version: i64,
+    /// `Running`, `Healthy`, `Failed` or `Unknown`.
+    pub phase: AnalysisPhase,
+    /// When the judgement began: once the version was delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// What stands in the way, or what decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where a version's judgement in a channel stands. `Healthy` and `Failed` are verdicts, kept
+/// durably on the version (label `health.agentops.dev/<channel>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AnalysisPhase {
+    Running,
+    Healthy,
+    Failed,
+    Unknown,
+}
+
+impl AnalysisPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "Running",
+            Self::Healthy => "Healthy",
+            Self::Failed => "Failed",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
