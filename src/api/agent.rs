@@ -187,23 +187,24 @@ pub struct AgentSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliverySpec {
-    /// Name of the ConfigMap whose `agent.json` is the active version's snapshot (default
-    /// `<agent>-agent`). The operator creates and owns it; it never writes into a ConfigMap
-    /// it did not create.
+    /// Name of the ConfigMap whose `agent.json` is the delivered version's snapshot (an Agent
+    /// delivers its active version; default `<agent>-agent`, and `<channel>-channel` for a
+    /// channel). The operator creates and owns it; it never writes into a ConfigMap it did not
+    /// create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub config_map_name: Option<String>,
 
-    /// Workloads in the Agent's namespace to roll out when the active version changes: the
-    /// operator sets three annotations on their pod template (active version, snapshot hash,
-    /// this Agent's name) and touches nothing else. A workload another Agent already rolls is
-    /// left alone and reported (`WorkloadConflict`).
+    /// Workloads in the same namespace to roll out when the delivered version changes: the
+    /// operator sets three annotations on their pod template (the version, its snapshot hash,
+    /// whose delivery it takes) and touches nothing else. A workload another Agent or channel
+    /// already rolls is left alone and reported (`WorkloadConflict`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub restart: Vec<WorkloadRef>,
 }
 
-/// A workload in the Agent's namespace.
+/// A workload in the same namespace.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadRef {
