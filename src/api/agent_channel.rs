@@ -96,6 +96,7 @@ pub struct AnalysisSpec {
     pub progress_deadline_seconds: i64,
 }
 
+/// What a channel without `analysis` is judged by: the same defaults the API server fills in.
 impl Default for AnalysisSpec {
     fn default() -> Self {
         Self { bake_seconds: DEFAULT_BAKE_SECONDS, progress_deadline_seconds: DEFAULT_PROGRESS_DEADLINE_SECONDS }
@@ -193,13 +194,14 @@ pub enum AnalysisPhase {
     Unknown,
 }
 
-impl AnalysisPhase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "Running",
-            Self::Healthy => "Healthy",
-            Self::Failed => "Failed",
-            Self::Unknown => "Unknown",
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_without_analysis_gets_the_defaults_an_empty_analysis_is_given() {
+        let empty: AnalysisSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(AnalysisSpec::default(), empty);
+        assert_eq!((empty.bake_seconds, empty.progress_deadline_seconds), (300, 600));
     }
 }
