@@ -1,9 +1,12 @@
 //! A minimal agent runtime, for the demo and the tests: it serves the definition the operator
-//! delivers, the `agent.json` of the Agent's ConfigMap mounted at `AGENT_DIR` (default
+//! delivers, from the ConfigMap (an Agent's or a channel's) mounted at `AGENT_DIR` (default
 //! `/etc/agent`), over HTTP on `LISTEN` (default `0.0.0.0:8080`), with the version in the
-//! `X-Agent-Version` header. It reads the files on every request, so a ConfigMap the kubelet
-//! refreshes is served without a restart. Standard library only: it builds into a tiny static
-//! image (`scripts/image.sh runtime`).
+//! `X-Agent-Version` header. A pod learns its version from its template's
+//! `agentops.dev/active-version` annotation (`AGENT_VERSION`, by the downward API) and serves
+//! that version's own key, `agent-v<N>.json`, so its definition never changes under it during a
+//! rollout; without one it serves `agent.json`, whatever the ConfigMap holds now. It reads the
+//! files on every request, so a ConfigMap the kubelet refreshes is served without a restart.
+//! Standard library only: it builds into a tiny static image (`scripts/image.sh runtime`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -30,8 +33,13 @@ fn answer(stream: TcpStream, dir: &Path) -> std::io::Result<()> {
         line.clear();
     }
     let read = |name: &str| std::fs::read_to_string(dir.join(name));
-    let (status, body, version) = match (read("agent.json"), read("version")) {
-        (Ok(body), Ok(version)) => ("200 OK", body, version),
+    let own = std::env::var("AGENT_VERSION").ok().filter(|v| !v.is_empty());
+    let delivered = match own {
+        Some(version) => read(&format!("agent-v{version}.json")).map(|body| (body, version)),
+        None => read("agent.json").and_then(|body| Ok((body, read("version")?))),
+    };
+    let (status, body, version) = match delivered {
+        Ok((body, version)) => ("200 OK", body, version),
         _ => ("503 Service Unavailable", "{\"error\":\"no agent definition delivered yet\"}".into(), String::new()),
     };
     let mut stream = stream;

@@ -63,6 +63,14 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("failed to write the status of AgentChannel {namespace}/{name}")]
+    PatchChannelStatus {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("failed to write the record of AgentRollback {namespace}/{name}")]
     WriteRollback {
         namespace: String,
@@ -114,7 +122,7 @@ pub enum Error {
 }
 
 /// Every value of [`Error::metric_label`], so that each series is served from the start.
-pub const OPERATIONS: [&str; 15] = [
+pub const OPERATIONS: [&str; 16] = [
     "get_agent",
     "list_versions",
     "list_rollbacks",
@@ -122,6 +130,7 @@ pub const OPERATIONS: [&str; 15] = [
     "create_version",
     "delete_version",
     "patch_agent_status",
+    "patch_channel_status",
     "write_rollback",
     "patch_rollback_status",
     "write_config_map",
@@ -143,6 +152,7 @@ impl Error {
             Self::CreateVersion { .. } => "create_version",
             Self::DeleteVersion { .. } => "delete_version",
             Self::PatchAgentStatus { .. } => "patch_agent_status",
+            Self::PatchChannelStatus { .. } => "patch_channel_status",
             Self::WriteRollback { .. } => "write_rollback",
             Self::PatchRollbackStatus { .. } => "patch_rollback_status",
             Self::WriteConfigMap { .. } => "write_config_map",

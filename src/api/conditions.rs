@@ -52,6 +52,12 @@ pub mod reasons {
     pub const SPEC_DIFFERS: &str = "SpecDiffers";
     /// InSync: nothing is published yet.
     pub const NO_VERSION: &str = "NoVersion";
+    /// A channel's desired version does not exist (never made, popped or pruned).
+    pub const VERSION_NOT_FOUND: &str = "VersionNotFound";
+    /// A channel's Agent does not exist, or has no version yet.
+    pub const AGENT_NOT_FOUND: &str = "AgentNotFound";
+    /// Ready on a channel: it serves its version, delivered.
+    pub const VERSION_SERVED: &str = "VersionServed";
 }
 
 /// Event reasons.
@@ -94,6 +100,12 @@ impl HasConditions for crate::api::AgentStatus {
 }
 
 impl HasConditions for crate::api::AgentRollbackStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
+impl HasConditions for crate::api::AgentChannelStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions
     }

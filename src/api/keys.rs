@@ -27,12 +27,24 @@ pub const ACTIVE_VERSION_ANNOTATION: &str = "agentops.dev/active-version";
 /// Annotation on the delivery ConfigMap, on rolled pod templates and on every AgentVersion
 /// (from this build on): the snapshot's hash.
 pub const SNAPSHOT_HASH_ANNOTATION: &str = "agentops.dev/snapshot-hash";
-/// Annotation on rolled pod templates: the Agent whose delivery the workload takes. One Agent
-/// owns a workload's delivery annotations; another that lists the same workload reports
-/// `WorkloadConflict` and writes nothing to it.
+/// Annotation on rolled pod templates: whose delivery the workload takes, an Agent (its name)
+/// or a channel (`AgentChannel/<name>`). One of them owns a workload's delivery annotations;
+/// another that lists the same workload reports `WorkloadConflict` and writes nothing to it.
 pub const DELIVERED_FOR_ANNOTATION: &str = "agentops.dev/delivered-for";
 /// The delivery ConfigMap's key that holds the active snapshot (canonical JSON).
 pub const AGENT_JSON_KEY: &str = "agent.json";
+/// Annotation on a delivery ConfigMap during a rollout: the version it replaces, whose
+/// `agent-v<N>.json` it keeps until no pod of its workloads runs that version.
+pub const REPLACING_VERSION_ANNOTATION: &str = "agentops.dev/replacing-version";
+/// Label on a channel's delivery ConfigMap: the channel it delivers for.
+pub const CHANNEL_LABEL: &str = "agentops.dev/channel";
+
+/// The delivery ConfigMap's key that holds version `number`'s snapshot: a pod reads the key of
+/// the version its template's `agentops.dev/active-version` annotation names (downward API), so
+/// its definition never changes under it during a rollout.
+pub fn versioned_json_key(number: i64) -> String {
+    format!("agent-v{number}.json")
+}
 
 /// Field manager of every write the controller makes.
 pub const FIELD_MANAGER: &str = "agentops.dev/agent-operator";

@@ -16,10 +16,11 @@ use super::lean_meta::LeanMeta;
 use super::observe::fetch_versions;
 use super::sync::sync_agent;
 use crate::api::Agent;
-use crate::api::conditions::{HasConditions, IN_SYNC, READY};
+use crate::api::conditions::{HasConditions, IN_SYNC, READY, STALLED};
 use crate::error::error_chain;
 use crate::metrics::ErrorLabels;
 use crate::plan::Observed;
+use crate::plan::channel::config_map_name as channel_config_map_name;
 use crate::plan::delivery::{ConfigMapState, config_map_name};
 use crate::{Error, Result};
 
@@ -39,7 +40,7 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action> {
     let key = AgentKey::new(&namespace, &name);
     ctx.caches_listed().await;
     // The echo of a recent clean sync's last write: that sync left nothing to do.
-    let intact = delivery_intact(&ctx, &agent);
+    let intact = delivery_intact(&ctx, &agent) && channels_intact(&ctx, &agent, &key);
     let covered = || intact && ctx.index.covers(&agent);
     let synced = if covered() {
         Some(false)
@@ -86,7 +87,38 @@ fn delivery_intact(ctx: &Context, agent: &Agent) -> bool {
     let reference = ObjectRef::<LeanMeta<ConfigMap>>::new(&name).within(&namespace);
     ctx.config_maps.get(&reference).is_some_and(|c| {
         let state = ConfigMapState::from_meta(&c.metadata);
-        state.owned_by(agent) && state.held.map(|h| h.version) == status.active_version && state.edited_by.is_none()
+        state.owned_by(agent)
+            && state.held.map(|h| h.version) == status.active_version
+            && state.edited_by.is_none()
+            && state.replacing.is_none()
+    })
+}
+
+/// Whether every channel of the Agent, as cached, says it serves its desired version at its
+/// generation, delivered (its cached ConfigMap holding it), or is stalled there: a channel
+/// changed, a following channel whose Agent has a new active version, or a channel's
+/// ConfigMap changed by someone else fails this, and the Agent is synced.
+fn channels_intact(ctx: &Context, agent: &Agent, key: &AgentKey) -> bool {
+    let active = agent.status.as_ref().and_then(|s| s.active_version);
+    ctx.channels.of_agent(key).iter().all(|channel| {
+        let Some(status) = channel.status.as_ref() else { return false };
+        let desired = channel.spec.version.or(active);
+        if status.observed_generation != channel.metadata.generation || status.desired_version != desired {
+            return false;
+        }
+        if status.is_true(STALLED) {
+            return true;
+        }
+        let reference = ObjectRef::<LeanMeta<ConfigMap>>::new(&channel_config_map_name(channel))
+            .within(&channel.namespace().unwrap_or_default());
+        let holds = ctx.config_maps.get(&reference).is_some_and(|c| {
+            let state = ConfigMapState::from_meta(&c.metadata);
+            state.owner_uid == channel.metadata.uid
+                && state.held.map(|h| h.version) == desired
+                && state.edited_by.is_none()
+                && state.replacing.is_none()
+        });
+        status.is_true(READY) && status.version == desired && holds
     })
 }
 

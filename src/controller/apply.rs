@@ -13,7 +13,7 @@ use super::context::Context;
 use super::delivery;
 use super::index::{AgentKey, Echo};
 use crate::api::keys::{FIELD_MANAGER, ROLLBACK_RECORD_ANNOTATION};
-use crate::api::{Agent, AgentRollback, AgentStatus, AgentVersion};
+use crate::api::{Agent, AgentChannel, AgentChannelStatus, AgentRollback, AgentStatus, AgentVersion};
 use crate::error::{is_permanent, status_code};
 use crate::plan::driver::Outcome;
 use crate::plan::durable::{RollbackRecord, handled_of};
@@ -82,19 +82,42 @@ async fn apply_one(ctx: &Context, observed: &Observed, write: Write) -> Result<O
             })?;
             Ok(Outcome::Done(Applied::Rollbacks(list.items.into_iter().map(slim).collect())))
         }
-        Write::ApplyConfigMap { config_map, resource_version } => {
-            Ok(match delivery::apply_config_map(ctx, ns, &config_map, resource_version).await? {
+        Write::ApplyConfigMap { recipient, config_map, resource_version, remove } => {
+            Ok(match delivery::apply_config_map(ctx, ns, recipient, &config_map, resource_version, &remove).await? {
                 delivery::Written::Done(applied) => Outcome::Done(applied),
                 delivery::Written::Stale(fresh) => Outcome::Stale(Some(fresh)),
             })
         }
-        Write::RollWorkload { workload, held } => {
-            Ok(Outcome::Done(delivery::roll_workload(ctx, ns, &observed.agent_name, &workload, &held).await?))
+        Write::RollWorkload { recipient, workload, held } => {
+            let agent = &observed.agent_name;
+            Ok(Outcome::Done(delivery::roll_workload(ctx, ns, agent, recipient, &workload, &held).await?))
         }
+        Write::PatchChannelStatus { name, status } => patch_channel_status(ctx, ns, name, &status).await,
         Write::Event(note) => {
             publish(ctx, observed, note);
             Ok(Outcome::Done(Applied::Nothing))
         }
+    }
+}
+
+/// Writes a channel's whole status (server-side apply under the operator's field manager,
+/// forced: the operator alone writes it). A channel deleted meanwhile is gone from the sync's
+/// state.
+async fn patch_channel_status(ctx: &Context, ns: &str, name: String, status: &AgentChannelStatus) -> Result<Outcome> {
+    let api: Api<AgentChannel> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = Patch::Apply(json!({
+        "apiVersion": AgentChannel::api_version(&()),
+        "kind": AgentChannel::kind(&()),
+        "status": status,
+    }));
+    match api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &patch).await {
+        Ok(channel) => {
+            let mut channel = channel;
+            super::watches::slim_channel(&mut channel);
+            Ok(Outcome::Done(Applied::Channel(Box::new(channel))))
+        }
+        Err(e) if status_code(&e) == Some(404) => Ok(Outcome::Done(Applied::ChannelGone(name))),
+        Err(source) => Err(Error::PatchChannelStatus { namespace: ns.into(), name, source }),
     }
 }
 
@@ -103,6 +126,9 @@ fn publish(ctx: &Context, observed: &Observed, note: EventNote) {
     let reference = match &note.on {
         EventTarget::Agent => observed.agent.as_ref().map(|a| a.object_ref(&())),
         EventTarget::Rollback(name) => observed.rollback(name).map(|r| r.object_ref(&())),
+        EventTarget::Channel(name) => {
+            observed.channels.iter().find(|c| &c.channel.name_any() == name).map(|c| c.channel.object_ref(&()))
+        }
     };
     let related = note.related.as_ref().and_then(|related| related_reference(observed, related));
     if let Some(reference) = reference {

@@ -10,10 +10,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::mpsc;
 
 use super::events::EventSink;
-use super::index::{AgentIndex, RollbackCache};
+use super::index::{AgentIndex, ChannelCache, RollbackCache};
 use super::lean_meta::LeanMeta;
 use super::turns::Turns;
-use crate::api::{Agent, AgentRollback};
+use crate::api::{Agent, AgentChannel, AgentRollback};
 use crate::metrics::Metrics;
 
 /// Reconciles in flight per controller, and syncs started early beside them. Unbounded, a
@@ -45,6 +45,8 @@ pub struct Context {
     pub rollbacks: RollbackCache,
     /// Every Agent, as last seen by the Agent controller's watch.
     pub agents: Store<Agent>,
+    /// Every AgentChannel, as last seen by its watch.
+    pub channels: ChannelCache,
     /// The delivery ConfigMaps (those labelled with an Agent), metadata only.
     pub config_maps: Store<LeanMeta<ConfigMap>>,
     /// What the watches tell, and the syncs left, of each Agent.
@@ -64,16 +66,23 @@ pub struct Context {
     listed: tokio::sync::watch::Sender<bool>,
 }
 
+/// The watch caches a [`Context`] reads.
+pub struct Stores {
+    pub rollbacks: Store<AgentRollback>,
+    pub agents: Store<Agent>,
+    pub channels: Store<AgentChannel>,
+    pub config_maps: Store<LeanMeta<ConfigMap>>,
+}
+
 impl Context {
     pub fn new(
         client: Client,
         settings: Settings,
         index: Arc<AgentIndex>,
-        rollbacks: Store<AgentRollback>,
-        agents: Store<Agent>,
-        config_maps: Store<LeanMeta<ConfigMap>>,
+        stores: Stores,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let Stores { rollbacks, agents, channels, config_maps } = stores;
         let events = EventSink::start(client.clone(), settings.instance.clone());
         let (early_failures, early_failures_rx) = mpsc::unbounded_channel();
         Self {
@@ -81,6 +90,7 @@ impl Context {
             settings,
             rollbacks: RollbackCache::new(rollbacks, index.clone()),
             agents,
+            channels: ChannelCache::new(channels, index.clone()),
             config_maps,
             index,
             early_starts: Arc::new(tokio::sync::Semaphore::new(usize::from(CONCURRENCY))),

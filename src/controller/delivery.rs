@@ -1,6 +1,7 @@
-//! Delivery I/O: what the planner needs to know of the delivery ConfigMap (from a metadata-only
-//! watch of the ConfigMaps the operator labels, so it never holds their data) and of the
-//! workloads to roll (read when a sync needs them: nothing watches every Deployment in the
+//! Delivery I/O: what the planner needs to know of the delivery ConfigMaps of an Agent and its
+//! channels (from a metadata-only watch of the ConfigMaps the operator labels, so it never holds
+//! their data), of the channels themselves (from their watch cache), and of the workloads to
+//! roll (read when a sync needs them: nothing watches every Deployment in the
 //! cluster), and the two delivery writes.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -11,47 +12,95 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::context::Context;
+use super::index::AgentKey;
 use super::lean_meta::LeanMeta;
-use crate::api::keys::{DELIVERED_FOR_ANNOTATION, DELIVERY_FIELD_MANAGER, FIELD_MANAGER};
-use crate::api::{Agent, WorkloadKind, WorkloadRef};
+use crate::api::keys::{DELIVERED_FOR_ANNOTATION, DELIVERY_FIELD_MANAGER, FIELD_MANAGER, REPLACING_VERSION_ANNOTATION};
+use crate::api::{WorkloadKind, WorkloadRef};
 use crate::error::status_code;
-use crate::plan::delivery::{ConfigMapState, Found, Held, Rollout, WorkloadState, config_map_name};
+use crate::plan::channel::{ChannelObserved, config_map_name as channel_config_map_name};
+use crate::plan::delivery::{
+    CHANNEL_CLAIM_PREFIX, ConfigMapState, Found, Held, Recipient, Rollout, WorkloadState, config_map_name,
+};
 use crate::plan::rollout::{deployment_rollout, statefulset_rollout};
 use crate::plan::{Applied, Observed, parse_revision, revision};
 use crate::{Error, Result};
 
-/// Fills in the delivery ConfigMap and the workloads to roll. The ConfigMap comes from the
-/// watch cache, unless the sync's own state holds a newer write of the same one (the cache may
-/// lag behind it); the workloads are read.
+/// Fills in the delivery ConfigMaps and the workloads to roll, of the Agent and of each of its
+/// channels. A ConfigMap comes from the watch cache, unless the sync's own state holds a newer
+/// write of the same one (the cache may lag behind it); so does each channel; the workloads
+/// are read.
 pub async fn observe(ctx: &Context, observed: &mut Observed) -> Result<()> {
+    observe_channels(ctx, observed).await?;
     let Some(agent) = observed.agent.clone() else { return Ok(()) };
-    let name = config_map_name(&agent);
-    let reference = ObjectRef::<LeanMeta<ConfigMap>>::new(&name).within(&observed.namespace);
+    let kept = observed.config_map.take();
+    observed.config_map = cached_config_map(ctx, &observed.namespace, &config_map_name(&agent), kept);
+    let restart = agent.spec.delivery.as_ref().map(|d| d.restart.clone()).unwrap_or_default();
+    observed.workloads =
+        read_workloads(ctx, &observed.namespace, &Recipient::Agent, &agent.name_any(), restart).await?;
+    Ok(())
+}
+
+/// The Agent's channels from the watch cache, each as the newer of the cache's and the sync's
+/// own write (see [`observe`]), with its ConfigMap and workloads.
+async fn observe_channels(ctx: &Context, observed: &mut Observed) -> Result<()> {
+    let key = AgentKey::new(&observed.namespace, &observed.agent_name);
+    let mut kept = std::mem::take(&mut observed.channels);
+    let mut cached: Vec<_> = ctx.channels.of_agent(&key);
+    cached.sort_by_key(|c| c.name_any());
+    for cached in cached {
+        let left = kept.iter().position(|k| k.channel.metadata.uid == cached.metadata.uid).map(|i| kept.swap_remove(i));
+        let (channel, config_map) = match left {
+            Some(left) if revision(&left.channel) >= revision(&*cached) => (left.channel, left.config_map),
+            Some(left) => ((*cached).clone(), left.config_map),
+            None => ((*cached).clone(), None),
+        };
+        let config_map = cached_config_map(ctx, &observed.namespace, &channel_config_map_name(&channel), config_map);
+        let restart = channel.spec.delivery.as_ref().map(|d| d.restart.clone()).unwrap_or_default();
+        let recipient = Recipient::Channel(channel.name_any());
+        let workloads = read_workloads(ctx, &observed.namespace, &recipient, &observed.agent_name, restart).await?;
+        observed.channels.push(ChannelObserved { channel, config_map, workloads });
+    }
+    Ok(())
+}
+
+/// The ConfigMap `name` as the watch cache has it, or as `kept` (the sync's own write) when
+/// that is newer.
+fn cached_config_map(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    kept: Option<ConfigMapState>,
+) -> Option<ConfigMapState> {
+    let reference = ObjectRef::<LeanMeta<ConfigMap>>::new(name).within(namespace);
     let cached = ctx.config_maps.get(&reference);
-    let kept = observed.config_map.take().filter(|c| c.name == name);
-    observed.config_map = match (cached, kept) {
+    let kept = kept.filter(|c| c.name == name);
+    match (cached, kept) {
         (Some(cached), Some(kept)) if kept.uid == cached.metadata.uid && newer(&kept, &cached) => Some(kept),
         (Some(cached), _) => Some(ConfigMapState::from_meta(&cached.metadata)),
         // Not in the cache: none exists, or one the operator did not label (someone else's),
         // which the create finds.
         (None, _) => None,
-    };
-    observed.workloads = read_workloads(ctx, &observed.namespace, &agent).await?;
-    Ok(())
+    }
 }
 
 fn newer(kept: &ConfigMapState, cached: &LeanMeta<ConfigMap>) -> bool {
     parse_revision(kept.resource_version.as_deref()) >= revision(cached)
 }
 
-async fn read_workloads(ctx: &Context, namespace: &str, agent: &Agent) -> Result<Vec<WorkloadState>> {
-    let listed = agent.spec.delivery.as_ref().map(|d| d.restart.clone()).unwrap_or_default();
-    let name = agent.name_any();
-    futures::future::try_join_all(listed.into_iter().map(|w| read_workload(ctx, namespace, &name, w))).await
+async fn read_workloads(
+    ctx: &Context,
+    namespace: &str,
+    recipient: &Recipient,
+    agent: &str,
+    listed: Vec<WorkloadRef>,
+) -> Result<Vec<WorkloadState>> {
+    let claim = recipient.claim(agent);
+    futures::future::try_join_all(listed.into_iter().map(|w| read_workload(ctx, namespace, &claim, w))).await
 }
 
-async fn read_workload(ctx: &Context, namespace: &str, agent: &str, workload: WorkloadRef) -> Result<WorkloadState> {
-    let claimed = |owner: Option<&str>| claimed_by(ctx, namespace, agent, &workload, owner);
+/// A workload as `claim` (whose delivery it is for) sees it.
+async fn read_workload(ctx: &Context, namespace: &str, claim: &str, workload: WorkloadRef) -> Result<WorkloadState> {
+    let claimed = |owner: Option<&str>| claimed_by(ctx, namespace, claim, &workload, owner);
     let found = match workload.kind {
         WorkloadKind::Deployment => {
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
@@ -70,19 +119,22 @@ async fn read_workload(ctx: &Context, namespace: &str, agent: &str, workload: Wo
     Ok(WorkloadState { workload, found })
 }
 
-/// The other Agent whose delivery a workload's template takes (`owner`), if that Agent still
-/// exists and lists the workload: then it is its, and `agent` leaves it alone. A workload
-/// whose owner is gone or lists it no more is free to take.
+/// The other Agent or channel whose delivery a workload's template takes (`owner`), if it
+/// still exists and lists the workload: then it is its, and `claim` leaves it alone. A
+/// workload whose owner is gone or lists it no more is free to take.
 fn claimed_by(
     ctx: &Context,
     namespace: &str,
-    agent: &str,
+    claim: &str,
     workload: &WorkloadRef,
     owner: Option<&str>,
 ) -> Option<String> {
-    let owner = owner.filter(|owner| *owner != agent)?;
-    let other = ctx.agents.get(&ObjectRef::new(owner).within(namespace))?;
-    let lists = other.spec.delivery.as_ref().is_some_and(|d| d.restart.contains(workload));
+    let owner = owner.filter(|owner| *owner != claim)?;
+    let delivery = match owner.strip_prefix(CHANNEL_CLAIM_PREFIX) {
+        Some(channel) => ctx.channels.get(&ObjectRef::new(channel).within(namespace))?.spec.delivery.clone(),
+        None => ctx.agents.get(&ObjectRef::new(owner).within(namespace))?.spec.delivery.clone(),
+    };
+    let lists = delivery.is_some_and(|d| d.restart.contains(workload));
     lists.then(|| owner.to_string())
 }
 
@@ -146,14 +198,17 @@ pub enum Written {
     Stale(Applied),
 }
 
-/// Creates the delivery ConfigMap, or replaces it on condition it is still at
-/// `resource_version`. A name taken (409 on create) or a changed ConfigMap (409 on replace) is
-/// read back for the planner to judge: it may be someone else's.
+/// Creates a delivery ConfigMap, or merges into it on condition it is still at
+/// `resource_version` (see `plan::Write::ApplyConfigMap`). A name taken (409 on create) or a
+/// changed ConfigMap (409 on replace) is read back for the planner to judge: it may be someone
+/// else's.
 pub async fn apply_config_map(
     ctx: &Context,
     namespace: &str,
+    recipient: Recipient,
     config_map: &ConfigMap,
     resource_version: Option<String>,
+    remove: &[String],
 ) -> Result<Written> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let name = config_map.metadata.name.clone().unwrap_or_default();
@@ -163,12 +218,18 @@ pub async fn apply_config_map(
             api.create(&params, config_map).await
         }
         Some(resource_version) => {
+            // A merge patch removes what it sets to null.
+            let mut annotations = json!(config_map.metadata.annotations);
+            if annotations.get(REPLACING_VERSION_ANNOTATION).is_none() {
+                annotations[REPLACING_VERSION_ANNOTATION] = serde_json::Value::Null;
+            }
+            let mut data = json!(config_map.data);
+            for key in remove {
+                data[key.as_str()] = serde_json::Value::Null;
+            }
             let body = json!({
-                "metadata": {
-                    "resourceVersion": resource_version,
-                    "annotations": config_map.metadata.annotations,
-                },
-                "data": config_map.data,
+                "metadata": { "resourceVersion": resource_version, "annotations": annotations },
+                "data": data,
             });
             let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
             api.patch(&name, &params, &Patch::Merge(body)).await
@@ -176,28 +237,31 @@ pub async fn apply_config_map(
     };
     let error = |source| Error::WriteConfigMap { namespace: namespace.into(), name: name.clone(), source };
     match result {
-        Ok(written) => Ok(Written::Done(Applied::ConfigMap(Some(ConfigMapState::from_meta(&written.metadata))))),
+        Ok(written) => {
+            Ok(Written::Done(Applied::ConfigMap(recipient, Some(ConfigMapState::from_meta(&written.metadata)))))
+        }
         Err(e) if matches!(status_code(&e), Some(409 | 404)) => {
             let fresh = api.get_metadata_opt(&name).await.map_err(error)?;
-            Ok(Written::Stale(Applied::ConfigMap(fresh.map(|c| ConfigMapState::from_meta(&c.metadata)))))
+            Ok(Written::Stale(Applied::ConfigMap(recipient, fresh.map(|c| ConfigMapState::from_meta(&c.metadata)))))
         }
         Err(source) => Err(error(source)),
     }
 }
 
-/// Sets the delivery pod-template annotations (the version, its snapshot hash, and the Agent
-/// whose delivery it takes) with server-side apply under the delivery field manager: it owns
-/// those fields and no other, so whoever manages the rest of the workload (a GitOps tool) sees
-/// no drift.
+/// Sets the delivery pod-template annotations (the version, its snapshot hash, and the Agent or
+/// channel whose delivery it takes) with server-side apply under the delivery field manager:
+/// it owns those fields and no other, so whoever manages the rest of the workload (a GitOps
+/// tool) sees no drift.
 pub async fn roll_workload(
     ctx: &Context,
     namespace: &str,
     agent: &str,
+    recipient: Recipient,
     workload: &WorkloadRef,
     held: &Held,
 ) -> Result<Applied> {
     let mut annotations = held.annotations();
-    annotations.insert(DELIVERED_FOR_ANNOTATION.to_string(), agent.to_string());
+    annotations.insert(DELIVERED_FOR_ANNOTATION.to_string(), recipient.claim(agent));
     let body = json!({
         "apiVersion": "apps/v1",
         "kind": workload.kind.as_str(),
@@ -220,5 +284,5 @@ pub async fn roll_workload(
         name: workload.name.clone(),
         source,
     })?;
-    Ok(Applied::Workload(WorkloadState { workload: workload.clone(), found }))
+    Ok(Applied::Workload(recipient, WorkloadState { workload: workload.clone(), found }))
 }

@@ -25,7 +25,7 @@ pub mod sync;
 pub mod turns;
 pub mod watches;
 
-pub use context::{Context, Settings};
+pub use context::{Context, Settings, Stores};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,7 +41,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{debug, warn};
 
 use crate::api::keys::AGENT_LABEL;
-use crate::api::{Agent, AgentRollback, AgentVersion};
+use crate::api::{Agent, AgentChannel, AgentRollback, AgentVersion};
 use crate::client::scoped;
 use crate::error::error_chain;
 use crate::http::Health;
@@ -51,7 +51,7 @@ use context::CONCURRENCY;
 use index::{AgentIndex, AgentKey, Gauges, Kind};
 use lean_agent::LeanAgent;
 use lean_meta::LeanMeta;
-use watches::{WatchBackoff, slim_agent, slim_rollback, watch_config};
+use watches::{WatchBackoff, slim_agent, slim_channel, slim_rollback, watch_config};
 
 /// Runs both controllers, over every namespace or over each of `namespaces`, until `shutdown`
 /// resolves; work in flight is finished first. Ready once every namespace's caches have their
@@ -110,6 +110,7 @@ where
     // with kilobytes of instructions the full objects' list after a restart is most of a GiB.
     let versions: Api<LeanMeta<AgentVersion>> = scoped(&client, settings.namespace.as_deref());
     let rollbacks: Api<AgentRollback> = scoped(&client, settings.namespace.as_deref());
+    let channels: Api<AgentChannel> = scoped(&client, settings.namespace.as_deref());
 
     // Api<LeanMeta<_>> makes metadata-only requests (see `lean_meta`).
     let config_maps: Api<LeanMeta<ConfigMap>> = scoped(&client, settings.namespace.as_deref());
@@ -126,13 +127,20 @@ where
     let (config_map_store, config_map_writer) = reflector::store();
     let config_map_events =
         reflector(config_map_writer, watcher(config_maps, watching.clone().labels(AGENT_LABEL))).touched_objects();
+    let (channel_store, channel_writer) = reflector::store();
+    let channel_events = reflector(channel_writer, watcher(channels, watching.clone()).modify(slim_channel))
+        .inspect_ok(indexed(&index))
+        .touched_objects();
     let ctx = Arc::new(Context::new(
         client.clone(),
         settings,
         index.clone(),
-        rollback_store.clone(),
-        agent_store.clone(),
-        config_map_store.clone(),
+        Stores {
+            rollbacks: rollback_store.clone(),
+            agents: agent_store.clone(),
+            channels: channel_store.clone(),
+            config_maps: config_map_store.clone(),
+        },
         metrics,
     ));
     let rollback_controller = run_rollback_controller(
@@ -143,13 +151,19 @@ where
         shutdown.clone(),
     );
     let version_events = watcher(versions, watching.clone()).inspect_ok(indexed(&index)).touched_objects();
-    let agent_controller = run_agent_controller(agent_controller, version_events, config_map_events, &ctx, shutdown);
+    let agent_controller = run_agent_controller(
+        agent_controller,
+        AgentTriggers { versions: version_events, config_maps: config_map_events, channels: channel_events },
+        &ctx,
+        shutdown,
+    );
 
     let readiness = async {
         // Ready once every cache has its first full list.
         if rollback_store.wait_until_ready().await.is_ok()
             && agent_store.wait_until_ready().await.is_ok()
             && config_map_store.wait_until_ready().await.is_ok()
+            && channel_store.wait_until_ready().await.is_ok()
         {
             ctx.index.listed(Kind::Version).await;
             ctx.set_listed();
@@ -228,30 +242,48 @@ where
         })
 }
 
+/// What wakes an Agent besides the Agent itself, each stream past its cache and the index.
+struct AgentTriggers<V, C, H> {
+    versions: V,
+    config_maps: C,
+    channels: H,
+}
+
 /// The Agent controller. A change to a version wakes its Agent, unless it is the echo of this
-/// process's own write; so does a change to its delivery ConfigMap. `version_events` have
-/// passed the index first.
-fn run_agent_controller<F>(
+/// process's own write; so does a change to its delivery ConfigMap or a channel's, or to one
+/// of its channels.
+fn run_agent_controller<F, V, C, H>(
     controller: Controller<Agent>,
-    version_events: impl Stream<Item = Result<LeanMeta<AgentVersion>, watcher::Error>> + Send + 'static,
-    config_map_events: impl Stream<Item = Result<LeanMeta<ConfigMap>, watcher::Error>> + Send + 'static,
+    triggers: AgentTriggers<V, C, H>,
     ctx: &Arc<Context>,
     shutdown: Shared<F>,
 ) -> impl Future<Output = ()>
 where
     F: Future<Output = ()> + Send + 'static,
+    V: Stream<Item = Result<LeanMeta<AgentVersion>, watcher::Error>> + Send + 'static,
+    C: Stream<Item = Result<LeanMeta<ConfigMap>, watcher::Error>> + Send + 'static,
+    H: Stream<Item = Result<AgentChannel, watcher::Error>> + Send + 'static,
 {
     let index = ctx.index.clone();
     controller
         .with_config(controller_config())
         .trigger_backoff(WatchBackoff::default())
-        .watches_stream(version_events, move |version: LeanMeta<AgentVersion>| index.wakes(&version))
+        .watches_stream(triggers.versions, move |version: LeanMeta<AgentVersion>| index.wakes(&version))
         // A delivery ConfigMap changed or deleted by someone else wakes its Agent; the echoes of
-        // the operator's own writes find the Agent's delivery intact and return at once.
-        .watches_stream(config_map_events, |config_map: LeanMeta<ConfigMap>| {
+        // the operator's own writes find the Agent's delivery intact and return at once. A
+        // channel's ConfigMap names its Agent in its label.
+        .watches_stream(triggers.config_maps, |config_map: LeanMeta<ConfigMap>| {
             let namespace = config_map.namespace()?;
-            let agent = config_map.owner_references().iter().find(|o| o.kind == "Agent")?.name.clone();
+            let owner = config_map.owner_references().iter().find(|o| o.controller == Some(true))?;
+            let agent = match owner.kind.as_str() {
+                "Agent" => owner.name.clone(),
+                "AgentChannel" => config_map.labels().get(AGENT_LABEL)?.clone(),
+                _ => return None,
+            };
             Some(ObjectRef::<Agent>::new(&agent).within(&namespace))
+        })
+        .watches_stream(triggers.channels, |channel: AgentChannel| {
+            Some(ObjectRef::<Agent>::new(&channel.spec.agent_name).within(&channel.namespace()?))
         })
         .graceful_shutdown_on(shutdown)
         .run(agent::reconcile, agent::error_policy, ctx.clone())

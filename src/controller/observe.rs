@@ -98,7 +98,11 @@ pub fn resume(state: &Observed, cached: &Agent, cached_rollbacks: Vec<Arc<AgentR
         })
         .collect();
     let versions = state.versions.iter().chain(&state.foreign_versions).cloned().collect();
-    Some(Observed::new(state.namespace.clone(), state.agent_name.clone(), Some(agent), versions, rollbacks))
+    let mut observed =
+        Observed::new(state.namespace.clone(), state.agent_name.clone(), Some(agent), versions, rollbacks);
+    // Each channel is taken as the newer of this and its cache's (see `delivery::observe`).
+    observed.channels = state.channels.clone();
+    Some(observed)
 }
 
 fn cached_rollbacks(ctx: &Context, namespace: &str, name: &str) -> Vec<AgentRollback> {

@@ -18,7 +18,7 @@ use crate::api::RollbackPhase;
 use crate::api::conditions::{HasConditions, READY, STALLED, reasons};
 use crate::api::keys::FIELD_MANAGER;
 use crate::metrics::RollbackLabels;
-use crate::plan::delivery::awaits_delivery;
+use crate::plan::delivery::{awaits, awaits_delivery};
 use crate::plan::driver::{self, Outcome, Port, Worked};
 use crate::plan::rollback::stopped;
 use crate::plan::status::unreadable_status;
@@ -86,7 +86,9 @@ async fn sync_once(ctx: &Context, agent: &AgentKey, turn: &Turn<'_>) -> Result<P
         // Not a settled state to resume from: the next pass reads everything again.
         return Ok(Pass::MoreToDo);
     }
-    let delivering = observed.agent.as_ref().is_some_and(awaits_delivery);
+    let channels_delivering =
+        observed.channels.iter().any(|c| awaits(c.channel.status.as_ref().and_then(|s| s.condition(READY))));
+    let delivering = observed.agent.as_ref().is_some_and(awaits_delivery) || channels_delivering;
     ctx.index.settle(agent, epoch, observed);
     Ok(Pass::Done { delivering })
 }
@@ -311,6 +313,7 @@ fn write_label(write: &Write) -> String {
         Write::ApplyConfigMap { config_map, .. } => {
             format!("config map {}", config_map.metadata.name.as_deref().unwrap_or_default())
         }
-        Write::RollWorkload { workload, held } => format!("roll {} to {}", workload.name, held.version),
+        Write::RollWorkload { workload, held, .. } => format!("roll {} to {}", workload.name, held.version),
+        Write::PatchChannelStatus { name, status } => format!("channel {name} status version={:?}", status.version),
     }
 }

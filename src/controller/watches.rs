@@ -40,6 +40,12 @@ pub fn slim_rollback(rollback: &mut AgentRollback) {
     keep_annotations(rollback, &[ROLLBACK_RECORD_ANNOTATION]);
 }
 
+/// The channel cache keeps none of a channel's annotations: the operator reads none.
+pub fn slim_channel(channel: &mut crate::api::AgentChannel) {
+    drop_managed_fields(channel);
+    keep_annotations(channel, &[]);
+}
+
 fn keep_annotations<K: Resource>(object: &mut K, keep: &[&str]) {
     if let Some(annotations) = object.meta_mut().annotations.as_mut() {
         annotations.retain(|key, _| keep.contains(&key.as_str()));

@@ -1,20 +1,23 @@
-//! Delivery: the active version reaches the agent's runtime. Every Agent has a ConfigMap it owns
-//! whose `agent.json` is the active snapshot; each workload of `spec.delivery.restart` carries
-//! the active version and snapshot hash as pod-template annotations, so it rolls out when they
-//! change. This module decides the writes and what to report; the controller observes the
-//! ConfigMap (metadata only) and the workloads, and applies the writes.
+//! Delivery: the served version reaches the agent's runtime. Every Agent, and every channel of
+//! it, has a ConfigMap it owns whose `agent.json` is the version it serves, beside the same
+//! snapshot under that version's own key (`agent-v<N>.json`) and, during a rollout, the key of
+//! the version it replaces; each workload of its `delivery.restart` carries the version and
+//! snapshot hash as pod-template annotations, so it rolls out when they change, and each pod
+//! reads its own version's key. This module decides the writes and what to report; the
+//! controller observes the ConfigMap (metadata only) and the workloads, and applies the writes.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ManagedFieldsEntry, ObjectMeta, OwnerReference};
 use kube::ResourceExt;
 
 use super::hash::canonical_json;
 use super::{EventNote, EventTarget, Observed, Step, Write, owner_reference};
 use crate::api::conditions::{HasConditions, READY, events, reasons};
 use crate::api::keys::{
-    ACTIVE_VERSION_ANNOTATION, AGENT_JSON_KEY, AGENT_LABEL, FIELD_MANAGER, SNAPSHOT_HASH_ANNOTATION,
+    ACTIVE_VERSION_ANNOTATION, AGENT_JSON_KEY, AGENT_LABEL, CHANNEL_LABEL, FIELD_MANAGER, REPLACING_VERSION_ANNOTATION,
+    SNAPSHOT_HASH_ANNOTATION, versioned_json_key,
 };
 use crate::api::{Agent, AgentVersion, DeliveryStatus, WorkloadDelivery, WorkloadRef};
 
@@ -28,6 +31,74 @@ pub fn config_map_name(agent: &Agent) -> String {
         .unwrap_or_else(|| format!("{}-agent", agent.name_any()))
 }
 
+/// What a workload's `agentops.dev/delivered-for` annotation says of a channel's delivery:
+/// this prefix and the channel's name (an Agent's name has no `/`).
+pub const CHANNEL_CLAIM_PREFIX: &str = "AgentChannel/";
+
+/// Whose delivery a write is for: the Agent's own, or one of its channels'.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Recipient {
+    Agent,
+    Channel(String),
+}
+
+impl Recipient {
+    /// What a workload's `agentops.dev/delivered-for` annotation says when it takes this
+    /// delivery.
+    pub fn claim(&self, agent_name: &str) -> String {
+        match self {
+            Self::Agent => agent_name.to_string(),
+            Self::Channel(name) => format!("{CHANNEL_CLAIM_PREFIX}{name}"),
+        }
+    }
+
+    fn event_target(&self) -> EventTarget {
+        match self {
+            Self::Agent => EventTarget::Agent,
+            Self::Channel(name) => EventTarget::Channel(name.clone()),
+        }
+    }
+
+    fn noun(&self) -> &'static str {
+        match self {
+            Self::Agent => "Agent",
+            Self::Channel(_) => "channel",
+        }
+    }
+}
+
+/// Whoever delivery is for, with what was observed of its ConfigMap and workloads.
+pub struct Target<'a> {
+    pub recipient: Recipient,
+    pub namespace: &'a str,
+    pub agent_name: &'a str,
+    pub config_map_name: String,
+    /// The controller owner reference of the ConfigMap: whose it is.
+    pub owner: OwnerReference,
+    /// The workloads to roll.
+    pub restart: &'a [WorkloadRef],
+    /// The ConfigMap of that name, if one exists.
+    pub config_map: Option<&'a ConfigMapState>,
+    /// The workloads that were read.
+    pub workloads: &'a [WorkloadState],
+}
+
+impl<'a> Target<'a> {
+    /// The Agent's own delivery.
+    pub fn of_agent(observed: &'a Observed, agent: &'a Agent) -> Self {
+        Self {
+            recipient: Recipient::Agent,
+            namespace: &observed.namespace,
+            agent_name: &observed.agent_name,
+            config_map_name: config_map_name(agent),
+            owner: owner_reference(agent),
+            restart: agent.spec.delivery.as_ref().map(|d| d.restart.as_slice()).unwrap_or_default(),
+            config_map: observed.config_map.as_ref(),
+            workloads: &observed.workloads,
+        }
+    }
+}
+
 /// The delivery ConfigMap as observed: its metadata, never its data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigMapState {
@@ -38,11 +109,16 @@ pub struct ConfigMapState {
     pub owner_uid: Option<String>,
     /// What its annotations say it holds.
     pub held: Option<Held>,
+    /// The version whose key it keeps during a rollout, as its annotation says.
+    pub replacing: Option<i64>,
     /// Who changed or removed what it delivers (`agent.json`, or the version it says it is)
     /// since the operator wrote it, if someone did: its managed fields no longer give that key
     /// to the operator's field manager. The annotations alone would still say it holds the
     /// active version.
     pub edited_by: Option<String>,
+    /// Whether it lacks the key of the version it holds: written by a build from before
+    /// version-addressed keys (its managed fields tell; unknown, it is taken to have it).
+    pub lacks_versioned_key: bool,
 }
 
 /// A version and its snapshot hash, as a ConfigMap or a pod template carries them.
@@ -75,12 +151,16 @@ impl Held {
 
 impl ConfigMapState {
     /// Whether `agent` (this uid, not just this name) made it: the only ConfigMap the
-    /// operator ever writes.
+    /// operator ever writes for the Agent.
     pub fn owned_by(&self, agent: &Agent) -> bool {
         self.owner_uid.is_some() && self.owner_uid == agent.metadata.uid
     }
 
     pub fn from_meta(meta: &ObjectMeta) -> Self {
+        let annotations = meta.annotations.as_ref();
+        let held = annotations.and_then(Held::from_annotations);
+        let lacks_versioned_key =
+            held.as_ref().is_some_and(|h| owns_key(meta, &versioned_json_key(h.version)) == Some(false));
         Self {
             name: meta.name.clone().unwrap_or_default(),
             uid: meta.uid.clone(),
@@ -91,8 +171,10 @@ impl ConfigMapState {
                 .flatten()
                 .find(|o| o.controller == Some(true))
                 .map(|o| o.uid.clone()),
-            held: meta.annotations.as_ref().and_then(Held::from_annotations),
+            held,
+            replacing: annotations.and_then(|a| a.get(REPLACING_VERSION_ANNOTATION)).and_then(|v| v.parse().ok()),
             edited_by: edited_by(meta),
+            lacks_versioned_key,
         }
     }
 }
@@ -104,17 +186,26 @@ const VERSION_KEY: &str = "version";
 const SNAPSHOT_HASH_KEY: &str = "snapshot-hash";
 const DATA_KEYS: [&str; 4] = [AGENT_JSON_KEY, AGENT_KEY, VERSION_KEY, SNAPSHOT_HASH_KEY];
 
+/// Whether an entry of managed fields holds a key of the data.
+fn holds_key(entry: &ManagedFieldsEntry, key: &str) -> bool {
+    let data = entry.fields_v1.as_ref().and_then(|f| f.0.get("f:data"));
+    data.and_then(|data| data.get(format!("f:{key}"))).is_some()
+}
+
+/// Whether the operator's field manager owns a key of the data; `None` when managed fields are
+/// not known.
+fn owns_key(meta: &ObjectMeta, key: &str) -> Option<bool> {
+    let entries = meta.managed_fields.as_ref()?;
+    Some(entries.iter().any(|e| e.manager.as_deref() == Some(FIELD_MANAGER) && holds_key(e, key)))
+}
+
 /// Who changed or removed a key of the delivered data when the operator's field manager no
 /// longer owns it (see [`ConfigMapState::edited_by`]); none when managed fields are not known.
 fn edited_by(meta: &ObjectMeta) -> Option<String> {
     let entries = meta.managed_fields.as_ref()?;
-    let owns = |entry: &ManagedFieldsEntry, key: &str| {
-        let data = entry.fields_v1.as_ref().and_then(|f| f.0.get("f:data"));
-        data.and_then(|data| data.get(format!("f:{key}"))).is_some()
-    };
     DATA_KEYS.iter().find_map(|key| {
         let owners: Vec<&str> =
-            entries.iter().filter(|e| owns(e, key)).map(|e| e.manager.as_deref().unwrap_or("someone")).collect();
+            entries.iter().filter(|e| holds_key(e, key)).map(|e| e.manager.as_deref().unwrap_or("someone")).collect();
         if owners.contains(&FIELD_MANAGER) {
             return None;
         }
@@ -122,7 +213,7 @@ fn edited_by(meta: &ObjectMeta) -> Option<String> {
     })
 }
 
-/// One workload of `spec.delivery.restart`, as observed.
+/// One workload of a delivery's `restart`, as observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkloadState {
     pub workload: WorkloadRef,
@@ -134,7 +225,8 @@ pub enum Found {
     Missing,
     /// The operator may not read or patch it.
     Forbidden(String),
-    /// Its pod template takes the delivery of Agent `by`, which lists it too: not written.
+    /// Its pod template takes the delivery of another Agent or channel, `by`, which lists it
+    /// too: not written.
     Claimed {
         by: String,
     },
@@ -153,7 +245,7 @@ pub enum Rollout {
     Stuck(String),
 }
 
-/// Where delivery of the active version stands.
+/// Where delivery of the served version stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeliveryState {
     Delivered,
@@ -173,12 +265,16 @@ pub struct Plan {
     pub state: DeliveryState,
 }
 
-/// Whether the Agent's status says it waits for its delivery: a rollout in progress, or
-/// something in the way that may clear without a change to the Agent (a workload created, a
-/// foreign ConfigMap deleted). Nothing watches workloads, so such an Agent is looked at again
-/// after a while.
+/// Whether the Agent's status says it waits for its delivery (see [`awaits`]).
 pub fn awaits_delivery(agent: &Agent) -> bool {
-    let ready = agent.status.as_ref().and_then(|s| s.condition(READY));
+    awaits(agent.status.as_ref().and_then(|s| s.condition(READY)))
+}
+
+/// Whether a `Ready` condition says its object waits for its delivery: a rollout in progress,
+/// or something in the way that may clear without a change to the object (a workload created,
+/// a foreign ConfigMap deleted). Nothing watches workloads, so such an object is looked at
+/// again after a while.
+pub fn awaits(ready: Option<&Condition>) -> bool {
     ready.is_some_and(|c| {
         c.status == "False"
             && [
@@ -193,22 +289,28 @@ pub fn awaits_delivery(agent: &Agent) -> bool {
     })
 }
 
-/// What delivery of the newest version needs, given what was observed.
+/// What delivery of the Agent's newest version needs, given what was observed.
 pub fn plan(observed: &Observed, agent: &Agent) -> Plan {
-    let Some(active) = observed.newest() else {
-        return Plan { steps: Vec::new(), status: None, state: DeliveryState::Delivered };
-    };
-    let want = Held::of(active);
-    let name = config_map_name(agent);
+    match observed.newest() {
+        Some(active) => plan_for(&Target::of_agent(observed, agent), active),
+        None => Plan { steps: Vec::new(), status: None, state: DeliveryState::Delivered },
+    }
+}
+
+/// What delivery of `version` to `target` needs.
+pub fn plan_for(target: &Target<'_>, version: &AgentVersion) -> Plan {
+    let want = Held::of(version);
+    let name = target.config_map_name.clone();
     let mut steps = Vec::new();
     let mut status = DeliveryStatus { config_map: Some(name.clone()), ..DeliveryStatus::default() };
+    let noun = target.recipient.noun();
 
-    match observed.config_map.as_ref().filter(|c| c.name == name) {
-        Some(found) if !found.owned_by(agent) => {
+    match target.config_map.filter(|c| c.name == name) {
+        Some(found) if found.owner_uid.as_deref() != Some(target.owner.uid.as_str()) || target.owner.uid.is_empty() => {
             status.version = None;
-            status.workloads = report(observed, agent, &want);
+            status.workloads = report(target, &want);
             let message = format!(
-                "ConfigMap {name} exists and was not created by the operator for this Agent; it is left as it is. \
+                "ConfigMap {name} exists and was not created by the operator for this {noun}; it is left as it is. \
                  Delete or rename it, or set spec.delivery.configMapName."
             );
             return Plan {
@@ -217,12 +319,46 @@ pub fn plan(observed: &Observed, agent: &Agent) -> Plan {
                 state: DeliveryState::Blocked { reason: reasons::CONFIG_MAP_CONFLICT, message },
             };
         }
-        Some(ours) if ours.held.as_ref() == Some(&want) && ours.edited_by.is_none() => {}
+        Some(ours) if ours.held.as_ref() == Some(&want) && ours.edited_by.is_none() && !ours.lacks_versioned_key => {
+            // The replaced version's key goes once no pod runs it.
+            if let Some(replaced) = ours.replacing
+                && rolled_out(target, &want)
+            {
+                let config_map = config_map(target, version, None);
+                let remove = vec![versioned_json_key(replaced)];
+                let resource_version = ours.resource_version.clone();
+                steps.push(
+                    Write::ApplyConfigMap {
+                        recipient: target.recipient.clone(),
+                        config_map: Box::new(config_map),
+                        resource_version,
+                        remove,
+                    }
+                    .into(),
+                );
+            }
+        }
         existing => {
+            let held = existing.and_then(|c| c.held.as_ref()).map(|h| h.version);
+            // Pods of the workloads still run the version held until they roll; a ConfigMap no
+            // listed workload mounts has no pods to wait for.
+            let replacing = match held {
+                Some(held) if held != want.version => (!target.restart.is_empty()).then_some(held),
+                _ => existing.and_then(|c| c.replacing),
+            };
+            let mut remove: Vec<String> = [held, existing.and_then(|c| c.replacing)]
+                .into_iter()
+                .flatten()
+                .filter(|n| *n != want.version && Some(*n) != replacing)
+                .map(versioned_json_key)
+                .collect();
+            remove.dedup();
             steps.push(
                 Write::ApplyConfigMap {
-                    config_map: Box::new(config_map(agent, active, &name)),
+                    recipient: target.recipient.clone(),
+                    config_map: Box::new(config_map(target, version, replacing)),
                     resource_version: existing.and_then(|c| c.resource_version.clone()),
+                    remove,
                 }
                 .into(),
             );
@@ -234,7 +370,7 @@ pub fn plan(observed: &Observed, agent: &Agent) -> Plan {
                 );
                 steps.push(
                     Write::Event(EventNote {
-                        on: EventTarget::Agent,
+                        on: target.recipient.event_target(),
                         related: None,
                         warning: true,
                         reason: events::DELIVERY_REPAIRED,
@@ -250,14 +386,14 @@ pub fn plan(observed: &Observed, agent: &Agent) -> Plan {
 
     let mut rolls = Vec::new();
     let mut state = DeliveryState::Delivered;
-    for (workload, found) in workloads(observed, agent) {
+    for (workload, found) in workloads(target) {
         let (delivery, this) = match found {
             Found::Missing => {
                 let message = format!(
                     "{} {} not found in namespace {}.",
                     workload.kind.as_str(),
                     workload.name,
-                    observed.namespace
+                    target.namespace
                 );
                 (None, DeliveryState::Blocked { reason: reasons::WORKLOAD_NOT_FOUND, message })
             }
@@ -266,8 +402,12 @@ pub fn plan(observed: &Observed, agent: &Agent) -> Plan {
                 (None, DeliveryState::Blocked { reason: reasons::WORKLOAD_FORBIDDEN, message })
             }
             Found::Claimed { by } => {
+                let by = match by.strip_prefix(CHANNEL_CLAIM_PREFIX) {
+                    Some(channel) => format!("channel {channel}"),
+                    None => format!("Agent {by}"),
+                };
                 let message = format!(
-                    "{} {} takes the delivery of Agent {by}, which lists it too; it is left as it is. \
+                    "{} {} takes the delivery of {by}, which lists it too; it is left as it is. \
                      Remove it from spec.delivery.restart of one of the two.",
                     workload.kind.as_str(),
                     workload.name
@@ -275,7 +415,11 @@ pub fn plan(observed: &Observed, agent: &Agent) -> Plan {
                 (None, DeliveryState::Blocked { reason: reasons::WORKLOAD_CONFLICT, message })
             }
             Found::Present { held, .. } if held.as_ref() != Some(&want) => {
-                rolls.push(Write::RollWorkload { workload: workload.clone(), held: want.clone() });
+                rolls.push(Write::RollWorkload {
+                    recipient: target.recipient.clone(),
+                    workload: workload.clone(),
+                    held: want.clone(),
+                });
                 let message =
                     format!("{} {} rolling out version {}.", workload.kind.as_str(), workload.name, want.version);
                 (Some((false, None)), DeliveryState::InProgress(message))
@@ -315,40 +459,42 @@ pub fn plan(observed: &Observed, agent: &Agent) -> Plan {
     Plan { steps, status: Some(status), state }
 }
 
-/// Where delivery stands right after the active version becomes `after`: in progress unless
-/// the ConfigMap and every workload already carry it.
+/// Whether every workload of the target runs `want`, rolled out: no pod runs another version.
+fn rolled_out(target: &Target<'_>, want: &Held) -> bool {
+    workloads(target)
+        .iter()
+        .all(|(_, found)| matches!(found, Found::Present { held: Some(held), rollout: Rollout::Done } if held == want))
+}
+
+/// Where the Agent's delivery stands right after its active version becomes `after`: in
+/// progress unless the ConfigMap and every workload already carry it.
 pub fn state_after(observed: &Observed, agent: &Agent, after: Option<&AgentVersion>) -> DeliveryState {
     let Some(after) = after else { return DeliveryState::Delivered };
     let want = Held::of(after);
-    let name = config_map_name(agent);
-    let ours = observed.config_map.as_ref().filter(|c| c.name == name && c.owned_by(agent));
-    let workloads_hold = workloads(observed, agent).iter().all(
-        |(_, found)| matches!(found, Found::Present { held: Some(held), rollout: Rollout::Done } if held == &want),
-    );
-    if ours.is_some_and(|c| c.held.as_ref() == Some(&want)) && workloads_hold {
+    let target = Target::of_agent(observed, agent);
+    let ours = target.config_map.filter(|c| c.name == target.config_map_name && c.owned_by(agent));
+    if ours.is_some_and(|c| c.held.as_ref() == Some(&want)) && rolled_out(&target, &want) {
         DeliveryState::Delivered
     } else {
         DeliveryState::InProgress(format!("Delivering version {}.", want.version))
     }
 }
 
-/// The workloads of `spec.delivery.restart`, each with what was observed of it (`Missing` when
-/// nothing was).
-fn workloads<'a>(observed: &'a Observed, agent: &'a Agent) -> Vec<(&'a WorkloadRef, Found)> {
-    let listed = agent.spec.delivery.as_ref().map(|d| d.restart.as_slice()).unwrap_or_default();
-    listed
+/// The target's workloads, each with what was observed of it (`Missing` when nothing was).
+fn workloads<'a>(target: &'a Target<'a>) -> Vec<(&'a WorkloadRef, Found)> {
+    target
+        .restart
         .iter()
         .map(|w| {
-            let found =
-                observed.workloads.iter().find(|s| &s.workload == w).map_or(Found::Missing, |s| s.found.clone());
+            let found = target.workloads.iter().find(|s| &s.workload == w).map_or(Found::Missing, |s| s.found.clone());
             (w, found)
         })
         .collect()
 }
 
 /// The workloads' delivery, reported while the ConfigMap blocks it.
-fn report(observed: &Observed, agent: &Agent, want: &Held) -> Vec<WorkloadDelivery> {
-    workloads(observed, agent)
+fn report(target: &Target<'_>, want: &Held) -> Vec<WorkloadDelivery> {
+    workloads(target)
         .into_iter()
         .map(|(w, found)| {
             let held = match &found {
@@ -368,7 +514,7 @@ fn report(observed: &Observed, agent: &Agent, want: &Held) -> Vec<WorkloadDelive
 }
 
 /// The state to report of two: blocked over in progress over delivered; the first of equals.
-fn worse(a: DeliveryState, b: DeliveryState) -> DeliveryState {
+pub fn worse(a: DeliveryState, b: DeliveryState) -> DeliveryState {
     let rank = |s: &DeliveryState| match s {
         DeliveryState::Delivered => 0,
         DeliveryState::InProgress(_) => 1,
@@ -377,21 +523,32 @@ fn worse(a: DeliveryState, b: DeliveryState) -> DeliveryState {
     if rank(&b) > rank(&a) { b } else { a }
 }
 
-/// The Agent's delivery ConfigMap holding `version`.
-fn config_map(agent: &Agent, version: &AgentVersion, name: &str) -> ConfigMap {
+/// The target's delivery ConfigMap holding `version`, and keeping the key of `replacing` (its
+/// data is not written here: a merge leaves it as it is).
+fn config_map(target: &Target<'_>, version: &AgentVersion, replacing: Option<i64>) -> ConfigMap {
     let held = Held::of(version);
+    let snapshot = canonical_json(&version.spec.snapshot);
+    let mut labels = BTreeMap::from([(AGENT_LABEL.to_string(), target.agent_name.to_string())]);
+    if let Recipient::Channel(channel) = &target.recipient {
+        labels.insert(CHANNEL_LABEL.to_string(), channel.clone());
+    }
+    let mut annotations = held.annotations();
+    if let Some(replacing) = replacing {
+        annotations.insert(REPLACING_VERSION_ANNOTATION.to_string(), replacing.to_string());
+    }
     ConfigMap {
         metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: agent.namespace(),
-            labels: Some(BTreeMap::from([(AGENT_LABEL.to_string(), agent.name_any())])),
-            annotations: Some(held.annotations()),
-            owner_references: Some(vec![owner_reference(agent)]),
+            name: Some(target.config_map_name.clone()),
+            namespace: Some(target.namespace.to_string()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![target.owner.clone()]),
             ..ObjectMeta::default()
         },
         data: Some(BTreeMap::from([
-            (AGENT_JSON_KEY.to_string(), canonical_json(&version.spec.snapshot)),
-            (AGENT_KEY.to_string(), agent.name_any()),
+            (versioned_json_key(held.version), snapshot.clone()),
+            (AGENT_JSON_KEY.to_string(), snapshot),
+            (AGENT_KEY.to_string(), target.agent_name.to_string()),
             (VERSION_KEY.to_string(), held.version.to_string()),
             (SNAPSHOT_HASH_KEY.to_string(), held.snapshot_hash.clone()),
         ])),
@@ -465,7 +622,9 @@ mod tests {
             resource_version: Some("7".into()),
             owner_uid: Some("uid-support".into()),
             held,
+            replacing: None,
             edited_by: None,
+            lacks_versioned_key: false,
         }
     }
 
@@ -481,7 +640,8 @@ mod tests {
     fn a_missing_config_map_is_created_with_the_active_snapshot() {
         let agent = agent(vec![]);
         let plan = plan(&observed(&agent, None, vec![]), &agent);
-        let [Step::One(Write::ApplyConfigMap { config_map, resource_version: None })] = plan.steps.as_slice() else {
+        let [Step::One(Write::ApplyConfigMap { config_map, resource_version: None, .. })] = plan.steps.as_slice()
+        else {
             panic!("{:?}", plan.steps)
         };
         assert_eq!(config_map.metadata.name.as_deref(), Some("support-agent"));
@@ -622,5 +782,74 @@ mod tests {
             assert!(plan.steps.is_empty());
             assert!(matches!(plan.state, DeliveryState::Blocked { reason: r, .. } if r == reason), "{:?}", plan.state);
         }
+    }
+
+    /// The ConfigMap write of a plan: its annotations, data keys and the keys it removes.
+    fn config_map_write(plan: &Plan) -> (BTreeMap<String, String>, Vec<String>, Vec<String>) {
+        let Some(Step::One(Write::ApplyConfigMap { config_map, remove, .. })) = plan.steps.first() else {
+            panic!("no ConfigMap write first: {:?}", plan.steps)
+        };
+        let keys = config_map.data.as_ref().unwrap().keys().cloned().collect();
+        (config_map.metadata.annotations.clone().unwrap(), keys, remove.clone())
+    }
+
+    #[test]
+    fn during_a_rollout_the_config_map_keeps_the_replaced_versions_key_until_no_pod_runs_it() {
+        let agent = agent(vec![deployment()]);
+        let on = |held: Held, rollout: Rollout| {
+            vec![WorkloadState { workload: deployment(), found: Found::Present { held: Some(held), rollout } }]
+        };
+        // Version 2 arrives: its key is added, version 1's stays (a merge leaves it), and the
+        // ConfigMap says it replaces 1.
+        let plan1 = plan(&observed(&agent, Some(ours(Some(held(1, "h1")))), on(held(1, "h1"), Rollout::Done)), &agent);
+        let (annotations, keys, remove) = config_map_write(&plan1);
+        assert_eq!(annotations.get(REPLACING_VERSION_ANNOTATION).map(String::as_str), Some("1"));
+        assert!(keys.contains(&"agent-v2.json".to_string()) && keys.contains(&AGENT_JSON_KEY.to_string()));
+        assert!(remove.is_empty(), "{remove:?}");
+
+        // While pods of version 1 may still run, nothing more is written to it.
+        let mut replacing = ours(Some(held(2, "h2")));
+        replacing.replacing = Some(1);
+        let rolling = on(held(2, "h2"), Rollout::Progressing("1 of 2 updated".into()));
+        let plan2 = plan(&observed(&agent, Some(replacing.clone()), rolling), &agent);
+        assert!(plan2.steps.is_empty(), "{:?}", plan2.steps);
+
+        // Rolled out: version 1's key goes, and the annotation with it.
+        let plan3 = plan(&observed(&agent, Some(replacing), on(held(2, "h2"), Rollout::Done)), &agent);
+        let (annotations, _, remove) = config_map_write(&plan3);
+        assert_eq!(annotations.get(REPLACING_VERSION_ANNOTATION), None);
+        assert_eq!(remove, ["agent-v1.json"]);
+        assert_eq!(plan3.state, DeliveryState::Delivered);
+    }
+
+    #[test]
+    fn without_workloads_the_replaced_versions_key_goes_at_once() {
+        let agent = agent(vec![]);
+        let plan = plan(&observed(&agent, Some(ours(Some(held(1, "h1")))), vec![]), &agent);
+        let (annotations, keys, remove) = config_map_write(&plan);
+        assert_eq!(annotations.get(REPLACING_VERSION_ANNOTATION), None);
+        assert!(keys.contains(&"agent-v2.json".to_string()));
+        assert_eq!(remove, ["agent-v1.json"]);
+    }
+
+    #[test]
+    fn a_config_map_from_before_versioned_keys_gets_its_key_without_a_repair_event() {
+        let agent = agent(vec![]);
+        let mut old = ours(Some(held(2, "h2")));
+        old.lacks_versioned_key = true;
+        let plan = plan(&observed(&agent, Some(old), vec![]), &agent);
+        let (_, keys, _) = config_map_write(&plan);
+        assert!(keys.contains(&"agent-v2.json".to_string()));
+        assert_eq!(plan.steps.len(), 1, "no DeliveryRepaired Event: {:?}", plan.steps);
+        // Managed fields tell whether it has the key.
+        let owns = |key: &str| {
+            let mut fields = serde_json::json!({"f:data": {"f:agent.json": {}, "f:agent": {}, "f:version": {}, "f:snapshot-hash": {}}});
+            fields["f:data"][format!("f:{key}")] = serde_json::json!({});
+            let mut meta = managed(&[(FIELD_MANAGER, fields)]);
+            meta.annotations = Some(held(2, "h2").annotations());
+            ConfigMapState::from_meta(&meta).lacks_versioned_key
+        };
+        assert!(!owns("agent-v2.json"));
+        assert!(owns("agent-v1.json"));
     }
 }

@@ -1,6 +1,8 @@
 //! History pruning: which versions fall outside `revisionHistoryLimit`, and the steps that
 //! delete them.
 
+use std::collections::BTreeSet;
+
 use kube::ResourceExt;
 
 use super::{EventNote, EventTarget, Observed, RelatedObject, Write};
@@ -45,10 +47,13 @@ impl Pruning {
     }
 }
 
-/// Prunes `observed`'s versions beyond the Agent's `revisionHistoryLimit`, never the active one.
+/// Prunes `observed`'s versions beyond the Agent's `revisionHistoryLimit`, never the active one
+/// nor one a channel uses (the Agent then keeps more than its limit).
 pub fn pruning(observed: &Observed, agent: &Agent) -> Pruning {
     let limit = agent.spec.revision_history_limit;
-    let pruned = versions_to_prune(&observed.version_numbers(), observed.active_number(), limit);
+    let mut kept = super::channel::in_use(observed);
+    kept.extend(observed.active_number());
+    let pruned = versions_to_prune(&observed.version_numbers(), &kept, limit);
     let kept: Vec<_> = observed.versions.iter().filter(|v| !pruned.contains(&v.spec.version)).collect();
     let deletes = observed
         .versions
@@ -65,15 +70,16 @@ pub fn pruning(observed: &Observed, agent: &Agent) -> Pruning {
     }
 }
 
-/// Version numbers to delete so that at most `limit` remain: the oldest first, never `active`.
-/// `numbers` may be in any order; a limit below 1 counts as 1.
-pub fn versions_to_prune(numbers: &[i64], active: Option<i64>, limit: i32) -> Vec<i64> {
+/// Version numbers to delete so that at most `limit` remain where `kept` allows: the oldest
+/// first, never one of `kept` (the active version, those channels use), which still count
+/// toward the limit. `numbers` may be in any order; a limit below 1 counts as 1.
+pub fn versions_to_prune(numbers: &[i64], kept: &BTreeSet<i64>, limit: i32) -> Vec<i64> {
     let limit = usize::try_from(limit.max(1)).unwrap_or(1);
     let mut sorted: Vec<i64> = numbers.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
     let excess = sorted.len().saturating_sub(limit);
-    sorted.into_iter().filter(|n| Some(*n) != active).take(excess).collect()
+    sorted.into_iter().filter(|n| !kept.contains(n)).take(excess).collect()
 }
 
 #[cfg(test)]
@@ -83,39 +89,50 @@ mod tests {
 
     #[test]
     fn prunes_oldest_beyond_the_limit() {
-        assert_eq!(versions_to_prune(&[1, 2, 3, 4, 5], Some(5), 3), vec![1, 2]);
+        assert_eq!(versions_to_prune(&[1, 2, 3, 4, 5], &BTreeSet::from([5]), 3), vec![1, 2]);
     }
 
     #[test]
     fn keeps_everything_within_the_limit() {
-        assert!(versions_to_prune(&[3, 4], Some(4), 10).is_empty());
+        assert!(versions_to_prune(&[3, 4], &BTreeSet::from([4]), 10).is_empty());
     }
 
     #[test]
     fn never_prunes_the_active_version_even_if_oldest() {
-        assert_eq!(versions_to_prune(&[1, 2, 3], Some(1), 1), vec![2, 3]);
+        assert_eq!(versions_to_prune(&[1, 2, 3], &BTreeSet::from([1]), 1), vec![2, 3]);
     }
 
     #[test]
     fn limit_below_one_keeps_one() {
-        assert_eq!(versions_to_prune(&[1, 2, 3], Some(3), 0), vec![1, 2]);
+        assert_eq!(versions_to_prune(&[1, 2, 3], &BTreeSet::from([3]), 0), vec![1, 2]);
+    }
+
+    #[test]
+    fn versions_in_use_are_kept_and_count_toward_the_limit() {
+        // 1 pinned by a channel, 5 active: of 1..=5 with a limit of 3, 2 and 3 go.
+        assert_eq!(versions_to_prune(&[1, 2, 3, 4, 5], &BTreeSet::from([1, 5]), 3), vec![2, 3]);
+        // More in use than the limit: every other one goes, and the Agent keeps more.
+        assert_eq!(versions_to_prune(&[1, 2, 3, 4], &BTreeSet::from([1, 2, 4]), 2), vec![3]);
     }
 
     proptest! {
         #[test]
-        fn pruning_keeps_the_limit_and_the_active_version(
+        fn pruning_keeps_the_limit_and_the_versions_in_use(
             numbers in proptest::collection::btree_set(1i64..200, 1..40),
             limit in 1i32..15,
             active_index in any::<proptest::sample::Index>(),
+            in_use in proptest::collection::vec(any::<proptest::sample::Index>(), 0..4),
         ) {
             let numbers: Vec<i64> = numbers.into_iter().collect();
             let active = *active_index.get(&numbers);
-            let pruned = versions_to_prune(&numbers, Some(active), limit);
-            prop_assert!(!pruned.contains(&active));
-            let kept = numbers.len() - pruned.len();
-            prop_assert_eq!(kept, numbers.len().min(limit as usize).max(1));
-            // Whatever is kept, apart from the active version, is newer than whatever is pruned.
-            let oldest_kept = numbers.iter().filter(|n| !pruned.contains(n) && **n != active).min();
+            let mut kept: BTreeSet<i64> = in_use.iter().map(|i| *i.get(&numbers)).collect();
+            kept.insert(active);
+            let pruned = versions_to_prune(&numbers, &kept, limit);
+            prop_assert!(pruned.iter().all(|n| !kept.contains(n)));
+            let left = numbers.len() - pruned.len();
+            prop_assert_eq!(left, numbers.len().min(limit as usize).max(kept.len()));
+            // Whatever is kept, apart from those in use, is newer than whatever is pruned.
+            let oldest_kept = numbers.iter().filter(|n| !pruned.contains(n) && !kept.contains(n)).min();
             if let (Some(oldest_kept), Some(newest_pruned)) = (oldest_kept, pruned.iter().max()) {
                 prop_assert!(oldest_kept > newest_pruned);
             }

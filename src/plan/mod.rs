@@ -8,6 +8,7 @@
 //! empty. Every unit is safe to cut short at any step: the next observation shows what was
 //! done and the decision carries on from there.
 
+pub mod channel;
 pub mod delivery;
 pub mod driver;
 pub mod durable;
@@ -33,7 +34,8 @@ use crate::api::{
     Agent, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, DeliveryStatus, LastRollback, RollbackPhase,
     WorkloadRef,
 };
-use delivery::{ConfigMapState, Held, WorkloadState};
+use channel::ChannelObserved;
+use delivery::{ConfigMapState, Held, Recipient, WorkloadState};
 use durable::{AgentMark, Handled, RollbackRecord};
 
 pub use rollback::FailureReason;
@@ -92,6 +94,8 @@ pub struct Observed {
     pub config_map: Option<ConfigMapState>,
     /// The workloads of `spec.delivery.restart` that were read.
     pub workloads: Vec<WorkloadState>,
+    /// The Agent's channels, by name, with what was observed of their delivery.
+    pub channels: Vec<ChannelObserved>,
     /// Versions whose create the API server refused during this sync with an answer no retry
     /// changes (see [`RefusedVersion`]).
     pub refused: Vec<RefusedVersion>,
@@ -127,6 +131,7 @@ impl Observed {
             rollbacks_listed: false,
             config_map: None,
             workloads: Vec::new(),
+            channels: Vec::new(),
             refused: Vec::new(),
             definition_size: None,
         };
@@ -378,14 +383,39 @@ impl Observed {
                 self.marks.remove(&name);
                 self.unsynced.remove(&name);
             }
-            Applied::ConfigMap(state) => self.config_map = state,
+            Applied::ConfigMap(Recipient::Agent, state) => self.config_map = state,
+            Applied::ConfigMap(Recipient::Channel(name), state) => {
+                if let Some(channel) = self.channel_mut(&name) {
+                    channel.config_map = state;
+                }
+            }
             Applied::VersionRefused(refused) => self.refused.push(refused),
-            Applied::Workload(state) => match self.workloads.iter_mut().find(|w| w.workload == state.workload) {
-                Some(slot) => *slot = state,
-                None => self.workloads.push(state),
-            },
+            Applied::Workload(recipient, state) => {
+                let workloads = match &recipient {
+                    Recipient::Agent => Some(&mut self.workloads),
+                    Recipient::Channel(name) => self.channel_mut(name).map(|c| &mut c.workloads),
+                };
+                if let Some(workloads) = workloads {
+                    match workloads.iter_mut().find(|w| w.workload == state.workload) {
+                        Some(slot) => *slot = state,
+                        None => workloads.push(state),
+                    }
+                }
+            }
+            Applied::ChannelGone(name) => self.channels.retain(|c| c.channel.name_any() != name),
+            Applied::Channel(channel) => {
+                if let Some(slot) = self.channel_mut(&channel.name_any()) {
+                    slot.channel = *channel;
+                }
+            }
             Applied::Nothing => {}
         }
+    }
+}
+
+impl Observed {
+    fn channel_mut(&mut self, name: &str) -> Option<&mut ChannelObserved> {
+        self.channels.iter_mut().find(|c| c.channel.name_any() == name)
     }
 }
 
@@ -423,9 +453,13 @@ pub enum Applied {
     RollbackDeleted(String),
     /// The API server refused a version's create with an answer no retry changes.
     VersionRefused(RefusedVersion),
-    /// The delivery ConfigMap as written or read back; `None`: there is none.
-    ConfigMap(Option<ConfigMapState>),
-    Workload(WorkloadState),
+    /// A delivery ConfigMap as written or read back; `None`: there is none.
+    ConfigMap(Recipient, Option<ConfigMapState>),
+    Workload(Recipient, WorkloadState),
+    /// A channel as written.
+    Channel(Box<crate::api::AgentChannel>),
+    /// A channel found deleted.
+    ChannelGone(String),
     Nothing,
 }
 
@@ -478,13 +512,22 @@ pub enum Write {
     /// List the Agent's rollbacks from the API server: its status is lost, and is rebuilt from
     /// their records, of which a cached list could miss the newest.
     ListRollbacks,
-    /// Create the delivery ConfigMap (`resource_version` None), or replace its annotations and
-    /// data on condition that it is still at `resource_version`, as last seen owned by the
-    /// Agent: a ConfigMap someone else made in between is never written.
-    ApplyConfigMap { config_map: Box<k8s_openapi::api::core::v1::ConfigMap>, resource_version: Option<String> },
+    /// Create a delivery ConfigMap (`resource_version` None), or merge its annotations and
+    /// data into it and remove the data keys `remove`, on condition that it is still at
+    /// `resource_version`, as last seen owned by the recipient: a ConfigMap someone else made
+    /// in between is never written. Its operator annotations that `config_map` lacks go.
+    ApplyConfigMap {
+        recipient: Recipient,
+        config_map: Box<k8s_openapi::api::core::v1::ConfigMap>,
+        resource_version: Option<String>,
+        remove: Vec<String>,
+    },
     /// Set the pod-template annotations of a workload to `held` (its own field manager, those
-    /// two fields only), which rolls it out.
-    RollWorkload { workload: WorkloadRef, held: Held },
+    /// fields only), which rolls it out.
+    RollWorkload { recipient: Recipient, workload: WorkloadRef, held: Held },
+    /// Replace a channel's status (server-side apply), on condition that the channel is still
+    /// the one of that uid.
+    PatchChannelStatus { name: String, status: Box<crate::api::AgentChannelStatus> },
     /// Record an Event.
     Event(EventNote),
 }
@@ -514,6 +557,7 @@ pub enum RelatedObject {
 pub enum EventTarget {
     Agent,
     Rollback(String),
+    Channel(String),
 }
 
 pub(crate) fn phase_of(rollback: &AgentRollback) -> Option<RollbackPhase> {

@@ -31,6 +31,8 @@ pub enum FailureReason {
     AtFirstVersion,
     /// `expectedActiveVersion` is no longer the active version.
     ActiveVersionChanged,
+    /// Pop of a version that a channel pins or holds by an override.
+    VersionInUse,
     /// The API server refused to create the version the rollback makes (see
     /// `plan::RefusedVersion`).
     VersionRefused,
@@ -41,13 +43,14 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 8] = [
+    pub const ALL: [FailureReason; 9] = [
         Self::AgentNotFound,
         Self::VersionNotFound,
         Self::AlreadyActive,
         Self::NoPreviousVersion,
         Self::AtFirstVersion,
         Self::ActiveVersionChanged,
+        Self::VersionInUse,
         Self::VersionRefused,
         Self::InvalidRecord,
     ];
@@ -61,6 +64,7 @@ impl FailureReason {
             Self::NoPreviousVersion => "NoPreviousVersion",
             Self::AtFirstVersion => "AtFirstVersion",
             Self::ActiveVersionChanged => "ActiveVersionChanged",
+            Self::VersionInUse => "VersionInUse",
             Self::VersionRefused => "VersionRefused",
             Self::InvalidRecord => "InvalidRecord",
         }
@@ -262,7 +266,21 @@ pub fn start(observed: &Observed, agent: &Agent, head: &AgentRollback, now: &Tim
     let numbers = observed.version_numbers();
     let active = observed.active_number();
     let spec = &head.spec;
-    match choose(&agent.name_any(), spec.strategy, spec.target_version, spec.expected_active_version, &numbers) {
+    let chosen = choose(&agent.name_any(), spec.strategy, spec.target_version, spec.expected_active_version, &numbers)
+        .and_then(|choice| match choice {
+            Choice::Pop { version } => match super::channel::holder(observed, version) {
+                Some(channel) => Err(Failure {
+                    reason: FailureReason::VersionInUse,
+                    message: format!(
+                        "Version {version} of Agent {} is in use by channel {channel} (pinned, or held by a rollback or promotion); it is not deleted.",
+                        agent.name_any()
+                    ),
+                }),
+                None => Ok(choice),
+            },
+            choice => Ok(choice),
+        });
+    match chosen {
         Err(failure) => fail(observed, head, failure, now),
         Ok(choice) => {
             let mut status = first_status(head);

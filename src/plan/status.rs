@@ -109,6 +109,59 @@ pub fn agent_conditions(existing: &[Condition], state: AgentState<'_>, now: &Tim
     conditions(existing, [ready, reconciling, stalled, in_sync], generation, now)
 }
 
+/// The conditions of a channel (`Ready`, `Reconciling`, `Stalled`): Ready once it serves a
+/// version, delivered; Stalled while `problem` (a reason and message) keeps it from its desired
+/// version, or its delivery is blocked.
+pub fn channel_conditions(
+    existing: &[Condition],
+    generation: Option<i64>,
+    serving: Option<i64>,
+    delivery: &DeliveryState,
+    problem: Option<(&str, &str)>,
+    now: &Time,
+) -> Vec<Condition> {
+    let serving_message = match serving {
+        Some(v) => format!("Serving version {v}"),
+        None => "Serving no version yet".to_string(),
+    };
+    let not_reconciling =
+        || ConditionSpec { type_: RECONCILING, status: false, reason: reasons::AS_EXPECTED, message: String::new() };
+    let not_stalled =
+        || ConditionSpec { type_: STALLED, status: false, reason: reasons::AS_EXPECTED, message: String::new() };
+    let stalled = |reason, message: String| {
+        (
+            ConditionSpec { type_: READY, status: false, reason, message: message.clone() },
+            not_reconciling(),
+            ConditionSpec { type_: STALLED, status: true, reason, message },
+        )
+    };
+    let (ready, reconciling, stalled) = match (problem, delivery) {
+        (Some((reason, message)), _) => stalled(reason, message.to_string()),
+        (None, DeliveryState::Blocked { reason, message }) => {
+            stalled(reason, format!("{serving_message} but not delivered: {message}"))
+        }
+        (None, DeliveryState::InProgress(progress)) => {
+            let message = format!("{serving_message}; delivering it: {progress}");
+            (
+                ConditionSpec { type_: READY, status: false, reason: reasons::DELIVERING, message: message.clone() },
+                ConditionSpec { type_: RECONCILING, status: true, reason: reasons::DELIVERING, message },
+                not_stalled(),
+            )
+        }
+        (None, DeliveryState::Delivered) => (
+            ConditionSpec {
+                type_: READY,
+                status: serving.is_some(),
+                reason: reasons::VERSION_SERVED,
+                message: serving_message,
+            },
+            not_reconciling(),
+            not_stalled(),
+        ),
+    };
+    conditions(existing, [ready, reconciling, stalled], generation, now)
+}
+
 /// The conditions of an Agent whose spec is not published (see `Observed::refusal`): not
 /// Ready and Stalled with the refusal's reason, until the spec changes; the active version
 /// stays. Stalled holds the refusal's own message, which a later sync carries on.

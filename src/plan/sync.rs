@@ -9,7 +9,8 @@
 //! 5. prune history beyond `revisionHistoryLimit`;
 //! 6. start the oldest pending rollback;
 //! 7. deliver the active version (ConfigMap, workload rollouts) and bring the Agent's status
-//!    up to date.
+//!    up to date;
+//! 8. deliver each channel's version and bring its status up to date (see `channel`).
 //!
 //! Pruning comes before the next rollback so that a queue of rollbacks ends exactly as if each
 //! had been applied alone, in creation order. An empty answer means nothing is left to do.
@@ -17,6 +18,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
+use super::channel;
 use super::delivery::{self, DeliveryState};
 use super::history::Pruning;
 use super::rollback::{Failure, FailureReason};
@@ -74,8 +76,13 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
         return rollback::start(observed, agent, head, now);
     }
 
-    // Delivery last: the active version is settled by now.
-    deliver(observed, agent, now)
+    // Delivery last: the active version is settled by now; the channels' after the Agent's,
+    // as a following channel serves the active version.
+    let steps = deliver(observed, agent, now);
+    if !steps.is_empty() {
+        return steps;
+    }
+    channel::decide(observed, now)
 }
 
 /// The Agent is gone: every pending rollback fails with `AgentNotFound`.
@@ -87,6 +94,7 @@ fn agent_gone(observed: &Observed, pending: &[&AgentRollback], now: &Time) -> Ve
             rollback::fail(observed, r, Failure { reason: FailureReason::AgentNotFound, message: message.clone() }, now)
         })
         .chain(resync_rollbacks(observed, true))
+        .chain(channel::decide(observed, now))
         .collect()
 }
 

@@ -1,11 +1,20 @@
 //! AgentChannel and AgentPromotion as the API server serves them (docs/reference.md, "Channels
-//! and promotions"): what it refuses at apply time, and the defaults it fills in.
+//! and promotions"): what it refuses at apply time, and the defaults it fills in; and channels
+//! served by the operator as a process: each serves its pin or the Agent's active version
+//! through its own ConfigMap, version-addressed, and keeps the versions it uses.
 
-use agent_operator::api::{AgentChannel, AgentPromotion};
-use kube::Api;
+use std::time::Duration;
 
-use crate::rollback::setup_without_operator;
-use crate::support::kubectl;
+use agent_operator::api::{AgentChannel, AgentDefinition, AgentPromotion};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::rollback::{Setup, setup, setup_without_operator};
+use crate::support::{eventually, kubectl};
+
+const WAIT: Duration = Duration::from_secs(60);
 
 fn manifest(kind: &str, ns: &str, name: &str, spec: &str) -> String {
     format!(
@@ -101,4 +110,108 @@ async fn channels_and_promotions_refuse_bad_input_at_apply_time_with_a_message_n
     assert!(stderr.contains("AgentPromotion spec is immutable"), "{stderr}");
     let promotions: Api<AgentPromotion> = Api::namespaced(s.client.clone(), ns);
     assert!(!promotions.get("to-v2").await.unwrap().spec.allow_failed, "allowFailed is false unless asked for");
+}
+
+/// Server-side applies a channel of Agent `support`, as kubectl or a GitOps tool would.
+async fn apply_channel(s: &Setup, name: &str, version: Option<i64>) {
+    let mut spec = json!({"agentName": "support"});
+    if let Some(version) = version {
+        spec["version"] = json!(version);
+    }
+    let body = json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "AgentChannel",
+        "metadata": {"name": name}, "spec": spec});
+    let api: Api<AgentChannel> = Api::namespaced(s.client.clone(), &s.ns);
+    api.patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(body)).await.expect("channel applied");
+}
+
+fn channel_condition(channel: &AgentChannel, type_: &str) -> Option<(String, String, String)> {
+    let c = channel.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until channel `name` serves `version`, Ready at its generation, with its ConfigMap
+/// holding that version's snapshot under `agent.json` and `agent-v<N>.json`; returns both.
+async fn serving(s: &Setup, name: &str, version: i64, instructions: &str) -> (AgentChannel, ConfigMap) {
+    let channels: Api<AgentChannel> = Api::namespaced(s.client.clone(), &s.ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
+    let (channel, cm) = eventually(WAIT, || async {
+        let channel = channels.get(name).await.ok()?;
+        let status = channel.status.as_ref()?;
+        let ready = channel_condition(&channel, "Ready")?.0 == "True";
+        let current = status.observed_generation == channel.metadata.generation;
+        let cm = config_maps.get_opt(&format!("{name}-channel")).await.ok()??;
+        let holds = cm.annotations().get("agentops.dev/active-version") == Some(&version.to_string());
+        (status.version == Some(version) && ready && current && holds).then_some((channel, cm))
+    })
+    .await;
+    let data = cm.data.clone().unwrap();
+    for key in ["agent.json".to_string(), format!("agent-v{version}.json")] {
+        let snapshot: AgentDefinition = serde_json::from_str(&data[&key]).unwrap();
+        assert_eq!(snapshot.instructions.as_deref(), Some(instructions), "{name}: {key}");
+    }
+    assert_eq!(cm.labels().get("agentops.dev/channel").map(String::as_str), Some(name));
+    assert_eq!(cm.labels().get("agentops.dev/agent").map(String::as_str), Some("support"));
+    let owner = &cm.owner_references()[0];
+    assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("AgentChannel", channel.uid().unwrap().as_str()));
+    (channel, cm)
+}
+
+#[tokio::test]
+async fn a_channel_serves_its_pin_or_the_active_version_and_keeps_the_versions_it_uses() {
+    let s = setup("e2e-channel-serve").await;
+    s.agent_with_versions("support", 2, 10).await;
+    apply_channel(&s, "production", Some(1)).await;
+    apply_channel(&s, "staging", None).await;
+    let (production, before) = serving(&s, "production", 1, "i1").await;
+    assert_eq!(production.status.as_ref().unwrap().desired_version, Some(1));
+    serving(&s, "staging", 2, "i2").await;
+
+    // An edit reaches the following channel only.
+    s.apply_agent("support", json!({"instructions": "i3", "revisionHistoryLimit": 10})).await;
+    let (staging, cm) = serving(&s, "staging", 3, "i3").await;
+    assert_eq!(staging.status.as_ref().unwrap().desired_version, Some(3));
+    assert!(!cm.data.unwrap().contains_key("agent-v2.json"), "no workload runs version 2: its key goes");
+    let (_, after) = serving(&s, "production", 1, "i1").await;
+    assert_eq!(after.resource_version(), before.resource_version(), "production's ConfigMap was written");
+
+    // Pruning keeps what a channel uses: with a limit of 1, version 2 goes, the pinned 1 stays.
+    s.apply_agent("support", json!({"instructions": "i3", "revisionHistoryLimit": 1})).await;
+    eventually(WAIT, || async {
+        let numbers: Vec<i64> = s.versions("support").await.iter().map(|v| v.spec.version).collect();
+        (numbers == [1, 3]).then_some(())
+    })
+    .await;
+    s.settled_agent("support").await;
+
+    // A Pop of a version a channel pins fails, and changes nothing (the limit back at 10, so
+    // that version 1, unpinned, stays).
+    s.apply_agent("support", json!({"instructions": "i3", "revisionHistoryLimit": 10})).await;
+    s.settled_agent("support").await;
+    apply_channel(&s, "production", Some(3)).await;
+    serving(&s, "production", 3, "i3").await;
+    s.create_rollback("pop", "support", "Pop", None).await;
+    s.expect_outcome("pop", Err("VersionInUse"), "version 3 is pinned by production").await;
+    let message = s.terminal("pop").await.status.unwrap().message.unwrap();
+    assert!(message.contains("channel production"), "{message}");
+    assert_eq!(s.history("support").await.keys().copied().collect::<Vec<_>>(), [1, 3]);
+
+    // A pin to a version that does not exist stalls the channel, which keeps serving its own.
+    apply_channel(&s, "production", Some(9)).await;
+    let channels: Api<AgentChannel> = Api::namespaced(s.client.clone(), &s.ns);
+    let stalled = eventually(WAIT, || async {
+        let channel = channels.get("production").await.ok()?;
+        (channel_condition(&channel, "Stalled")?.1 == "VersionNotFound").then_some(channel)
+    })
+    .await;
+    let status = stalled.status.as_ref().unwrap();
+    assert_eq!((status.version, status.desired_version), (Some(3), Some(9)));
+    let (ready, _, message) = channel_condition(&stalled, "Ready").unwrap();
+    assert_eq!(ready, "False");
+    assert!(message.contains("spec.version: version 9") && message.contains("keeps serving version 3"), "{message}");
+    s.wait_events("production", "DeliveryBlocked", 1).await;
+
+    // Deleted, a channel's ConfigMap goes with it.
+    channels.delete("production", &DeleteParams::default()).await.unwrap();
+    let config_maps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
+    eventually(WAIT, || async { config_maps.get_opt("production-channel").await.ok()?.is_none().then_some(()) }).await;
 }

@@ -111,6 +111,8 @@ async fn the_operators_identity_is_refused_everything_beyond_its_job() {
         vec!["create", "namespace", "owned-by-operator"],
         vec!["delete", "agent", "support", "-n", ns.as_str()],
         vec!["patch", "agent", "support", "-n", ns.as_str(), "--type=merge", "-p", "{\"spec\":{\"model\":\"x\"}}"],
+        // A channel's spec is its author's (git's, perhaps): the operator writes its status only.
+        vec!["patch", "agentchannel", "x", "-n", ns.as_str(), "--type=merge", "-p", "{\"spec\":{\"version\":1}}"],
         vec!["create", "-n", ns.as_str(), "-f", "-"],
         vec!["delete", "crd", "agents.agentops.dev"],
         vec!["create", "clusterrolebinding", "escalate", "--clusterrole=cluster-admin", "--user=x"],
@@ -124,9 +126,11 @@ async fn the_operators_identity_is_refused_everything_beyond_its_job() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains("forbidden"), "{args:?} was not refused: {stderr}");
     }
-    // Its own job, by contrast, is allowed: rollback records and status, and the delivery
-    // ConfigMaps.
+    // Its own job, by contrast, is allowed: rollback records and status, channels' status, and
+    // the delivery ConfigMaps.
     for args in [
+        vec!["auth", "can-i", "watch", "agentchannels", "-n", ns.as_str()],
+        vec!["auth", "can-i", "patch", "agentchannels", "--subresource=status", "-n", ns.as_str()],
         vec!["auth", "can-i", "patch", "agentrollbacks", "-n", ns.as_str()],
         vec!["auth", "can-i", "update", "agentrollbacks", "--subresource=status", "-n", ns.as_str()],
         vec!["auth", "can-i", "create", "configmaps", "-n", ns.as_str()],
@@ -439,7 +443,7 @@ async fn the_operators_identity_writes_only_its_config_maps_its_delivery_annotat
         (!ok).then_some(stderr)
     })
     .await;
-    assert!(refused.contains("writes only the delivery ConfigMaps its Agents own"), "{refused}");
+    assert!(refused.contains("writes only the delivery ConfigMaps its Agents and channels own"), "{refused}");
 
     let config_map = |owner: &str| {
         format!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use agent_operator::api::{AgentRollback, RollbackPhase};
 use agent_operator::controller::index::AgentIndex;
 use agent_operator::controller::lean_meta::LeanMeta;
-use agent_operator::controller::{Context, Settings, agent_rollback};
+use agent_operator::controller::{Context, Settings, Stores, agent_rollback};
 use agent_operator::metrics::Metrics;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -236,9 +236,8 @@ async fn shutdown_waits_for_a_sync_started_from_the_watch_and_starts_no_more() {
         s.client.clone(),
         Settings { namespace: Some(s.ns.clone()), ..Settings::default() },
         index.clone(),
-        rollback_store,
-        agents,
-        config_maps,
+        // No channel: an empty cache.
+        Stores { rollbacks: rollback_store, agents, channels: reflector::store().0, config_maps },
         Arc::new(Metrics::default()),
     ));
 

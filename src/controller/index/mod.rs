@@ -11,7 +11,7 @@
 //! - A relist replaces one kind's part of every entry at its end, as it replaces a store; until
 //!   then the index answers from the previous list.
 //! - An entry leaves as soon as the watches show neither its Agent, nor a version labelled
-//!   with or owned by it, nor a rollback that names it: memory follows the objects that exist,
+//!   with or owned by it, nor a rollback or channel that names it: memory follows the objects that exist,
 //!   with no pruning. What syncs left goes with it; an Agent's deletion takes what its syncs
 //!   left at once (see `Inner::tidy`).
 //! - Epochs come from one clock for all entries, so an Agent that leaves and comes back never
@@ -19,19 +19,22 @@
 
 mod agents;
 mod backoff;
+mod channels;
 mod rollbacks;
 pub mod settled;
 mod versions;
 
 pub use backoff::{Backoff, Retry};
+pub use channels::ChannelCache;
 pub use rollbacks::RollbackCache;
 pub use settled::{Echo, Start};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::marker::PhantomData;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
@@ -55,6 +58,7 @@ pub enum Kind {
     Agent,
     Version,
     Rollback,
+    Channel,
 }
 
 /// One Agent's entry.
@@ -66,6 +70,8 @@ pub struct Entry {
     versions: Vec<versions::VersionEntry>,
     /// The names of the rollbacks that name the Agent.
     rollbacks: BTreeSet<String>,
+    /// The names of the Agent's channels.
+    channels: BTreeSet<String>,
     /// What the syncs of this process left (see [`settled`]).
     synced: settled::Synced,
     /// Failed attempts in a row, per retried thing (see [`backoff`]).
@@ -77,7 +83,7 @@ pub struct Entry {
 impl Entry {
     /// Whether any watch still shows something of this Agent.
     fn is_empty(&self) -> bool {
-        self.agent.is_none() && self.versions.is_empty() && self.rollbacks.is_empty()
+        self.agent.is_none() && self.versions.is_empty() && self.rollbacks.is_empty() && self.channels.is_empty()
     }
 }
 
@@ -147,6 +153,7 @@ pub struct Relists {
     agents: Option<HashMap<AgentKey, <crate::api::Agent as Indexed>::Part>>,
     versions: Option<HashMap<AgentKey, Vec<versions::VersionEntry>>>,
     rollbacks: Option<HashMap<AgentKey, BTreeSet<String>>>,
+    channels: Option<HashMap<AgentKey, BTreeSet<String>>>,
 }
 
 #[derive(Default)]
@@ -316,6 +323,50 @@ impl AgentIndex {
         if let Some(entry) = self.lock().entries.get_mut(agent) {
             entry.retries.remove(what);
         }
+    }
+}
+
+/// A kind whose objects each name one Agent (rollbacks, channels), found per Agent through the
+/// names the index keeps.
+pub trait OfAgent: kube::Resource<DynamicType = ()> + Clone + 'static {
+    fn agent_name(&self) -> &str;
+    /// The names of this kind the entry keeps.
+    fn names(entry: &Entry) -> &BTreeSet<String>;
+}
+
+/// A watch cache of a kind that names Agents, with each Agent's objects found through the
+/// index.
+pub struct AgentCache<K: OfAgent> {
+    store: Store<K>,
+    index: Arc<AgentIndex>,
+}
+
+impl<K: OfAgent> Clone for AgentCache<K> {
+    fn clone(&self) -> Self {
+        Self { store: self.store.clone(), index: self.index.clone() }
+    }
+}
+
+impl<K: OfAgent> AgentCache<K> {
+    pub fn new(store: Store<K>, index: Arc<AgentIndex>) -> Self {
+        Self { store, index }
+    }
+
+    /// The cached objects that name the Agent.
+    pub fn of_agent(&self, agent: &AgentKey) -> Vec<Arc<K>> {
+        let names: Vec<String> = {
+            let inner = self.index.lock();
+            inner.entries.get(agent).map(|e| K::names(e).iter().cloned().collect()).unwrap_or_default()
+        };
+        names
+            .iter()
+            .filter_map(|name| self.store.get(&ObjectRef::new(name).within(&agent.namespace)))
+            .filter(|object| object.agent_name() == agent.name)
+            .collect()
+    }
+
+    pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
+        self.store.get(key)
     }
 }
 

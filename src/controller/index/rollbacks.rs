@@ -8,12 +8,10 @@
 //! so a name the cache no longer has is skipped.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
 use kube::ResourceExt;
-use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::{AgentIndex, AgentKey, Entry, Indexed, Kind, Parts, Relists};
+use super::{AgentKey, Entry, Indexed, Kind, Parts, Relists};
 use crate::api::AgentRollback;
 
 fn key(rollback: &AgentRollback) -> AgentKey {
@@ -43,43 +41,28 @@ impl Indexed for AgentRollback {
     }
 }
 
+impl super::OfAgent for AgentRollback {
+    fn agent_name(&self) -> &str {
+        &self.spec.agent_name
+    }
+
+    fn names(entry: &Entry) -> &BTreeSet<String> {
+        &entry.rollbacks
+    }
+}
+
 /// The AgentRollbacks' watch cache, with each Agent's rollbacks found through the index.
-#[derive(Clone)]
-pub struct RollbackCache {
-    store: Store<AgentRollback>,
-    index: Arc<AgentIndex>,
-}
-
-impl RollbackCache {
-    pub fn new(store: Store<AgentRollback>, index: Arc<AgentIndex>) -> Self {
-        Self { store, index }
-    }
-
-    /// The cached rollbacks that name the Agent, in any phase.
-    pub fn of_agent(&self, agent: &AgentKey) -> Vec<Arc<AgentRollback>> {
-        let names: Vec<String> = {
-            let inner = self.index.lock();
-            inner.entries.get(agent).map(|e| e.rollbacks.iter().cloned().collect()).unwrap_or_default()
-        };
-        names
-            .iter()
-            .filter_map(|rollback| self.store.get(&ObjectRef::new(rollback).within(&agent.namespace)))
-            .filter(|r| r.spec.agent_name == agent.name)
-            .collect()
-    }
-
-    pub fn get(&self, key: &ObjectRef<AgentRollback>) -> Option<Arc<AgentRollback>> {
-        self.store.get(key)
-    }
-}
+pub type RollbackCache = super::AgentCache<AgentRollback>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::RollbackStrategy;
+    use crate::controller::index::AgentIndex;
     use crate::fixtures;
     use kube::runtime::{reflector, watcher};
     use proptest::prelude::*;
+    use std::sync::Arc;
 
     fn rollback(namespace: &str, name: &str, agent: &str) -> AgentRollback {
         let mut rollback = fixtures::rollback(name, agent, RollbackStrategy::Previous);

@@ -15,7 +15,7 @@ use crate::api::{
     Agent, AgentDefinition, AgentRollback, AgentRollbackSpec, AgentRollbackStatus, AgentSpec, AgentStatus,
     AgentVersion, RollbackPhase, RollbackStrategy,
 };
-use crate::plan::delivery::ConfigMapState;
+use crate::plan::delivery::{ConfigMapState, Recipient};
 use crate::plan::driver::{self, Outcome as Written, Port, Worked};
 use crate::plan::sync::decide;
 use crate::plan::{Applied, EventNote, Observed, Step, Write};
@@ -267,7 +267,8 @@ impl Cluster {
                 self.events.push(note.clone());
                 Ok(Applied::Nothing)
             }
-            Write::ApplyConfigMap { config_map, resource_version } => {
+            Write::ApplyConfigMap { recipient, config_map, resource_version, .. } => {
+                assert_eq!(recipient, &Recipient::Agent, "the modelled Agent has no channels");
                 match (&self.config_map, resource_version) {
                     (Some(_), None) => return Err(Refused::AlreadyExists),
                     (Some((state, _)), Some(rv)) if state.resource_version.as_ref() != Some(rv) => {
@@ -289,9 +290,10 @@ impl Cluster {
                 let snapshot: AgentDefinition = serde_json::from_str(json).expect("agent.json is a definition");
                 let state = ConfigMapState::from_meta(&written);
                 self.config_map = Some((state.clone(), snapshot));
-                Ok(Applied::ConfigMap(Some(state)))
+                Ok(Applied::ConfigMap(Recipient::Agent, Some(state)))
             }
             Write::RollWorkload { .. } => unreachable!("the modelled Agent lists no workloads"),
+            Write::PatchChannelStatus { .. } => unreachable!("the modelled Agent has no channels"),
         }
     }
 

@@ -1,0 +1,319 @@
+//! Channels: which version each audience of an Agent gets. A channel serves its desired
+//! version (`spec.version`, or the Agent's active version when it follows the Agent) through
+//! its own ConfigMap and workloads, delivered as the Agent's own delivery is (see
+//! [`super::delivery`]). A channel's state is decided in its Agent's sync, after the Agent's
+//! own units: one Agent's versions and channels change one unit at a time, so pruning and Pop
+//! see every version a channel uses.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::{Resource, ResourceExt};
+
+use super::delivery::{self, ConfigMapState, DeliveryState, Recipient, Target, WorkloadState};
+use super::status::channel_conditions;
+use super::{EventNote, EventTarget, Observed, Step, Write};
+use crate::api::conditions::{HasConditions, STALLED, events, reasons};
+use crate::api::{AgentChannel, AgentChannelStatus};
+
+/// One channel of the Agent, with what was observed of its delivery.
+#[derive(Clone, Debug)]
+pub struct ChannelObserved {
+    pub channel: AgentChannel,
+    /// The ConfigMap of its delivery's name, if one exists.
+    pub config_map: Option<ConfigMapState>,
+    /// The workloads of its `spec.delivery.restart` that were read.
+    pub workloads: Vec<WorkloadState>,
+}
+
+/// The name of a channel's delivery ConfigMap.
+pub fn config_map_name(channel: &AgentChannel) -> String {
+    channel
+        .spec
+        .delivery
+        .as_ref()
+        .and_then(|d| d.config_map_name.clone())
+        .unwrap_or_else(|| format!("{}-channel", channel.name_any()))
+}
+
+/// The version a channel's spec asks for: its pin, or the Agent's active version.
+pub fn desired(channel: &AgentChannel, observed: &Observed) -> Option<i64> {
+    channel.spec.version.or_else(|| observed.active_number())
+}
+
+/// The versions the Agent's channels use (pin, serve, hold by an override, keep as last known
+/// good): pruning keeps them.
+pub fn in_use(observed: &Observed) -> BTreeSet<i64> {
+    observed
+        .channels
+        .iter()
+        .flat_map(|c| {
+            let status = c.channel.status.as_ref();
+            [
+                c.channel.spec.version,
+                status.and_then(|s| s.version),
+                status.and_then(|s| s.override_.as_ref()).map(|o| o.version),
+                status.and_then(|s| s.last_known_good_version),
+            ]
+        })
+        .flatten()
+        .collect()
+}
+
+/// The channel that pins `version` or holds it by an override, if one does: a Pop of it fails
+/// with `VersionInUse`. A channel that follows the Agent moves with it after a Pop.
+pub fn holder(observed: &Observed, version: i64) -> Option<String> {
+    observed
+        .channels
+        .iter()
+        .find(|c| {
+            let held = c.channel.status.as_ref().and_then(|s| s.override_.as_ref()).map(|o| o.version);
+            c.channel.spec.version == Some(version) || held == Some(version)
+        })
+        .map(|c| c.channel.name_any())
+}
+
+/// The next unit of the Agent's channels: the first channel, by name, that needs a write.
+pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
+    observed.channels.iter().map(|c| sync(observed, c, now)).find(|steps| !steps.is_empty()).unwrap_or_default()
+}
+
+/// The controller owner reference a channel's ConfigMap carries, so that it goes with the
+/// channel.
+fn owner_reference(channel: &AgentChannel) -> OwnerReference {
+    OwnerReference {
+        api_version: AgentChannel::api_version(&()).into_owned(),
+        kind: AgentChannel::kind(&()).into_owned(),
+        name: channel.name_any(),
+        uid: channel.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }
+}
+
+fn target<'a>(observed: &'a Observed, channel: &'a ChannelObserved) -> Target<'a> {
+    let spec = &channel.channel.spec;
+    Target {
+        recipient: Recipient::Channel(channel.channel.name_any()),
+        namespace: &observed.namespace,
+        agent_name: &observed.agent_name,
+        config_map_name: config_map_name(&channel.channel),
+        owner: owner_reference(&channel.channel),
+        restart: spec.delivery.as_ref().map(|d| d.restart.as_slice()).unwrap_or_default(),
+        config_map: channel.config_map.as_ref(),
+        workloads: &channel.workloads,
+    }
+}
+
+/// Why a channel cannot serve its desired version: a condition reason and its message.
+struct Problem {
+    reason: &'static str,
+    message: String,
+}
+
+/// One channel's writes: its delivery, then its status where it changed.
+fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step> {
+    let existing = channel.channel.status.clone().unwrap_or_default();
+    let desired = desired(&channel.channel, observed);
+    let agent = &observed.agent_name;
+    let problem = match (&observed.agent, desired) {
+        (None, _) => Some(Problem {
+            reason: reasons::AGENT_NOT_FOUND,
+            message: format!("Agent {agent} not found in namespace {}.", observed.namespace),
+        }),
+        (Some(_), None) => {
+            Some(Problem { reason: reasons::AGENT_NOT_FOUND, message: format!("Agent {agent} has no version yet.") })
+        }
+        (Some(_), Some(number)) if observed.version(number).is_none() => Some(Problem {
+            reason: reasons::VERSION_NOT_FOUND,
+            message: format!(
+                "spec.version: version {number} of Agent {agent} does not exist (never made, popped or pruned); {}",
+                match existing.version {
+                    Some(served) => format!("the channel keeps serving version {served}."),
+                    None => "the channel serves nothing.".to_string(),
+                }
+            ),
+        }),
+        _ => None,
+    };
+    // What it serves: its desired version, or, when that cannot be served, what it served.
+    let serving = match &problem {
+        None => desired,
+        Some(_) => existing.version.filter(|n| observed.agent.is_some() && observed.version(*n).is_some()),
+    };
+    let (mut steps, delivery_status, state) = match serving.and_then(|n| observed.version(n)) {
+        Some(version) => {
+            let plan = delivery::plan_for(&target(observed, channel), version);
+            (plan.steps, plan.status, plan.state)
+        }
+        None => (Vec::new(), existing.delivery.clone(), DeliveryState::Delivered),
+    };
+    let mut status = AgentChannelStatus {
+        version: serving.or(existing.version),
+        desired_version: desired,
+        delivery: delivery_status,
+        observed_generation: channel.channel.metadata.generation,
+        ..existing.clone()
+    };
+    let problem = problem.map(|p| (p.reason, p.message));
+    let blocked = match (&problem, &state) {
+        (Some((reason, message)), _) => Some((*reason, message.clone())),
+        (None, DeliveryState::Blocked { reason, message }) => Some((*reason, message.clone())),
+        _ => None,
+    };
+    status.conditions = channel_conditions(
+        &existing.conditions,
+        channel.channel.metadata.generation,
+        status.version,
+        &state,
+        problem.as_ref().map(|(reason, message)| (*reason, message.as_str())),
+        now,
+    );
+    if channel.channel.status.as_ref() != Some(&status) {
+        let name = channel.channel.name_any();
+        let newly_stalled = blocked.filter(|(reason, _)| {
+            !existing.condition(STALLED).is_some_and(|c| c.status == "True" && c.reason == *reason)
+        });
+        steps.push(Write::PatchChannelStatus { name: name.clone(), status: Box::new(status) }.into());
+        steps.extend(newly_stalled.map(|(_, note)| {
+            Step::from(Write::Event(EventNote {
+                on: EventTarget::Channel(name),
+                related: None,
+                warning: true,
+                reason: events::DELIVERY_BLOCKED,
+                action: "Deliver",
+                note,
+            }))
+        }));
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::conditions::READY;
+    use crate::api::{AgentChannelSpec, AgentDefinition, ChannelOverride};
+    use crate::fixtures;
+    use crate::plan::delivery::Held;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn now() -> Time {
+        Time(Timestamp::from_second(1_000).unwrap())
+    }
+
+    fn channel(name: &str, version: Option<i64>) -> AgentChannel {
+        let mut channel = AgentChannel::new(
+            name,
+            AgentChannelSpec { agent_name: "support".into(), version, delivery: None, analysis: None },
+        );
+        channel.metadata.namespace = Some("ns".into());
+        channel.metadata.uid = Some(format!("uid-{name}"));
+        channel.metadata.generation = Some(1);
+        channel
+    }
+
+    /// Agent `support` at versions 1..=3, with these channels.
+    fn observed(channels: Vec<AgentChannel>) -> Observed {
+        let agent = fixtures::agent("support", AgentDefinition::default());
+        let versions = (1..=3).map(|n| fixtures::version(&agent, n, AgentDefinition::default(), None)).collect();
+        let mut observed = Observed::new("ns".into(), "support".into(), Some(agent), versions, vec![]);
+        observed.channels = channels
+            .into_iter()
+            .map(|channel| ChannelObserved { channel, config_map: None, workloads: vec![] })
+            .collect();
+        observed
+    }
+
+    fn status_write(steps: &[Step]) -> &AgentChannelStatus {
+        steps
+            .iter()
+            .find_map(|s| match s {
+                Step::One(Write::PatchChannelStatus { status, .. }) => Some(status.as_ref()),
+                _ => None,
+            })
+            .expect("a status write")
+    }
+
+    #[test]
+    fn a_pinned_channel_serves_its_pin_and_a_following_one_the_active_version() {
+        for (pin, serves) in [(Some(1), 1), (None, 3)] {
+            let observed = observed(vec![channel("prod", pin)]);
+            let steps = decide(&observed, &now());
+            let [Step::One(Write::ApplyConfigMap { recipient, config_map, resource_version: None, .. }), ..] =
+                steps.as_slice()
+            else {
+                panic!("{steps:?}")
+            };
+            assert_eq!(recipient, &Recipient::Channel("prod".into()));
+            assert_eq!(config_map.metadata.name.as_deref(), Some("prod-channel"));
+            let data = config_map.data.as_ref().unwrap();
+            assert!(data.contains_key(&format!("agent-v{serves}.json")) && data.contains_key("agent.json"), "{data:?}");
+            let owner = &config_map.metadata.owner_references.as_ref().unwrap()[0];
+            assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("AgentChannel", "uid-prod"));
+            let status = status_write(&steps);
+            assert_eq!((status.version, status.desired_version), (Some(serves), Some(serves)));
+        }
+    }
+
+    #[test]
+    fn a_delivered_channel_is_ready_and_needs_nothing_more() {
+        let mut observed = observed(vec![channel("prod", Some(2))]);
+        let steps = decide(&observed, &now());
+        let status = status_write(&steps).clone();
+        let ready = status.condition(READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", reasons::VERSION_SERVED));
+        let held = Held::of(observed.version(2).unwrap());
+        let slot = &mut observed.channels[0];
+        slot.channel.status = Some(status);
+        slot.config_map = Some(ConfigMapState {
+            name: "prod-channel".into(),
+            uid: Some("cm".into()),
+            resource_version: Some("5".into()),
+            owner_uid: Some("uid-prod".into()),
+            held: Some(held),
+            replacing: None,
+            edited_by: None,
+            lacks_versioned_key: false,
+        });
+        assert!(decide(&observed, &now()).is_empty());
+    }
+
+    #[test]
+    fn a_pin_to_a_missing_version_stalls_and_keeps_serving_what_it_served() {
+        let mut observed = observed(vec![channel("prod", Some(9))]);
+        let mut served = channel("prod", Some(9));
+        served.status = Some(AgentChannelStatus { version: Some(2), ..Default::default() });
+        observed.channels[0].channel = served;
+        let steps = decide(&observed, &now());
+        let status = status_write(&steps);
+        assert_eq!((status.version, status.desired_version), (Some(2), Some(9)));
+        let stalled = status.condition(STALLED).unwrap();
+        assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", reasons::VERSION_NOT_FOUND));
+        assert!(
+            stalled.message.contains("spec.version: version 9") && stalled.message.contains("keeps serving version 2")
+        );
+        assert!(steps.iter().any(|s| matches!(s, Step::One(Write::Event(e)) if e.reason == events::DELIVERY_BLOCKED)));
+    }
+
+    #[test]
+    fn versions_in_use_are_the_pins_served_held_and_last_known_good_ones() {
+        let mut held = channel("canary", None);
+        held.status = Some(AgentChannelStatus {
+            version: Some(2),
+            override_: Some(ChannelOverride {
+                version: 2,
+                replacing: Some(3),
+                rollback: Some("r".into()),
+                promotion: None,
+            }),
+            last_known_good_version: Some(1),
+            ..Default::default()
+        });
+        let observed = observed(vec![channel("prod", Some(1)), held, channel("staging", None)]);
+        assert_eq!(in_use(&observed), BTreeSet::from([1, 2]));
+        assert_eq!(holder(&observed, 1).as_deref(), Some("prod"));
+        assert_eq!(holder(&observed, 2).as_deref(), Some("canary"));
+        assert_eq!(holder(&observed, 3), None, "a following channel moves with the Agent");
+    }
+}
