@@ -71,6 +71,22 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("failed to read AgentChannel {namespace}/{name}")]
+    GetChannel {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to write AgentPromotion {namespace}/{name}")]
+    WritePromotion {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("failed to write the record of AgentRollback {namespace}/{name}")]
     WriteRollback {
         namespace: String,
@@ -122,7 +138,7 @@ pub enum Error {
 }
 
 /// Every value of [`Error::metric_label`], so that each series is served from the start.
-pub const OPERATIONS: [&str; 16] = [
+pub const OPERATIONS: [&str; 18] = [
     "get_agent",
     "list_versions",
     "list_rollbacks",
@@ -131,6 +147,8 @@ pub const OPERATIONS: [&str; 16] = [
     "delete_version",
     "patch_agent_status",
     "patch_channel_status",
+    "write_promotion",
+    "get_channel",
     "write_rollback",
     "patch_rollback_status",
     "write_config_map",
@@ -153,6 +171,8 @@ impl Error {
             Self::DeleteVersion { .. } => "delete_version",
             Self::PatchAgentStatus { .. } => "patch_agent_status",
             Self::PatchChannelStatus { .. } => "patch_channel_status",
+            Self::WritePromotion { .. } => "write_promotion",
+            Self::GetChannel { .. } => "get_channel",
             Self::WriteRollback { .. } => "write_rollback",
             Self::PatchRollbackStatus { .. } => "patch_rollback_status",
             Self::WriteConfigMap { .. } => "write_config_map",

@@ -16,7 +16,8 @@ use crate::plan::FailureReason;
 /// The `resource` label's values: the two controllers.
 pub const AGENT: &str = "agent";
 pub const AGENT_ROLLBACK: &str = "agentrollback";
-const RESOURCES: [&str; 2] = [AGENT, AGENT_ROLLBACK];
+pub const AGENT_PROMOTION: &str = "agentpromotion";
+const RESOURCES: [&str; 3] = [AGENT, AGENT_ROLLBACK, AGENT_PROMOTION];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {

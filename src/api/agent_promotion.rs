@@ -120,6 +120,12 @@ pub struct AgentPromotionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 
+    /// The `metadata.resourceVersion` the promotion had before the controller first wrote its
+    /// status. One channel's promotions and rollbacks run in creation order; this orders those
+    /// created within the same second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_revision: Option<String>,
+
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

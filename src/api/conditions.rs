@@ -58,6 +58,11 @@ pub mod reasons {
     pub const AGENT_NOT_FOUND: &str = "AgentNotFound";
     /// Ready on a channel: it serves its version, delivered.
     pub const VERSION_SERVED: &str = "VersionServed";
+    /// InSync on a channel: it serves the version its spec declares.
+    pub const MATCHES_SPEC: &str = "MatchesSpec";
+    /// InSync on a channel: a promotion or rollback holds it on another version than its spec
+    /// declares.
+    pub const OVERRIDDEN: &str = "Overridden";
 }
 
 /// Event reasons.
@@ -71,6 +76,9 @@ pub mod events {
     pub const DELIVERY_BLOCKED: &str = "DeliveryBlocked";
     /// The delivered definition was changed by hand, and the active version written back.
     pub const DELIVERY_REPAIRED: &str = "DeliveryRepaired";
+    pub const PROMOTION_STARTED: &str = "PromotionStarted";
+    pub const PROMOTION_SUCCEEDED: &str = "PromotionSucceeded";
+    pub const PROMOTION_FAILED: &str = "PromotionFailed";
 }
 
 /// Lookups of a status's conditions by type.
@@ -106,6 +114,12 @@ impl HasConditions for crate::api::AgentRollbackStatus {
 }
 
 impl HasConditions for crate::api::AgentChannelStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
+impl HasConditions for crate::api::AgentPromotionStatus {
     fn conditions(&self) -> &[Condition] {
         &self.conditions
     }

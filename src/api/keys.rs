@@ -36,6 +36,10 @@ pub const AGENT_JSON_KEY: &str = "agent.json";
 /// Annotation on a delivery ConfigMap during a rollout: the version it replaces, whose
 /// `agent-v<N>.json` it keeps until no pod of its workloads runs that version.
 pub const REPLACING_VERSION_ANNOTATION: &str = "agentops.dev/replacing-version";
+/// Label on an AgentVersion, one per channel that judged it: `health.agentops.dev/<channel>`,
+/// `Healthy` or `Failed`: the version's verdict in that channel, durable.
+pub const HEALTH_LABEL_PREFIX: &str = "health.agentops.dev/";
+
 /// Label on a channel's delivery ConfigMap: the channel it delivers for.
 pub const CHANNEL_LABEL: &str = "agentops.dev/channel";
 

@@ -111,14 +111,16 @@ fn channels_intact(ctx: &Context, agent: &Agent, key: &AgentKey) -> bool {
         }
         let reference = ObjectRef::<LeanMeta<ConfigMap>>::new(&channel_config_map_name(channel))
             .within(&channel.namespace().unwrap_or_default());
+        // What its status says holds it, by a promotion or rollback, else its desired version.
+        let serving = status.override_.as_ref().map(|o| o.version).or(desired);
         let holds = ctx.config_maps.get(&reference).is_some_and(|c| {
             let state = ConfigMapState::from_meta(&c.metadata);
             state.owner_uid == channel.metadata.uid
-                && state.held.map(|h| h.version) == desired
+                && state.held.map(|h| h.version) == serving
                 && state.edited_by.is_none()
                 && state.replacing.is_none()
         });
-        status.is_true(READY) && status.version == desired && holds
+        status.is_true(READY) && status.version == serving && holds
     })
 }
 

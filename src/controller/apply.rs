@@ -13,10 +13,11 @@ use super::context::Context;
 use super::delivery;
 use super::index::{AgentKey, Echo};
 use crate::api::keys::{FIELD_MANAGER, ROLLBACK_RECORD_ANNOTATION};
-use crate::api::{Agent, AgentChannel, AgentChannelStatus, AgentRollback, AgentStatus, AgentVersion};
+use crate::api::{Agent, AgentChannel, AgentChannelStatus, AgentPromotion, AgentRollback, AgentStatus, AgentVersion};
 use crate::error::{is_permanent, status_code};
 use crate::plan::driver::Outcome;
 use crate::plan::durable::{RollbackRecord, handled_of};
+use crate::plan::promotion::PromotionRecord;
 use crate::plan::{Applied, EventNote, EventTarget, Observed, RefusedVersion, RelatedObject, Step, Write};
 use crate::{Error, Result};
 
@@ -93,6 +94,9 @@ async fn apply_one(ctx: &Context, observed: &Observed, write: Write) -> Result<O
             Ok(Outcome::Done(delivery::roll_workload(ctx, ns, agent, recipient, &workload, &held).await?))
         }
         Write::PatchChannelStatus { name, status } => patch_channel_status(ctx, ns, name, &status).await,
+        Write::WritePromotion { name, resource_version, record, copy_status, announce } => {
+            write_promotion(ctx, observed, name, resource_version, &record, copy_status, announce).await
+        }
         Write::Event(note) => {
             publish(ctx, observed, note);
             Ok(Outcome::Done(Applied::Nothing))
@@ -121,11 +125,83 @@ async fn patch_channel_status(ctx: &Context, ns: &str, name: String, status: &Ag
     }
 }
 
+/// Writes a promotion's record on condition that it is still at `resource_version` (the
+/// compare-and-swap that runs it exactly once), then its status as the record says unless
+/// `copy_status` is false; as `write_rollback` does for a rollback.
+async fn write_promotion(
+    ctx: &Context,
+    observed: &Observed,
+    name: String,
+    resource_version: Option<String>,
+    record: &PromotionRecord,
+    copy_status: bool,
+    announce: Vec<EventNote>,
+) -> Result<Outcome> {
+    let ns = observed.namespace.as_str();
+    let api: Api<AgentPromotion> = Api::namespaced(ctx.client.clone(), ns);
+    let failed = |source| Error::WritePromotion { namespace: ns.into(), name: name.clone(), source };
+    let text = serde_json::to_string(record).map_err(|e| failed(kube::Error::SerdeError(e)))?;
+    let body = json!({ "metadata": {
+        "resourceVersion": resource_version,
+        "annotations": { ROLLBACK_RECORD_ANNOTATION: text },
+    }});
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    let marked = match api.patch_metadata(&name, &params, &Patch::Merge(body)).await {
+        Ok(marked) => marked,
+        Err(e) if matches!(status_code(&e), Some(409 | 404)) => {
+            return Ok(Outcome::Stale(Some(read_promotion(&api, name.clone()).await.map_err(failed)?)));
+        }
+        Err(source) => return Err(failed(source)),
+    };
+    for note in announce {
+        publish(ctx, observed, note);
+    }
+    let Some(read) = observed.promotions.get(&name) else {
+        return Ok(Outcome::Stale(Some(read_promotion(&api, name.clone()).await.map_err(failed)?)));
+    };
+    if !copy_status {
+        let written = AgentPromotion { metadata: marked.metadata, ..read.clone() };
+        return Ok(Outcome::Done(Applied::Promotion(Box::new(slim_promotion(written)))));
+    }
+    let object = AgentPromotion {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.into()),
+            resource_version: marked.metadata.resource_version,
+            ..ObjectMeta::default()
+        },
+        spec: read.spec.clone(),
+        status: Some(record.status.clone()),
+    };
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    match api.replace_status(&name, &params, &object).await {
+        Ok(written) => Ok(Outcome::Done(Applied::Promotion(Box::new(slim_promotion(written))))),
+        Err(e) if matches!(status_code(&e), Some(409 | 404)) => {
+            Ok(Outcome::Stale(Some(read_promotion(&api, name.clone()).await.map_err(failed)?)))
+        }
+        Err(source) => Err(failed(source)),
+    }
+}
+
+/// A promotion as the API server has it now.
+async fn read_promotion(api: &Api<AgentPromotion>, name: String) -> kube::Result<Applied> {
+    Ok(match api.get_opt(&name).await? {
+        Some(promotion) => Applied::Promotion(Box::new(slim_promotion(promotion))),
+        None => Applied::PromotionDeleted(name),
+    })
+}
+
+fn slim_promotion(mut promotion: AgentPromotion) -> AgentPromotion {
+    super::watches::slim_promotion(&mut promotion);
+    promotion
+}
+
 /// Queues an Event for the publishing task.
 fn publish(ctx: &Context, observed: &Observed, note: EventNote) {
     let reference = match &note.on {
         EventTarget::Agent => observed.agent.as_ref().map(|a| a.object_ref(&())),
         EventTarget::Rollback(name) => observed.rollback(name).map(|r| r.object_ref(&())),
+        EventTarget::Promotion(name) => observed.promotions.get(name).map(|p| p.object_ref(&())),
         EventTarget::Channel(name) => {
             observed.channels.iter().find(|c| &c.channel.name_any() == name).map(|c| c.channel.object_ref(&()))
         }

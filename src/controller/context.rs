@@ -13,7 +13,7 @@ use super::events::EventSink;
 use super::index::{AgentIndex, ChannelCache, RollbackCache};
 use super::lean_meta::LeanMeta;
 use super::turns::Turns;
-use crate::api::{Agent, AgentChannel, AgentRollback};
+use crate::api::{Agent, AgentChannel, AgentPromotion, AgentRollback};
 use crate::metrics::Metrics;
 
 /// Reconciles in flight per controller, and syncs started early beside them. Unbounded, a
@@ -47,6 +47,9 @@ pub struct Context {
     pub agents: Store<Agent>,
     /// Every AgentChannel, as last seen by its watch.
     pub channels: ChannelCache,
+    /// Every AgentPromotion, as last seen by its watch. An Agent's are found by a scan of its
+    /// namespace's (see `delivery::observe`), made only for Agents with channels.
+    pub promotions: Store<AgentPromotion>,
     /// The delivery ConfigMaps (those labelled with an Agent), metadata only.
     pub config_maps: Store<LeanMeta<ConfigMap>>,
     /// What the watches tell, and the syncs left, of each Agent.
@@ -71,6 +74,7 @@ pub struct Stores {
     pub rollbacks: Store<AgentRollback>,
     pub agents: Store<Agent>,
     pub channels: Store<AgentChannel>,
+    pub promotions: Store<AgentPromotion>,
     pub config_maps: Store<LeanMeta<ConfigMap>>,
 }
 
@@ -82,7 +86,7 @@ impl Context {
         stores: Stores,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let Stores { rollbacks, agents, channels, config_maps } = stores;
+        let Stores { rollbacks, agents, channels, promotions, config_maps } = stores;
         let events = EventSink::start(client.clone(), settings.instance.clone());
         let (early_failures, early_failures_rx) = mpsc::unbounded_channel();
         Self {
@@ -91,6 +95,7 @@ impl Context {
             rollbacks: RollbackCache::new(rollbacks, index.clone()),
             agents,
             channels: ChannelCache::new(channels, index.clone()),
+            promotions,
             config_maps,
             index,
             early_starts: Arc::new(tokio::sync::Semaphore::new(usize::from(CONCURRENCY))),

@@ -21,6 +21,7 @@ use crate::plan::channel::{ChannelObserved, config_map_name as channel_config_ma
 use crate::plan::delivery::{
     CHANNEL_CLAIM_PREFIX, ConfigMapState, Found, Held, Recipient, Rollout, WorkloadState, config_map_name,
 };
+use crate::plan::promotion::Promotions;
 use crate::plan::rollout::{deployment_rollout, statefulset_rollout};
 use crate::plan::{Applied, Observed, parse_revision, revision};
 use crate::{Error, Result};
@@ -60,7 +61,39 @@ async fn observe_channels(ctx: &Context, observed: &mut Observed) -> Result<()> 
         let workloads = read_workloads(ctx, &observed.namespace, &recipient, &observed.agent_name, restart).await?;
         observed.channels.push(ChannelObserved { channel, config_map, workloads });
     }
+    observe_promotions(ctx, observed);
     Ok(())
+}
+
+/// The promotions of the Agent's channels from the watch cache, each as the newer of the
+/// cache's and the sync's own write. A scan of the cache, made only for an Agent with channels:
+/// promotions are few beside versions and rollbacks.
+fn observe_promotions(ctx: &Context, observed: &mut Observed) {
+    let kept = std::mem::take(&mut observed.promotions);
+    if observed.channels.is_empty() {
+        return;
+    }
+    let names: Vec<String> = observed.channels.iter().map(|c| c.channel.name_any()).collect();
+    let namespace = observed.namespace.as_str();
+    let mut promotions = Promotions::default();
+    for cached in ctx.promotions.state() {
+        if cached.namespace().as_deref() != Some(namespace) || !names.contains(&cached.spec.channel) {
+            continue;
+        }
+        let name = cached.name_any();
+        match kept.get(&name).filter(|k| k.metadata.uid == cached.metadata.uid) {
+            // Kept as folded: its status is its record's, and whether the API server's copy
+            // differs is what the kept state says.
+            Some(left) if revision(left) >= revision(&*cached) => {
+                promotions.fold(left.clone());
+                if kept.unsynced.contains(&name) {
+                    promotions.unsynced.insert(name);
+                }
+            }
+            _ => promotions.fold((*cached).clone()),
+        }
+    }
+    observed.promotions = promotions;
 }
 
 /// The ConfigMap `name` as the watch cache has it, or as `kept` (the sync's own write) when

@@ -12,6 +12,7 @@
 //! left, is kept in one index ([`index`]).
 
 pub mod agent;
+pub mod agent_promotion;
 pub mod agent_rollback;
 pub mod apply;
 pub mod context;
@@ -41,7 +42,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{debug, warn};
 
 use crate::api::keys::AGENT_LABEL;
-use crate::api::{Agent, AgentChannel, AgentRollback, AgentVersion};
+use crate::api::{Agent, AgentChannel, AgentPromotion, AgentRollback, AgentVersion};
 use crate::client::scoped;
 use crate::error::error_chain;
 use crate::http::Health;
@@ -51,7 +52,7 @@ use context::CONCURRENCY;
 use index::{AgentIndex, AgentKey, Gauges, Kind};
 use lean_agent::LeanAgent;
 use lean_meta::LeanMeta;
-use watches::{WatchBackoff, slim_agent, slim_channel, slim_rollback, watch_config};
+use watches::{WatchBackoff, slim_agent, slim_channel, slim_promotion, slim_rollback, watch_config};
 
 /// Runs both controllers, over every namespace or over each of `namespaces`, until `shutdown`
 /// resolves; work in flight is finished first. Ready once every namespace's caches have their
@@ -111,6 +112,7 @@ where
     let versions: Api<LeanMeta<AgentVersion>> = scoped(&client, settings.namespace.as_deref());
     let rollbacks: Api<AgentRollback> = scoped(&client, settings.namespace.as_deref());
     let channels: Api<AgentChannel> = scoped(&client, settings.namespace.as_deref());
+    let promotions: Api<AgentPromotion> = scoped(&client, settings.namespace.as_deref());
 
     // Api<LeanMeta<_>> makes metadata-only requests (see `lean_meta`).
     let config_maps: Api<LeanMeta<ConfigMap>> = scoped(&client, settings.namespace.as_deref());
@@ -131,6 +133,9 @@ where
     let channel_events = reflector(channel_writer, watcher(channels, watching.clone()).modify(slim_channel))
         .inspect_ok(indexed(&index))
         .touched_objects();
+    let (promotion_store, promotion_writer) = reflector::store();
+    let promotion_events =
+        reflector(promotion_writer, watcher(promotions, watching.clone()).modify(slim_promotion)).applied_objects();
     let ctx = Arc::new(Context::new(
         client.clone(),
         settings,
@@ -139,6 +144,7 @@ where
             rollbacks: rollback_store.clone(),
             agents: agent_store.clone(),
             channels: channel_store.clone(),
+            promotions: promotion_store.clone(),
             config_maps: config_map_store.clone(),
         },
         metrics,
@@ -155,8 +161,20 @@ where
         agent_controller,
         AgentTriggers { versions: version_events, config_maps: config_map_events, channels: channel_events },
         &ctx,
-        shutdown,
+        shutdown.clone(),
     );
+
+    let promotion_controller = Controller::for_stream(promotion_events, promotion_store.clone())
+        .with_config(controller_config())
+        .trigger_backoff(WatchBackoff::default())
+        .graceful_shutdown_on(shutdown)
+        .run(agent_promotion::reconcile, agent_promotion::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(promotion = %object, "Reconciled AgentPromotion"),
+                Err(error) => log_controller_error("AgentPromotion", &error),
+            }
+        });
 
     let readiness = async {
         // Ready once every cache has its first full list.
@@ -164,6 +182,7 @@ where
             && agent_store.wait_until_ready().await.is_ok()
             && config_map_store.wait_until_ready().await.is_ok()
             && channel_store.wait_until_ready().await.is_ok()
+            && promotion_store.wait_until_ready().await.is_ok()
         {
             ctx.index.listed(Kind::Version).await;
             ctx.set_listed();
@@ -172,7 +191,7 @@ where
         futures::future::pending::<()>().await
     };
     tokio::select! {
-        _ = futures::future::join(rollback_controller, agent_controller) => {}
+        _ = futures::future::join3(rollback_controller, agent_controller, promotion_controller) => {}
         _ = readiness => {}
     }
     ctx.finish_early_starts().await;

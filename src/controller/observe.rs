@@ -100,8 +100,10 @@ pub fn resume(state: &Observed, cached: &Agent, cached_rollbacks: Vec<Arc<AgentR
     let versions = state.versions.iter().chain(&state.foreign_versions).cloned().collect();
     let mut observed =
         Observed::new(state.namespace.clone(), state.agent_name.clone(), Some(agent), versions, rollbacks);
-    // Each channel is taken as the newer of this and its cache's (see `delivery::observe`).
+    // Each channel and promotion is taken as the newer of this and its cache's (see
+    // `delivery::observe`).
     observed.channels = state.channels.clone();
+    observed.promotions = state.promotions.clone();
     Some(observed)
 }
 

@@ -40,6 +40,12 @@ pub fn slim_rollback(rollback: &mut AgentRollback) {
     keep_annotations(rollback, &[ROLLBACK_RECORD_ANNOTATION]);
 }
 
+/// Of a promotion's annotations the cache keeps its record, as of a rollback's.
+pub fn slim_promotion(promotion: &mut crate::api::AgentPromotion) {
+    drop_managed_fields(promotion);
+    keep_annotations(promotion, &[ROLLBACK_RECORD_ANNOTATION]);
+}
+
 /// The channel cache keeps none of a channel's annotations: the operator reads none.
 pub fn slim_channel(channel: &mut crate::api::AgentChannel) {
     drop_managed_fields(channel);

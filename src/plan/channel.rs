@@ -11,10 +11,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::{Resource, ResourceExt};
 
 use super::delivery::{self, ConfigMapState, DeliveryState, Recipient, Target, WorkloadState};
-use super::status::channel_conditions;
+use super::promotion::{self, Hold};
+use super::status::{ConditionSpec, channel_conditions};
 use super::{EventNote, EventTarget, Observed, Step, Write};
-use crate::api::conditions::{HasConditions, STALLED, events, reasons};
-use crate::api::{AgentChannel, AgentChannelStatus};
+use crate::api::conditions::{HasConditions, IN_SYNC, STALLED, events, reasons};
+use crate::api::{AgentChannel, AgentChannelStatus, ChannelOverride};
 
 /// One channel of the Agent, with what was observed of its delivery.
 #[derive(Clone, Debug)]
@@ -73,9 +74,18 @@ pub fn holder(observed: &Observed, version: i64) -> Option<String> {
         .map(|c| c.channel.name_any())
 }
 
-/// The next unit of the Agent's channels: the first channel, by name, that needs a write.
+/// The next unit of the Agent's channels: the first channel, by name, that needs a write, its
+/// promotions first.
 pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
-    observed.channels.iter().map(|c| sync(observed, c, now)).find(|steps| !steps.is_empty()).unwrap_or_default()
+    observed
+        .channels
+        .iter()
+        .map(|c| {
+            let steps = promotion::decide(observed, c, now);
+            if steps.is_empty() { sync(observed, c, now) } else { steps }
+        })
+        .find(|steps| !steps.is_empty())
+        .unwrap_or_default()
 }
 
 /// The controller owner reference a channel's ConfigMap carries, so that it goes with the
@@ -116,7 +126,12 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
     let existing = channel.channel.status.clone().unwrap_or_default();
     let desired = desired(&channel.channel, observed);
     let agent = &observed.agent_name;
-    let problem = match (&observed.agent, desired) {
+    let hold = promotion::hold(observed, channel);
+    let overridden = match &hold {
+        Hold::Held { to, .. } => Some(to.clone()),
+        _ => None,
+    };
+    let problem = match (&observed.agent, overridden.as_ref().map(|o| o.version).or(desired)) {
         (None, _) => Some(Problem {
             reason: reasons::AGENT_NOT_FOUND,
             message: format!("Agent {agent} not found in namespace {}.", observed.namespace),
@@ -136,9 +151,10 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
         }),
         _ => None,
     };
-    // What it serves: its desired version, or, when that cannot be served, what it served.
+    // What it serves: its override's version or its desired version, or, when that cannot be
+    // served, what it served.
     let serving = match &problem {
-        None => desired,
+        None => overridden.as_ref().map(|o| o.version).or(desired),
         Some(_) => existing.version.filter(|n| observed.agent.is_some() && observed.version(*n).is_some()),
     };
     let (mut steps, delivery_status, state) = match serving.and_then(|n| observed.version(n)) {
@@ -151,6 +167,7 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
     let mut status = AgentChannelStatus {
         version: serving.or(existing.version),
         desired_version: desired,
+        override_: overridden.clone(),
         delivery: delivery_status,
         observed_generation: channel.channel.metadata.generation,
         ..existing.clone()
@@ -161,12 +178,14 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
         (None, DeliveryState::Blocked { reason, message }) => Some((*reason, message.clone())),
         _ => None,
     };
+    let in_sync = in_sync(&channel.channel.name_any(), desired, overridden.as_ref());
     status.conditions = channel_conditions(
         &existing.conditions,
         channel.channel.metadata.generation,
         status.version,
         &state,
         problem.as_ref().map(|(reason, message)| (*reason, message.as_str())),
+        in_sync,
         now,
     );
     if channel.channel.status.as_ref() != Some(&status) {
@@ -187,6 +206,41 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
         }));
     }
     steps
+}
+
+/// `InSync`: whether the channel serves what its spec declares, or which promotion holds it
+/// elsewhere, with the pin to commit to keep it there.
+fn in_sync<'a>(name: &str, desired: Option<i64>, overridden: Option<&ChannelOverride>) -> ConditionSpec<'a> {
+    match overridden {
+        None => ConditionSpec {
+            type_: IN_SYNC,
+            status: true,
+            reason: reasons::MATCHES_SPEC,
+            message: match desired {
+                Some(v) => format!("Serving version {v}, as the spec declares."),
+                None => "No version to serve yet.".to_string(),
+            },
+        },
+        Some(to) => {
+            let by = match (&to.promotion, &to.rollback) {
+                (Some(p), _) => format!("AgentPromotion {p}"),
+                (None, Some(r)) => format!("AgentRollback {r}"),
+                (None, None) => "an override".to_string(),
+            };
+            ConditionSpec {
+                type_: IN_SYNC,
+                status: false,
+                reason: reasons::OVERRIDDEN,
+                message: format!(
+                    "{by} holds the channel on version {}; the spec declares {}. To keep it, commit spec.version: {} \
+                     (kubectl agent export {name} --channel); the next change of the desired version ends it.",
+                    to.version,
+                    desired.map_or_else(|| "no version".to_string(), |v| format!("version {v}")),
+                    to.version
+                ),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod durable;
 pub mod hash;
 pub mod history;
 pub mod in_sync;
+pub mod promotion;
 pub mod publish;
 pub mod rollback;
 pub mod rollout;
@@ -96,6 +97,8 @@ pub struct Observed {
     pub workloads: Vec<WorkloadState>,
     /// The Agent's channels, by name, with what was observed of their delivery.
     pub channels: Vec<ChannelObserved>,
+    /// The promotions of the Agent's channels, with the statuses their records hold.
+    pub promotions: promotion::Promotions,
     /// Versions whose create the API server refused during this sync with an answer no retry
     /// changes (see [`RefusedVersion`]).
     pub refused: Vec<RefusedVersion>,
@@ -132,6 +135,7 @@ impl Observed {
             config_map: None,
             workloads: Vec::new(),
             channels: Vec::new(),
+            promotions: promotion::Promotions::default(),
             refused: Vec::new(),
             definition_size: None,
         };
@@ -402,6 +406,8 @@ impl Observed {
                     }
                 }
             }
+            Applied::Promotion(promotion) => self.promotions.fold(*promotion),
+            Applied::PromotionDeleted(name) => self.promotions.remove(&name),
             Applied::ChannelGone(name) => self.channels.retain(|c| c.channel.name_any() != name),
             Applied::Channel(channel) => {
                 if let Some(slot) = self.channel_mut(&channel.name_any()) {
@@ -460,6 +466,10 @@ pub enum Applied {
     Channel(Box<crate::api::AgentChannel>),
     /// A channel found deleted.
     ChannelGone(String),
+    /// A promotion as written or read back.
+    Promotion(Box<crate::api::AgentPromotion>),
+    /// A promotion found deleted.
+    PromotionDeleted(String),
     Nothing,
 }
 
@@ -525,9 +535,19 @@ pub enum Write {
     /// Set the pod-template annotations of a workload to `held` (its own field manager, those
     /// fields only), which rolls it out.
     RollWorkload { recipient: Recipient, workload: WorkloadRef, held: Held },
-    /// Replace a channel's status (server-side apply), on condition that the channel is still
-    /// the one of that uid.
+    /// Replace a channel's status (server-side apply).
     PatchChannelStatus { name: String, status: Box<crate::api::AgentChannelStatus> },
+    /// Write a promotion's record (see `promotion`), on condition that the promotion is still
+    /// at `resource_version`: the compare-and-swap that runs each promotion exactly once. Then,
+    /// if `copy_status`, its status as the record says. `announce`: the Events that tell of
+    /// the record, published once it is written.
+    WritePromotion {
+        name: String,
+        resource_version: Option<String>,
+        record: Box<promotion::PromotionRecord>,
+        copy_status: bool,
+        announce: Vec<EventNote>,
+    },
     /// Record an Event.
     Event(EventNote),
 }
@@ -558,6 +578,7 @@ pub enum EventTarget {
     Agent,
     Rollback(String),
     Channel(String),
+    Promotion(String),
 }
 
 pub(crate) fn phase_of(rollback: &AgentRollback) -> Option<RollbackPhase> {

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::Refusal;
 use super::delivery::DeliveryState;
 use crate::api::conditions::{HasConditions, IN_SYNC, READY, RECONCILING, STALLED, reasons};
-use crate::api::{Agent, AgentRollbackStatus, AgentStatus, RollbackPhase};
+use crate::api::{Agent, AgentPromotionStatus, AgentRollbackStatus, AgentStatus, RollbackPhase};
 
 /// What a condition should say; the builder fills in generation and transition time.
 pub struct ConditionSpec<'a> {
@@ -109,15 +109,16 @@ pub fn agent_conditions(existing: &[Condition], state: AgentState<'_>, now: &Tim
     conditions(existing, [ready, reconciling, stalled, in_sync], generation, now)
 }
 
-/// The conditions of a channel (`Ready`, `Reconciling`, `Stalled`): Ready once it serves a
-/// version, delivered; Stalled while `problem` (a reason and message) keeps it from its desired
-/// version, or its delivery is blocked.
+/// The conditions of a channel (`Ready`, `Reconciling`, `Stalled`, and `InSync` as given):
+/// Ready once it serves a version, delivered; Stalled while `problem` (a reason and message)
+/// keeps it from its desired version, or its delivery is blocked.
 pub fn channel_conditions(
     existing: &[Condition],
     generation: Option<i64>,
     serving: Option<i64>,
     delivery: &DeliveryState,
     problem: Option<(&str, &str)>,
+    in_sync: ConditionSpec<'_>,
     now: &Time,
 ) -> Vec<Condition> {
     let serving_message = match serving {
@@ -159,7 +160,7 @@ pub fn channel_conditions(
             not_stalled(),
         ),
     };
-    conditions(existing, [ready, reconciling, stalled], generation, now)
+    conditions(existing, [ready, reconciling, stalled, in_sync], generation, now)
 }
 
 /// The conditions of an Agent whose spec is not published (see `Observed::refusal`): not
@@ -226,19 +227,58 @@ pub fn set_rollback_phase(
     generation: Option<i64>,
     now: &Time,
 ) {
+    status.conditions = phase_conditions(&status.conditions, phase, reason, &message, generation, now);
+    status.phase = Some(phase);
+    status.reason = reason.map(str::to_string);
+    status.message = Some(message);
+    status.observed_generation = generation;
+    if phase.is_terminal() {
+        status.completion_time = Some(now.clone());
+    }
+}
+
+/// Sets `phase`, `message`, `reason` and the matching conditions on a promotion status.
+pub fn set_promotion_phase(
+    status: &mut AgentPromotionStatus,
+    phase: RollbackPhase,
+    reason: Option<&str>,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    status.conditions = phase_conditions(&status.conditions, phase, reason, &message, generation, now);
+    status.phase = Some(phase);
+    status.reason = reason.map(str::to_string);
+    status.message = Some(message);
+    status.observed_generation = generation;
+    if phase.is_terminal() {
+        status.completion_time = Some(now.clone());
+    }
+}
+
+/// The conditions of a one-shot request (a rollback, a promotion) in `phase`.
+fn phase_conditions(
+    existing: &[Condition],
+    phase: RollbackPhase,
+    reason: Option<&str>,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let message = message.to_string();
     let (ready, reconciling, stalled) = match phase {
         RollbackPhase::Pending => (
             ConditionSpec { type_: READY, status: false, reason: reasons::QUEUED, message: message.clone() },
-            ConditionSpec { type_: RECONCILING, status: true, reason: reasons::QUEUED, message: message.clone() },
+            ConditionSpec { type_: RECONCILING, status: true, reason: reasons::QUEUED, message },
             ConditionSpec { type_: STALLED, status: false, reason: reasons::AS_EXPECTED, message: String::new() },
         ),
         RollbackPhase::Running => (
             ConditionSpec { type_: READY, status: false, reason: reasons::RUNNING, message: message.clone() },
-            ConditionSpec { type_: RECONCILING, status: true, reason: reasons::RUNNING, message: message.clone() },
+            ConditionSpec { type_: RECONCILING, status: true, reason: reasons::RUNNING, message },
             ConditionSpec { type_: STALLED, status: false, reason: reasons::AS_EXPECTED, message: String::new() },
         ),
         RollbackPhase::Succeeded => (
-            ConditionSpec { type_: READY, status: true, reason: reasons::SUCCEEDED, message: message.clone() },
+            ConditionSpec { type_: READY, status: true, reason: reasons::SUCCEEDED, message },
             ConditionSpec { type_: RECONCILING, status: false, reason: reasons::SUCCEEDED, message: String::new() },
             ConditionSpec { type_: STALLED, status: false, reason: reasons::AS_EXPECTED, message: String::new() },
         ),
@@ -247,18 +287,11 @@ pub fn set_rollback_phase(
             (
                 ConditionSpec { type_: READY, status: false, reason, message: message.clone() },
                 ConditionSpec { type_: RECONCILING, status: false, reason: reasons::FAILED, message: String::new() },
-                ConditionSpec { type_: STALLED, status: true, reason, message: message.clone() },
+                ConditionSpec { type_: STALLED, status: true, reason, message },
             )
         }
     };
-    status.conditions = conditions(&status.conditions, [ready, reconciling, stalled], generation, now);
-    status.phase = Some(phase);
-    status.reason = reason.map(str::to_string);
-    status.message = Some(message);
-    status.observed_generation = generation;
-    if phase.is_terminal() {
-        status.completion_time = Some(now.clone());
-    }
+    conditions(existing, [ready, reconciling, stalled], generation, now)
 }
 
 #[cfg(test)]

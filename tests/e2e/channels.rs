@@ -215,3 +215,107 @@ async fn a_channel_serves_its_pin_or_the_active_version_and_keeps_the_versions_i
     let config_maps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
     eventually(WAIT, || async { config_maps.get_opt("production-channel").await.ok()?.is_none().then_some(()) }).await;
 }
+
+/// Creates a promotion of channel `channel` with `spec`'s other fields.
+async fn promote(s: &Setup, name: &str, spec: serde_json::Value) {
+    let api: Api<AgentPromotion> = Api::namespaced(s.client.clone(), &s.ns);
+    let body: AgentPromotion = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+    api.create(&Default::default(), &body).await.expect("promotion created");
+}
+
+/// Waits until promotion `name` is terminal; returns its status.
+async fn finished(s: &Setup, name: &str) -> agent_operator::api::AgentPromotionStatus {
+    let api: Api<AgentPromotion> = Api::namespaced(s.client.clone(), &s.ns);
+    eventually(WAIT, || async {
+        let status = api.get(name).await.ok()?.status?;
+        status.phase.filter(|p| p.is_terminal())?;
+        Some(status)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_promotion_moves_a_channel_once_and_holds_it_until_its_desired_version_changes() {
+    let s = setup("e2e-channel-promote").await;
+    s.agent_with_versions("support", 2, 10).await;
+    apply_channel(&s, "production", None).await;
+    serving(&s, "production", 2, "i2").await;
+
+    promote(&s, "back-to-1", json!({"channel": "production", "version": 1, "expectedVersion": 2})).await;
+    let status = finished(&s, "back-to-1").await;
+    assert_eq!(
+        (status.phase, status.from_version, status.version, status.agent_name.as_deref()),
+        (Some(agent_operator::api::RollbackPhase::Succeeded), Some(2), Some(1), Some("support")),
+        "{:?}",
+        status.message
+    );
+    // Succeeded once the channel's ConfigMap holds the version: no wait needed here.
+    let config_maps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
+    let cm = config_maps.get("production-channel").await.unwrap();
+    assert_eq!(cm.annotations().get("agentops.dev/active-version").map(String::as_str), Some("1"));
+    let (channel, _) = serving(&s, "production", 1, "i1").await;
+    let held = channel.status.as_ref().unwrap().override_.clone().unwrap();
+    assert_eq!((held.version, held.replacing, held.promotion.as_deref()), (1, Some(2), Some("back-to-1")));
+    assert_eq!(channel.spec.version, None, "the operator wrote the channel's spec");
+    let (in_sync, reason, message) = channel_condition(&channel, "InSync").unwrap();
+    assert_eq!((in_sync.as_str(), reason.as_str()), ("False", "Overridden"));
+    assert!(message.contains("AgentPromotion back-to-1") && message.contains("spec.version: 1"), "{message}");
+    let events = s.wait_events("back-to-1", "PromotionSucceeded", 1).await;
+    assert_eq!(events.iter().filter(|(r, _)| r == "PromotionStarted").count(), 1, "{events:?}");
+
+    // What git should hold: the channel pinned to what it serves.
+    let out = crate::plugin::plugin_on(
+        &crate::support::control_plane().kubeconfig,
+        &s.ns,
+        &["export", "support", "--channel", "production"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let exported: AgentChannel = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!((exported.spec.agent_name.as_str(), exported.spec.version), ("support", Some(1)), "{text}");
+
+    // Requests that cannot run fail with their reason and change nothing.
+    promote(&s, "stale", json!({"channel": "production", "version": 2, "expectedVersion": 2})).await;
+    promote(&s, "same", json!({"channel": "production", "version": 1})).await;
+    promote(&s, "nowhere", json!({"channel": "preview", "version": 1})).await;
+    promote(&s, "unknown", json!({"channel": "production", "version": 7})).await;
+    promote(&s, "unproven", json!({"channel": "production", "fromChannel": "production-b"})).await;
+    for (name, reason) in [
+        ("stale", "ActiveVersionChanged"),
+        ("same", "AlreadyActive"),
+        ("nowhere", "ChannelNotFound"),
+        ("unknown", "VersionNotFound"),
+        ("unproven", "ChannelNotFound"),
+    ] {
+        let status = finished(&s, name).await;
+        assert_eq!(status.reason.as_deref(), Some(reason), "{name}: {:?}", status.message);
+        s.wait_events(name, "PromotionFailed", 1).await;
+    }
+    serving(&s, "production", 1, "i1").await;
+
+    // The channel's status lost: rebuilt from the promotions' records, nothing run again.
+    let out = kubectl(
+        &[
+            "patch",
+            "agentchannel",
+            "production",
+            "-n",
+            &s.ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"version":null,"override":null,"conditions":null,"delivery":null,"desiredVersion":null}}"#,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (channel, _) = serving(&s, "production", 1, "i1").await;
+    assert_eq!(channel.status.unwrap().override_.and_then(|o| o.promotion).as_deref(), Some("back-to-1"));
+    assert_eq!(s.events_for("back-to-1").await.iter().filter(|(r, _)| r == "PromotionStarted").count(), 1);
+
+    // A new active version ends the override: the channel follows the Agent again.
+    s.apply_agent("support", json!({"instructions": "i3", "revisionHistoryLimit": 10})).await;
+    let (channel, _) = serving(&s, "production", 3, "i3").await;
+    assert_eq!(channel.status.as_ref().unwrap().override_, None);
+    assert_eq!(channel_condition(&channel, "InSync").unwrap().0, "True");
+}

@@ -237,7 +237,13 @@ async fn shutdown_waits_for_a_sync_started_from_the_watch_and_starts_no_more() {
         Settings { namespace: Some(s.ns.clone()), ..Settings::default() },
         index.clone(),
         // No channel: an empty cache.
-        Stores { rollbacks: rollback_store, agents, channels: reflector::store().0, config_maps },
+        Stores {
+            rollbacks: rollback_store,
+            agents,
+            channels: reflector::store().0,
+            promotions: reflector::store().0,
+            config_maps,
+        },
         Arc::new(Metrics::default()),
     ));
 

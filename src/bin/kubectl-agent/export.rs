@@ -1,11 +1,12 @@
 //! `export`: an Agent manifest whose definition is one of its versions (the active one by
 //! default), with the Agent's current policy fields. Committed to git after an incident
 //! rollback, it makes git hold what is active: applied, the Agent is `InSync` again and no
-//! version is published.
+//! version is published. With `--channel`, the channel's manifest pinned to the version it
+//! serves: committed after a promotion or a rollback of the channel, the channel is `InSync`.
 
 use std::process::ExitCode;
 
-use agent_operator::api::Agent;
+use agent_operator::api::{Agent, AgentChannel};
 use anyhow::Context as _;
 use kube::ResourceExt;
 use serde_json::{Value, json};
@@ -22,6 +23,35 @@ pub async fn export(session: &Session, name: &str, version: Option<i64>) -> anyh
     println!("# Agent {name} with the definition of version {number} ({})", chosen.name_any());
     print!("{}", serde_saphyr::to_string(&manifest)?);
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn export_channel(
+    session: &Session,
+    agent: &str,
+    name: &str,
+    version: Option<i64>,
+) -> anyhow::Result<ExitCode> {
+    let channel = session.api::<AgentChannel>().get(name).await.with_context(|| format!("channel {name}"))?;
+    anyhow::ensure!(channel.spec.agent_name == agent, "channel {name} belongs to Agent {}", channel.spec.agent_name);
+    let serves = channel.status.as_ref().and_then(|s| s.version);
+    let number = version.or(serves).context("the channel serves no version yet")?;
+    println!("# AgentChannel {name} of Agent {agent}, pinned to version {number}");
+    print!("{}", serde_saphyr::to_string(&channel_manifest(&channel, number))?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A channel's manifest: its identity and labels, its spec as it is, pinned to `version`.
+pub fn channel_manifest(channel: &AgentChannel, version: i64) -> Value {
+    let mut spec = json!(channel.spec);
+    spec["version"] = json!(version);
+    let mut metadata = json!({"name": channel.name_any()});
+    if let Some(namespace) = channel.namespace() {
+        metadata["namespace"] = json!(namespace);
+    }
+    if !channel.labels().is_empty() {
+        metadata["labels"] = json!(channel.labels());
+    }
+    json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "AgentChannel", "metadata": metadata, "spec": spec})
 }
 
 /// The manifest: the Agent's identity and labels, `definition` as its spec's definition, and

@@ -24,7 +24,7 @@ use agent_operator::client;
     bin_name = "kubectl agent",
     version,
     about = "Inspect agent versions and roll agents back",
-    after_help = "Examples:\n  kubectl agent history support\n  kubectl agent diff support 1\n  kubectl agent rollback support --to 1 --reason \"v2 answers badly\"\n  kubectl agent rollback support --previous --dry-run\n  kubectl agent export support > agents/support.yaml"
+    after_help = "Examples:\n  kubectl agent history support\n  kubectl agent diff support 1\n  kubectl agent rollback support --to 1 --reason \"v2 answers badly\"\n  kubectl agent rollback support --previous --dry-run\n  kubectl agent export support > agents/support.yaml\n  kubectl agent export support --channel production > channels/production.yaml"
 )]
 struct Cli {
     #[command(flatten)]
@@ -68,7 +68,15 @@ enum Command {
     Rollback(rollback::RollbackArgs),
     /// Print an Agent manifest whose definition is a version's (the active one by default), to
     /// commit to git after a rollback: applied, the Agent is InSync and nothing is published.
-    Export { agent: String, version: Option<i64> },
+    /// With --channel, the channel's manifest pinned to the version it serves (or VERSION):
+    /// committed after a promotion or rollback of the channel, it is InSync again.
+    Export {
+        agent: String,
+        version: Option<i64>,
+        /// Print this channel's manifest instead of the Agent's.
+        #[arg(long)]
+        channel: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -112,7 +120,10 @@ async fn main() -> ExitCode {
             Command::Show { agent, version, output } => history::show(&session, &agent, version, output).await,
             Command::Diff { agent, a, b } => history::diff(&session, &agent, a, b).await,
             Command::Rollback(args) => rollback::run(&session, args).await,
-            Command::Export { agent, version } => export::export(&session, &agent, version).await,
+            Command::Export { agent, version, channel: None } => export::export(&session, &agent, version).await,
+            Command::Export { agent, version, channel: Some(channel) } => {
+                export::export_channel(&session, &agent, &channel, version).await
+            }
         }
     }
     .await;

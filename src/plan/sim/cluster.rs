@@ -293,7 +293,9 @@ impl Cluster {
                 Ok(Applied::ConfigMap(Recipient::Agent, Some(state)))
             }
             Write::RollWorkload { .. } => unreachable!("the modelled Agent lists no workloads"),
-            Write::PatchChannelStatus { .. } => unreachable!("the modelled Agent has no channels"),
+            Write::PatchChannelStatus { .. } | Write::WritePromotion { .. } => {
+                unreachable!("the modelled Agent has no channels")
+            }
         }
     }
 
