@@ -39,6 +39,7 @@ pub fn version(agent: &Agent, number: i64, snapshot: AgentDefinition, rollback: 
 pub fn rollback(name: &str, agent: &str, strategy: RollbackStrategy) -> AgentRollback {
     let spec = AgentRollbackSpec {
         agent_name: agent.into(),
+        channel: None,
         strategy,
         target_version: None,
         expected_active_version: None,

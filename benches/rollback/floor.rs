@@ -36,7 +36,11 @@ pub(crate) async fn direct_restore(client: &Client, ns: &str, agent: &Agent, rol
     set_rollback_phase(&mut status, RollbackPhase::Running, None, "Rolling back.".into(), Some(1), &t);
     let handled = Handled { generation: 1, definition_hash: snapshot_hash(&agent.spec.definition) };
     let mark = AgentMark { uid: agent.uid().unwrap(), handled: Some(handled.clone()) };
-    let record = |status: &AgentRollbackStatus| RollbackRecord { status: status.clone(), agent: Some(mark.clone()) };
+    let record = |status: &AgentRollbackStatus| RollbackRecord {
+        status: status.clone(),
+        agent: Some(mark.clone()),
+        channel: None,
+    };
     let recorded = write_record(&rollbacks, rollback, &record(&status)).await;
     trace("floor-running", &rollback.name_any());
 

@@ -47,6 +47,8 @@ use super::agent::AgentDefinition;
 #[x_kube(validation = Rule::new("self == oldSelf").message("AgentRollback spec is immutable; create a new AgentRollback instead"))]
 #[x_kube(validation = Rule::new("self.strategy != 'Restore' || has(self.targetVersion)").message("targetVersion is required when strategy is Restore").field_path(".targetVersion"))]
 #[x_kube(validation = Rule::new("self.strategy == 'Restore' || !has(self.targetVersion)").message("targetVersion is only allowed when strategy is Restore").field_path(".targetVersion"))]
+#[x_kube(validation = Rule::new("!has(self.channel) || self.strategy == 'Restore' || self.strategy == 'LastKnownGood'").message("with a channel, strategy is Restore or LastKnownGood (a channel is a pointer: nothing to pop, and no previous version of its own)").field_path(".strategy"))]
+#[x_kube(validation = Rule::new("self.strategy != 'LastKnownGood' || has(self.channel)").message("LastKnownGood needs a channel: the version Healthy there").field_path(".channel"))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentRollbackSpec {
     /// The Agent to roll back, in this rollback's namespace (an Agent's name: at most 63
@@ -56,16 +58,24 @@ pub struct AgentRollbackSpec {
 
     /// `Restore` publishes a copy of `targetVersion` as a new version; `Previous` restores the
     /// newest version below the active one; `Pop` deletes the latest version, so the one before
-    /// it becomes active.
+    /// it becomes active. With a channel: `Restore` serves `targetVersion` in the channel, and
+    /// `LastKnownGood` the newest version Healthy there other than the one it serves.
     pub strategy: RollbackStrategy,
+
+    /// The channel of the Agent to roll back instead of the Agent: what the channel serves
+    /// moves (in its status), no version is published, and the Agent is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 50), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub channel: Option<String>,
 
     /// The version to restore. Required for `Restore`, refused for the other strategies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub target_version: Option<i64>,
 
-    /// Run only if this is still the active version when the rollback starts; otherwise fail
-    /// with `ActiveVersionChanged` and change nothing.
+    /// Run only if this is still the active version (with a channel: the version the channel
+    /// serves) when the rollback starts; otherwise fail with `ActiveVersionChanged` and change
+    /// nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub expected_active_version: Option<i64>,
@@ -89,16 +99,18 @@ pub enum RollbackStrategy {
     Restore,
     Previous,
     Pop,
+    LastKnownGood,
 }
 
 impl RollbackStrategy {
-    pub const ALL: [RollbackStrategy; 3] = [Self::Restore, Self::Previous, Self::Pop];
+    pub const ALL: [RollbackStrategy; 4] = [Self::Restore, Self::Previous, Self::Pop, Self::LastKnownGood];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Restore => "Restore",
             Self::Previous => "Previous",
             Self::Pop => "Pop",
+            Self::LastKnownGood => "LastKnownGood",
         }
     }
 }
@@ -138,7 +150,7 @@ pub struct AgentRollbackStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RollbackPhase>,
 
-    /// The active version when the rollback started.
+    /// The active version when the rollback started (with a channel: the version it served).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_version: Option<i64>,
 
@@ -162,7 +174,7 @@ pub struct AgentRollbackStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub popped_snapshot_hash: Option<String>,
 
-    /// The active version after the rollback.
+    /// The active version after the rollback (with a channel: the version the channel serves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_version: Option<i64>,
 
@@ -171,8 +183,9 @@ pub struct AgentRollbackStatus {
     pub message: Option<String>,
 
     /// Why it failed, for machines: AgentNotFound, VersionNotFound, AlreadyActive,
-    /// NoPreviousVersion, AtFirstVersion, ActiveVersionChanged, VersionRefused or
-    /// InvalidRecord.
+    /// NoPreviousVersion, AtFirstVersion, ActiveVersionChanged, VersionInUse, VersionRefused,
+    /// InvalidRecord, and for a channel ChannelNotFound, VersionQuarantined or
+    /// NoKnownGoodVersion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 

@@ -21,7 +21,7 @@ use super::sync::sync_agent;
 use crate::api::{AgentChannel, AgentPromotion, RollbackPhase};
 use crate::error::error_chain;
 use crate::metrics::ErrorLabels;
-use crate::plan::promotion::{Promotions, channel_not_found};
+use crate::plan::moves::{Promotions, channel_not_found};
 use crate::plan::{Observed, Step};
 use crate::{Error, Result};
 
@@ -55,7 +55,7 @@ pub async fn reconcile(promotion: Arc<AgentPromotion>, ctx: Arc<Context>) -> Res
         None => {
             let mut observed = Observed::new(namespace.clone(), String::new(), None, Vec::new(), Vec::new());
             observed.promotions = Promotions::new(vec![(*promotion).clone()]);
-            let write = channel_not_found(&promotion, &Time(Timestamp::now()));
+            let write = channel_not_found(&observed, &promotion, &Time(Timestamp::now()));
             apply(&ctx, &observed, Step::One(write)).await?;
         }
     }

@@ -17,7 +17,7 @@ use crate::api::{Agent, AgentChannel, AgentChannelStatus, AgentPromotion, AgentR
 use crate::error::{is_permanent, status_code};
 use crate::plan::driver::Outcome;
 use crate::plan::durable::{RollbackRecord, handled_of};
-use crate::plan::promotion::PromotionRecord;
+use crate::plan::moves::PromotionRecord;
 use crate::plan::{Applied, EventNote, EventTarget, Observed, RefusedVersion, RelatedObject, Step, Write};
 use crate::{Error, Result};
 
@@ -94,6 +94,20 @@ async fn apply_one(ctx: &Context, observed: &Observed, write: Write) -> Result<O
             Ok(Outcome::Done(delivery::roll_workload(ctx, ns, agent, recipient, &workload, &held).await?))
         }
         Write::PatchChannelStatus { name, status } => patch_channel_status(ctx, ns, name, &status).await,
+        Write::ReadChannel { name } => {
+            let api: Api<AgentChannel> = Api::namespaced(ctx.client.clone(), ns);
+            let read = api.get_opt(&name).await.map_err(|source| Error::GetChannel {
+                namespace: ns.into(),
+                name: name.clone(),
+                source,
+            })?;
+            // Another Agent's channel is not this one's.
+            let found = read.filter(|c| c.spec.agent_name == observed.agent_name).map(|mut channel| {
+                super::watches::slim_channel(&mut channel);
+                Box::new(channel)
+            });
+            Ok(Outcome::Done(Applied::ChannelRead(name, found)))
+        }
         Write::WritePromotion { name, resource_version, record, copy_status, announce } => {
             write_promotion(ctx, observed, name, resource_version, &record, copy_status, announce).await
         }

@@ -21,7 +21,7 @@ use crate::plan::channel::{ChannelObserved, config_map_name as channel_config_ma
 use crate::plan::delivery::{
     CHANNEL_CLAIM_PREFIX, ConfigMapState, Found, Held, Recipient, Rollout, WorkloadState, config_map_name,
 };
-use crate::plan::promotion::Promotions;
+use crate::plan::moves::Promotions;
 use crate::plan::rollout::{deployment_rollout, statefulset_rollout};
 use crate::plan::{Applied, Observed, parse_revision, revision};
 use crate::{Error, Result};

@@ -314,6 +314,7 @@ fn write_label(write: &Write) -> String {
             format!("config map {}", config_map.metadata.name.as_deref().unwrap_or_default())
         }
         Write::RollWorkload { workload, held, .. } => format!("roll {} to {}", workload.name, held.version),
+        Write::ReadChannel { name } => format!("read channel {name}"),
         Write::WritePromotion { name, record, .. } => format!("promotion {name} {:?}", record.status.phase),
         Write::PatchChannelStatus { name, status } => format!("channel {name} status version={:?}", status.version),
     }

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::{Resource, ResourceExt};
 
 use super::delivery::{self, ConfigMapState, DeliveryState, Recipient, Target, WorkloadState};
-use super::promotion::{self, Hold};
+use super::moves::{self, Hold};
 use super::status::{ConditionSpec, channel_conditions};
 use super::{EventNote, EventTarget, Observed, Step, Write};
 use crate::api::conditions::{HasConditions, IN_SYNC, STALLED, events, reasons};
@@ -77,11 +77,15 @@ pub fn holder(observed: &Observed, version: i64) -> Option<String> {
 /// The next unit of the Agent's channels: the first channel, by name, that needs a write, its
 /// promotions first.
 pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
+    let orphans = moves::decide_orphans(observed, now);
+    if !orphans.is_empty() {
+        return orphans;
+    }
     observed
         .channels
         .iter()
         .map(|c| {
-            let steps = promotion::decide(observed, c, now);
+            let steps = moves::decide(observed, c, now);
             if steps.is_empty() { sync(observed, c, now) } else { steps }
         })
         .find(|steps| !steps.is_empty())
@@ -126,7 +130,7 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
     let existing = channel.channel.status.clone().unwrap_or_default();
     let desired = desired(&channel.channel, observed);
     let agent = &observed.agent_name;
-    let hold = promotion::hold(observed, channel);
+    let hold = moves::hold(observed, channel);
     let overridden = match &hold {
         Hold::Held { to, .. } => Some(to.clone()),
         _ => None,

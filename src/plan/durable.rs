@@ -43,6 +43,9 @@ pub struct RollbackRecord {
     pub status: AgentRollbackStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentMark>,
+    /// The channel a channel rollback moved (see `moves`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<super::moves::ChannelMark>,
 }
 
 /// The Agent a rollback record was written for, and its spec state handled at the time.
@@ -103,6 +106,7 @@ mod tests {
                 uid: "u".into(),
                 handled: Some(Handled { generation: 3, definition_hash: "h".into() }),
             }),
+            channel: None,
         };
         let mut rollback = crate::fixtures::rollback("rb", "a", crate::api::RollbackStrategy::Pop);
         let text = serde_json::to_string(&record).expect("serializes");

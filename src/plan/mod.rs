@@ -15,7 +15,7 @@ pub mod durable;
 pub mod hash;
 pub mod history;
 pub mod in_sync;
-pub mod promotion;
+pub mod moves;
 pub mod publish;
 pub mod rollback;
 pub mod rollout;
@@ -82,6 +82,10 @@ pub struct Observed {
     pub rollbacks: Vec<AgentRollback>,
     /// The Agent each rollback's record was written for, by rollback name.
     pub marks: BTreeMap<String, AgentMark>,
+    /// The channel each channel rollback's record was written for, by rollback name.
+    pub channel_marks: BTreeMap<String, moves::ChannelMark>,
+    /// Channels that moves name and that the API server, read live, does not have.
+    pub absent_channels: BTreeSet<String>,
     /// Rollbacks whose status on the API server is not their record's copy (lost, edited),
     /// or which have a status from before records and no record yet.
     pub unsynced: BTreeSet<String>,
@@ -98,7 +102,7 @@ pub struct Observed {
     /// The Agent's channels, by name, with what was observed of their delivery.
     pub channels: Vec<ChannelObserved>,
     /// The promotions of the Agent's channels, with the statuses their records hold.
-    pub promotions: promotion::Promotions,
+    pub promotions: moves::Promotions,
     /// Versions whose create the API server refused during this sync with an answer no retry
     /// changes (see [`RefusedVersion`]).
     pub refused: Vec<RefusedVersion>,
@@ -129,13 +133,15 @@ impl Observed {
             foreign_versions,
             rollbacks: Vec::with_capacity(rollbacks.len()),
             marks: BTreeMap::new(),
+            channel_marks: BTreeMap::new(),
+            absent_channels: BTreeSet::new(),
             unsynced: BTreeSet::new(),
             confirmed: BTreeSet::new(),
             rollbacks_listed: false,
             config_map: None,
             workloads: Vec::new(),
             channels: Vec::new(),
-            promotions: promotion::Promotions::default(),
+            promotions: moves::Promotions::default(),
             refused: Vec::new(),
             definition_size: None,
         };
@@ -152,11 +158,15 @@ impl Observed {
     fn adopt(&mut self, mut rollback: AgentRollback) -> AgentRollback {
         let name = rollback.name_any();
         self.marks.remove(&name);
+        self.channel_marks.remove(&name);
         self.unsynced.remove(&name);
         match durable::record_of(&rollback) {
             Some(record) => {
                 if rollback.status.as_ref() != Some(&record.status) {
                     self.unsynced.insert(name.clone());
+                }
+                if let Some(mark) = record.channel {
+                    self.channel_marks.insert(name.clone(), mark);
                 }
                 if let Some(mark) = record.agent {
                     self.marks.insert(name, mark);
@@ -263,12 +273,17 @@ impl Observed {
             .as_ref()
             .and_then(|a| a.metadata.uid.clone())
             .map(|uid| AgentMark { uid, handled: self.handled() });
-        RollbackRecord { status, agent }
+        RollbackRecord { status, agent, channel: None }
     }
 
     /// The rollback's record as it stands, to write again where its status lags.
     pub fn record_of(&self, rollback: &AgentRollback) -> RollbackRecord {
-        RollbackRecord { status: status_of(rollback), agent: self.marks.get(&rollback.name_any()).cloned() }
+        let name = rollback.name_any();
+        RollbackRecord {
+            status: status_of(rollback),
+            agent: self.marks.get(&name).cloned(),
+            channel: self.channel_marks.get(&name).cloned(),
+        }
     }
 
     /// Whether a rollback's record was written for this Agent (not a deleted one of its name).
@@ -335,12 +350,18 @@ impl Observed {
         newest.max(recorded) + 1
     }
 
-    /// Rollbacks not yet terminal, in the order they must run.
+    /// The Agent's rollbacks not yet terminal, in the order they must run; a channel's are its
+    /// channel's moves (see `moves`).
     pub fn pending_rollbacks(&self) -> Vec<&AgentRollback> {
         let mut pending: Vec<&AgentRollback> =
-            self.rollbacks.iter().filter(|r| !phase_of(r).is_some_and(RollbackPhase::is_terminal)).collect();
+            self.unfinished_rollbacks().into_iter().filter(|r| r.spec.channel.is_none()).collect();
         pending.sort_by_key(|r| rollback::queue_key(r));
         pending
+    }
+
+    /// Every rollback not yet terminal, the Agent's and its channels'.
+    pub fn unfinished_rollbacks(&self) -> Vec<&AgentRollback> {
+        self.rollbacks.iter().filter(|r| !phase_of(r).is_some_and(RollbackPhase::is_terminal)).collect()
     }
 
     pub fn rollback(&self, name: &str) -> Option<&AgentRollback> {
@@ -374,6 +395,7 @@ impl Observed {
             Applied::Rollbacks(listed) => {
                 self.rollbacks.clear();
                 self.marks.clear();
+                self.channel_marks.clear();
                 self.unsynced.clear();
                 for rollback in listed {
                     self.confirmed.insert(rollback.name_any());
@@ -385,6 +407,7 @@ impl Observed {
             Applied::RollbackDeleted(name) => {
                 self.rollbacks.retain(|r| r.name_any() != name);
                 self.marks.remove(&name);
+                self.channel_marks.remove(&name);
                 self.unsynced.remove(&name);
             }
             Applied::ConfigMap(Recipient::Agent, state) => self.config_map = state,
@@ -408,6 +431,19 @@ impl Observed {
             }
             Applied::Promotion(promotion) => self.promotions.fold(*promotion),
             Applied::PromotionDeleted(name) => self.promotions.remove(&name),
+            Applied::ChannelRead(name, found) => match found {
+                Some(channel) => {
+                    self.absent_channels.remove(&name);
+                    if self.channel_mut(&name).is_none() {
+                        let observed = ChannelObserved { channel: *channel, config_map: None, workloads: Vec::new() };
+                        self.channels.push(observed);
+                        self.channels.sort_by_key(|c| c.channel.name_any());
+                    }
+                }
+                None => {
+                    self.absent_channels.insert(name);
+                }
+            },
             Applied::ChannelGone(name) => self.channels.retain(|c| c.channel.name_any() != name),
             Applied::Channel(channel) => {
                 if let Some(slot) = self.channel_mut(&channel.name_any()) {
@@ -466,6 +502,8 @@ pub enum Applied {
     Channel(Box<crate::api::AgentChannel>),
     /// A channel found deleted.
     ChannelGone(String),
+    /// A channel read live: the Agent's, or none (absent, or another Agent's).
+    ChannelRead(String, Option<Box<crate::api::AgentChannel>>),
     /// A promotion as written or read back.
     Promotion(Box<crate::api::AgentPromotion>),
     /// A promotion found deleted.
@@ -535,6 +573,9 @@ pub enum Write {
     /// Set the pod-template annotations of a workload to `held` (its own field manager, those
     /// fields only), which rolls it out.
     RollWorkload { recipient: Recipient, workload: WorkloadRef, held: Held },
+    /// Read a channel live: moves name it that the watch does not show, and fail with
+    /// `ChannelNotFound` only if the API server has none either.
+    ReadChannel { name: String },
     /// Replace a channel's status (server-side apply).
     PatchChannelStatus { name: String, status: Box<crate::api::AgentChannelStatus> },
     /// Write a promotion's record (see `promotion`), on condition that the promotion is still
@@ -544,7 +585,7 @@ pub enum Write {
     WritePromotion {
         name: String,
         resource_version: Option<String>,
-        record: Box<promotion::PromotionRecord>,
+        record: Box<moves::PromotionRecord>,
         copy_status: bool,
         announce: Vec<EventNote>,
     },

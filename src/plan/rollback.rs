@@ -33,6 +33,12 @@ pub enum FailureReason {
     ActiveVersionChanged,
     /// Pop of a version that a channel pins or holds by an override.
     VersionInUse,
+    /// A channel rollback names a channel that does not exist.
+    ChannelNotFound,
+    /// A channel Restore to a version that Failed in that channel.
+    VersionQuarantined,
+    /// `LastKnownGood` with no other version Healthy in the channel.
+    NoKnownGoodVersion,
     /// The API server refused to create the version the rollback makes (see
     /// `plan::RefusedVersion`).
     VersionRefused,
@@ -43,7 +49,7 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 9] = [
+    pub const ALL: [FailureReason; 12] = [
         Self::AgentNotFound,
         Self::VersionNotFound,
         Self::AlreadyActive,
@@ -51,6 +57,9 @@ impl FailureReason {
         Self::AtFirstVersion,
         Self::ActiveVersionChanged,
         Self::VersionInUse,
+        Self::ChannelNotFound,
+        Self::VersionQuarantined,
+        Self::NoKnownGoodVersion,
         Self::VersionRefused,
         Self::InvalidRecord,
     ];
@@ -65,6 +74,9 @@ impl FailureReason {
             Self::AtFirstVersion => "AtFirstVersion",
             Self::ActiveVersionChanged => "ActiveVersionChanged",
             Self::VersionInUse => "VersionInUse",
+            Self::ChannelNotFound => "ChannelNotFound",
+            Self::VersionQuarantined => "VersionQuarantined",
+            Self::NoKnownGoodVersion => "NoKnownGoodVersion",
             Self::VersionRefused => "VersionRefused",
             Self::InvalidRecord => "InvalidRecord",
         }
@@ -142,6 +154,11 @@ pub fn choose(
                 format!("Agent {agent_name} has only one version ({active}); there is no previous version."),
             ),
         },
+        // Refused at apply without a channel; a channel's rollbacks are not chosen here.
+        RollbackStrategy::LastKnownGood => fail(
+            FailureReason::NoKnownGoodVersion,
+            "LastKnownGood needs spec.channel: the version Healthy in that channel.".into(),
+        ),
         RollbackStrategy::Pop => {
             if numbers.len() < 2 {
                 return fail(
@@ -357,7 +374,8 @@ pub fn resume(
     now: &Time,
 ) -> Vec<Step> {
     match running.spec.strategy {
-        RollbackStrategy::Restore | RollbackStrategy::Previous => {
+        // A LastKnownGood of the Agent never runs (see `choose`): its record is refused there.
+        RollbackStrategy::Restore | RollbackStrategy::Previous | RollbackStrategy::LastKnownGood => {
             resume_restore(observed, agent, running, busy_after, now)
         }
         RollbackStrategy::Pop => resume_pop(observed, agent, running, busy_after, now),

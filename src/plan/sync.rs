@@ -26,7 +26,7 @@ use super::{
     EventNote, EventTarget, Observed, StatusChange, Step, VersionsAfter, Write, history, phase_of, publish, rollback,
 };
 use crate::api::conditions::{HasConditions, STALLED, events};
-use crate::api::{Agent, AgentRollback, RollbackPhase};
+use crate::api::{Agent, RollbackPhase};
 
 /// The next unit of work for one Agent, or nothing.
 pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
@@ -42,7 +42,7 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
 
     let pending = observed.pending_rollbacks();
     let Some(agent) = &observed.agent else {
-        return agent_gone(observed, &pending, now);
+        return agent_gone(observed, now);
     };
 
     let status_lost = agent.status.as_ref().is_none_or(|s| s.observed_generation.is_none());
@@ -85,8 +85,10 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
     channel::decide(observed, now)
 }
 
-/// The Agent is gone: every pending rollback fails with `AgentNotFound`.
-fn agent_gone(observed: &Observed, pending: &[&AgentRollback], now: &Time) -> Vec<Step> {
+/// The Agent is gone: every pending rollback, the Agent's and its channels', fails with
+/// `AgentNotFound`.
+fn agent_gone(observed: &Observed, now: &Time) -> Vec<Step> {
+    let pending = observed.unfinished_rollbacks();
     let message = format!("Agent {} not found in namespace {}.", observed.agent_name, observed.namespace);
     pending
         .iter()

@@ -72,6 +72,21 @@ async fn channels_and_promotions_refuse_bad_input_at_apply_time_with_a_message_n
         ),
         (promotion("long", &format!(r#"{{"channel":"{}","version":2}}"#, "c".repeat(51))), "spec.channel", "50"),
         (promotion("odd", r#"{"channel":"$(x)","version":2}"#), "spec.channel", "should match"),
+        (
+            manifest(
+                "AgentRollback",
+                ns,
+                "pop-a-channel",
+                r#"{"agentName":"support","channel":"prod","strategy":"Pop"}"#,
+            ),
+            "spec.strategy",
+            "with a channel, strategy is Restore or LastKnownGood",
+        ),
+        (
+            manifest("AgentRollback", ns, "good-what", r#"{"agentName":"support","strategy":"LastKnownGood"}"#),
+            "spec.channel",
+            "LastKnownGood needs a channel",
+        ),
     ];
     for (manifest, field, message) in cases {
         let (accepted, stderr) = stderr_of(&["apply", "-f", "-"], Some(&manifest));
@@ -318,4 +333,49 @@ async fn a_promotion_moves_a_channel_once_and_holds_it_until_its_desired_version
     let (channel, _) = serving(&s, "production", 3, "i3").await;
     assert_eq!(channel.status.as_ref().unwrap().override_, None);
     assert_eq!(channel_condition(&channel, "InSync").unwrap().0, "True");
+}
+
+/// Creates a rollback of channel `channel` of Agent `support`.
+async fn roll_back_channel(s: &Setup, name: &str, channel: &str, strategy: &str, target: Option<i64>) {
+    let mut spec = json!({"agentName": "support", "channel": channel, "strategy": strategy});
+    if let Some(target) = target {
+        spec["targetVersion"] = json!(target);
+    }
+    let body = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+    s.rollbacks().create(&Default::default(), &body).await.expect("rollback created");
+}
+
+#[tokio::test]
+async fn a_channel_rollback_moves_one_channel_back_while_the_agent_and_its_other_channels_stay() {
+    let s = setup("e2e-channel-rollback").await;
+    s.agent_with_versions("support", 3, 10).await;
+    apply_channel(&s, "production", None).await;
+    apply_channel(&s, "staging", None).await;
+    serving(&s, "production", 3, "i3").await;
+    serving(&s, "staging", 3, "i3").await;
+
+    roll_back_channel(&s, "production-to-1", "production", "Restore", Some(1)).await;
+    let status = s.terminal("production-to-1").await.status.unwrap();
+    assert_eq!(
+        (status.phase, status.from_version, status.active_version, status.reason),
+        (Some(agent_operator::api::RollbackPhase::Succeeded), Some(3), Some(1), None),
+        "{:?}",
+        status.message
+    );
+    let (channel, _) = serving(&s, "production", 1, "i1").await;
+    let held = channel.status.unwrap().override_.unwrap();
+    assert_eq!((held.rollback.as_deref(), held.promotion), (Some("production-to-1"), None));
+    serving(&s, "staging", 3, "i3").await;
+    // No version was published, the Agent's active version stays.
+    assert_eq!(s.history("support").await.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
+    let agent = s.settled_agent("support").await;
+    assert_eq!(agent.status.unwrap().active_version, Some(3));
+    s.wait_events("production-to-1", "RollbackSucceeded", 1).await;
+
+    // Nothing is Healthy in the channel yet: no last known good to go back to.
+    roll_back_channel(&s, "to-good", "production", "LastKnownGood", None).await;
+    s.expect_outcome("to-good", Err("NoKnownGoodVersion"), "nothing is Healthy in production").await;
+    roll_back_channel(&s, "to-nowhere", "preview", "Restore", Some(1)).await;
+    s.expect_outcome("to-nowhere", Err("ChannelNotFound"), "there is no channel preview").await;
+    serving(&s, "production", 1, "i1").await;
 }

@@ -22,9 +22,17 @@ use crate::history::{fetch_agent, fetch_versions};
 use crate::{Session, diff, terminal};
 
 #[derive(Args)]
-#[command(group = clap::ArgGroup::new("strategy").required(true).args(["to", "previous", "pop"]))]
+#[command(group = clap::ArgGroup::new("strategy").required(true).args(["to", "previous", "pop", "last_known_good"]))]
 pub struct RollbackArgs {
     agent: String,
+    /// Roll back this channel of the agent instead: what it serves moves, no version is
+    /// published (with --to or --last-known-good).
+    #[arg(long, conflicts_with_all = ["previous", "pop"])]
+    channel: Option<String>,
+    /// With --channel: serve the newest version Healthy in the channel other than the one it
+    /// serves.
+    #[arg(long, requires = "channel")]
+    last_known_good: bool,
     /// Restore this version (published again as a new version).
     #[arg(long, value_name = "VERSION")]
     to: Option<i64>,
@@ -77,21 +85,24 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 impl RollbackArgs {
     fn strategy(&self) -> RollbackStrategy {
-        match (self.to, self.previous) {
-            (Some(_), _) => RollbackStrategy::Restore,
-            (None, true) => RollbackStrategy::Previous,
-            (None, false) => RollbackStrategy::Pop,
+        match (self.to, self.previous, self.last_known_good) {
+            (Some(_), _, _) => RollbackStrategy::Restore,
+            (None, true, _) => RollbackStrategy::Previous,
+            (None, false, true) => RollbackStrategy::LastKnownGood,
+            (None, false, false) => RollbackStrategy::Pop,
         }
     }
 }
 
 pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
+        anyhow::ensure!(args.channel.is_none(), "--dry-run of a channel rollback is not available yet");
         return dry_run(session, &args).await;
     }
     let api: Api<AgentRollback> = session.api();
     let mut spec = AgentRollbackSpec {
         agent_name: args.agent.clone(),
+        channel: args.channel.clone(),
         strategy: args.strategy(),
         target_version: args.to,
         expected_active_version: args.expect_active,
@@ -135,7 +146,8 @@ pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCo
     let deadline = tokio::time::Instant::now() + args.timeout;
     let (code, active) = follow(watches, &name, deadline, args.timeout).await?;
     match (args.wait, active) {
-        (WaitFor::Delivered, Some(active)) if code == ExitCode::SUCCESS => {
+        // A channel's rollback succeeds once the channel's ConfigMap holds the version.
+        (WaitFor::Delivered, Some(active)) if code == ExitCode::SUCCESS && args.channel.is_none() => {
             follow_delivery(session, &args.agent, active, deadline, args.timeout).await
         }
         _ => Ok(code),

@@ -128,6 +128,7 @@ impl Cluster {
             metadata: ObjectMeta { generation: Some(1), ..meta },
             spec: AgentRollbackSpec {
                 agent_name: "a".into(),
+                channel: None,
                 strategy,
                 target_version: target,
                 expected_active_version: expected,
@@ -293,7 +294,7 @@ impl Cluster {
                 Ok(Applied::ConfigMap(Recipient::Agent, Some(state)))
             }
             Write::RollWorkload { .. } => unreachable!("the modelled Agent lists no workloads"),
-            Write::PatchChannelStatus { .. } | Write::WritePromotion { .. } => {
+            Write::PatchChannelStatus { .. } | Write::WritePromotion { .. } | Write::ReadChannel { .. } => {
                 unreachable!("the modelled Agent has no channels")
             }
         }

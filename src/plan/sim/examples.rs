@@ -141,6 +141,7 @@ fn forge(
     let record = crate::plan::durable::RollbackRecord {
         status: AgentRollbackStatus { phase: Some(RollbackPhase::Running), ..status },
         agent: None,
+        channel: None,
     };
     let text = serde_json::to_string(&record).expect("a record");
     let forged = cluster.rollbacks.last_mut().expect("the rollback");
