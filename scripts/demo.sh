@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The demo: starts a local cluster (control plane and one real node), builds the operator's
 # image and installs it with Helm, as users do, applies examples/ (an Agent, its runtime, an
-# edit, a Restore, a Previous, a Pop and one that fails), shows after each step what the running
-# agent serves, and what happened. Everything it starts is stopped when it ends.
+# edit, a Restore, a Previous, a Pop and one that fails; then a staging and a production channel
+# with their runtimes, an edit that reaches staging only, a promotion of production and a
+# rollback of production alone), shows after each step what each running agent serves, and
+# what happened. Everything it starts is stopped when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,14 +61,26 @@ wait_agent() {
 # What the running agent serves: each Ready runtime pod, asked over HTTP once all serve the
 # Agent's active version.
 serves() {
-  local active
-  active=$(kubectl get agent support -o jsonpath='{.status.activeVersion}')
+  serves_version support-runtime "$(kubectl get agent support -o jsonpath='{.status.activeVersion}')" "the runtime"
+}
+# What a channel's runtime serves, once all its pods serve the version the channel serves.
+serves_channel() {
+  for _ in $(seq 300); do
+    version=$(kubectl get agentchannel "$1" -o jsonpath='{.status.version}')
+    [[ -n $version ]] && break
+    sleep 0.1
+  done
+  serves_version "$1-runtime" "$version" "$1"
+}
+# Each Ready pod of Deployment $1, asked over HTTP until all serve version $2; $3 names them.
+serves_version() {
+  local app=$1 active=$2 who=$3
   for _ in $(seq 600); do
-    pods=$(kubectl get pods -l app=support-runtime \
+    pods=$(kubectl get pods -l app="$app" \
       -o jsonpath='{range .items[*]}{.status.podIP} {.status.conditions[?(@.type=="Ready")].status} {.metadata.deletionTimestamp}{";"}{end}')
-    if out=$(python3 - "$active" "$pods" 2>/dev/null <<'PY'
+    if out=$(python3 - "$active" "$pods" "$who" 2>/dev/null <<'PY'
 import json, sys, urllib.request
-active = sys.argv[1]
+active, who = sys.argv[1], sys.argv[3]
 # "IP True;" for each Ready pod not being deleted.
 ips = [p.split()[0] for p in sys.argv[2].split(";") if p.split()[1:] == ["True"]]
 answers = []
@@ -77,7 +91,7 @@ if not answers or any(v != active for v, _ in answers):
     sys.exit(1)
 v, d = answers[0]
 steps = ", ".join(s.get("name", "?") for s in d.get("steps", []))
-print(f"  the runtime serves version {v}: temperature {d.get('temperature')}, steps [{steps}]")
+print(f"  {who} serves version {v}: temperature {d.get('temperature')}, steps [{steps}]")
 PY
     ); then
       echo "$out"
@@ -85,7 +99,7 @@ PY
     fi
     sleep 0.2
   done
-  echo "the runtime never served version $active" >&2
+  echo "$who never served version $active" >&2
   exit 1
 }
 wait_rollback() {
@@ -117,8 +131,31 @@ say "6. A Restore of a version that never existed fails and changes nothing"
 run_retried kubectl apply -f examples/06-fails.yaml
 wait_rollback support-restore-v99 Failed
 
+say "7. Two channels, each with its own runtime: staging follows the Agent, production is pinned to version 3"
+run_retried kubectl apply -f examples/07-channels.yaml
+serves_channel support-staging
+serves_channel support-production
+say "8. An edit (version 4) reaches staging only"
+run_retried kubectl apply -f examples/08-agent-edit.yaml
+wait_agent
+serves
+serves_channel support-staging
+serves_channel support-production
+say "9. A promotion moves production to version 4 (its spec stays at 3: InSync says what to commit)"
+run_retried kubectl apply -f examples/09-promote.yaml
+kubectl wait --for=jsonpath='{.status.phase}'=Succeeded agentpromotion/support-production-v4 --timeout=60s >/dev/null
+kubectl get agentpromotion support-production-v4 -o jsonpath='  {.metadata.name}: {.status.phase} - {.status.message}{"\n"}'
+serves_channel support-production
+serves_channel support-staging
+run kubectl get agentchannel support-production -o jsonpath='{.status.conditions[?(@.type=="InSync")].message}{"\n"}'
+say "10. A channel rollback moves production back to version 3, while staging stays on 4"
+run_retried kubectl apply -f examples/10-channel-rollback.yaml
+wait_rollback support-production-back-to-v3 Succeeded
+serves_channel support-production
+serves_channel support-staging
+
 say "Result"
-run kubectl get agents,agentversions,agentrollbacks
+run kubectl get agents,agentversions,agentrollbacks,agentchannels,agentpromotions
 run kubectl get configmap support-agent -o jsonpath='{.metadata.annotations}{"\n"}'
 run kubectl get agent support -o jsonpath='{.status.delivery}{"\n"}' 
 say "The operator's Events, in the order they happened"

@@ -182,7 +182,9 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
         (None, DeliveryState::Blocked { reason, message }) => Some((*reason, message.clone())),
         _ => None,
     };
-    let in_sync = in_sync(&channel.channel.name_any(), desired, overridden.as_ref());
+    // Held on the version its spec declares, it is in sync all the same.
+    let elsewhere = overridden.as_ref().filter(|o| Some(o.version) != desired);
+    let in_sync = in_sync(&channel.channel.name_any(), desired, elsewhere);
     status.conditions = channel_conditions(
         &existing.conditions,
         channel.channel.metadata.generation,

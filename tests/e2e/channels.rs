@@ -289,6 +289,24 @@ async fn a_promotion_moves_a_channel_once_and_holds_it_until_its_desired_version
     let exported: AgentChannel = serde_saphyr::from_str(&text).unwrap();
     assert_eq!((exported.spec.agent_name.as_str(), exported.spec.version), ("support", Some(1)), "{text}");
 
+    // The plugin: the channels, each version's place in them, and the planner's answer to a
+    // promotion not made.
+    let plugin = |args: &[&str]| {
+        let out = crate::plugin::plugin_on(&crate::support::control_plane().kubeconfig, &s.ns, args);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, table) = plugin(&["channels", "support"]);
+    let row = table.lines().find(|l| l.starts_with("production")).unwrap_or_default();
+    assert!(code == Some(0) && row.contains("back-to-1") && row.contains("(follows)"), "{table}");
+    let (_, history) = plugin(&["history", "support"]);
+    let v1 = history.lines().find(|l| l.starts_with('1')).unwrap_or_default();
+    assert!(history.contains("CHANNELS") && v1.contains("production=serving"), "{history}");
+    let (code, plan) = plugin(&["promote", "support", "--channel", "production", "--to", "2", "--dry-run"]);
+    assert_eq!(code, Some(0), "{plan}");
+    assert!(plan.contains("Would move channel production from 1 to version 2"), "{plan}");
+    let (code, plan) = plugin(&["promote", "support", "--channel", "production", "--to", "1", "--dry-run"]);
+    assert!(code == Some(1) && plan.contains("Would fail (AlreadyActive)"), "{plan}");
+
     // Requests that cannot run fail with their reason and change nothing.
     promote(&s, "stale", json!({"channel": "production", "version": 2, "expectedVersion": 2})).await;
     promote(&s, "same", json!({"channel": "production", "version": 1})).await;
@@ -333,6 +351,11 @@ async fn a_promotion_moves_a_channel_once_and_holds_it_until_its_desired_version
     let (channel, _) = serving(&s, "production", 3, "i3").await;
     assert_eq!(channel.status.as_ref().unwrap().override_, None);
     assert_eq!(channel_condition(&channel, "InSync").unwrap().0, "True");
+
+    // And the plugin's promotion, followed until it finishes.
+    let (code, out) = plugin(&["promote", "support", "--channel", "production", "--to", "1", "--reason", "test"]);
+    assert!(code == Some(0) && out.contains("Succeeded: Channel production serves version 1."), "{out}");
+    serving(&s, "production", 1, "i1").await;
 }
 
 /// Creates a rollback of channel `channel` of Agent `support`.

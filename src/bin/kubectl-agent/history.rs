@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use agent_operator::api::keys::AGENT_LABEL;
-use agent_operator::api::{Agent, AgentVersion, DeliveryStatus};
+use agent_operator::api::keys::{AGENT_LABEL, HEALTH_LABEL_PREFIX};
+use agent_operator::api::{Agent, AgentChannel, AgentVersion, DeliveryStatus};
 use agent_operator::plan::owning_agent_uid;
 use anyhow::{Context as _, bail};
 use kube::api::ListParams;
@@ -75,13 +75,18 @@ pub async fn history(session: &Session, name: &str, output: Output) -> anyhow::R
         Output::Table => {
             let active = active(&agent, &versions);
             let delivery = agent.status.as_ref().and_then(|s| s.delivery.clone()).unwrap_or_default();
-            let rows: Vec<[String; 7]> = versions
+            let channels: Api<AgentChannel> = session.api();
+            let params = ListParams::default().fields(&format!("spec.agentName={name}"));
+            let mut channels = channels.list(&params).await.context("listing channels")?.items;
+            channels.sort_by_key(|c| c.name_any());
+            let rows: Vec<[String; 8]> = versions
                 .iter()
                 .map(|v| {
                     [
                         v.spec.version.to_string(),
                         if Some(v.spec.version) == active { "*".into() } else { String::new() },
                         delivered(&delivery, v.spec.version),
+                        in_channels(v, &channels),
                         v.creation_timestamp().map(|t| t.0.to_string()).unwrap_or_default(),
                         v.spec.rollback_from_version.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
                         v.spec.published_by.clone().unwrap_or_else(|| "-".into()),
@@ -89,11 +94,28 @@ pub async fn history(session: &Session, name: &str, output: Output) -> anyhow::R
                     ]
                 })
                 .collect();
-            let header = ["VERSION", "ACTIVE", "DELIVERED", "CREATED", "FROM-ROLLBACK", "PUBLISHED-BY", "REASON"];
+            let header =
+                ["VERSION", "ACTIVE", "DELIVERED", "CHANNELS", "CREATED", "FROM-ROLLBACK", "PUBLISHED-BY", "REASON"];
             print_table(header, &rows);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A version in each channel: `serving` where a channel serves it, and its verdict there
+/// (`Healthy`, `Failed`) where it has one; `-` when it is in none.
+fn in_channels(version: &AgentVersion, channels: &[AgentChannel]) -> String {
+    let cells: Vec<String> = channels
+        .iter()
+        .filter_map(|c| {
+            let name = c.name_any();
+            let serving = c.status.as_ref().and_then(|s| s.version) == Some(version.spec.version);
+            let verdict = version.labels().get(&format!("{HEALTH_LABEL_PREFIX}{name}"));
+            let what: Vec<&str> = serving.then_some("serving").into_iter().chain(verdict.map(String::as_str)).collect();
+            (!what.is_empty()).then(|| format!("{name}={}", what.join("+")))
+        })
+        .collect();
+    if cells.is_empty() { "-".into() } else { cells.join(",") }
 }
 
 pub async fn show(session: &Session, name: &str, version: Option<i64>, output: Output) -> anyhow::Result<ExitCode> {

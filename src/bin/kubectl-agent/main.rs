@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 a rollback failed (or would fail, with `--dry-run`) or an object is
 //! missing; 2 bad usage; 3 a rollback did not finish within `--timeout`.
 
+mod channels;
 mod diff;
 mod export;
 mod history;
@@ -24,7 +25,7 @@ use agent_operator::client;
     bin_name = "kubectl agent",
     version,
     about = "Inspect agent versions and roll agents back",
-    after_help = "Examples:\n  kubectl agent history support\n  kubectl agent diff support 1\n  kubectl agent rollback support --to 1 --reason \"v2 answers badly\"\n  kubectl agent rollback support --previous --dry-run\n  kubectl agent export support > agents/support.yaml\n  kubectl agent export support --channel production > channels/production.yaml"
+    after_help = "Examples:\n  kubectl agent history support\n  kubectl agent diff support 1\n  kubectl agent rollback support --to 1 --reason \"v2 answers badly\"\n  kubectl agent rollback support --previous --dry-run\n  kubectl agent export support > agents/support.yaml\n  kubectl agent channels support\n  kubectl agent promote support --channel production --to 4 --dry-run\n  kubectl agent rollback support --channel production --last-known-good\n  kubectl agent export support --channel production > channels/production.yaml"
 )]
 struct Cli {
     #[command(flatten)]
@@ -64,8 +65,14 @@ enum Command {
     },
     /// Show what differs between two versions (B defaults to the active version).
     Diff { agent: String, a: i64, b: Option<i64> },
-    /// Roll an agent back, and follow the rollback until it finishes.
+    /// Roll an agent (or one of its channels, with --channel) back, and follow the rollback
+    /// until it finishes.
     Rollback(rollback::RollbackArgs),
+    /// List an agent's channels: what each declares, serves, and what holds it there.
+    Channels { agent: String },
+    /// Move a channel to a version (--to) or to what another channel serves (--from), and
+    /// follow the promotion until it finishes.
+    Promote(channels::PromoteArgs),
     /// Print an Agent manifest whose definition is a version's (the active one by default), to
     /// commit to git after a rollback: applied, the Agent is InSync and nothing is published.
     /// With --channel, the channel's manifest pinned to the version it serves (or VERSION):
@@ -120,6 +127,8 @@ async fn main() -> ExitCode {
             Command::Show { agent, version, output } => history::show(&session, &agent, version, output).await,
             Command::Diff { agent, a, b } => history::diff(&session, &agent, a, b).await,
             Command::Rollback(args) => rollback::run(&session, args).await,
+            Command::Channels { agent } => channels::channels(&session, &agent).await,
+            Command::Promote(args) => channels::promote(&session, args).await,
             Command::Export { agent, version, channel: None } => export::export(&session, &agent, version).await,
             Command::Export { agent, version, channel: Some(channel) } => {
                 export::export_channel(&session, &agent, &channel, version).await

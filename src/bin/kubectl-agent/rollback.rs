@@ -163,9 +163,14 @@ const MAX_BASE_LEN: usize = 63 - SUFFIX_LEN;
 
 /// `<agent>-rollback-` and a random suffix, as the API server makes names from a
 /// `generateName`.
-fn generated_name(agent: &str) -> String {
+pub fn generated_name(agent: &str) -> String {
+    generated(&format!("{agent}-rollback-"))
+}
+
+/// `base` and a random suffix, as the API server's generateName makes them, within 63 characters.
+pub fn generated(base: &str) -> String {
     use std::hash::{BuildHasher, Hasher};
-    let mut base = format!("{agent}-rollback-");
+    let mut base = base.to_string();
     base.truncate(MAX_BASE_LEN);
     // RandomState's keys come from the operating system's randomness, fresh for each one.
     let mut random = std::collections::hash_map::RandomState::new().build_hasher().finish();
@@ -276,7 +281,7 @@ const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
 /// The caller's username as the API server authenticates it (SelfSubjectReview), if the
 /// cluster says.
-async fn whoami(session: &Session) -> Option<String> {
+pub async fn whoami(session: &Session) -> Option<String> {
     let api: Api<SelfSubjectReview> = Api::all(session.client.clone());
     let review = api.create(&PostParams::default(), &SelfSubjectReview::default()).await.ok()?;
     review.status?.user_info?.username

@@ -1,0 +1,185 @@
+//! `channels` and `promote`: an Agent's channels, and a promotion of one, followed until it
+//! finishes. `promote --dry-run` asks the controller's own planner what would happen.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agent_operator::api::conditions::{HasConditions, IN_SYNC, READY};
+use agent_operator::api::{AgentChannel, AgentPromotion, AgentPromotionSpec, AgentRollback, RollbackPhase};
+use agent_operator::plan::Observed;
+use agent_operator::plan::channel::ChannelObserved;
+use agent_operator::plan::moves::{Move, Promotions, choose, serving};
+use anyhow::{Context as _, bail};
+use clap::Args;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
+
+use crate::history::{fetch_agent, fetch_versions, print_table};
+use crate::rollback::{generated, whoami};
+use crate::{Session, terminal};
+
+/// The Agent's channels, by name.
+async fn fetch_channels(session: &Session, agent: &str) -> anyhow::Result<Vec<AgentChannel>> {
+    let api: Api<AgentChannel> = session.api();
+    let params = ListParams::default().fields(&format!("spec.agentName={agent}"));
+    let mut channels = api.list(&params).await.context("listing channels")?.items;
+    channels.sort_by_key(|c| c.name_any());
+    Ok(channels)
+}
+
+pub async fn channels(session: &Session, agent: &str) -> anyhow::Result<ExitCode> {
+    fetch_agent(session, agent).await?;
+    let channels = fetch_channels(session, agent).await?;
+    if channels.is_empty() {
+        println!(
+            "No channels of agent {agent} (create one: kubectl apply -f an AgentChannel with agentName: {agent})."
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 6]> = channels
+        .iter()
+        .map(|c| {
+            let status = c.status.clone().unwrap_or_default();
+            let number = |n: Option<i64>| n.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+            let held = status.override_.as_ref().map_or_else(
+                || "-".to_string(),
+                |o| o.promotion.as_deref().or(o.rollback.as_deref()).unwrap_or("-").to_string(),
+            );
+            let condition = |t: &str| status.condition(t).map_or_else(|| "-".to_string(), |c| c.status.clone());
+            [
+                c.name_any(),
+                match c.spec.version {
+                    Some(pin) => format!("{pin} (pinned)"),
+                    None => format!("{} (follows)", number(status.desired_version)),
+                },
+                number(status.version),
+                held,
+                condition(READY),
+                condition(IN_SYNC),
+            ]
+        })
+        .collect();
+    print_table(["CHANNEL", "DESIRED", "SERVING", "HELD BY", "READY", "IN-SYNC"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["to", "from"]))]
+pub struct PromoteArgs {
+    agent: String,
+    /// The channel to move.
+    #[arg(long)]
+    channel: String,
+    /// Serve this version in the channel.
+    #[arg(long, value_name = "VERSION")]
+    to: Option<i64>,
+    /// Serve what this other channel serves, only if it is Healthy there.
+    #[arg(long, value_name = "CHANNEL")]
+    from: Option<String>,
+    /// Run only if the channel still serves this version (default with --dry-run: the one it saw).
+    #[arg(long, value_name = "VERSION")]
+    expect: Option<i64>,
+    /// Serve the version even if it Failed in this channel.
+    #[arg(long)]
+    allow_failed: bool,
+    /// Why; kept in the promotion for the audit trail.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Show what would happen; create nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Create the promotion and return at once.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+impl PromoteArgs {
+    fn spec(&self) -> AgentPromotionSpec {
+        AgentPromotionSpec {
+            channel: self.channel.clone(),
+            version: self.to,
+            from_channel: self.from.clone(),
+            expected_version: self.expect,
+            allow_failed: self.allow_failed,
+            reason: self.reason.clone(),
+            requested_by: None,
+        }
+    }
+}
+
+pub async fn promote(session: &Session, args: PromoteArgs) -> anyhow::Result<ExitCode> {
+    let channel: Api<AgentChannel> = session.api();
+    let found = channel.get_opt(&args.channel).await.context("reading the channel")?;
+    match found {
+        Some(c) if c.spec.agent_name == args.agent => {}
+        Some(c) => bail!("channel {} belongs to agent {}", args.channel, c.spec.agent_name),
+        None => bail!("channel {} not found in namespace {}", args.channel, session.namespace),
+    }
+    if args.dry_run {
+        return dry_run(session, &args).await;
+    }
+    let api: Api<AgentPromotion> = session.api();
+    let mut spec = args.spec();
+    spec.requested_by = whoami(session).await;
+    let name = generated(&format!("{}-promotion-", args.channel));
+    api.create(&PostParams::default(), &AgentPromotion::new(&name, spec))
+        .await
+        .context("creating the AgentPromotion")?;
+    println!("agentpromotion.agentops.dev/{name} created");
+    if args.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for _ in 0..600 {
+        let status = api.get(&name).await.context("reading the promotion")?.status.unwrap_or_default();
+        let message = terminal::escape(status.message.as_deref().unwrap_or_default());
+        match status.phase {
+            Some(RollbackPhase::Succeeded) => {
+                println!("Succeeded: {message}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(RollbackPhase::Failed) => {
+                println!("Failed ({}): {message}", status.reason.as_deref().unwrap_or("Failed"));
+                return Ok(ExitCode::from(1));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    println!("still running after 60 s: kubectl get agentpromotion {name}");
+    Ok(ExitCode::from(3))
+}
+
+/// What the operator's planner would do with the promotion, from what the API server has now.
+async fn dry_run(session: &Session, args: &PromoteArgs) -> anyhow::Result<ExitCode> {
+    let agent = fetch_agent(session, &args.agent).await?;
+    let versions = fetch_versions(session, &agent).await?;
+    let rollbacks: Api<AgentRollback> = session.api();
+    let params = ListParams::default().fields(&format!("spec.agentName={}", args.agent));
+    let rollbacks = rollbacks.list(&params).await.context("listing rollbacks")?.items;
+    let promotions: Api<AgentPromotion> = session.api();
+    let promotions = promotions.list(&ListParams::default()).await.context("listing promotions")?.items;
+    let mut observed = Observed::new(session.namespace.clone(), args.agent.clone(), Some(agent), versions, rollbacks);
+    observed.channels = fetch_channels(session, &args.agent)
+        .await?
+        .into_iter()
+        .map(|channel| ChannelObserved { channel, config_map: None, workloads: Vec::new() })
+        .collect();
+    let names: Vec<String> = observed.channels.iter().map(|c| c.channel.name_any()).collect();
+    observed.promotions = Promotions::new(promotions.into_iter().filter(|p| names.contains(&p.spec.channel)).collect());
+    let channel = observed.channels.iter().find(|c| c.channel.name_any() == args.channel).context("the channel")?;
+    let served = serving(&observed, channel);
+    let mut spec = args.spec();
+    spec.expected_version = spec.expected_version.or(served);
+    let candidate = AgentPromotion::new("dry-run", spec);
+    match choose(&observed, channel, Move::Promotion(&candidate)) {
+        Ok(version) => {
+            let from = served.map_or_else(|| "no version".into(), |v| v.to_string());
+            println!("Would move channel {} from {from} to version {version}.", args.channel);
+            println!("Run without --dry-run to do it (with --expect {from}, it runs only if that is still so).");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err((reason, message)) => {
+            println!("Would fail ({reason}): {}", terminal::escape(&message));
+            Ok(ExitCode::from(1))
+        }
+    }
+}
