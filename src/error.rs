@@ -71,6 +71,22 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("failed to record the verdict on AgentVersion {namespace}/{name}")]
+    JudgeVersion {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to read the pods of {namespace}/{name}")]
+    ReadPods {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("failed to read AgentChannel {namespace}/{name}")]
     GetChannel {
         namespace: String,
@@ -138,7 +154,7 @@ pub enum Error {
 }
 
 /// Every value of [`Error::metric_label`], so that each series is served from the start.
-pub const OPERATIONS: [&str; 18] = [
+pub const OPERATIONS: [&str; 20] = [
     "get_agent",
     "list_versions",
     "list_rollbacks",
@@ -149,6 +165,8 @@ pub const OPERATIONS: [&str; 18] = [
     "patch_channel_status",
     "write_promotion",
     "get_channel",
+    "judge_version",
+    "read_pods",
     "write_rollback",
     "patch_rollback_status",
     "write_config_map",
@@ -173,6 +191,8 @@ impl Error {
             Self::PatchChannelStatus { .. } => "patch_channel_status",
             Self::WritePromotion { .. } => "write_promotion",
             Self::GetChannel { .. } => "get_channel",
+            Self::JudgeVersion { .. } => "judge_version",
+            Self::ReadPods { .. } => "read_pods",
             Self::WriteRollback { .. } => "write_rollback",
             Self::PatchRollbackStatus { .. } => "patch_rollback_status",
             Self::WriteConfigMap { .. } => "write_config_map",

@@ -176,9 +176,13 @@ pub struct AnalysisStatus {
     pub version: i64,
     /// `Running`, `Healthy`, `Failed` or `Unknown`.
     pub phase: AnalysisPhase,
-    /// When the judgement began: once the version was delivered.
+    /// When the judgement began: once the channel began serving the version (its rollout is
+    /// held to `progressDeadlineSeconds` from then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
+    /// When the version was delivered (rolled out): its bake began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_time: Option<Time>,
     /// What stands in the way, or what decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -12,6 +12,8 @@ pub const STALLED: &str = "Stalled";
 /// The Agent's spec holds the active version's definition: False after a rollback, until the
 /// spec (in git) is brought to what is active.
 pub const IN_SYNC: &str = "InSync";
+/// A channel's served version passed its analysis (True), failed it (False), or is judged.
+pub const HEALTHY: &str = "Healthy";
 
 /// Condition reasons.
 pub mod reasons {
@@ -58,6 +60,14 @@ pub mod reasons {
     pub const AGENT_NOT_FOUND: &str = "AgentNotFound";
     /// Ready on a channel: it serves its version, delivered.
     pub const VERSION_SERVED: &str = "VersionServed";
+    /// Healthy on a channel: the served version passed its analysis.
+    pub const ANALYSIS_PASSED: &str = "AnalysisPassed";
+    /// Healthy on a channel: the served version failed its analysis.
+    pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
+    /// Healthy on a channel: the served version is being judged.
+    pub const ANALYSING: &str = "Analysing";
+    /// Healthy on a channel: a signal the analysis needs cannot be read.
+    pub const SIGNAL_UNAVAILABLE: &str = "SignalUnavailable";
     /// InSync on a channel: it serves the version its spec declares.
     pub const MATCHES_SPEC: &str = "MatchesSpec";
     /// InSync on a channel: a promotion or rollback holds it on another version than its spec

@@ -109,6 +109,10 @@ fn channels_intact(ctx: &Context, agent: &Agent, key: &AgentKey) -> bool {
         if status.is_true(STALLED) {
             return true;
         }
+        // A version being judged is looked at again until its verdict.
+        if status.analysis.as_ref().is_some_and(|a| a.phase == crate::api::AnalysisPhase::Running) {
+            return false;
+        }
         let reference = ObjectRef::<LeanMeta<ConfigMap>>::new(&channel_config_map_name(channel))
             .within(&channel.namespace().unwrap_or_default());
         // What its status says holds it, by a promotion or rollback, else its desired version.

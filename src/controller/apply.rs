@@ -94,6 +94,22 @@ async fn apply_one(ctx: &Context, observed: &Observed, write: Write) -> Result<O
             Ok(Outcome::Done(delivery::roll_workload(ctx, ns, agent, recipient, &workload, &held).await?))
         }
         Write::PatchChannelStatus { name, status } => patch_channel_status(ctx, ns, name, &status).await,
+        Write::JudgeVersion { name, uid, channel, verdict, message } => {
+            let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), ns);
+            let key = crate::plan::moves::health_key(&channel);
+            // The uid in a merge patch is a precondition: never a new version of that name.
+            let body = json!({ "metadata": {
+                "uid": uid,
+                "labels": { &key: verdict },
+                "annotations": { &key: message },
+            }});
+            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+            match api.patch(&name, &params, &Patch::Merge(body)).await {
+                Ok(version) => Ok(Outcome::Done(Applied::VersionJudged(Box::new(version)))),
+                Err(e) if matches!(status_code(&e), Some(404 | 409)) => Ok(Outcome::Stale(None)),
+                Err(source) => Err(Error::JudgeVersion { namespace: ns.into(), name, source }),
+            }
+        }
         Write::ReadChannel { name } => {
             let api: Api<AgentChannel> = Api::namespaced(ctx.client.clone(), ns);
             let read = api.get_opt(&name).await.map_err(|source| Error::GetChannel {

@@ -5,7 +5,9 @@
 //! cluster), and the two delivery writes.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ListParams;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
@@ -15,7 +17,7 @@ use super::context::Context;
 use super::index::AgentKey;
 use super::lean_meta::LeanMeta;
 use crate::api::keys::{DELIVERED_FOR_ANNOTATION, DELIVERY_FIELD_MANAGER, FIELD_MANAGER, REPLACING_VERSION_ANNOTATION};
-use crate::api::{WorkloadKind, WorkloadRef};
+use crate::api::{AgentChannel, AnalysisPhase, WorkloadKind, WorkloadRef};
 use crate::error::status_code;
 use crate::plan::channel::{ChannelObserved, config_map_name as channel_config_map_name};
 use crate::plan::delivery::{
@@ -59,10 +61,51 @@ async fn observe_channels(ctx: &Context, observed: &mut Observed) -> Result<()> 
         let restart = channel.spec.delivery.as_ref().map(|d| d.restart.clone()).unwrap_or_default();
         let recipient = Recipient::Channel(channel.name_any());
         let workloads = read_workloads(ctx, &observed.namespace, &recipient, &observed.agent_name, restart).await?;
-        observed.channels.push(ChannelObserved { channel, config_map, workloads });
+        let baking = channel
+            .status
+            .as_ref()
+            .and_then(|s| s.analysis.as_ref())
+            .is_some_and(|a| a.phase == AnalysisPhase::Running);
+        let last_restart = match baking {
+            true => last_restart(ctx, &observed.namespace, &channel).await?,
+            false => None,
+        };
+        observed.channels.push(ChannelObserved { channel, config_map, workloads, last_restart });
     }
     observe_promotions(ctx, observed);
     Ok(())
+}
+
+/// When a container of the channel's workloads' pods last restarted (its last termination's
+/// end), if one did: read only while a version bakes in the channel (see `plan::analysis`).
+async fn last_restart(ctx: &Context, namespace: &str, channel: &AgentChannel) -> Result<Option<Time>> {
+    let listed = channel.spec.delivery.as_ref().map(|d| d.restart.clone()).unwrap_or_default();
+    let mut last: Option<Time> = None;
+    for workload in listed {
+        let read = |source| Error::ReadPods { namespace: namespace.into(), name: workload.name.clone(), source };
+        let selector = match workload.kind {
+            WorkloadKind::Deployment => {
+                let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+                api.get_opt(&workload.name).await.map_err(read)?.and_then(|d| d.spec).map(|s| s.selector)
+            }
+            WorkloadKind::StatefulSet => {
+                let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+                api.get_opt(&workload.name).await.map_err(read)?.and_then(|d| d.spec).map(|s| s.selector)
+            }
+        };
+        let Some(labels) = selector.and_then(|s| s.match_labels) else { continue };
+        let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+        let list = pods.list(&ListParams::default().labels(&selector.join(","))).await.map_err(read)?;
+        let ends = list
+            .items
+            .iter()
+            .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+            .flatten()
+            .filter_map(|c| c.last_state.as_ref()?.terminated.as_ref()?.finished_at.clone());
+        last = last.into_iter().chain(ends).max_by_key(|t| t.0);
+    }
+    Ok(last)
 }
 
 /// The promotions of the Agent's channels from the watch cache, each as the newer of the

@@ -86,11 +86,20 @@ async fn sync_once(ctx: &Context, agent: &AgentKey, turn: &Turn<'_>) -> Result<P
         // Not a settled state to resume from: the next pass reads everything again.
         return Ok(Pass::MoreToDo);
     }
-    let channels_delivering =
-        observed.channels.iter().any(|c| awaits(c.channel.status.as_ref().and_then(|s| s.condition(READY))));
+    // A channel waits for its delivery, or for its version's bake to end: nothing watches the
+    // workloads or the clock.
+    let channels_delivering = observed.channels.iter().any(|c| {
+        let status = c.channel.status.as_ref();
+        awaits(status.and_then(|s| s.condition(READY))) || status.is_some_and(baking)
+    });
     let delivering = observed.agent.as_ref().is_some_and(awaits_delivery) || channels_delivering;
     ctx.index.settle(agent, epoch, observed);
     Ok(Pass::Done { delivering })
+}
+
+/// Whether the channel's status says its served version is being judged.
+fn baking(status: &crate::api::AgentChannelStatus) -> bool {
+    status.analysis.as_ref().is_some_and(|a| a.phase == crate::api::AnalysisPhase::Running)
 }
 
 /// An Agent whose spec cannot be decoded is told so in its status and an Event, and nothing
@@ -315,6 +324,7 @@ fn write_label(write: &Write) -> String {
         }
         Write::RollWorkload { workload, held, .. } => format!("roll {} to {}", workload.name, held.version),
         Write::ReadChannel { name } => format!("read channel {name}"),
+        Write::JudgeVersion { name, channel, verdict, .. } => format!("{name} {verdict} in {channel}"),
         Write::WritePromotion { name, record, .. } => format!("promotion {name} {:?}", record.status.phase),
         Write::PatchChannelStatus { name, status } => format!("channel {name} status version={:?}", status.version),
     }

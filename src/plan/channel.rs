@@ -10,12 +10,13 @@ use std::collections::BTreeSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::{Resource, ResourceExt};
 
+use super::analysis;
 use super::delivery::{self, ConfigMapState, DeliveryState, Recipient, Target, WorkloadState};
 use super::moves::{self, Hold};
-use super::status::{ConditionSpec, channel_conditions};
+use super::status::{ChannelState, ConditionSpec, channel_conditions};
 use super::{EventNote, EventTarget, Observed, Step, Write};
 use crate::api::conditions::{HasConditions, IN_SYNC, STALLED, events, reasons};
-use crate::api::{AgentChannel, AgentChannelStatus, ChannelOverride};
+use crate::api::{AgentChannel, AgentChannelStatus, AnalysisPhase, AnalysisStatus, ChannelOverride};
 
 /// One channel of the Agent, with what was observed of its delivery.
 #[derive(Clone, Debug)]
@@ -25,6 +26,9 @@ pub struct ChannelObserved {
     pub config_map: Option<ConfigMapState>,
     /// The workloads of its `spec.delivery.restart` that were read.
     pub workloads: Vec<WorkloadState>,
+    /// When a container of its workloads' pods last restarted, if one did and they were read
+    /// (only while a version bakes, see `analysis`).
+    pub last_restart: Option<Time>,
 }
 
 /// The name of a channel's delivery ConfigMap.
@@ -168,10 +172,17 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
         }
         None => (Vec::new(), existing.delivery.clone(), DeliveryState::Delivered),
     };
+    let judgement = analysis::judge(observed, channel, serving, &state, problem.is_some(), now);
+    if let Some(verdict) = judgement.verdict {
+        // Recorded before any status says so: the verdict is the durable state.
+        return vec![verdict.into()];
+    }
     let mut status = AgentChannelStatus {
         version: serving.or(existing.version),
         desired_version: desired,
         override_: overridden.clone(),
+        last_known_good_version: analysis::last_known_good(observed, &channel.channel.name_any()),
+        analysis: judgement.status,
         delivery: delivery_status,
         observed_generation: channel.channel.metadata.generation,
         ..existing.clone()
@@ -185,15 +196,15 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
     // Held on the version its spec declares, it is in sync all the same.
     let elsewhere = overridden.as_ref().filter(|o| Some(o.version) != desired);
     let in_sync = in_sync(&channel.channel.name_any(), desired, elsewhere);
-    status.conditions = channel_conditions(
-        &existing.conditions,
-        channel.channel.metadata.generation,
-        status.version,
-        &state,
-        problem.as_ref().map(|(reason, message)| (*reason, message.as_str())),
+    let state = ChannelState {
+        generation: channel.channel.metadata.generation,
+        serving: status.version,
+        delivery: &state,
+        problem: problem.as_ref().map(|(reason, message)| (*reason, message.as_str())),
         in_sync,
-        now,
-    );
+        healthy: healthy(status.analysis.as_ref()),
+    };
+    status.conditions = channel_conditions(&existing.conditions, state, now);
     if channel.channel.status.as_ref() != Some(&status) {
         let name = channel.channel.name_any();
         let newly_stalled = blocked.filter(|(reason, _)| {
@@ -212,6 +223,23 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
         }));
     }
     steps
+}
+
+/// `Healthy`: True once the served version passed its analysis, False when it failed, Unknown
+/// while it is judged or cannot be.
+fn healthy(analysis: Option<&AnalysisStatus>) -> (Option<bool>, &'static str, String) {
+    match analysis {
+        None => (None, reasons::NO_VERSION, "No version is judged yet.".to_string()),
+        Some(a) => {
+            let message = a.message.clone().unwrap_or_default();
+            match a.phase {
+                AnalysisPhase::Healthy => (Some(true), reasons::ANALYSIS_PASSED, message),
+                AnalysisPhase::Failed => (Some(false), reasons::ANALYSIS_FAILED, message),
+                AnalysisPhase::Running => (None, reasons::ANALYSING, message),
+                AnalysisPhase::Unknown => (None, reasons::SIGNAL_UNAVAILABLE, message),
+            }
+        }
+    }
 }
 
 /// `InSync`: whether the channel serves what its spec declares, or which promotion holds it
@@ -280,7 +308,7 @@ mod tests {
         let mut observed = Observed::new("ns".into(), "support".into(), Some(agent), versions, vec![]);
         observed.channels = channels
             .into_iter()
-            .map(|channel| ChannelObserved { channel, config_map: None, workloads: vec![] })
+            .map(|channel| ChannelObserved { channel, config_map: None, workloads: vec![], last_restart: None })
             .collect();
         observed
     }

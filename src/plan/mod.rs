@@ -8,6 +8,7 @@
 //! empty. Every unit is safe to cut short at any step: the next observation shows what was
 //! done and the decision carries on from there.
 
+pub mod analysis;
 pub mod channel;
 pub mod delivery;
 pub mod driver;
@@ -431,11 +432,21 @@ impl Observed {
             }
             Applied::Promotion(promotion) => self.promotions.fold(*promotion),
             Applied::PromotionDeleted(name) => self.promotions.remove(&name),
+            Applied::VersionJudged(version) => {
+                if let Some(slot) = self.versions.iter_mut().find(|v| v.metadata.uid == version.metadata.uid) {
+                    *slot = *version;
+                }
+            }
             Applied::ChannelRead(name, found) => match found {
                 Some(channel) => {
                     self.absent_channels.remove(&name);
                     if self.channel_mut(&name).is_none() {
-                        let observed = ChannelObserved { channel: *channel, config_map: None, workloads: Vec::new() };
+                        let observed = ChannelObserved {
+                            channel: *channel,
+                            config_map: None,
+                            workloads: Vec::new(),
+                            last_restart: None,
+                        };
                         self.channels.push(observed);
                         self.channels.sort_by_key(|c| c.channel.name_any());
                     }
@@ -502,6 +513,8 @@ pub enum Applied {
     Channel(Box<crate::api::AgentChannel>),
     /// A channel found deleted.
     ChannelGone(String),
+    /// A version as its verdict left it.
+    VersionJudged(Box<AgentVersion>),
     /// A channel read live: the Agent's, or none (absent, or another Agent's).
     ChannelRead(String, Option<Box<crate::api::AgentChannel>>),
     /// A promotion as written or read back.
@@ -573,6 +586,10 @@ pub enum Write {
     /// Set the pod-template annotations of a workload to `held` (its own field manager, those
     /// fields only), which rolls it out.
     RollWorkload { recipient: Recipient, workload: WorkloadRef, held: Held },
+    /// Record a version's verdict in a channel: the label `health.agentops.dev/<channel>` and
+    /// the annotation of the same key with `message`, on condition that the version is still
+    /// the one of `uid`.
+    JudgeVersion { name: String, uid: String, channel: String, verdict: &'static str, message: String },
     /// Read a channel live: moves name it that the watch does not show, and fail with
     /// `ChannelNotFound` only if the API server has none either.
     ReadChannel { name: String },

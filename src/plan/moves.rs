@@ -351,7 +351,13 @@ pub fn hold(observed: &Observed, channel: &ChannelObserved) -> Hold {
 /// A version's verdict in a channel, as its label says: `Healthy` or `Failed`.
 pub fn verdict<'a>(observed: &'a Observed, number: i64, channel: &str) -> Option<&'a str> {
     let version = observed.version(number)?;
-    version.metadata.labels.as_ref()?.get(&format!("{HEALTH_LABEL_PREFIX}{channel}")).map(String::as_str)
+    version.metadata.labels.as_ref()?.get(&health_key(channel)).map(String::as_str)
+}
+
+/// The key of a version's verdict in `channel`: its label (the verdict) and its annotation
+/// (the reason).
+pub fn health_key(channel: &str) -> String {
+    format!("{HEALTH_LABEL_PREFIX}{channel}")
 }
 
 /// Why a promotion fails. Each is permanent: the promotion is `Failed` and nothing changed.
@@ -683,7 +689,8 @@ mod tests {
         prod.metadata.namespace = Some("ns".into());
         prod.metadata.uid = Some("uid-prod".into());
         prod.metadata.generation = Some(1);
-        observed.channels = vec![ChannelObserved { channel: prod, config_map: None, workloads: vec![] }];
+        observed.channels =
+            vec![ChannelObserved { channel: prod, config_map: None, workloads: vec![], last_restart: None }];
         observed
     }
 

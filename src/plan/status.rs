@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::Refusal;
 use super::delivery::DeliveryState;
-use crate::api::conditions::{HasConditions, IN_SYNC, READY, RECONCILING, STALLED, reasons};
+use crate::api::conditions::{HEALTHY, HasConditions, IN_SYNC, READY, RECONCILING, STALLED, reasons};
 use crate::api::{Agent, AgentPromotionStatus, AgentRollbackStatus, AgentStatus, RollbackPhase};
 
 /// What a condition should say; the builder fills in generation and transition time.
@@ -109,18 +109,26 @@ pub fn agent_conditions(existing: &[Condition], state: AgentState<'_>, now: &Tim
     conditions(existing, [ready, reconciling, stalled, in_sync], generation, now)
 }
 
-/// The conditions of a channel (`Ready`, `Reconciling`, `Stalled`, and `InSync` as given):
+/// Where a channel stands, as its conditions tell it.
+pub struct ChannelState<'a> {
+    /// The generation handled.
+    pub generation: Option<i64>,
+    /// The version it serves.
+    pub serving: Option<i64>,
+    pub delivery: &'a DeliveryState,
+    /// What keeps it from its desired version, if something does: a reason and a message.
+    pub problem: Option<(&'a str, &'a str)>,
+    pub in_sync: ConditionSpec<'a>,
+    /// `Healthy`: True, False or Unknown (`None`), a reason and a message.
+    pub healthy: (Option<bool>, &'a str, String),
+}
+
+/// The conditions of a channel (`Ready`, `Reconciling`, `Stalled`, and `InSync` and `Healthy`
+/// as given):
 /// Ready once it serves a version, delivered; Stalled while `problem` (a reason and message)
 /// keeps it from its desired version, or its delivery is blocked.
-pub fn channel_conditions(
-    existing: &[Condition],
-    generation: Option<i64>,
-    serving: Option<i64>,
-    delivery: &DeliveryState,
-    problem: Option<(&str, &str)>,
-    in_sync: ConditionSpec<'_>,
-    now: &Time,
-) -> Vec<Condition> {
+pub fn channel_conditions(existing: &[Condition], state: ChannelState<'_>, now: &Time) -> Vec<Condition> {
+    let ChannelState { generation, serving, delivery, problem, in_sync, healthy } = state;
     let serving_message = match serving {
         Some(v) => format!("Serving version {v}"),
         None => "Serving no version yet".to_string(),
@@ -160,7 +168,27 @@ pub fn channel_conditions(
             not_stalled(),
         ),
     };
-    conditions(existing, [ready, reconciling, stalled, in_sync], generation, now)
+    let mut built = conditions(existing, [ready, reconciling, stalled, in_sync], generation, now);
+    let (status, reason, message) = healthy;
+    let status = match status {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    }
+    .to_string();
+    let last_transition_time = existing
+        .iter()
+        .find(|c| c.type_ == HEALTHY && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    built.push(Condition {
+        type_: HEALTHY.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    });
+    built
 }
 
 /// The conditions of an Agent whose spec is not published (see `Observed::refusal`): not

@@ -402,3 +402,56 @@ async fn a_channel_rollback_moves_one_channel_back_while_the_agent_and_its_other
     s.expect_outcome("to-nowhere", Err("ChannelNotFound"), "there is no channel preview").await;
     serving(&s, "production", 1, "i1").await;
 }
+
+/// Server-side applies a channel of Agent `support` that follows it, judged after `bake` s.
+async fn apply_judged_channel(s: &Setup, name: &str, bake: i64) {
+    let body = json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "AgentChannel", "metadata": {"name": name},
+        "spec": {"agentName": "support", "analysis": {"bakeSeconds": bake}}});
+    let api: Api<AgentChannel> = Api::namespaced(s.client.clone(), &s.ns);
+    api.patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(body)).await.expect("channel applied");
+}
+
+/// Waits until version `number` has a verdict in `channel`; returns it.
+async fn verdict(s: &Setup, number: i64, channel: &str) -> String {
+    eventually(WAIT, || async {
+        let versions = s.versions("support").await;
+        let version = versions.into_iter().find(|v| v.spec.version == number)?;
+        version.labels().get(&format!("health.agentops.dev/{channel}")).cloned()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_served_version_is_healthy_after_its_bake_and_last_known_good_and_from_channel_use_it() {
+    let s = setup("e2e-channel-health").await;
+    s.agent_with_versions("support", 1, 10).await;
+    apply_judged_channel(&s, "production", 1).await;
+    apply_judged_channel(&s, "staging", 1).await;
+    assert_eq!(verdict(&s, 1, "production").await, "Healthy");
+    let versions = s.versions("support").await;
+    let reason = versions[0].annotations().get("health.agentops.dev/production").cloned().unwrap_or_default();
+    assert!(reason.contains("ran 1 s with no container restarting"), "{reason}");
+    let channels: Api<AgentChannel> = Api::namespaced(s.client.clone(), &s.ns);
+    let production = eventually(WAIT, || async {
+        let c = channels.get("production").await.ok()?;
+        (c.status.as_ref()?.last_known_good_version == Some(1)).then_some(c)
+    })
+    .await;
+    let (healthy, reason, _) = channel_condition(&production, "Healthy").unwrap();
+    assert_eq!((healthy.as_str(), reason.as_str()), ("True", "AnalysisPassed"));
+
+    // Version 2 reaches both; production goes back to its last known good, version 1.
+    s.apply_agent("support", json!({"instructions": "i2", "revisionHistoryLimit": 10})).await;
+    serving(&s, "production", 2, "i2").await;
+    roll_back_channel(&s, "production-to-good", "production", "LastKnownGood", None).await;
+    let status = s.terminal("production-to-good").await.status.unwrap();
+    assert_eq!((status.active_version, status.reason), (Some(1), None), "{:?}", status.message);
+    serving(&s, "production", 1, "i1").await;
+
+    // Promoted from staging once version 2 is Healthy there.
+    assert_eq!(verdict(&s, 2, "staging").await, "Healthy");
+    promote(&s, "from-staging", json!({"channel": "production", "fromChannel": "staging"})).await;
+    let status = finished(&s, "from-staging").await;
+    assert_eq!((status.version, status.reason), (Some(2), None), "{:?}", status.message);
+    serving(&s, "production", 2, "i2").await;
+}

@@ -102,6 +102,12 @@ async fn the_operators_identity_is_refused_everything_beyond_its_job() {
     );
     let created = kubectl(&["create", "-f", "-"], Some(&existing));
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    // A channel that exists: the operator may read it, and must be refused a write of its spec.
+    let channel = format!(
+        "{{\"apiVersion\":\"agentops.dev/v1alpha1\",\"kind\":\"AgentChannel\",\"metadata\":{{\"name\":\"x\",\"namespace\":\"{ns}\"}},\"spec\":{{\"agentName\":\"support\"}}}}"
+    );
+    let created = kubectl(&["create", "-f", "-"], Some(&channel));
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let forbidden = [
         vec!["get", "secrets", "-n", ns.as_str()],
         vec!["get", "secrets", "-n", RELEASE_NAMESPACE],
@@ -454,12 +460,12 @@ async fn the_operators_identity_writes_only_its_config_maps_its_delivery_annotat
         r#","ownerReferences":[{{"apiVersion":"agentops.dev/v1alpha1","kind":"Agent","name":"support","uid":"{uid}","controller":true}}]"#
     );
     let (ok, stderr) = as_operator(&["create", "--dry-run=server", "-f", "-"], Some(&config_map("")));
-    assert!(!ok && stderr.contains("its Agents own"), "an unowned ConfigMap: {stderr}");
+    assert!(!ok && stderr.contains("its Agents and channels own"), "an unowned ConfigMap: {stderr}");
     let (ok, stderr) = as_operator(&["create", "--dry-run=server", "-f", "-"], Some(&config_map(&owned)));
     assert!(ok, "its own delivery ConfigMap: {stderr}");
     let adopt = format!(r#"{{"metadata":{{{}}}}}"#, &owned[1..]);
     let (ok, stderr) = as_operator(&["patch", "configmap", "coredns", "--type=merge", "-p", &adopt], None);
-    assert!(!ok && stderr.contains("its Agents own"), "adopting a ConfigMap: {stderr}");
+    assert!(!ok && stderr.contains("its Agents and channels own"), "adopting a ConfigMap: {stderr}");
 
     // Workloads: the delivery annotations of the pod template, and nothing else.
     let delivery = r#"{"spec":{"template":{"metadata":{"annotations":{"agentops.dev/active-version":"3","agentops.dev/snapshot-hash":"ab"}}}}}"#;

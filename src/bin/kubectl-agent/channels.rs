@@ -161,7 +161,7 @@ async fn dry_run(session: &Session, args: &PromoteArgs) -> anyhow::Result<ExitCo
     observed.channels = fetch_channels(session, &args.agent)
         .await?
         .into_iter()
-        .map(|channel| ChannelObserved { channel, config_map: None, workloads: Vec::new() })
+        .map(|channel| ChannelObserved { channel, config_map: None, workloads: Vec::new(), last_restart: None })
         .collect();
     let names: Vec<String> = observed.channels.iter().map(|c| c.channel.name_any()).collect();
     observed.promotions = Promotions::new(promotions.into_iter().filter(|p| names.contains(&p.spec.channel)).collect());

@@ -294,7 +294,10 @@ impl Cluster {
                 Ok(Applied::ConfigMap(Recipient::Agent, Some(state)))
             }
             Write::RollWorkload { .. } => unreachable!("the modelled Agent lists no workloads"),
-            Write::PatchChannelStatus { .. } | Write::WritePromotion { .. } | Write::ReadChannel { .. } => {
+            Write::PatchChannelStatus { .. }
+            | Write::WritePromotion { .. }
+            | Write::ReadChannel { .. }
+            | Write::JudgeVersion { .. } => {
                 unreachable!("the modelled Agent has no channels")
             }
         }
