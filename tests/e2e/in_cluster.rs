@@ -11,13 +11,13 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use agent_operator::api::{AgentRollback, RollbackPhase};
+use agent_operator::api::{AgentChannel, AgentPromotion, AgentRollback, RollbackPhase};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
 use crate::rollback::{Setup, setup_without_operator};
@@ -311,6 +311,126 @@ async fn roll_back_and_time(s: &Setup, agent: &str, name: String, strategy: &str
     started.elapsed()
 }
 
+/// The runtime Deployment of `examples/runtime.yaml` for channel `channel`: its own name, its
+/// channel's ConfigMap.
+fn channel_runtime(channel: &str) -> Deployment {
+    let text = std::fs::read_to_string(repo().join("examples/runtime.yaml")).unwrap();
+    let text = text
+        .replace("support-runtime", &format!("{channel}-runtime"))
+        .replace("support-agent", &format!("{channel}-channel"));
+    serde_saphyr::from_str(&text).unwrap()
+}
+
+/// Applies channel `name` of Agent `rolled`, pinned to `version`, rolling its own runtime.
+async fn apply_channel(s: &Setup, name: &str, version: i64) {
+    let body = serde_json::json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "AgentChannel",
+        "metadata": {"name": name}, "spec": {"agentName": "rolled", "version": version,
+        "delivery": {"restart": [{"kind": "Deployment", "name": format!("{name}-runtime")}]}}});
+    let api: Api<AgentChannel> = Api::namespaced(s.client.clone(), &s.ns);
+    api.patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(body)).await.unwrap();
+}
+
+/// Moves channel `channel` to `version` by a promotion or a rollback named `name`, and times it
+/// from the create to every runtime pod of the channel serving that version's definition.
+async fn move_and_time(
+    s: &Setup,
+    channel: &str,
+    name: &str,
+    promotion: bool,
+    version: i64,
+    expected: &str,
+) -> Duration {
+    let started = Instant::now();
+    if promotion {
+        let body = serde_json::json!({"metadata": {"name": name}, "spec": {"channel": channel, "version": version}});
+        let api: Api<AgentPromotion> = Api::namespaced(s.client.clone(), &s.ns);
+        api.create(&Default::default(), &serde_json::from_value(body).unwrap()).await.unwrap();
+    } else {
+        let spec = serde_json::json!({"agentName": "rolled", "channel": channel, "strategy": "Restore", "targetVersion": version});
+        let body = serde_json::json!({"metadata": {"name": name}, "spec": spec});
+        s.rollbacks().create(&Default::default(), &serde_json::from_value(body).unwrap()).await.unwrap();
+    }
+    let got = eventually(Duration::from_secs(90), || served(&s.client, &s.ns, channel, version)).await;
+    assert_eq!(got, expected, "{name}: the channel's runtime serves another definition than version {version}'s");
+    started.elapsed()
+}
+
+/// A channel of Agent `rolled` on the node: during a rollout each pod serves its own version's
+/// key of the channel's ConfigMap (old pods the old version, new pods the new one), the replaced
+/// key goes once the rollout ends; then promotions and rollbacks of a channel, timed from their
+/// create to the runtime serving the version.
+async fn channels_on_the_node(s: &Setup) {
+    let versions = s.versions("rolled").await;
+    let (old, new) = (&versions[versions.len() - 2], &versions[versions.len() - 1]);
+    let (a, b) = (old.spec.version, new.spec.version);
+    let (text_a, text_b) =
+        (old.spec.snapshot.instructions.clone().unwrap(), new.spec.snapshot.instructions.clone().unwrap());
+    assert_ne!(text_a, text_b);
+
+    // Two replicas that replace each other one at a time, each kept 5 s before the next: old
+    // and new pods serve side by side for a while.
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.ns);
+    let mut slow = channel_runtime("slow");
+    let spec = slow.spec.as_mut().unwrap();
+    spec.replicas = Some(2);
+    spec.min_ready_seconds = Some(5);
+    spec.strategy = Some(
+        serde_json::from_value(serde_json::json!(
+        {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}))
+        .unwrap(),
+    );
+    deployments.create(&Default::default(), &slow).await.unwrap();
+    apply_channel(s, "slow", a).await;
+    assert_eq!(eventually(Duration::from_secs(120), || served(&s.client, &s.ns, "slow", a)).await, text_a);
+
+    apply_channel(s, "slow", b).await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+    // A moment with pods of both versions Ready: each serves its own.
+    let (both, keys) = eventually(Duration::from_secs(120), || async {
+        let list = pods.list(&ListParams::default().labels("app=slow-runtime")).await.ok()?;
+        let mut seen = Vec::new();
+        for pod in list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p)) {
+            let own = pod.annotations().get("agentops.dev/active-version")?.clone();
+            let (version, definition) = serve(pod.status.as_ref()?.pod_ip.as_deref()?).await?;
+            seen.push((own, version, definition["instructions"].as_str()?.to_string()));
+        }
+        let versions: std::collections::BTreeSet<&str> = seen.iter().map(|(own, _, _)| own.as_str()).collect();
+        let data = config_maps.get("slow-channel").await.ok()?.data?;
+        (versions.len() == 2).then_some((seen, data.keys().cloned().collect::<Vec<_>>()))
+    })
+    .await;
+    for (own, version, instructions) in &both {
+        assert_eq!(own, version, "a pod serves another version than its own: {both:?}");
+        let expected = if *own == a.to_string() { &text_a } else { &text_b };
+        assert_eq!(instructions, expected, "{both:?}");
+    }
+    assert!(keys.contains(&format!("agent-v{a}.json")) && keys.contains(&format!("agent-v{b}.json")), "{keys:?}");
+    println!("during the rollout, pods of versions {a} and {b} each served their own: {both:?}");
+    assert_eq!(eventually(Duration::from_secs(120), || served(&s.client, &s.ns, "slow", b)).await, text_b);
+    let keys = eventually(Duration::from_secs(60), || async {
+        let data = config_maps.get("slow-channel").await.ok()?.data?;
+        (!data.contains_key(&format!("agent-v{a}.json"))).then_some(data.into_keys().collect::<Vec<_>>())
+    })
+    .await;
+    assert!(keys.contains(&format!("agent-v{b}.json")), "{keys:?}");
+
+    // Twenty promotions and twenty rollbacks of a channel with one replica, each from its create
+    // to the runtime serving the version.
+    deployments.create(&Default::default(), &channel_runtime("live")).await.unwrap();
+    apply_channel(s, "live", a).await;
+    assert_eq!(eventually(Duration::from_secs(120), || served(&s.client, &s.ns, "live", a)).await, text_a);
+    let (mut promotions, mut rollbacks) = (Vec::new(), Vec::new());
+    for i in 0..20 {
+        promotions.push(move_and_time(s, "live", &format!("live-up-{i}"), true, b, &text_b).await);
+        rollbacks.push(move_and_time(s, "live", &format!("live-back-{i}"), false, a, &text_a).await);
+    }
+    let (p50, max) = p50_max(promotions);
+    println!("promotion create to served, with restart (20): p50 {p50:.2?}, max {max:.2?}");
+    let (p50, max) = p50_max(rollbacks);
+    println!("channel rollback create to served, with restart (20): p50 {p50:.2?}, max {max:.2?}");
+}
+
 fn p50_max(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
     (samples[samples.len() / 2], *samples.last().unwrap())
@@ -432,6 +552,8 @@ async fn a_rollback_changes_what_the_running_agent_serves_with_and_without_resta
     println!("rollback create to served, kubelet refresh only (20): p50 {p50:.2?}, max {max:.2?}");
     let agent = s.settled_agent("rolled").await;
     assert!(agent.status.unwrap().conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+
+    channels_on_the_node(&s).await;
 
     ok(&helm(&["uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "120s"]), "helm uninstall");
     eventually(Duration::from_secs(60), || async { operator_pods(&s.client).await.is_empty().then_some(()) }).await;
