@@ -395,6 +395,24 @@ async fn a_channel_rollback_moves_one_channel_back_while_the_agent_and_its_other
     assert_eq!(agent.status.unwrap().active_version, Some(3));
     s.wait_events("production-to-1", "RollbackSucceeded", 1).await;
 
+    // The planner's answers, through the plugin, to rollbacks not made.
+    let plugin = |args: &[&str]| {
+        let out = crate::plugin::plugin_on(&crate::support::control_plane().kubeconfig, &s.ns, args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, plan, _) = plugin(&["rollback", "support", "--channel", "production", "--to", "2", "--dry-run"]);
+    assert!(code == Some(0) && plan.contains("Would move channel production from 1 to version 2"), "{plan}");
+    let (code, plan, _) = plugin(&["rollback", "support", "--channel", "production", "--last-known-good", "--dry-run"]);
+    assert!(code == Some(1) && plan.contains("Would fail (NoKnownGoodVersion)"), "{plan}");
+    apply_channel(&s, "pinned", Some(3)).await;
+    serving(&s, "pinned", 3, "i3").await;
+    let (code, _, stderr) = plugin(&["rollback", "support", "--pop", "--dry-run"]);
+    assert!(code == Some(1) && stderr.contains("VersionInUse") && stderr.contains("pinned"), "{stderr}");
+
     // Nothing is Healthy in the channel yet: no last known good to go back to.
     roll_back_channel(&s, "to-good", "production", "LastKnownGood", None).await;
     s.expect_outcome("to-good", Err("NoKnownGoodVersion"), "nothing is Healthy in production").await;

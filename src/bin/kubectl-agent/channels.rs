@@ -148,33 +148,37 @@ pub async fn promote(session: &Session, args: PromoteArgs) -> anyhow::Result<Exi
     Ok(ExitCode::from(3))
 }
 
-/// What the operator's planner would do with the promotion, from what the API server has now.
-async fn dry_run(session: &Session, args: &PromoteArgs) -> anyhow::Result<ExitCode> {
-    let agent = fetch_agent(session, &args.agent).await?;
+/// What the operator's planner sees of an Agent: the Agent, its versions, its rollbacks, its
+/// channels and their promotions, as the API server has them now.
+pub async fn world(session: &Session, name: &str) -> anyhow::Result<Observed> {
+    let agent = fetch_agent(session, name).await?;
     let versions = fetch_versions(session, &agent).await?;
     let rollbacks: Api<AgentRollback> = session.api();
-    let params = ListParams::default().fields(&format!("spec.agentName={}", args.agent));
+    let params = ListParams::default().fields(&format!("spec.agentName={name}"));
     let rollbacks = rollbacks.list(&params).await.context("listing rollbacks")?.items;
     let promotions: Api<AgentPromotion> = session.api();
     let promotions = promotions.list(&ListParams::default()).await.context("listing promotions")?.items;
-    let mut observed = Observed::new(session.namespace.clone(), args.agent.clone(), Some(agent), versions, rollbacks);
-    observed.channels = fetch_channels(session, &args.agent)
+    let mut observed = Observed::new(session.namespace.clone(), name.to_string(), Some(agent), versions, rollbacks);
+    observed.channels = fetch_channels(session, name)
         .await?
         .into_iter()
         .map(|channel| ChannelObserved { channel, config_map: None, workloads: Vec::new(), last_restart: None })
         .collect();
     let names: Vec<String> = observed.channels.iter().map(|c| c.channel.name_any()).collect();
     observed.promotions = Promotions::new(promotions.into_iter().filter(|p| names.contains(&p.spec.channel)).collect());
-    let channel = observed.channels.iter().find(|c| c.channel.name_any() == args.channel).context("the channel")?;
-    let served = serving(&observed, channel);
-    let mut spec = args.spec();
-    spec.expected_version = spec.expected_version.or(served);
-    let candidate = AgentPromotion::new("dry-run", spec);
-    match choose(&observed, channel, Move::Promotion(&candidate)) {
+    Ok(observed)
+}
+
+/// What the operator's planner would do with a move of `channel`, printed; exit 1 if it would
+/// fail. `candidate` is the move as it would be created.
+pub fn plan_move(observed: &Observed, channel: &str, candidate: Move<'_>) -> anyhow::Result<ExitCode> {
+    let found = observed.channels.iter().find(|c| c.channel.name_any() == channel);
+    let found = found.with_context(|| format!("channel {channel} not found in namespace {}", observed.namespace))?;
+    let served = serving(observed, found);
+    match choose(observed, found, candidate) {
         Ok(version) => {
             let from = served.map_or_else(|| "no version".into(), |v| v.to_string());
-            println!("Would move channel {} from {from} to version {version}.", args.channel);
-            println!("Run without --dry-run to do it (with --expect {from}, it runs only if that is still so).");
+            println!("Would move channel {channel} from {from} to version {version}.");
             Ok(ExitCode::SUCCESS)
         }
         Err((reason, message)) => {
@@ -182,4 +186,14 @@ async fn dry_run(session: &Session, args: &PromoteArgs) -> anyhow::Result<ExitCo
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// What the operator's planner would do with the promotion, from what the API server has now.
+async fn dry_run(session: &Session, args: &PromoteArgs) -> anyhow::Result<ExitCode> {
+    let observed = world(session, &args.agent).await?;
+    let channel = observed.channels.iter().find(|c| c.channel.name_any() == args.channel).context("the channel")?;
+    let mut spec = args.spec();
+    spec.expected_version = spec.expected_version.or(serving(&observed, channel));
+    let candidate = AgentPromotion::new("dry-run", spec);
+    plan_move(&observed, &args.channel, Move::Promotion(&candidate))
 }

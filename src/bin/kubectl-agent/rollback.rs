@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use agent_operator::api::conditions::{HasConditions, READY, STALLED, events};
 use agent_operator::api::{Agent, AgentRollback, AgentRollbackSpec, DeliveryStatus, RollbackPhase, RollbackStrategy};
+use agent_operator::plan::channel::holder;
+use agent_operator::plan::moves::Move;
 use agent_operator::plan::rollback::{Choice, choose};
 use anyhow::Context as _;
 use clap::Args;
@@ -18,7 +20,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::history::{fetch_agent, fetch_versions};
 use crate::{Session, diff, terminal};
 
 #[derive(Args)]
@@ -96,7 +97,6 @@ impl RollbackArgs {
 
 pub async fn run(session: &Session, args: RollbackArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
-        anyhow::ensure!(args.channel.is_none(), "--dry-run of a channel rollback is not available yet");
         return dry_run(session, &args).await;
     }
     let api: Api<AgentRollback> = session.api();
@@ -431,12 +431,38 @@ fn print_event(event: &Event, seen: &mut HashSet<String>) {
 
 /// What the rollback would do now, from the controller's own planner; nothing is created.
 async fn dry_run(session: &Session, args: &RollbackArgs) -> anyhow::Result<ExitCode> {
-    let agent = fetch_agent(session, &args.agent).await?;
-    let versions = fetch_versions(session, &agent).await?;
+    let observed = crate::channels::world(session, &args.agent).await?;
+    if let Some(channel) = &args.channel {
+        let spec = AgentRollbackSpec {
+            agent_name: args.agent.clone(),
+            channel: Some(channel.clone()),
+            strategy: args.strategy(),
+            target_version: args.to,
+            expected_active_version: args.expect_active,
+            reason: None,
+            requested_by: None,
+        };
+        let candidate = AgentRollback::new("dry-run", spec);
+        return crate::channels::plan_move(&observed, channel, Move::Rollback(&candidate));
+    }
+    let versions = &observed.versions;
     let numbers: Vec<i64> = versions.iter().map(|v| v.spec.version).collect();
     let snapshot = |n: i64| versions.iter().find(|v| v.spec.version == n).map(|v| v.spec.snapshot.clone());
     let active = numbers.last().copied();
-    match choose(&args.agent, args.strategy(), args.to, args.expect_active, &numbers) {
+    let chosen = choose(&args.agent, args.strategy(), args.to, args.expect_active, &numbers);
+    // As the planner starts it: a Pop of a version a channel pins or holds fails.
+    let held = match &chosen {
+        Ok(Choice::Pop { version }) => holder(&observed, *version).map(|c| (*version, c)),
+        _ => None,
+    };
+    if let Some((version, channel)) = held {
+        eprintln!(
+            "Dry run: the rollback would fail (VersionInUse): version {version} is in use by channel {}.",
+            terminal::escape(&channel)
+        );
+        return Ok(ExitCode::from(1));
+    }
+    match chosen {
         Ok(Choice::Restore { target, new }) => {
             println!(
                 "Dry run: would publish version {new} as a copy of version {target}; version {new} would become active."
