@@ -225,6 +225,11 @@ async fn a_channel_serves_its_pin_or_the_active_version_and_keeps_the_versions_i
     assert!(message.contains("spec.version: version 9") && message.contains("keeps serving version 3"), "{message}");
     s.wait_events("production", "DeliveryBlocked", 1).await;
 
+    // A channel that follows the Agent moves with it after a Pop.
+    s.create_rollback("pop-3", "support", "Pop", None).await;
+    s.expect_outcome("pop-3", Ok(1), "version 3 is no channel's pin any more").await;
+    serving(&s, "staging", 1, "i1").await;
+
     // Deleted, a channel's ConfigMap goes with it.
     channels.delete("production", &DeleteParams::default()).await.unwrap();
     let config_maps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
