@@ -27,6 +27,24 @@ async fn fetch_channels(session: &Session, agent: &str) -> anyhow::Result<Vec<Ag
     Ok(channels)
 }
 
+/// The Agent's channels, or none when the caller may not list channels: what reads an Agent's
+/// history needs no more rights than that.
+pub async fn channels_if_allowed(session: &Session, agent: &str) -> anyhow::Result<Vec<AgentChannel>> {
+    allowed(fetch_channels(session, agent).await)
+}
+
+/// A list, or an empty one if the API server refused it (403).
+fn allowed<T>(listed: anyhow::Result<Vec<T>>) -> anyhow::Result<Vec<T>> {
+    match listed {
+        Err(error) if forbidden(&error) => Ok(Vec::new()),
+        other => other,
+    }
+}
+
+fn forbidden(error: &anyhow::Error) -> bool {
+    matches!(error.downcast_ref::<kube::Error>(), Some(kube::Error::Api(status)) if status.code == 403)
+}
+
 pub async fn channels(session: &Session, agent: &str) -> anyhow::Result<ExitCode> {
     fetch_agent(session, agent).await?;
     let channels = fetch_channels(session, agent).await?;
@@ -156,10 +174,13 @@ pub async fn world(session: &Session, name: &str) -> anyhow::Result<Observed> {
     let rollbacks: Api<AgentRollback> = session.api();
     let params = ListParams::default().fields(&format!("spec.agentName={name}"));
     let rollbacks = rollbacks.list(&params).await.context("listing rollbacks")?.items;
+    // What the caller may not read, the planner does not see: a dry run of the Agent's own
+    // rollback needs no rights to channels.
     let promotions: Api<AgentPromotion> = session.api();
-    let promotions = promotions.list(&ListParams::default()).await.context("listing promotions")?.items;
+    let listed = promotions.list(&ListParams::default()).await.map(|l| l.items).context("listing promotions");
+    let promotions = allowed(listed)?;
     let mut observed = Observed::new(session.namespace.clone(), name.to_string(), Some(agent), versions, rollbacks);
-    observed.channels = fetch_channels(session, name)
+    observed.channels = channels_if_allowed(session, name)
         .await?
         .into_iter()
         .map(|channel| ChannelObserved { channel, config_map: None, workloads: Vec::new(), last_restart: None })

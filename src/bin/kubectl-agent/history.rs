@@ -75,10 +75,7 @@ pub async fn history(session: &Session, name: &str, output: Output) -> anyhow::R
         Output::Table => {
             let active = active(&agent, &versions);
             let delivery = agent.status.as_ref().and_then(|s| s.delivery.clone()).unwrap_or_default();
-            let channels: Api<AgentChannel> = session.api();
-            let params = ListParams::default().fields(&format!("spec.agentName={name}"));
-            let mut channels = channels.list(&params).await.context("listing channels")?.items;
-            channels.sort_by_key(|c| c.name_any());
+            let channels = crate::channels::channels_if_allowed(session, name).await?;
             let rows: Vec<[String; 8]> = versions
                 .iter()
                 .map(|v| {
