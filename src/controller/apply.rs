@@ -110,6 +110,15 @@ async fn apply_one(ctx: &Context, observed: &Observed, write: Write) -> Result<O
                 Err(source) => Err(Error::JudgeVersion { namespace: ns.into(), name, source }),
             }
         }
+        Write::ListPromotions => {
+            let api: Api<AgentPromotion> = Api::namespaced(ctx.client.clone(), ns);
+            let list = api.list(&ListParams::default()).await.map_err(|source| Error::WritePromotion {
+                namespace: ns.into(),
+                name: String::new(),
+                source,
+            })?;
+            Ok(Outcome::Done(Applied::Promotions(list.items.into_iter().map(slim_promotion).collect())))
+        }
         Write::ReadChannel { name } => {
             let api: Api<AgentChannel> = Api::namespaced(ctx.client.clone(), ns);
             let read = api.get_opt(&name).await.map_err(|source| Error::GetChannel {

@@ -46,18 +46,32 @@ pub fn desired(channel: &AgentChannel, observed: &Observed) -> Option<i64> {
     channel.spec.version.or_else(|| observed.active_number())
 }
 
+/// The version a channel's override holds it on, by its moves' records (see `moves`): its
+/// status may be lost, or not yet written.
+fn held(observed: &Observed, channel: &ChannelObserved) -> Option<i64> {
+    match moves::hold(observed, channel) {
+        Hold::Held { to, .. } => Some(to.version),
+        _ => None,
+    }
+}
+
 /// The versions the Agent's channels use (pin, serve, hold by an override, keep as last known
-/// good): pruning keeps them.
+/// good): pruning keeps them. What a channel serves is what it is to serve now (its override's
+/// version or its desired one), not what its status last said: a channel about to move frees
+/// its old version in the same unit as the change that moves it, whatever order the channels'
+/// statuses are written in. A channel that cannot serve its desired version (a pin to none)
+/// keeps serving what its status says, which stays.
 pub fn in_use(observed: &Observed) -> BTreeSet<i64> {
     observed
         .channels
         .iter()
         .flat_map(|c| {
             let status = c.channel.status.as_ref();
+            let serving = moves::serving(observed, c).filter(|n| observed.version(*n).is_some());
             [
                 c.channel.spec.version,
-                status.and_then(|s| s.version),
-                status.and_then(|s| s.override_.as_ref()).map(|o| o.version),
+                serving.or_else(|| status.and_then(|s| s.version)),
+                held(observed, c),
                 status.and_then(|s| s.last_known_good_version),
             ]
         })
@@ -71,10 +85,7 @@ pub fn holder(observed: &Observed, version: i64) -> Option<String> {
     observed
         .channels
         .iter()
-        .find(|c| {
-            let held = c.channel.status.as_ref().and_then(|s| s.override_.as_ref()).map(|o| o.version);
-            c.channel.spec.version == Some(version) || held == Some(version)
-        })
+        .find(|c| c.channel.spec.version == Some(version) || held(observed, c) == Some(version))
         .map(|c| c.channel.name_any())
 }
 
@@ -281,9 +292,13 @@ fn in_sync<'a>(name: &str, desired: Option<i64>, overridden: Option<&ChannelOver
 mod tests {
     use super::*;
     use crate::api::conditions::READY;
-    use crate::api::{AgentChannelSpec, AgentDefinition, ChannelOverride};
+    use crate::api::keys::ROLLBACK_RECORD_ANNOTATION;
+    use crate::api::{
+        AgentChannelSpec, AgentDefinition, AgentPromotion, AgentPromotionSpec, AgentPromotionStatus, RollbackPhase,
+    };
     use crate::fixtures;
     use crate::plan::delivery::Held;
+    use crate::plan::moves::{ChannelMark, PromotionRecord};
     use k8s_openapi::jiff::Timestamp;
 
     fn now() -> Time {
@@ -386,20 +401,38 @@ mod tests {
 
     #[test]
     fn versions_in_use_are_the_pins_served_held_and_last_known_good_ones() {
+        // canary follows the Agent (at 3), a promotion's record holds it on 2, and its status,
+        // as it may after a loss, says nothing of the hold.
         let mut held = channel("canary", None);
-        held.status = Some(AgentChannelStatus {
+        held.status = Some(AgentChannelStatus { last_known_good_version: Some(1), ..Default::default() });
+        let mut observed = observed(vec![channel("prod", Some(1)), held, channel("staging", None)]);
+        let status = AgentPromotionStatus {
+            phase: Some(RollbackPhase::Succeeded),
             version: Some(2),
-            override_: Some(ChannelOverride {
-                version: 2,
-                replacing: Some(3),
-                rollback: Some("r".into()),
-                promotion: None,
-            }),
-            last_known_good_version: Some(1),
+            from_version: Some(3),
             ..Default::default()
-        });
-        let observed = observed(vec![channel("prod", Some(1)), held, channel("staging", None)]);
-        assert_eq!(in_use(&observed), BTreeSet::from([1, 2]));
+        };
+        let mark = ChannelMark {
+            uid: "uid-canary".into(),
+            desired: Some(3),
+            desired_uid: observed.version(3).and_then(|v| v.metadata.uid.clone()),
+            ended: false,
+        };
+        let record = serde_json::to_string(&PromotionRecord { status, channel: Some(mark) }).unwrap();
+        let spec = AgentPromotionSpec {
+            channel: "canary".into(),
+            version: Some(2),
+            from_channel: None,
+            expected_version: None,
+            allow_failed: false,
+            reason: None,
+            requested_by: None,
+        };
+        let mut promotion = AgentPromotion::new("hold", spec);
+        promotion.metadata.resource_version = Some("50".into());
+        promotion.metadata.annotations = Some([(ROLLBACK_RECORD_ANNOTATION.to_string(), record)].into());
+        observed.promotions = moves::Promotions::new(vec![promotion]);
+        assert_eq!(in_use(&observed), BTreeSet::from([1, 2, 3]));
         assert_eq!(holder(&observed, 1).as_deref(), Some("prod"));
         assert_eq!(holder(&observed, 2).as_deref(), Some("canary"));
         assert_eq!(holder(&observed, 3), None, "a following channel moves with the Agent");

@@ -96,6 +96,10 @@ pub struct Observed {
     /// Whether the rollbacks were listed from the API server during this sync, so none the
     /// watch cache has yet to show is missing.
     pub rollbacks_listed: bool,
+    /// Whether the promotions were listed from the API server during this sync (see
+    /// `moves`: two caches that lag apart could otherwise show a newer move of one kind before
+    /// an older one of the other).
+    pub promotions_listed: bool,
     /// The ConfigMap of the delivery ConfigMap's name, if one exists.
     pub config_map: Option<ConfigMapState>,
     /// The workloads of `spec.delivery.restart` that were read.
@@ -139,6 +143,7 @@ impl Observed {
             unsynced: BTreeSet::new(),
             confirmed: BTreeSet::new(),
             rollbacks_listed: false,
+            promotions_listed: false,
             config_map: None,
             workloads: Vec::new(),
             channels: Vec::new(),
@@ -431,6 +436,12 @@ impl Observed {
                 }
             }
             Applied::Promotion(promotion) => self.promotions.fold(*promotion),
+            Applied::Promotions(listed) => {
+                let names: Vec<String> = self.channels.iter().map(|c| c.channel.name_any()).collect();
+                self.promotions =
+                    moves::Promotions::new(listed.into_iter().filter(|p| names.contains(&p.spec.channel)).collect());
+                self.promotions_listed = true;
+            }
             Applied::PromotionDeleted(name) => self.promotions.remove(&name),
             Applied::VersionJudged(version) => {
                 if let Some(slot) = self.versions.iter_mut().find(|v| v.metadata.uid == version.metadata.uid) {
@@ -519,6 +530,8 @@ pub enum Applied {
     ChannelRead(String, Option<Box<crate::api::AgentChannel>>),
     /// A promotion as written or read back.
     Promotion(Box<crate::api::AgentPromotion>),
+    /// The promotions of the namespace, listed from the API server.
+    Promotions(Vec<crate::api::AgentPromotion>),
     /// A promotion found deleted.
     PromotionDeleted(String),
     Nothing,
@@ -590,6 +603,8 @@ pub enum Write {
     /// the annotation of the same key with `message`, on condition that the version is still
     /// the one of `uid`.
     JudgeVersion { name: String, uid: String, channel: String, verdict: &'static str, message: String },
+    /// List the namespace's promotions from the API server.
+    ListPromotions,
     /// Read a channel live: moves name it that the watch does not show, and fail with
     /// `ChannelNotFound` only if the API server has none either.
     ReadChannel { name: String },

@@ -558,6 +558,18 @@ pub fn decide(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec
     let Some(head) = moves.iter().find(|m| !m.phase().is_some_and(RollbackPhase::is_terminal)) else {
         return Vec::new();
     };
+    // Rollbacks and promotions come from two watch caches, which may lag apart: one could show
+    // a move the other has older ones than. Both are listed live before a move is decided.
+    let lists: Vec<Write> = [
+        (!observed.rollbacks_listed).then_some(Write::ListRollbacks),
+        (!observed.promotions_listed).then_some(Write::ListPromotions),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !lists.is_empty() {
+        return vec![Step::Together(lists)];
+    }
     if head.phase() == Some(RollbackPhase::Running) {
         return finish(observed, channel, *head, &hold, now);
     }
@@ -771,6 +783,7 @@ mod tests {
                     Applied::Rollback(Box::new(rollback))
                 }
                 Write::ListRollbacks => Applied::Rollbacks(observed.rollbacks.clone()),
+                Write::ListPromotions => Applied::Promotions(observed.promotions.items.clone()),
                 Write::PatchAgentStatus(status) => {
                     let mut agent = observed.agent.clone().unwrap();
                     agent.status = Some(*status);

@@ -12,11 +12,14 @@ use kube::ResourceExt;
 use crate::api::conditions::{HasConditions, READY};
 use crate::api::keys::ROLLBACK_RECORD_ANNOTATION;
 use crate::api::{
-    Agent, AgentDefinition, AgentRollback, AgentRollbackSpec, AgentRollbackStatus, AgentSpec, AgentStatus,
-    AgentVersion, RollbackPhase, RollbackStrategy,
+    Agent, AgentChannel, AgentChannelSpec, AgentChannelStatus, AgentDefinition, AgentPromotion, AgentPromotionSpec,
+    AgentPromotionStatus, AgentRollback, AgentRollbackSpec, AgentRollbackStatus, AgentSpec, AgentStatus, AgentVersion,
+    AnalysisSpec, ChannelOverride, RollbackPhase, RollbackStrategy,
 };
+use crate::plan::channel::ChannelObserved;
 use crate::plan::delivery::{ConfigMapState, Recipient};
 use crate::plan::driver::{self, Outcome as Written, Port, Worked};
+use crate::plan::moves::Promotions;
 use crate::plan::sync::decide;
 use crate::plan::{Applied, EventNote, Observed, Step, Write};
 
@@ -27,6 +30,8 @@ pub(super) enum Refused {
     /// A rollback status write lost its compare-and-swap; carries the fresh rollback, which
     /// the controller reads back and folds in.
     StaleRollback(Box<AgentRollback>),
+    /// Likewise for a promotion.
+    StalePromotion(Box<AgentPromotion>),
     /// An admission policy refused a version's create.
     Denied(crate::plan::RefusedVersion),
 }
@@ -39,6 +44,11 @@ pub struct Cluster {
     pub events: Vec<EventNote>,
     /// The delivery ConfigMap, and the snapshot its `agent.json` holds.
     pub config_map: Option<(ConfigMapState, AgentDefinition)>,
+    /// The Agent's channels (none unless a test makes them), their promotions, and each
+    /// channel's delivery ConfigMap with the snapshot it holds, by channel.
+    pub channels: Vec<AgentChannel>,
+    pub promotions: Vec<AgentPromotion>,
+    pub channel_config_maps: std::collections::BTreeMap<String, (ConfigMapState, AgentDefinition)>,
     /// Every state the rollbacks went through: a watch cache may serve any recent one.
     pub(super) rollback_history: Vec<Vec<AgentRollback>>,
     /// An admission policy on versions: refuses those it returns a message for.
@@ -64,6 +74,9 @@ impl Cluster {
             rollbacks: Vec::new(),
             events: Vec::new(),
             config_map: None,
+            channels: Vec::new(),
+            promotions: Vec::new(),
+            channel_config_maps: std::collections::BTreeMap::new(),
             rollback_history: Vec::new(),
             version_policy: None,
             revision: 100,
@@ -123,12 +136,28 @@ impl Cluster {
         target: Option<i64>,
         expected: Option<i64>,
     ) {
+        self.push_rollback(name, None, strategy, target, expected);
+    }
+
+    /// A rollback of `channel` to `target` (Restore).
+    pub fn create_channel_rollback(&mut self, name: &str, channel: &str, target: i64, expected: Option<i64>) {
+        self.push_rollback(name, Some(channel.into()), RollbackStrategy::Restore, Some(target), expected);
+    }
+
+    fn push_rollback(
+        &mut self,
+        name: &str,
+        channel: Option<String>,
+        strategy: RollbackStrategy,
+        target: Option<i64>,
+        expected: Option<i64>,
+    ) {
         let meta = self.new_meta(name);
         self.rollbacks.push(AgentRollback {
             metadata: ObjectMeta { generation: Some(1), ..meta },
             spec: AgentRollbackSpec {
                 agent_name: "a".into(),
-                channel: None,
+                channel,
                 strategy,
                 target_version: target,
                 expected_active_version: expected,
@@ -138,6 +167,50 @@ impl Cluster {
             status: None,
         });
         self.rollback_history.push(self.rollbacks.clone());
+    }
+
+    /// A channel created, or its pin changed. It is judged after a bake longer than any test,
+    /// so no verdict keeps versions the contract's rules would prune.
+    pub fn pin(&mut self, name: &str, pin: Option<i64>) {
+        let rv = self.bump();
+        match self.channels.iter_mut().find(|c| c.name_any() == name) {
+            Some(channel) if channel.spec.version != pin => {
+                channel.spec.version = pin;
+                channel.metadata.generation = channel.metadata.generation.map(|g| g + 1);
+                channel.metadata.resource_version = rv;
+            }
+            Some(_) => {}
+            None => {
+                let meta = self.new_meta(name);
+                let analysis = AnalysisSpec { bake_seconds: 1_000_000_000, ..AnalysisSpec::default() };
+                let spec =
+                    AgentChannelSpec { agent_name: "a".into(), version: pin, delivery: None, analysis: Some(analysis) };
+                self.channels.push(AgentChannel {
+                    metadata: ObjectMeta { generation: Some(1), ..meta },
+                    spec,
+                    status: None,
+                });
+            }
+        }
+    }
+
+    /// A promotion of `channel` to `target`.
+    pub fn create_promotion(&mut self, name: &str, channel: &str, target: i64, expected: Option<i64>) {
+        let meta = self.new_meta(name);
+        let spec = AgentPromotionSpec {
+            channel: channel.into(),
+            version: Some(target),
+            from_channel: None,
+            expected_version: expected,
+            allow_failed: false,
+            reason: None,
+            requested_by: Some(format!("user-{name}")),
+        };
+        self.promotions.push(AgentPromotion {
+            metadata: ObjectMeta { generation: Some(1), ..meta },
+            spec,
+            status: None,
+        });
     }
 
     /// Every status lost at once, as a backup restored without status leaves them: the
@@ -155,6 +228,18 @@ impl Cluster {
                 self.rollbacks[i].metadata.resource_version = rv;
             }
         }
+        for i in 0..self.channels.len() {
+            if self.channels[i].status.take().is_some() {
+                let rv = self.bump();
+                self.channels[i].metadata.resource_version = rv;
+            }
+        }
+        for i in 0..self.promotions.len() {
+            if self.promotions[i].status.take().is_some() {
+                let rv = self.bump();
+                self.promotions[i].metadata.resource_version = rv;
+            }
+        }
         self.rollback_history.push(self.rollbacks.clone());
     }
 
@@ -162,7 +247,22 @@ impl Cluster {
         let mut observed =
             Observed::new("ns".into(), "a".into(), self.agent.clone(), self.versions.clone(), self.rollbacks.clone());
         observed.config_map = self.config_map.as_ref().map(|(state, _)| state.clone());
+        self.observe_channels(&mut observed);
         observed
+    }
+
+    /// The channels, their ConfigMaps and their promotions, as the caches hold them (current).
+    fn observe_channels(&self, observed: &mut Observed) {
+        let mut channels = self.channels.clone();
+        channels.sort_by_key(|c| c.name_any());
+        observed.channels = channels
+            .into_iter()
+            .map(|channel| {
+                let config_map = self.channel_config_maps.get(&channel.name_any()).map(|(state, _)| state.clone());
+                ChannelObserved { channel, config_map, workloads: Vec::new(), last_restart: None }
+            })
+            .collect();
+        observed.promotions = Promotions::new(self.promotions.clone());
     }
 
     /// What the controller reads after a restart: the Agent and versions live, the rollbacks
@@ -174,6 +274,7 @@ impl Cluster {
         };
         let mut observed = Observed::new("ns".into(), "a".into(), self.agent.clone(), self.versions.clone(), rollbacks);
         observed.config_map = self.config_map.as_ref().map(|(state, _)| state.clone());
+        self.observe_channels(&mut observed);
         observed
     }
 
@@ -269,8 +370,11 @@ impl Cluster {
                 Ok(Applied::Nothing)
             }
             Write::ApplyConfigMap { recipient, config_map, resource_version, .. } => {
-                assert_eq!(recipient, &Recipient::Agent, "the modelled Agent has no channels");
-                match (&self.config_map, resource_version) {
+                let existing = match recipient {
+                    Recipient::Agent => self.config_map.clone(),
+                    Recipient::Channel(name) => self.channel_config_maps.get(name).cloned(),
+                };
+                match (&existing, resource_version) {
                     (Some(_), None) => return Err(Refused::AlreadyExists),
                     (Some((state, _)), Some(rv)) if state.resource_version.as_ref() != Some(rv) => {
                         return Err(Refused::Conflict);
@@ -279,7 +383,7 @@ impl Cluster {
                     _ => {}
                 }
                 let meta = self.new_meta(config_map.metadata.name.as_deref().unwrap_or_default());
-                let uid = self.config_map.as_ref().and_then(|(s, _)| s.uid.clone()).or(meta.uid.clone());
+                let uid = existing.as_ref().and_then(|(s, _)| s.uid.clone()).or(meta.uid.clone());
                 let written = ObjectMeta {
                     uid,
                     annotations: config_map.metadata.annotations.clone(),
@@ -290,16 +394,52 @@ impl Cluster {
                     config_map.data.as_ref().and_then(|d| d.get(crate::api::keys::AGENT_JSON_KEY)).expect("agent.json");
                 let snapshot: AgentDefinition = serde_json::from_str(json).expect("agent.json is a definition");
                 let state = ConfigMapState::from_meta(&written);
-                self.config_map = Some((state.clone(), snapshot));
-                Ok(Applied::ConfigMap(Recipient::Agent, Some(state)))
+                match recipient {
+                    Recipient::Agent => self.config_map = Some((state.clone(), snapshot)),
+                    Recipient::Channel(name) => {
+                        self.channel_config_maps.insert(name.clone(), (state.clone(), snapshot));
+                    }
+                }
+                Ok(Applied::ConfigMap(recipient.clone(), Some(state)))
             }
-            Write::RollWorkload { .. } => unreachable!("the modelled Agent lists no workloads"),
-            Write::PatchChannelStatus { .. }
-            | Write::WritePromotion { .. }
-            | Write::ReadChannel { .. }
-            | Write::JudgeVersion { .. } => {
-                unreachable!("the modelled Agent has no channels")
+            Write::PatchChannelStatus { name, status } => {
+                // Ready only once delivered: the channel's ConfigMap holds what it serves.
+                let ready = status.is_true(READY);
+                let held =
+                    self.channel_config_maps.get(name).and_then(|(state, _)| state.held.as_ref().map(|h| h.version));
+                assert!(
+                    !ready || (held.is_some() && held == status.version),
+                    "channel {name} says Ready before its ConfigMap holds version {:?} (it holds {held:?})",
+                    status.version
+                );
+                let rv = self.bump();
+                let channel = self.channels.iter_mut().find(|c| &c.name_any() == name).expect("channel exists");
+                channel.status = Some((**status).clone());
+                channel.metadata.resource_version = rv;
+                Ok(Applied::Channel(Box::new(channel.clone())))
             }
+            Write::WritePromotion { name, resource_version, record, copy_status, announce } => {
+                let rv = self.bump();
+                let promotion = self.promotions.iter_mut().find(|p| &p.name_any() == name).expect("promotion exists");
+                if resource_version.is_some() && resource_version != &promotion.metadata.resource_version {
+                    return Err(Refused::StalePromotion(Box::new(promotion.clone())));
+                }
+                let text = serde_json::to_string(record).expect("a record serializes");
+                promotion.metadata.annotations.get_or_insert_default().insert(ROLLBACK_RECORD_ANNOTATION.into(), text);
+                if *copy_status {
+                    promotion.status = Some(record.status.clone());
+                }
+                promotion.metadata.resource_version = rv;
+                self.events.extend(announce.iter().cloned());
+                Ok(Applied::Promotion(Box::new(promotion.clone())))
+            }
+            Write::ListPromotions => Ok(Applied::Promotions(self.promotions.clone())),
+            Write::ReadChannel { name } => {
+                let found = self.channels.iter().find(|c| &c.name_any() == name).cloned().map(Box::new);
+                Ok(Applied::ChannelRead(name.clone(), found))
+            }
+            Write::JudgeVersion { .. } => unreachable!("the modelled channels bake longer than any test"),
+            Write::RollWorkload { .. } => unreachable!("the modelled Agent and channels list no workloads"),
         }
     }
 
@@ -374,7 +514,31 @@ impl Cluster {
             }
             status
         });
-        DurableView { versions, rollbacks, agent }
+        let channels = self
+            .channels
+            .iter()
+            .map(|c| c.status.as_ref().map(|s| (s.version, s.desired_version, s.override_.clone())))
+            .collect();
+        let promotions = self.promotions.iter().map(|p| p.status.clone()).collect();
+        DurableView { versions, rollbacks, agent, channels, promotions }
+    }
+
+    /// What channel `name` serves, as its status says, and the override that holds it.
+    pub fn channel_serving(&self, name: &str) -> (Option<i64>, Option<ChannelOverride>) {
+        let status: Option<&AgentChannelStatus> =
+            self.channels.iter().find(|c| c.name_any() == name).and_then(|c| c.status.as_ref());
+        (status.and_then(|s| s.version), status.and_then(|s| s.override_.clone()))
+    }
+
+    /// How a promotion ended, as a rollback's outcome says it.
+    pub fn promotion_outcome(&self, name: &str) -> Outcome {
+        let status: AgentPromotionStatus =
+            self.promotions.iter().find(|p| p.name_any() == name).and_then(|p| p.status.clone()).unwrap_or_default();
+        match status.phase {
+            Some(RollbackPhase::Succeeded) => Outcome::Succeeded(status.version.unwrap_or_default()),
+            Some(RollbackPhase::Failed) => Outcome::Failed(status.reason.unwrap_or_default()),
+            other => Outcome::NotDone(other),
+        }
     }
 
     pub fn outcome(&self, name: &str) -> Outcome {
@@ -388,13 +552,19 @@ impl Cluster {
     }
 }
 
-/// Versions (uid, number, snapshot hash), rollback statuses, and the Agent's status with its
-/// conditions' transition times left out.
+/// What a channel's status says it serves, wants and is held on.
+type ChannelView = (Option<i64>, Option<i64>, Option<ChannelOverride>);
+
+/// Versions (uid, number, snapshot hash), rollback statuses, the Agent's status with its
+/// conditions' transition times left out, what each channel serves and what holds it there, and
+/// promotion statuses.
 #[derive(Debug, PartialEq)]
 pub(super) struct DurableView {
     versions: Vec<(String, i64, String)>,
     rollbacks: Vec<Option<AgentRollbackStatus>>,
     agent: Option<AgentStatus>,
+    channels: Vec<Option<ChannelView>>,
+    promotions: Vec<Option<AgentPromotionStatus>>,
 }
 
 /// What may go wrong while the controller works; each is asked before every step.
@@ -458,6 +628,7 @@ impl Port for Model<'_, '_> {
             outcomes.push(match self.cluster.apply(write, observed) {
                 Ok(applied) => Written::Done(applied),
                 Err(Refused::StaleRollback(fresh)) => Written::Stale(Some(Applied::Rollback(fresh))),
+                Err(Refused::StalePromotion(fresh)) => Written::Stale(Some(Applied::Promotion(fresh))),
                 Err(Refused::Denied(refused)) => Written::Stale(Some(Applied::VersionRefused(refused))),
                 Err(Refused::AlreadyExists | Refused::Conflict) => Written::Stale(None),
             });
