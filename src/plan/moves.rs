@@ -230,7 +230,6 @@ impl<'a> Move<'a> {
     }
 
     /// The write of its record with `phase` and what it records; its channel mark as given.
-    #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
         observed: &Observed,
@@ -582,25 +581,19 @@ fn start(observed: &Observed, channel: &ChannelObserved, change: Move<'_>, now: 
     let served = serving(observed, channel);
     let (kind, name, channel_name) = (change.kind(), change.name(), channel.channel.name_any());
     match choose(observed, channel, change) {
-        // A source channel the watch may lag behind is read live first.
-        Err((reason, _)) if reason == PromotionFailure::ChannelNotFound.as_str() => {
-            let source = match change {
-                Move::Promotion(p) => p.spec.from_channel.clone().unwrap_or_default(),
-                Move::Rollback(_) => channel_name,
-            };
-            if unconfirmed(observed, &source) {
-                return vec![Write::ReadChannel { name: source }.into()];
+        Err((reason, message)) => {
+            // A channel the watch may lag behind is read live before it is found missing.
+            if reason == PromotionFailure::ChannelNotFound.as_str() {
+                let source = match change {
+                    Move::Promotion(p) => p.spec.from_channel.clone().unwrap_or_default(),
+                    Move::Rollback(_) => channel_name,
+                };
+                if unconfirmed(observed, &source) {
+                    return vec![Write::ReadChannel { name: source }.into()];
+                }
             }
-            fail(
-                observed,
-                change,
-                served,
-                reason,
-                choose(observed, channel, change).err().map(|e| e.1).unwrap_or_default(),
-                now,
-            )
+            fail(observed, change, served, reason, message, now)
         }
-        Err((reason, message)) => fail(observed, change, served, reason, message, now),
         Ok(version) => {
             let message = format!("Moving channel {channel_name} from {} to version {version}.", describe(served));
             let (desired, desired_uid) = baseline(observed, channel);
