@@ -206,7 +206,7 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
     };
     // Held on the version its spec declares, it is in sync all the same.
     let elsewhere = overridden.as_ref().filter(|o| Some(o.version) != desired);
-    let in_sync = in_sync(&channel.channel.name_any(), desired, elsewhere);
+    let in_sync = in_sync(&channel.channel, desired, elsewhere);
     let state = ChannelState {
         generation: channel.channel.metadata.generation,
         serving: status.version,
@@ -255,7 +255,12 @@ fn healthy(analysis: Option<&AnalysisStatus>) -> (Option<bool>, &'static str, St
 
 /// `InSync`: whether the channel serves what its spec declares, or which promotion holds it
 /// elsewhere, with the pin to commit to keep it there.
-fn in_sync<'a>(name: &str, desired: Option<i64>, overridden: Option<&ChannelOverride>) -> ConditionSpec<'a> {
+fn in_sync<'a>(
+    channel: &AgentChannel,
+    desired: Option<i64>,
+    overridden: Option<&ChannelOverride>,
+) -> ConditionSpec<'a> {
+    let (agent, name) = (&channel.spec.agent_name, channel.name_any());
     match overridden {
         None => ConditionSpec {
             type_: IN_SYNC,
@@ -278,7 +283,7 @@ fn in_sync<'a>(name: &str, desired: Option<i64>, overridden: Option<&ChannelOver
                 reason: reasons::OVERRIDDEN,
                 message: format!(
                     "{by} holds the channel on version {}; the spec declares {}. To keep it, commit spec.version: {} \
-                     (kubectl agent export {name} --channel); the next change of the desired version ends it.",
+                     (kubectl agent export {agent} --channel {name}); the next change of the desired version ends it.",
                     to.version,
                     desired.map_or_else(|| "no version".to_string(), |v| format!("version {v}")),
                     to.version

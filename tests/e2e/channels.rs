@@ -280,6 +280,7 @@ async fn a_promotion_moves_a_channel_once_and_holds_it_until_its_desired_version
     let (in_sync, reason, message) = channel_condition(&channel, "InSync").unwrap();
     assert_eq!((in_sync.as_str(), reason.as_str()), ("False", "Overridden"));
     assert!(message.contains("AgentPromotion back-to-1") && message.contains("spec.version: 1"), "{message}");
+    assert!(message.contains("kubectl agent export support --channel production"), "{message}");
     let events = s.wait_events("back-to-1", "PromotionSucceeded", 1).await;
     assert_eq!(events.iter().filter(|(r, _)| r == "PromotionStarted").count(), 1, "{events:?}");
 
