@@ -68,10 +68,10 @@ pub fn in_use(observed: &Observed) -> BTreeSet<i64> {
         .flat_map(|c| {
             let status = c.channel.status.as_ref();
             let serving = moves::serving(observed, c).filter(|n| observed.version(*n).is_some());
+            // A version an override holds the channel on is the one it is to serve.
             [
                 c.channel.spec.version,
                 serving.or_else(|| status.and_then(|s| s.version)),
-                held(observed, c),
                 status.and_then(|s| s.last_known_good_version),
             ]
         })

@@ -514,7 +514,7 @@ fn report(target: &Target<'_>, want: &Held) -> Vec<WorkloadDelivery> {
 }
 
 /// The state to report of two: blocked over in progress over delivered; the first of equals.
-pub fn worse(a: DeliveryState, b: DeliveryState) -> DeliveryState {
+fn worse(a: DeliveryState, b: DeliveryState) -> DeliveryState {
     let rank = |s: &DeliveryState| match s {
         DeliveryState::Delivered => 0,
         DeliveryState::InProgress(_) => 1,
