@@ -79,6 +79,14 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("failed to set the finalizers of AgentVersion {namespace}/{name}")]
+    SetVersionFinalizers {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("failed to read the pods of {namespace}/{name}")]
     ReadPods {
         namespace: String,
@@ -192,6 +200,7 @@ impl Error {
             Self::WritePromotion { .. } => "write_promotion",
             Self::GetChannel { .. } => "get_channel",
             Self::JudgeVersion { .. } => "judge_version",
+            Self::SetVersionFinalizers { .. } => "set_version_finalizers",
             Self::ReadPods { .. } => "read_pods",
             Self::WriteRollback { .. } => "write_rollback",
             Self::PatchRollbackStatus { .. } => "patch_rollback_status",

@@ -40,6 +40,11 @@ pub const REPLACING_VERSION_ANNOTATION: &str = "agentops.dev/replacing-version";
 /// `Healthy` or `Failed`: the version's verdict in that channel, durable.
 pub const HEALTH_LABEL_PREFIX: &str = "health.agentops.dev/";
 
+/// Finalizer on every AgentVersion a channel uses (pins, serves, holds, keeps as last known
+/// good): a deletion by hand waits until no channel uses it, as PVC protection does. The
+/// operator releases it before each delete of its own (pruning, Pop, an Agent's leftovers).
+pub const IN_USE_FINALIZER: &str = "agentops.dev/in-use";
+
 /// Label on a channel's delivery ConfigMap: the channel it delivers for.
 pub const CHANNEL_LABEL: &str = "agentops.dev/channel";
 

@@ -18,6 +18,7 @@ use crate::error::{is_permanent, status_code};
 use crate::plan::driver::Outcome;
 use crate::plan::durable::{RollbackRecord, handled_of};
 use crate::plan::moves::PromotionRecord;
+use crate::plan::protection;
 use crate::plan::{Applied, EventNote, EventTarget, Observed, RefusedVersion, RelatedObject, Step, Write};
 use crate::{Error, Result};
 
@@ -105,10 +106,13 @@ async fn apply_one(ctx: &Context, observed: &Observed, write: Write) -> Result<O
             }});
             let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
             match api.patch(&name, &params, &Patch::Merge(body)).await {
-                Ok(version) => Ok(Outcome::Done(Applied::VersionJudged(Box::new(version)))),
+                Ok(version) => Ok(Outcome::Done(Applied::VersionPatched(Box::new(version)))),
                 Err(e) if matches!(status_code(&e), Some(404 | 409)) => Ok(Outcome::Stale(None)),
                 Err(source) => Err(Error::JudgeVersion { namespace: ns.into(), name, source }),
             }
+        }
+        Write::SetVersionFinalizers { name, resource_version, finalizers } => {
+            set_finalizers(ctx, ns, name, resource_version, finalizers).await
         }
         Write::ListPromotions => {
             let api: Api<AgentPromotion> = Api::namespaced(ctx.client.clone(), ns);
@@ -278,11 +282,45 @@ async fn create_version(ctx: &Context, observed: &Observed, version: &AgentVersi
     }
 }
 
+/// Replaces a version's finalizers, on condition that it is still at `resource_version` (a
+/// merge patch with a resourceVersion is a compare-and-swap).
+async fn set_finalizers(
+    ctx: &Context,
+    ns: &str,
+    name: String,
+    resource_version: String,
+    finalizers: Vec<String>,
+) -> Result<Outcome> {
+    let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), ns);
+    let body = json!({ "metadata": { "resourceVersion": resource_version, "finalizers": finalizers } });
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    match api.patch(&name, &params, &Patch::Merge(body)).await {
+        Ok(version) => Ok(Outcome::Done(Applied::VersionPatched(Box::new(version)))),
+        Err(e) if matches!(status_code(&e), Some(404 | 409)) => Ok(Outcome::Stale(None)),
+        Err(source) => Err(Error::SetVersionFinalizers { namespace: ns.into(), name, source }),
+    }
+}
+
 /// Deletes the version of that uid only (not a newer one of the same name); gone already is
-/// done.
+/// done. The operator's `agentops.dev/in-use` finalizer is released first: the planner deletes
+/// only versions it decided no channel keeps (or those of a deleted Agent).
 async fn delete_version(ctx: &Context, observed: &Observed, name: String, uid: String) -> Result<Outcome> {
     let (ns, agent) = (observed.namespace.as_str(), AgentKey::new(&observed.namespace, &observed.agent_name));
     let api: Api<AgentVersion> = Api::namespaced(ctx.client.clone(), ns);
+    let protected = observed
+        .versions
+        .iter()
+        .chain(&observed.foreign_versions)
+        .find(|v| v.metadata.uid.as_deref() == Some(uid.as_str()) && protection::is_protected(v));
+    if let Some(version) = protected {
+        let Write::SetVersionFinalizers { name, resource_version, finalizers } = protection::mark(version, false)
+        else {
+            unreachable!("mark writes finalizers")
+        };
+        if let Outcome::Stale(fresh) = set_finalizers(ctx, ns, name, resource_version, finalizers).await? {
+            return Ok(Outcome::Stale(fresh));
+        }
+    }
     let echo = Echo::Deleted { uid: uid.clone() };
     let params = DeleteParams {
         preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),

@@ -21,6 +21,7 @@ pub mod events;
 pub mod index;
 pub mod lean_agent;
 pub mod lean_meta;
+pub mod leftovers;
 pub mod observe;
 pub mod sync;
 pub mod turns;
@@ -156,7 +157,11 @@ where
         &ctx,
         shutdown.clone(),
     );
-    let version_events = watcher(versions, watching.clone()).inspect_ok(indexed(&index)).touched_objects();
+    let orphans = ctx.clone();
+    let version_events = watcher(versions, watching.clone())
+        .inspect_ok(indexed(&index))
+        .touched_objects()
+        .inspect_ok(move |version| leftovers::release_if_orphaned(version, &orphans));
     let agent_controller = run_agent_controller(
         agent_controller,
         AgentTriggers { versions: version_events, config_maps: config_map_events, channels: channel_events },

@@ -326,6 +326,7 @@ fn write_label(write: &Write) -> String {
         Write::ReadChannel { name } => format!("read channel {name}"),
         Write::ListPromotions => "list promotions".into(),
         Write::JudgeVersion { name, channel, verdict, .. } => format!("{name} {verdict} in {channel}"),
+        Write::SetVersionFinalizers { name, finalizers, .. } => format!("{name} finalizers {finalizers:?}"),
         Write::WritePromotion { name, record, .. } => format!("promotion {name} {:?}", record.status.phase),
         Write::PatchChannelStatus { name, status } => format!("channel {name} status version={:?}", status.version),
     }

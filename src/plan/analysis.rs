@@ -209,7 +209,7 @@ mod tests {
                         let key = crate::plan::moves::health_key(&channel);
                         version.metadata.labels.get_or_insert_default().insert(key.clone(), verdict.into());
                         version.metadata.annotations = Some(BTreeMap::from([(key, message)]));
-                        Applied::VersionJudged(Box::new(version))
+                        Applied::VersionPatched(Box::new(version))
                     }
                     Write::Event(_) => Applied::Nothing,
                     other => panic!("unexpected {other:?}"),

@@ -17,6 +17,7 @@ pub mod hash;
 pub mod history;
 pub mod in_sync;
 pub mod moves;
+pub mod protection;
 pub mod publish;
 pub mod rollback;
 pub mod rollout;
@@ -76,7 +77,8 @@ pub struct Observed {
     /// This Agent's versions (owned by its uid), sorted by version number.
     pub versions: Vec<AgentVersion>,
     /// Versions labelled with this Agent's name but owned by another uid: left over from a
-    /// deleted Agent of the same name, and in the way of the names this one will use.
+    /// deleted Agent of the same name, and in the way of the names this one will use. With no
+    /// Agent, its versions that wait on the operator's finalizer (see [`protection`]).
     pub foreign_versions: Vec<AgentVersion>,
     /// Every rollback that names this Agent, in any phase, with the status its record holds
     /// (see [`durable`]): the record is the truth, the status on the API server its copy.
@@ -129,7 +131,13 @@ impl Observed {
         let (mut versions, foreign_versions): (Vec<_>, Vec<_>) =
             versions.into_iter().partition(|v| uid.is_some() && owner_uid(v) == uid.as_deref());
         versions.sort_by_key(|v| v.spec.version);
-        let foreign_versions = if agent.is_some() { foreign_versions } else { Vec::new() };
+        // Without an Agent, its versions go with it (owner references); only those a channel kept
+        // wait on the operator, to release its finalizer (see `protection`).
+        let foreign_versions = if agent.is_some() {
+            foreign_versions
+        } else {
+            foreign_versions.into_iter().filter(protection::is_protected).collect()
+        };
         let mut observed = Self {
             namespace,
             agent_name,
@@ -443,7 +451,7 @@ impl Observed {
                 self.promotions_listed = true;
             }
             Applied::PromotionDeleted(name) => self.promotions.remove(&name),
-            Applied::VersionJudged(version) => {
+            Applied::VersionPatched(version) => {
                 if let Some(slot) = self.versions.iter_mut().find(|v| v.metadata.uid == version.metadata.uid) {
                     *slot = *version;
                 }
@@ -524,8 +532,8 @@ pub enum Applied {
     Channel(Box<crate::api::AgentChannel>),
     /// A channel found deleted.
     ChannelGone(String),
-    /// A version as its verdict left it.
-    VersionJudged(Box<AgentVersion>),
+    /// A version as a patch of its metadata (verdict, finalizers) left it.
+    VersionPatched(Box<AgentVersion>),
     /// A channel read live: the Agent's, or none (absent, or another Agent's).
     ChannelRead(String, Option<Box<crate::api::AgentChannel>>),
     /// A promotion as written or read back.
@@ -603,6 +611,9 @@ pub enum Write {
     /// the annotation of the same key with `message`, on condition that the version is still
     /// the one of `uid`.
     JudgeVersion { name: String, uid: String, channel: String, verdict: &'static str, message: String },
+    /// Replace a version's finalizers (adding or releasing `agentops.dev/in-use`, see
+    /// [`protection`]), on condition that it is still at `resource_version`.
+    SetVersionFinalizers { name: String, resource_version: String, finalizers: Vec<String> },
     /// List the namespace's promotions from the API server.
     ListPromotions,
     /// Read a channel live: moves name it that the watch does not show, and fail with

@@ -782,6 +782,11 @@ mod tests {
                     agent.status = Some(*status);
                     Applied::Agent(Box::new(agent))
                 }
+                Write::SetVersionFinalizers { name, finalizers, .. } => {
+                    let mut version = observed.versions.iter().find(|v| v.name_any() == name).unwrap().clone();
+                    version.metadata.finalizers = Some(finalizers);
+                    Applied::VersionPatched(Box::new(version))
+                }
                 other => panic!("unexpected write {other:?}"),
             };
             observed.fold(applied);

@@ -10,7 +10,9 @@
 //! 6. start the oldest pending rollback;
 //! 7. deliver the active version (ConfigMap, workload rollouts) and bring the Agent's status
 //!    up to date;
-//! 8. deliver each channel's version and bring its status up to date (see `channel`).
+//! 8. protect the versions the channels use from deletion by hand, and release those they no
+//!    longer use (see `protection`);
+//! 9. deliver each channel's version and bring its status up to date (see `channel`).
 //!
 //! Pruning comes before the next rollback so that a queue of rollbacks ends exactly as if each
 //! had been applied alone, in creation order. An empty answer means nothing is left to do.
@@ -23,7 +25,8 @@ use super::delivery::{self, DeliveryState};
 use super::history::Pruning;
 use super::rollback::{Failure, FailureReason};
 use super::{
-    EventNote, EventTarget, Observed, StatusChange, Step, VersionsAfter, Write, history, phase_of, publish, rollback,
+    EventNote, EventTarget, Observed, StatusChange, Step, VersionsAfter, Write, history, phase_of, protection, publish,
+    rollback,
 };
 use crate::api::conditions::{HasConditions, STALLED, events};
 use crate::api::{Agent, RollbackPhase};
@@ -79,6 +82,11 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
     // Delivery last: the active version is settled by now; the channels' after the Agent's,
     // as a following channel serves the active version.
     let steps = deliver(observed, agent, now);
+    if !steps.is_empty() {
+        return steps;
+    }
+    // Before the channels move: a version is protected before a channel serves it.
+    let steps = protection::decide(observed);
     if !steps.is_empty() {
         return steps;
     }

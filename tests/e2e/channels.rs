@@ -236,6 +236,55 @@ async fn a_channel_serves_its_pin_or_the_active_version_and_keeps_the_versions_i
     eventually(WAIT, || async { config_maps.get_opt("production-channel").await.ok()?.is_none().then_some(()) }).await;
 }
 
+/// The numbers of Agent `support`'s versions that carry the operator's finalizer, and of those
+/// being deleted.
+async fn protected_and_deleting(s: &Setup) -> (Vec<i64>, Vec<i64>) {
+    let versions = s.versions("support").await;
+    let protected = versions.iter().filter(|v| v.finalizers().iter().any(|f| f == "agentops.dev/in-use"));
+    let deleting = versions.iter().filter(|v| v.metadata.deletion_timestamp.is_some());
+    (protected.map(|v| v.spec.version).collect(), deleting.map(|v| v.spec.version).collect())
+}
+
+#[tokio::test]
+async fn a_version_a_channel_uses_deleted_by_hand_waits_until_no_channel_uses_it() {
+    let s = setup("e2e-channel-in-use").await;
+    s.agent_with_versions("support", 3, 10).await;
+    apply_channel(&s, "production", Some(1)).await;
+    apply_channel(&s, "staging", None).await;
+    serving(&s, "production", 1, "i1").await;
+    serving(&s, "staging", 3, "i3").await;
+    eventually(WAIT, || async { (protected_and_deleting(&s).await.0 == [1, 3]).then_some(()) }).await;
+
+    // Deleted by hand: the pinned version waits, the unused one goes.
+    let versions: Api<agent_operator::api::AgentVersion> = Api::namespaced(s.client.clone(), &s.ns);
+    versions.delete("support-v1", &DeleteParams::default()).await.unwrap();
+    versions.delete("support-v2", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, || async {
+        let numbers: Vec<i64> = s.versions("support").await.iter().map(|v| v.spec.version).collect();
+        (numbers == [1, 3]).then_some(())
+    })
+    .await;
+    assert_eq!(protected_and_deleting(&s).await, (vec![1, 3], vec![1]));
+    // The channel goes on serving it while it waits (and stays Ready: its version exists).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    serving(&s, "production", 1, "i1").await;
+    assert_eq!(protected_and_deleting(&s).await, (vec![1, 3], vec![1]), "released while in use");
+
+    // No channel uses it any more: released, it goes.
+    apply_channel(&s, "production", Some(3)).await;
+    serving(&s, "production", 3, "i3").await;
+    eventually(WAIT, || async {
+        let numbers: Vec<i64> = s.versions("support").await.iter().map(|v| v.spec.version).collect();
+        (numbers == [3]).then_some(())
+    })
+    .await;
+
+    // The Agent deleted: its versions go with it, the one its channels used released too.
+    assert_eq!(protected_and_deleting(&s).await, (vec![3], vec![]));
+    s.agents().delete("support", &DeleteParams::default()).await.unwrap();
+    eventually(WAIT, || async { s.versions("support").await.is_empty().then_some(()) }).await;
+}
+
 /// Creates a promotion of channel `channel` with `spec`'s other fields.
 async fn promote(s: &Setup, name: &str, spec: serde_json::Value) {
     let api: Api<AgentPromotion> = Api::namespaced(s.client.clone(), &s.ns);
@@ -478,4 +527,70 @@ async fn a_served_version_is_healthy_after_its_bake_and_last_known_good_and_from
     let status = finished(&s, "from-staging").await;
     assert_eq!((status.version, status.reason), (Some(2), None), "{:?}", status.message);
     serving(&s, "production", 2, "i2").await;
+}
+
+#[tokio::test]
+async fn a_failed_version_is_quarantined_and_a_promotion_needs_proof_from_its_source() {
+    let mut s = setup_without_operator("e2e-channel-quarantine").await;
+    // Rights to patch workloads, as the chart grants with delivery.restartWorkloads=true.
+    s.operator = Some(crate::support::Operator::start_as(&crate::support::control_plane().kubeconfig, &s.ns));
+    s.agent_with_versions("support", 2, 10).await;
+    // No node here: the canary's runtime never rolls out, which fails the rollout check.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(s.client.clone(), &s.ns);
+    let runtime = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "canary-runtime"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "canary"}},
+                 "template": {"metadata": {"labels": {"app": "canary"}},
+                              "spec": {"containers": [{"name": "runtime", "image": "agent-runtime:0.1.0"}]}}}});
+    deployments.create(&Default::default(), &serde_json::from_value(runtime).unwrap()).await.unwrap();
+    let channels: Api<AgentChannel> = Api::namespaced(s.client.clone(), &s.ns);
+    for (name, spec) in [
+        (
+            "canary",
+            json!({"agentName": "support", "analysis": {"progressDeadlineSeconds": 2, "bakeSeconds": 1},
+            "delivery": {"restart": [{"kind": "Deployment", "name": "canary-runtime"}]}}),
+        ),
+        ("production", json!({"agentName": "support", "analysis": {"bakeSeconds": 3600}})),
+    ] {
+        let body = json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "AgentChannel", "metadata": {"name": name},
+            "spec": spec});
+        channels.patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(body)).await.unwrap();
+    }
+
+    assert_eq!(verdict(&s, 2, "canary").await, "Failed");
+    let versions = s.versions("support").await;
+    let reason = versions[1].annotations().get("health.agentops.dev/canary").cloned().unwrap_or_default();
+    assert!(reason.contains("not rolled out within 2 s"), "{reason}");
+    let canary = eventually(WAIT, || async {
+        let c = channels.get("canary").await.ok()?;
+        (channel_condition(&c, "Healthy")?.0 == "False").then_some(c)
+    })
+    .await;
+    assert_eq!(canary.status.unwrap().last_known_good_version, None);
+    let out = crate::plugin::plugin_on(&crate::support::control_plane().kubeconfig, &s.ns, &["history", "support"]);
+    let history = String::from_utf8_lossy(&out.stdout);
+    let v2 = history.lines().find(|l| l.starts_with('2')).unwrap_or_default();
+    assert!(v2.contains("canary=serving+Failed"), "{history}");
+
+    // Out of it, the canary does not go back to it by a rollback or a plain promotion, nor
+    // takes a version its source has not proven.
+    roll_back_channel(&s, "canary-to-1", "canary", "Restore", Some(1)).await;
+    s.expect_outcome("canary-to-1", Ok(1), "version 1 has no verdict in canary").await;
+    roll_back_channel(&s, "canary-to-2", "canary", "Restore", Some(2)).await;
+    s.expect_outcome("canary-to-2", Err("VersionQuarantined"), "version 2 Failed in canary").await;
+    promote(&s, "again", json!({"channel": "canary", "version": 2})).await;
+    promote(&s, "unproven", json!({"channel": "canary", "fromChannel": "production"})).await;
+    for (name, reason) in [("again", "VersionQuarantined"), ("unproven", "NotHealthyInSource")] {
+        let status = finished(&s, name).await;
+        assert_eq!(status.reason.as_deref(), Some(reason), "{name}: {:?}", status.message);
+        s.wait_events(name, "PromotionFailed", 1).await;
+    }
+    let message = finished(&s, "unproven").await.message.unwrap_or_default();
+    assert!(message.contains("production"), "{message}");
+    let served = channels.get("canary").await.unwrap().status.unwrap().version;
+    assert_eq!(served, Some(1), "a refused move changed what the canary serves");
+
+    // allowFailed is the deliberate way back.
+    promote(&s, "deliberately", json!({"channel": "canary", "version": 2, "allowFailed": true})).await;
+    let status = finished(&s, "deliberately").await;
+    assert_eq!((status.version, status.reason), (Some(2), None), "{:?}", status.message);
 }

@@ -307,6 +307,8 @@ impl Cluster {
             }
             Write::DeleteVersion { name, uid } => match self.versions.iter().position(|v| &v.name_any() == name) {
                 Some(i) if self.versions[i].metadata.uid.as_ref() != Some(uid) => Err(Refused::Conflict),
+                // The controller releases its finalizer before it deletes (the modelled versions
+                // carry no one else's).
                 Some(i) => {
                     self.versions.remove(i);
                     Ok(Applied::VersionDeleted(name.clone()))
@@ -438,6 +440,24 @@ impl Cluster {
                 let found = self.channels.iter().find(|c| &c.name_any() == name).cloned().map(Box::new);
                 Ok(Applied::ChannelRead(name.clone(), found))
             }
+            Write::SetVersionFinalizers { name, resource_version, finalizers } => {
+                let rv = self.bump();
+                let Some(i) = self.versions.iter().position(|v| &v.name_any() == name) else {
+                    return Err(Refused::Conflict);
+                };
+                let version = &mut self.versions[i];
+                if version.metadata.resource_version.as_ref() != Some(resource_version) {
+                    return Err(Refused::Conflict);
+                }
+                version.metadata.finalizers = Some(finalizers.clone());
+                version.metadata.resource_version = rv;
+                let patched = version.clone();
+                // A version deleted by hand goes once its last finalizer does.
+                if finalizers.is_empty() && patched.metadata.deletion_timestamp.is_some() {
+                    self.versions.remove(i);
+                }
+                Ok(Applied::VersionPatched(Box::new(patched)))
+            }
             Write::JudgeVersion { .. } => unreachable!("the modelled channels bake longer than any test"),
             Write::RollWorkload { .. } => unreachable!("the modelled Agent and channels list no workloads"),
         }
@@ -488,9 +508,17 @@ impl Cluster {
         }
     }
 
-    /// Someone deletes a version by hand.
+    /// Someone deletes a version by hand: it waits on its finalizers, if it has any.
     pub fn delete_by_hand(&mut self, number: i64) {
-        self.versions.retain(|v| v.spec.version != number);
+        let rv = self.bump();
+        let clock = self.clock;
+        let Some(i) = self.versions.iter().position(|v| v.spec.version == number) else { return };
+        if self.versions[i].finalizers().is_empty() {
+            self.versions.remove(i);
+        } else {
+            self.versions[i].metadata.deletion_timestamp = Some(time(clock));
+            self.versions[i].metadata.resource_version = rv;
+        }
     }
 
     pub fn history(&self) -> Vec<(i64, AgentDefinition)> {

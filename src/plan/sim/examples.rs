@@ -320,3 +320,26 @@ fn rollbacks_waiting_their_turn_are_marked_pending_only_by_a_sync_that_stops() {
         [Outcome::Succeeded(3), Outcome::Succeeded(4), Outcome::Succeeded(5)]
     );
 }
+
+#[test]
+fn a_version_in_use_deleted_by_hand_waits_until_no_channel_uses_it() {
+    let mut cluster = two_versions();
+    cluster.pin("prod", Some(1));
+    cluster.converge(&mut || false);
+    let numbers = |cluster: &Cluster| cluster.history().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    cluster.delete_by_hand(1);
+    cluster.converge(&mut || false);
+    assert_eq!(numbers(&cluster), [1, 2], "a pinned version deleted by hand stays");
+    assert_eq!(cluster.channel_serving("prod").0, Some(1));
+
+    cluster.pin("prod", None);
+    cluster.converge(&mut || false);
+    assert_eq!(numbers(&cluster), [2], "released once no channel uses it, it goes");
+    assert_eq!(cluster.channel_serving("prod").0, Some(2));
+
+    // The Agent deleted: its versions go, the finalizer of the one in use released first.
+    assert!(crate::plan::protection::is_protected(&cluster.versions[0]));
+    cluster.agent = None;
+    cluster.converge(&mut || false);
+    assert!(cluster.versions.is_empty());
+}

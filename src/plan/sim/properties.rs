@@ -2,6 +2,8 @@
 //! model of the API server, with crashes, stale caches and status losses, must end as the
 //! contract's rules (`reference`) say, and leave the cluster consistent.
 
+use std::collections::BTreeSet;
+
 use kube::ResourceExt;
 use proptest::prelude::*;
 
@@ -9,6 +11,7 @@ use super::cluster::{Cluster, Faults, Outcome, content};
 use super::reference::Reference;
 use crate::api::conditions::{HasConditions, READY};
 use crate::api::{AgentDefinition, RollbackStrategy};
+use crate::plan::protection;
 
 /// One Agent's history under the contract's rules.
 pub(crate) type Rules = Reference<AgentDefinition>;
@@ -278,6 +281,9 @@ fn check_channels(cluster: &Cluster, reference: &Rules) -> Result<(), TestCaseEr
         );
     }
     prop_assert_eq!(cluster.history(), reference.history());
+    let protected: BTreeSet<i64> =
+        cluster.versions.iter().filter(|v| protection::is_protected(v)).map(|v| v.spec.version).collect();
+    prop_assert_eq!(protected, reference.in_use(), "the versions in use, and only they, carry the finalizer");
     Ok(())
 }
 

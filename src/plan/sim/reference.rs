@@ -4,7 +4,7 @@
 //! (`tests/support`, which include this file) judge the operator against it. It uses nothing
 //! but the standard library, so that both can.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// An Agent's versions by number, each holding its definition, `D`, and its channels.
 #[derive(Clone, Debug)]
@@ -37,6 +37,12 @@ impl<D: Clone + PartialEq> Reference<D> {
 
     pub fn active(&self) -> i64 {
         *self.versions.keys().max().expect("at least one version")
+    }
+
+    /// The versions channels use (pin or serve): kept from pruning and from deletion by hand.
+    pub fn in_use(&self) -> BTreeSet<i64> {
+        let pins = self.channels.values().filter_map(|c| c.pin);
+        pins.chain(self.served()).filter(|n| self.versions.contains_key(n)).collect()
     }
 
     /// What each channel serves now.
