@@ -76,8 +76,9 @@ async fn observe_channels(ctx: &Context, observed: &mut Observed) -> Result<()> 
     Ok(())
 }
 
-/// When a container of the channel's workloads' pods last restarted (its last termination's
-/// end), if one did: read only while a version bakes in the channel (see `plan::analysis`).
+/// When a container of the channel's workloads' pods last ended to be restarted (its last
+/// termination's end), if one did: read only while a version bakes in the channel (see
+/// `plan::analysis`).
 async fn last_restart(ctx: &Context, namespace: &str, channel: &AgentChannel) -> Result<Option<Time>> {
     let listed = channel.spec.delivery.as_ref().map(|d| d.restart.clone()).unwrap_or_default();
     let mut last: Option<Time> = None;
@@ -97,12 +98,16 @@ async fn last_restart(ctx: &Context, namespace: &str, channel: &AgentChannel) ->
         let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
         let list = pods.list(&ListParams::default().labels(&selector.join(","))).await.map_err(read)?;
+        // A container that exited and waits to restart shows it in its state, one that
+        // restarted in its last state; the containers of a pod being deleted end for that.
         let ends = list
             .items
             .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
             .flatten()
-            .filter_map(|c| c.last_state.as_ref()?.terminated.as_ref()?.finished_at.clone());
+            .flat_map(|c| [c.state.as_ref(), c.last_state.as_ref()])
+            .filter_map(|state| state?.terminated.as_ref()?.finished_at.clone());
         last = last.into_iter().chain(ends).max_by_key(|t| t.0);
     }
     Ok(last)

@@ -77,16 +77,21 @@ pub fn judge(
             message,
         }),
     };
+    // Since the version was delivered (its bake began), a container restarted: that fails it,
+    // even if the crash has its workload rolling again.
+    let delivered_time = running.as_ref().and_then(|a| a.delivered_time.clone());
+    let restart = delivered_time.as_ref().and_then(|since| channel.last_restart.clone().filter(|r| r.0 >= since.0));
+    if let Some(restart) = restart {
+        let message = format!(
+            "Version {number} failed the rollout check in channel {name}: a container restarted at {} while it baked.",
+            restart.0
+        );
+        return record(false, message);
+    }
     match state {
         DeliveryState::Delivered => {
-            let baked_from = running.as_ref().and_then(|a| a.delivered_time.clone()).unwrap_or_else(|| now.clone());
-            if let Some(restart) = channel.last_restart.as_ref().filter(|r| r.0 >= baked_from.0) {
-                let message = format!(
-                    "Version {number} failed the rollout check in channel {name}: a container restarted at {} while it baked.",
-                    restart.0
-                );
-                return record(false, message);
-            }
+            // Restarts before it was first seen delivered were during its rollout.
+            let baked_from = delivered_time.unwrap_or_else(|| now.clone());
             let healthy_at = baked_from.0 + seconds(analysis.bake_seconds);
             if now.0 >= healthy_at {
                 let message = format!(
@@ -103,7 +108,9 @@ pub fn judge(
         }
         DeliveryState::InProgress(progress) => {
             let deadline = start.0 + seconds(analysis.progress_deadline_seconds);
-            if now.0 > deadline {
+            // The deadline is the first rollout's; a workload rolling again while the version
+            // bakes (scaled, a pod lost) keeps its bake, and the evidence of a restart.
+            if delivered_time.is_none() && now.0 > deadline {
                 let message = format!(
                     "Version {number} failed the rollout check in channel {name}: not rolled out within {} s ({progress}).",
                     analysis.progress_deadline_seconds
@@ -111,7 +118,7 @@ pub fn judge(
                 return record(false, message);
             }
             let message = format!("Rolling out: {progress}");
-            Judgement { status: Some(running_status(AnalysisPhase::Running, None, message)), verdict: None }
+            Judgement { status: Some(running_status(AnalysisPhase::Running, delivered_time, message)), verdict: None }
         }
         // Something in the way that is no evidence about the version (a workload missing, a
         // ConfigMap taken): the signal is unavailable.
@@ -270,6 +277,23 @@ mod tests {
         assert_eq!(verdict(&slow, 3, "prod"), None, "within progressDeadlineSeconds (600)");
         settle(&mut slow, &at(1_601));
         assert_eq!(verdict(&slow, 3, "prod"), Some(FAILED));
+
+        // A crash that has the workload rolling again still fails the version it baked, whether
+        // the restart is seen at once or after a look at the workload rolling.
+        for seen_later in [false, true] {
+            let mut crashed = observed(rolled_out());
+            settle(&mut crashed, &at(1_000));
+            let progressing =
+                Found::Present { held: rolled_out_held(), rollout: Rollout::Progressing("0 available".into()) };
+            crashed.channels[0].workloads[0].found = progressing;
+            if seen_later {
+                settle(&mut crashed, &at(1_700));
+                assert_eq!(verdict(&crashed, 3, "prod"), None, "the deadline is the first rollout's");
+            }
+            crashed.channels[0].last_restart = Some(at(1_005));
+            settle(&mut crashed, &at(1_710));
+            assert_eq!(verdict(&crashed, 3, "prod"), Some(FAILED));
+        }
 
         let stuck = Found::Present { held: rolled_out_held(), rollout: Rollout::Stuck("deadline exceeded".into()) };
         let mut stuck = observed(stuck);

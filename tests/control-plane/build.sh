@@ -57,7 +57,20 @@ build_helm() {
   touch "$out/.complete"
 }
 
+# Prometheus, for the analysis checks: the tests query a real one, started beside the control
+# plane (run.sh --node).
+build_prometheus() {
+  local out=$PROMETHEUS_BIN
+  [[ -f $out/.complete ]] && return
+  log "Building prometheus $PROMETHEUS_VERSION (first time only; about 9 min on 2 cores)"
+  mkdir -p "$out"
+  (cd "$CP_DIR/prometheus" && CGO_ENABLED=0 go build -mod=readonly -trimpath -buildvcs=false -ldflags="-s -w" \
+    -o "$out/prometheus" github.com/prometheus/prometheus/cmd/prometheus)
+  touch "$out/.complete"
+}
+
 build_etcd
 build_k8s
 build_helm
-log "Control-plane binaries ready: $K8S_BIN, $ETCD_BIN, $HELM_BIN"
+build_prometheus
+log "Control-plane binaries ready: $K8S_BIN, $ETCD_BIN, $HELM_BIN, $PROMETHEUS_BIN"

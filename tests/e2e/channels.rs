@@ -283,6 +283,19 @@ async fn a_version_a_channel_uses_deleted_by_hand_waits_until_no_channel_uses_it
     assert_eq!(protected_and_deleting(&s).await, (vec![3], vec![]));
     s.agents().delete("support", &DeleteParams::default()).await.unwrap();
     eventually(WAIT, || async { s.versions("support").await.is_empty().then_some(()) }).await;
+
+    // Its channels stay, and say so; moves of them fail with AgentNotFound.
+    let channels: Api<AgentChannel> = Api::namespaced(s.client.clone(), &s.ns);
+    eventually(WAIT, || async {
+        let channel = channels.get("production").await.ok()?;
+        (channel_condition(&channel, "Stalled")?.1 == "AgentNotFound").then_some(())
+    })
+    .await;
+    promote(&s, "orphaned", json!({"channel": "staging", "version": 3})).await;
+    roll_back_channel(&s, "orphaned-back", "staging", "Restore", Some(3)).await;
+    let status = finished(&s, "orphaned").await;
+    assert_eq!(status.reason.as_deref(), Some("AgentNotFound"), "{:?}", status.message);
+    s.expect_outcome("orphaned-back", Err("AgentNotFound"), "the Agent is gone").await;
 }
 
 /// Creates a promotion of channel `channel` with `spec`'s other fields.

@@ -431,6 +431,56 @@ async fn channels_on_the_node(s: &Setup) {
     println!("channel rollback create to served, with restart (20): p50 {p50:.2?}, max {max:.2?}");
 }
 
+/// A version whose runtime container restarts while it bakes is Failed in its channel, and the
+/// channel's rollback to its last known good has the runtime serve that again.
+async fn a_restart_fails_the_version_that_baked(s: &Setup) {
+    let crashy = |instructions: &str, exit_after: Option<&str>| {
+        let mut spec = serde_json::json!({"instructions": instructions});
+        if let Some(seconds) = exit_after {
+            spec["advancedSettings"] = serde_json::json!({"runtime.exitAfterSeconds": seconds});
+        }
+        spec
+    };
+    s.apply_agent("crashy", crashy("crashy i1", None)).await;
+    s.settled_agent("crashy").await;
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.ns);
+    deployments.create(&Default::default(), &channel_runtime("canary")).await.unwrap();
+    let body = serde_json::json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "AgentChannel",
+        "metadata": {"name": "canary"}, "spec": {"agentName": "crashy",
+        "analysis": {"bakeSeconds": 10, "progressDeadlineSeconds": 120},
+        "delivery": {"restart": [{"kind": "Deployment", "name": "canary-runtime"}]}}});
+    let channels: Api<AgentChannel> = Api::namespaced(s.client.clone(), &s.ns);
+    channels.patch("canary", &PatchParams::apply("tests").force(), &Patch::Apply(body)).await.unwrap();
+    let verdict = |number: i64| async move {
+        let versions = s.versions("crashy").await;
+        let version = versions.into_iter().find(|v| v.spec.version == number)?;
+        let verdict = version.labels().get("health.agentops.dev/canary")?.clone();
+        Some((verdict, version.annotations().get("health.agentops.dev/canary").cloned().unwrap_or_default()))
+    };
+    let (healthy, _) = eventually(Duration::from_secs(120), || verdict(1)).await;
+    assert_eq!(healthy, "Healthy");
+
+    // Version 2 has the runtime exit 3 s after it starts: it rolls out, then its container restarts.
+    let started = Instant::now();
+    s.apply_agent("crashy", crashy("crashy i2", Some("3"))).await;
+    let (failed, why) = eventually(Duration::from_secs(120), || verdict(2)).await;
+    assert_eq!(failed, "Failed", "{why}");
+    assert!(why.contains("a container restarted at"), "{why}");
+    println!("a version whose container restarts while it bakes: Failed {:.1?} after its publish", started.elapsed());
+    let channel = channels.get("canary").await.unwrap();
+    let status = channel.status.unwrap();
+    assert_eq!(status.last_known_good_version, Some(1));
+    let healthy = status.conditions.iter().find(|c| c.type_ == "Healthy").map(|c| c.status.clone());
+    assert_eq!(healthy.as_deref(), Some("False"));
+
+    let spec = serde_json::json!({"agentName": "crashy", "channel": "canary", "strategy": "LastKnownGood"});
+    let body = serde_json::json!({"metadata": {"name": "canary-to-good"}, "spec": spec});
+    s.rollbacks().create(&Default::default(), &serde_json::from_value(body).unwrap()).await.unwrap();
+    s.expect_outcome("canary-to-good", Ok(1), "version 1 is the canary's last known good").await;
+    let got = eventually(Duration::from_secs(120), || served(&s.client, &s.ns, "canary", 1)).await;
+    assert_eq!(got, "crashy i1");
+}
+
 fn p50_max(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
     (samples[samples.len() / 2], *samples.last().unwrap())
@@ -554,6 +604,7 @@ async fn a_rollback_changes_what_the_running_agent_serves_with_and_without_resta
     assert!(agent.status.unwrap().conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
 
     channels_on_the_node(&s).await;
+    a_restart_fails_the_version_that_baked(&s).await;
 
     ok(&helm(&["uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "120s"]), "helm uninstall");
     eventually(Duration::from_secs(60), || async { operator_pods(&s.client).await.is_empty().then_some(()) }).await;
