@@ -12,6 +12,8 @@ use super::agent::{DeliverySpec, DeliveryStatus};
 pub const DEFAULT_BAKE_SECONDS: i64 = 300;
 /// Default for `spec.analysis.progressDeadlineSeconds`.
 pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: i64 = 600;
+/// Default for a check's `intervalSeconds`.
+pub const DEFAULT_INTERVAL_SECONDS: i64 = 60;
 
 /// A channel of an Agent: the version one audience gets, through its own ConfigMap and
 /// workloads. It serves `spec.version`, or follows the Agent's active version; rollbacks and
@@ -80,7 +82,7 @@ pub struct AgentChannelSpec {
 }
 
 /// How a version is judged in a channel.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisSpec {
     /// How long every check must pass after the version is delivered before it is Healthy in
@@ -94,13 +96,98 @@ pub struct AnalysisSpec {
     #[serde(default = "default_progress_deadline_seconds")]
     #[schemars(range(min = 1))]
     pub progress_deadline_seconds: i64,
+
+    /// What the operator does when a version it serves fails here: `Rollback` (the default)
+    /// creates an AgentRollback to the channel's last known good; `Hold` keeps serving it.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+
+    /// Checks beside the built-in rollout check, each with a unique name and one provider.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub checks: Vec<AnalysisCheck>,
 }
 
 /// What a channel without `analysis` is judged by: the same defaults the API server fills in.
 impl Default for AnalysisSpec {
     fn default() -> Self {
-        Self { bake_seconds: DEFAULT_BAKE_SECONDS, progress_deadline_seconds: DEFAULT_PROGRESS_DEADLINE_SECONDS }
+        Self {
+            bake_seconds: DEFAULT_BAKE_SECONDS,
+            progress_deadline_seconds: DEFAULT_PROGRESS_DEADLINE_SECONDS,
+            on_failure: OnFailure::default(),
+            checks: Vec::new(),
+        }
     }
+}
+
+/// What the operator does when the version a channel serves fails there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum OnFailure {
+    /// Create an AgentRollback (`LastKnownGood`) of the channel, named `<channel>-auto-v<N>`.
+    #[default]
+    Rollback,
+    /// Keep serving the failed version until a person or a declared change moves the channel.
+    Hold,
+}
+
+/// One check of a channel's analysis: a name and one provider.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.prometheus)").message("a check needs one provider: prometheus"))]
+#[x_kube(validation = Rule::new("!has(self.successRange) || has(self.prometheus)").message("successRange is for a prometheus check"))]
+pub struct AnalysisCheck {
+    /// The check's name, unique in the channel: it names the check in status, Events and the
+    /// reason of an automatic rollback.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// An instant query of the Prometheus HTTP API that yields one sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusCheck>,
+
+    /// Seconds between two measurements (default 60).
+    #[serde(default = "default_interval_seconds")]
+    #[schemars(range(min = 1))]
+    pub interval_seconds: i64,
+
+    /// The values a measurement passes with (`min` and/or `max`, both included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_range: Option<SuccessRange>,
+
+    /// Failed measurements tolerated before the version fails (default 0).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub failure_limit: i64,
+}
+
+fn default_interval_seconds() -> i64 {
+    DEFAULT_INTERVAL_SECONDS
+}
+
+/// A Prometheus instant query.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusCheck {
+    /// The Prometheus server's base URL, http or https (its `/api/v1/query` is asked).
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"))]
+    pub address: String,
+
+    /// The query; `$agent`, `$channel` and `$version` are replaced by the Agent's name, the
+    /// channel's and the version's number.
+    #[schemars(length(min = 1, max = 4096))]
+    pub query: String,
+}
+
+/// The values a measurement passes with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.min) || has(self.max)").message("successRange needs min, max or both"))]
+#[x_kube(validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("successRange: min is above max"))]
+pub struct SuccessRange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
 }
 
 fn default_bake_seconds() -> i64 {
@@ -184,6 +271,33 @@ pub struct AnalysisStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_time: Option<Time>,
     /// What stands in the way, or what decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Each listed check's measurements of the version (they start again after a status
+    /// loss; only verdicts are durable).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckStatus>,
+}
+
+/// One check's measurements of the version under judgement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckStatus {
+    pub name: String,
+    /// `Running` (measuring), `Healthy` (passed for the bake), `Failed`, or `Unknown` (its
+    /// last measurement had no signal).
+    pub phase: AnalysisPhase,
+    /// Measurements taken, and how many of them failed.
+    #[serde(default)]
+    pub measurements: i64,
+    #[serde(default)]
+    pub failures: i64,
+    /// The last value measured, as the provider gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_value: Option<String>,
+    /// When it was last measured: the next measurement is due `intervalSeconds` later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

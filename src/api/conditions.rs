@@ -68,6 +68,8 @@ pub mod reasons {
     pub const ANALYSING: &str = "Analysing";
     /// Healthy on a channel: a signal the analysis needs cannot be read.
     pub const SIGNAL_UNAVAILABLE: &str = "SignalUnavailable";
+    /// Stalled: the channel's desired version Failed in it, and it left that version.
+    pub const VERSION_QUARANTINED: &str = "VersionQuarantined";
     /// InSync on a channel: it serves the version its spec declares.
     pub const MATCHES_SPEC: &str = "MatchesSpec";
     /// InSync on a channel: a promotion or rollback holds it on another version than its spec

@@ -14,7 +14,8 @@ pub use agent::{
     WorkloadDelivery, WorkloadKind, WorkloadRef,
 };
 pub use agent_channel::{
-    AgentChannel, AgentChannelSpec, AgentChannelStatus, AnalysisPhase, AnalysisSpec, AnalysisStatus, ChannelOverride,
+    AgentChannel, AgentChannelSpec, AgentChannelStatus, AnalysisCheck, AnalysisPhase, AnalysisSpec, AnalysisStatus,
+    ChannelOverride, CheckStatus, OnFailure, PrometheusCheck, SuccessRange,
 };
 pub use agent_promotion::{AgentPromotion, AgentPromotionSpec, AgentPromotionStatus};
 pub use agent_rollback::{AgentRollback, AgentRollbackSpec, AgentRollbackStatus, RollbackPhase, RollbackStrategy};

@@ -110,7 +110,7 @@ fn channels_intact(ctx: &Context, agent: &Agent, key: &AgentKey) -> bool {
             return true;
         }
         // A version being judged is looked at again until its verdict.
-        if status.analysis.as_ref().is_some_and(|a| a.phase == crate::api::AnalysisPhase::Running) {
+        if status.analysis.as_ref().is_some_and(|a| crate::plan::analysis::judging(a.phase)) {
             return false;
         }
         let reference = ObjectRef::<LeanMeta<ConfigMap>>::new(&channel_config_map_name(channel))

@@ -67,6 +67,8 @@ pub struct Context {
     pub turns: Turns,
     /// True once every cache has its first full list.
     listed: tokio::sync::watch::Sender<bool>,
+    /// The HTTP client of the channels' prometheus checks.
+    pub http: reqwest::Client,
 }
 
 /// The watch caches a [`Context`] reads.
@@ -105,6 +107,7 @@ impl Context {
             metrics,
             turns: Turns::default(),
             listed: tokio::sync::watch::channel(false).0,
+            http: super::prometheus::client(),
         }
     }
 

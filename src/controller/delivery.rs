@@ -17,9 +17,11 @@ use super::context::Context;
 use super::index::AgentKey;
 use super::lean_meta::LeanMeta;
 use crate::api::keys::{DELIVERED_FOR_ANNOTATION, DELIVERY_FIELD_MANAGER, FIELD_MANAGER, REPLACING_VERSION_ANNOTATION};
-use crate::api::{AgentChannel, AnalysisPhase, WorkloadKind, WorkloadRef};
+use crate::api::{AgentChannel, WorkloadKind, WorkloadRef};
 use crate::error::status_code;
+use crate::plan::analysis::judging;
 use crate::plan::channel::{ChannelObserved, config_map_name as channel_config_map_name};
+use crate::plan::checks::{self, Measurement};
 use crate::plan::delivery::{
     CHANNEL_CLAIM_PREFIX, ConfigMapState, Found, Held, Recipient, Rollout, WorkloadState, config_map_name,
 };
@@ -61,19 +63,44 @@ async fn observe_channels(ctx: &Context, observed: &mut Observed) -> Result<()> 
         let restart = channel.spec.delivery.as_ref().map(|d| d.restart.clone()).unwrap_or_default();
         let recipient = Recipient::Channel(channel.name_any());
         let workloads = read_workloads(ctx, &observed.namespace, &recipient, &observed.agent_name, restart).await?;
-        let baking = channel
-            .status
-            .as_ref()
-            .and_then(|s| s.analysis.as_ref())
-            .is_some_and(|a| a.phase == AnalysisPhase::Running);
-        let last_restart = match baking {
-            true => last_restart(ctx, &observed.namespace, &channel).await?,
-            false => None,
+        let judged = channel.status.as_ref().and_then(|s| s.analysis.as_ref()).filter(|a| judging(a.phase));
+        let (last_restart, measurements) = match judged {
+            Some(analysis) => {
+                let now = Time(k8s_openapi::jiff::Timestamp::now());
+                let measurements = measure_due(ctx, &observed.agent_name, &channel, analysis, &now).await;
+                (last_restart(ctx, &observed.namespace, &channel).await?, measurements)
+            }
+            None => (None, Vec::new()),
         };
-        observed.channels.push(ChannelObserved { channel, config_map, workloads, last_restart });
+        observed.channels.push(ChannelObserved { channel, config_map, workloads, last_restart, measurements });
     }
     observe_promotions(ctx, observed);
     Ok(())
+}
+
+/// The measurements of the channel's checks due now, once the version under judgement is
+/// delivered (its bake began), all at once.
+async fn measure_due(
+    ctx: &Context,
+    agent: &str,
+    channel: &AgentChannel,
+    analysis: &crate::api::AnalysisStatus,
+    now: &Time,
+) -> Vec<Measurement> {
+    let Some(spec) = channel.spec.analysis.as_ref().filter(|_| analysis.delivered_time.is_some()) else {
+        return Vec::new();
+    };
+    let name = channel.name_any();
+    let due = checks::due(spec, &analysis.checks, now);
+    let measured = due.into_iter().filter_map(|check| {
+        let prometheus = check.prometheus.as_ref()?;
+        let query = checks::query(&prometheus.query, agent, &name, analysis.version);
+        Some(async move {
+            let signal = super::prometheus::measure(&ctx.http, prometheus, &query, now).await;
+            Measurement { check: check.name.clone(), at: now.clone(), signal }
+        })
+    });
+    futures::future::join_all(measured).await
 }
 
 /// When a container of the channel's workloads' pods last ended to be restarted (its last

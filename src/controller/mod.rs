@@ -23,6 +23,7 @@ pub mod lean_agent;
 pub mod lean_meta;
 pub mod leftovers;
 pub mod observe;
+pub mod prometheus;
 pub mod sync;
 pub mod turns;
 pub mod watches;

@@ -99,7 +99,7 @@ async fn sync_once(ctx: &Context, agent: &AgentKey, turn: &Turn<'_>) -> Result<P
 
 /// Whether the channel's status says its served version is being judged.
 fn baking(status: &crate::api::AgentChannelStatus) -> bool {
-    status.analysis.as_ref().is_some_and(|a| a.phase == crate::api::AnalysisPhase::Running)
+    status.analysis.as_ref().is_some_and(|a| crate::plan::analysis::judging(a.phase))
 }
 
 /// An Agent whose spec cannot be decoded is told so in its status and an Event, and nothing

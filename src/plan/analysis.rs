@@ -11,6 +11,7 @@ use k8s_openapi::jiff::SignedDuration;
 use kube::ResourceExt;
 
 use super::channel::ChannelObserved;
+use super::checks::{self, Standing};
 use super::delivery::DeliveryState;
 use super::moves::verdict;
 use super::{Observed, Write};
@@ -52,20 +53,24 @@ pub fn judge(
         let why = version.annotations().get(&super::moves::health_key(&name)).cloned();
         let message = why.unwrap_or_else(|| format!("Version {number} is {found} in channel {name}."));
         // The times as they were: a verdict is no reason to write the status again.
-        let (start_time, delivered_time) = same.map_or((None, None), |a| (a.start_time, a.delivered_time));
-        let status = AnalysisStatus { version: number, phase, start_time, delivered_time, message: Some(message) };
+        let (start_time, delivered_time, checks) =
+            same.map_or((None, None, Vec::new()), |a| (a.start_time, a.delivered_time, a.checks));
+        let status =
+            AnalysisStatus { version: number, phase, start_time, delivered_time, message: Some(message), checks };
         return Judgement { status: Some(status), verdict: None };
     }
     let running = same.filter(|a| a.phase != AnalysisPhase::Healthy && a.phase != AnalysisPhase::Failed);
     let start = running.as_ref().and_then(|a| a.start_time.clone()).unwrap_or_else(|| now.clone());
     let analysis = channel.channel.spec.analysis.clone().unwrap_or_default();
     let seconds = |n: i64| SignedDuration::from_secs(n);
+    let measured = running.as_ref().map(|a| a.checks.clone()).unwrap_or_default();
     let running_status = |phase, delivered_time: Option<Time>, message: String| AnalysisStatus {
         version: number,
         phase,
         start_time: Some(start.clone()),
         delivered_time,
         message: Some(message),
+        checks: measured.clone(),
     };
     let record = |healthy: bool, message: String| Judgement {
         status: Some(running_status(AnalysisPhase::Running, None, message.clone())),
@@ -92,16 +97,33 @@ pub fn judge(
         DeliveryState::Delivered => {
             // Restarts before it was first seen delivered were during its rollout.
             let baked_from = delivered_time.unwrap_or_else(|| now.clone());
-            let healthy_at = baked_from.0 + seconds(analysis.bake_seconds);
-            if now.0 >= healthy_at {
-                let message = format!(
-                    "Version {number} rolled out in channel {name} and ran {} s with no container restarting.",
-                    analysis.bake_seconds
-                );
-                return record(true, message);
+            let (checks, standing) = checks::fold(&analysis, &measured, &channel.measurements);
+            if let Standing::Failed(why) = &standing {
+                return record(false, format!("Version {number} failed in channel {name}: {why}"));
             }
-            let message = format!("Baking: Healthy at {healthy_at} unless a container restarts.");
-            Judgement { status: Some(running_status(AnalysisPhase::Running, Some(baked_from), message)), verdict: None }
+            let healthy_at = baked_from.0 + seconds(analysis.bake_seconds);
+            let (phase, message) = match standing {
+                Standing::Passing if now.0 >= healthy_at => {
+                    let passed = match analysis.checks.len() {
+                        0 => String::new(),
+                        n => format!(", and its {n} check(s) passed"),
+                    };
+                    let message = format!(
+                        "Version {number} rolled out in channel {name} and ran {} s with no container restarting{passed}.",
+                        analysis.bake_seconds
+                    );
+                    return record(true, message);
+                }
+                // No signal fails nothing: the version waits, and is judged once one comes.
+                Standing::Unavailable(why) => (AnalysisPhase::Unknown, format!("No signal: {why}")),
+                Standing::Measuring if now.0 >= healthy_at => {
+                    (AnalysisPhase::Running, "Baked; waiting for the checks' first measurements.".to_string())
+                }
+                _ => (AnalysisPhase::Running, format!("Baking: Healthy at {healthy_at} unless a check fails.")),
+            };
+            let mut status = running_status(phase, Some(baked_from), message);
+            status.checks = checks;
+            Judgement { status: Some(status), verdict: None }
         }
         DeliveryState::Blocked { reason, message } if *reason == reasons::ROLLOUT_STUCK => {
             record(false, format!("Version {number} failed the rollout check in channel {name}: {message}"))
@@ -128,6 +150,12 @@ pub fn judge(
             Judgement { status: Some(status), verdict: None }
         }
     }
+}
+
+/// Whether a version in this phase is still being judged: measured, and looked at again until
+/// its verdict (`Unknown` waits for a signal).
+pub fn judging(phase: AnalysisPhase) -> bool {
+    matches!(phase, AnalysisPhase::Running | AnalysisPhase::Unknown)
 }
 
 /// The newest version Healthy in the channel.
@@ -184,6 +212,7 @@ mod tests {
             config_map: Some(config_map),
             workloads: vec![WorkloadState { workload, found }],
             last_restart: None,
+            measurements: Vec::new(),
         }];
         observed
     }
@@ -306,6 +335,54 @@ mod tests {
             Found::Present { held, .. } => held,
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_check_judges_the_bake_a_failing_value_fails_and_no_signal_waits() {
+        use crate::api::{AnalysisCheck, AnalysisSpec, PrometheusCheck, SuccessRange};
+        use crate::plan::checks::{Measurement, Signal};
+        let with_check = || {
+            let mut observed = observed(rolled_out());
+            let check = AnalysisCheck {
+                name: "error-rate".into(),
+                prometheus: Some(PrometheusCheck { address: "http://p:9090".into(), query: "q".into() }),
+                interval_seconds: 10,
+                success_range: Some(SuccessRange { min: None, max: Some(0.1) }),
+                failure_limit: 0,
+            };
+            observed.channels[0].channel.spec.analysis =
+                Some(AnalysisSpec { bake_seconds: 60, checks: vec![check], ..AnalysisSpec::default() });
+            settle(&mut observed, &at(1_000));
+            observed
+        };
+        let measure = |observed: &mut Observed, second: i64, signal: Signal| {
+            observed.channels[0].measurements =
+                vec![Measurement { check: "error-rate".into(), at: at(second), signal }];
+            settle(observed, &at(second));
+        };
+
+        let mut good = with_check();
+        measure(&mut good, 1_010, Signal::Value(0.0));
+        measure(&mut good, 1_060, Signal::Value(0.05));
+        assert_eq!(verdict(&good, 3, "prod"), Some(HEALTHY));
+
+        let mut bad = with_check();
+        measure(&mut bad, 1_010, Signal::Value(0.0));
+        measure(&mut bad, 1_020, Signal::Value(0.5));
+        assert_eq!(verdict(&bad, 3, "prod"), Some(FAILED));
+        let why = bad.versions[2].annotations().get("health.agentops.dev/prod").cloned().unwrap_or_default();
+        assert!(why.contains("error-rate") && why.contains("0.5"), "{why}");
+
+        // No signal, even past the bake: no verdict, Healthy Unknown, until a value comes.
+        let mut silent = with_check();
+        measure(&mut silent, 1_010, Signal::Unavailable("an empty result".into()));
+        measure(&mut silent, 1_100, Signal::Unavailable("an empty result".into()));
+        assert_eq!(verdict(&silent, 3, "prod"), None);
+        assert_eq!(healthy(&silent), ("Unknown".into(), reasons::SIGNAL_UNAVAILABLE.into()));
+        let checks = silent.channels[0].channel.status.as_ref().unwrap().analysis.clone().unwrap().checks;
+        assert_eq!((checks[0].phase, checks[0].failures), (AnalysisPhase::Unknown, 0));
+        measure(&mut silent, 1_110, Signal::Value(0.0));
+        assert_eq!(verdict(&silent, 3, "prod"), Some(HEALTHY));
     }
 
     #[test]

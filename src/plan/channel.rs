@@ -29,6 +29,8 @@ pub struct ChannelObserved {
     /// When a container of its workloads' pods last restarted, if one did and they were read
     /// (only while a version bakes, see `analysis`).
     pub last_restart: Option<Time>,
+    /// Its checks' measurements taken for this sync (only those due while a version bakes).
+    pub measurements: Vec<super::checks::Measurement>,
 }
 
 /// The name of a channel's delivery ConfigMap.
@@ -168,13 +170,27 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
                 }
             ),
         }),
+        // Behaviour 17: a version Failed here is not served again once the channel left it (a
+        // promotion with allowFailed holds it by an override, which comes first).
+        (Some(_), Some(number)) if overridden.is_none() && quarantined(observed, channel, number) => Some(Problem {
+            reason: reasons::VERSION_QUARANTINED,
+            message: format!(
+                "Version {number} Failed in channel {name} and is quarantined here: it is not served again but \
+                     by an AgentPromotion with allowFailed: true; {}",
+                match served_before(channel) {
+                    Some(served) => format!("the channel keeps serving version {served}."),
+                    None => "the channel serves nothing.".to_string(),
+                },
+                name = channel.channel.name_any()
+            ),
+        }),
         _ => None,
     };
     // What it serves: its override's version or its desired version, or, when that cannot be
     // served, what it served.
     let serving = match &problem {
         None => overridden.as_ref().map(|o| o.version).or(desired),
-        Some(_) => existing.version.filter(|n| observed.agent.is_some() && observed.version(*n).is_some()),
+        Some(_) => served_before(channel).filter(|n| observed.agent.is_some() && observed.version(*n).is_some()),
     };
     let (mut steps, delivery_status, state) = match serving.and_then(|n| observed.version(n)) {
         Some(version) => {
@@ -234,6 +250,19 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
         }));
     }
     steps
+}
+
+/// Whether `number`, the channel's desired version, is quarantined there (behaviour 17): it
+/// Failed in the channel, and the channel no longer serves it.
+pub fn quarantined(observed: &Observed, channel: &ChannelObserved, number: i64) -> bool {
+    moves::verdict(observed, number, &channel.channel.name_any()) == Some(analysis::FAILED)
+        && served_before(channel) != Some(number)
+}
+
+/// What the channel served: its status says, or, that lost, its ConfigMap, which holds it.
+pub fn served_before(channel: &ChannelObserved) -> Option<i64> {
+    let status = channel.channel.status.as_ref().and_then(|s| s.version);
+    status.or_else(|| channel.config_map.as_ref()?.held.as_ref().map(|h| h.version))
 }
 
 /// `Healthy`: True once the served version passed its analysis, False when it failed, Unknown
@@ -328,7 +357,13 @@ mod tests {
         let mut observed = Observed::new("ns".into(), "support".into(), Some(agent), versions, vec![]);
         observed.channels = channels
             .into_iter()
-            .map(|channel| ChannelObserved { channel, config_map: None, workloads: vec![], last_restart: None })
+            .map(|channel| ChannelObserved {
+                channel,
+                config_map: None,
+                workloads: vec![],
+                last_restart: None,
+                measurements: Vec::new(),
+            })
             .collect();
         observed
     }
@@ -402,6 +437,39 @@ mod tests {
             stalled.message.contains("spec.version: version 9") && stalled.message.contains("keeps serving version 2")
         );
         assert!(steps.iter().any(|s| matches!(s, Step::One(Write::Event(e)) if e.reason == events::DELIVERY_BLOCKED)));
+    }
+
+    #[test]
+    fn a_version_failed_in_the_channel_is_not_served_there_again_once_left() {
+        let mut observed = observed(vec![channel("prod", None)]);
+        observed.versions[2]
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(moves::health_key("prod"), analysis::FAILED.into());
+        // Still serving it: it stays (the automatic rollback, or a person, moves it).
+        let mut serving_it = observed.channels[0].channel.clone();
+        serving_it.status = Some(AgentChannelStatus { version: Some(3), ..Default::default() });
+        observed.channels[0].channel = serving_it;
+        let status = status_write(&decide(&observed, &now())).clone();
+        assert_eq!((status.version, status.condition(STALLED).map(|c| c.status.as_str())), (Some(3), Some("False")));
+
+        // Left for version 2: the Agent's active version 3 is not served again.
+        let mut left = observed.channels[0].channel.clone();
+        left.status = Some(AgentChannelStatus { version: Some(2), ..Default::default() });
+        observed.channels[0].channel = left;
+        let steps = decide(&observed, &now());
+        let status = status_write(&steps);
+        assert_eq!((status.version, status.desired_version), (Some(2), Some(3)));
+        let stalled = status.condition(STALLED).unwrap();
+        assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", reasons::VERSION_QUARANTINED));
+        assert!(stalled.message.contains("allowFailed"), "{}", stalled.message);
+        assert!(in_use(&observed).contains(&2), "the version it keeps serving is in use");
+        let writes_3 = steps.iter().any(|s| {
+            matches!(s, Step::One(Write::ApplyConfigMap { config_map, .. })
+                if config_map.data.as_ref().is_some_and(|d| d.contains_key("agent-v3.json")))
+        });
+        assert!(!writes_3, "version 3 delivered to the channel: {steps:?}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod analysis;
 pub mod channel;
+pub mod checks;
 pub mod delivery;
 pub mod driver;
 pub mod durable;
@@ -465,6 +466,7 @@ impl Observed {
                             config_map: None,
                             workloads: Vec::new(),
                             last_restart: None,
+                            measurements: Vec::new(),
                         };
                         self.channels.push(observed);
                         self.channels.sort_by_key(|c| c.channel.name_any());

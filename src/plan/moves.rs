@@ -383,11 +383,17 @@ impl PromotionFailure {
     }
 }
 
-/// The version a channel serves: its override's, else its desired version.
+/// The version a channel serves: its override's, else its desired version, unless that is
+/// quarantined there, when it keeps what it served.
 pub fn serving(observed: &Observed, channel: &ChannelObserved) -> Option<i64> {
     match hold(observed, channel) {
         Hold::Held { to, .. } => Some(to.version),
-        _ => super::channel::desired(&channel.channel, observed),
+        _ => match super::channel::desired(&channel.channel, observed) {
+            Some(number) if super::channel::quarantined(observed, channel, number) => {
+                super::channel::served_before(channel)
+            }
+            desired => desired,
+        },
     }
 }
 
@@ -694,8 +700,13 @@ mod tests {
         prod.metadata.namespace = Some("ns".into());
         prod.metadata.uid = Some("uid-prod".into());
         prod.metadata.generation = Some(1);
-        observed.channels =
-            vec![ChannelObserved { channel: prod, config_map: None, workloads: vec![], last_restart: None }];
+        observed.channels = vec![ChannelObserved {
+            channel: prod,
+            config_map: None,
+            workloads: vec![],
+            last_restart: None,
+            measurements: Vec::new(),
+        }];
         observed
     }
 

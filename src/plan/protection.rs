@@ -71,7 +71,13 @@ mod tests {
             "prod",
             AgentChannelSpec { agent_name: "support".into(), version: pin, delivery: None, analysis: None },
         );
-        observed.channels = vec![ChannelObserved { channel, config_map: None, workloads: vec![], last_restart: None }];
+        observed.channels = vec![ChannelObserved {
+            channel,
+            config_map: None,
+            workloads: vec![],
+            last_restart: None,
+            measurements: Vec::new(),
+        }];
         observed
     }
 

@@ -183,7 +183,13 @@ pub async fn world(session: &Session, name: &str) -> anyhow::Result<Observed> {
     observed.channels = channels_if_allowed(session, name)
         .await?
         .into_iter()
-        .map(|channel| ChannelObserved { channel, config_map: None, workloads: Vec::new(), last_restart: None })
+        .map(|channel| ChannelObserved {
+            channel,
+            config_map: None,
+            workloads: Vec::new(),
+            last_restart: None,
+            measurements: Vec::new(),
+        })
         .collect();
     let names: Vec<String> = observed.channels.iter().map(|c| c.channel.name_any()).collect();
     observed.promotions = Promotions::new(promotions.into_iter().filter(|p| names.contains(&p.spec.channel)).collect());

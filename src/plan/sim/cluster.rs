@@ -259,7 +259,13 @@ impl Cluster {
             .into_iter()
             .map(|channel| {
                 let config_map = self.channel_config_maps.get(&channel.name_any()).map(|(state, _)| state.clone());
-                ChannelObserved { channel, config_map, workloads: Vec::new(), last_restart: None }
+                ChannelObserved {
+                    channel,
+                    config_map,
+                    workloads: Vec::new(),
+                    last_restart: None,
+                    measurements: Vec::new(),
+                }
             })
             .collect();
         observed.promotions = Promotions::new(self.promotions.clone());
