@@ -49,6 +49,7 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub rollbacks: Family<RollbackLabels, Counter>,
     pub versions_published: Counter,
+    pub automatic_rollbacks: Counter,
     pub delivery_duration: Histogram,
     pub leader: Gauge,
     pub tracked_agents: Gauge,
@@ -71,6 +72,12 @@ impl Default for Metrics {
         registry.register("rollbacks", "Finished rollbacks by strategy and outcome", rollbacks.clone());
         let versions_published = Counter::default();
         registry.register("versions_published", "Versions published from Agent edits", versions_published.clone());
+        let automatic_rollbacks = Counter::default();
+        registry.register(
+            "automatic_rollbacks",
+            "AgentRollbacks the operator created, a version having failed in the channel it served",
+            automatic_rollbacks.clone(),
+        );
         // 0.25 s to about 17 min.
         let delivery_duration = Histogram::new(exponential_buckets(0.25, 2.0, 13));
         registry.register(
@@ -124,6 +131,7 @@ impl Default for Metrics {
             errors,
             rollbacks,
             versions_published,
+            automatic_rollbacks,
             delivery_duration,
             leader,
             tracked_agents,

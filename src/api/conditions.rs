@@ -91,6 +91,9 @@ pub mod events {
     pub const PROMOTION_STARTED: &str = "PromotionStarted";
     pub const PROMOTION_SUCCEEDED: &str = "PromotionSucceeded";
     pub const PROMOTION_FAILED: &str = "PromotionFailed";
+    /// On a channel: the operator created an AgentRollback of it, its served version having
+    /// failed there.
+    pub const AUTOMATIC_ROLLBACK: &str = "AutomaticRollback";
 }
 
 /// Lookups of a status's conditions by type.

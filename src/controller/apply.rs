@@ -111,6 +111,7 @@ async fn apply_one(ctx: &Context, observed: &Observed, write: Write) -> Result<O
                 Err(source) => Err(Error::JudgeVersion { namespace: ns.into(), name, source }),
             }
         }
+        Write::CreateRollback(rollback) => create_rollback(ctx, ns, *rollback).await,
         Write::SetVersionFinalizers { name, resource_version, finalizers } => {
             set_finalizers(ctx, ns, name, resource_version, finalizers).await
         }
@@ -280,6 +281,25 @@ async fn create_version(ctx: &Context, observed: &Observed, version: &AgentVersi
         }
         Err(source) => Err(Error::CreateVersion { namespace: ns.into(), name: version.name_any(), source }),
     }
+}
+
+/// Creates an automatic rollback as the operator's own request; a name taken means it was made
+/// before (its name is the exactly-once guard): it is read back.
+async fn create_rollback(ctx: &Context, ns: &str, mut rollback: AgentRollback) -> Result<Outcome> {
+    let name = rollback.name_any();
+    let failed = |source| Error::WriteRollback { namespace: ns.into(), name: name.clone(), source };
+    rollback.spec.requested_by = Some(ctx.identity().await.map_err(failed)?);
+    let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    let made = match api.create(&params, &rollback).await {
+        Ok(made) => {
+            ctx.metrics.automatic_rollbacks.inc();
+            made
+        }
+        Err(e) if status_code(&e) == Some(409) => api.get(&name).await.map_err(failed)?,
+        Err(source) => return Err(failed(source)),
+    };
+    Ok(Outcome::Done(Applied::Rollback(Box::new(made))))
 }
 
 /// Replaces a version's finalizers, on condition that it is still at `resource_version` (a

@@ -69,6 +69,8 @@ pub struct Context {
     listed: tokio::sync::watch::Sender<bool>,
     /// The HTTP client of the channels' prometheus checks.
     pub http: reqwest::Client,
+    /// The username the API server knows the operator by, asked once (see [`Self::identity`]).
+    identity: tokio::sync::OnceCell<String>,
 }
 
 /// The watch caches a [`Context`] reads.
@@ -108,7 +110,21 @@ impl Context {
             turns: Turns::default(),
             listed: tokio::sync::watch::channel(false).0,
             http: super::prometheus::client(),
+            identity: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The operator's own username, as the API server authenticates it (a SelfSubjectReview,
+    /// which every authenticated user may make): the `requestedBy` of its automatic rollbacks,
+    /// which a cluster without mutating admission policies checks against the caller.
+    pub async fn identity(&self) -> Result<String, kube::Error> {
+        use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+        let review = || async {
+            let api: kube::Api<SelfSubjectReview> = kube::Api::all(self.client.clone());
+            let answer = api.create(&Default::default(), &SelfSubjectReview::default()).await?;
+            Ok(answer.status.and_then(|s| s.user_info).and_then(|u| u.username).unwrap_or_default())
+        };
+        self.identity.get_or_try_init(review).await.cloned()
     }
 
     /// Waits until every cache has its first full list (see [`Self::set_listed`]): before, a

@@ -10,11 +10,11 @@ use std::collections::BTreeSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::{Resource, ResourceExt};
 
-use super::analysis;
 use super::delivery::{self, ConfigMapState, DeliveryState, Recipient, Target, WorkloadState};
 use super::moves::{self, Hold};
 use super::status::{ChannelState, ConditionSpec, channel_conditions};
 use super::{EventNote, EventTarget, Observed, Step, Write};
+use super::{analysis, automatic};
 use crate::api::conditions::{HasConditions, IN_SYNC, STALLED, events, reasons};
 use crate::api::{AgentChannel, AgentChannelStatus, AnalysisPhase, AnalysisStatus, ChannelOverride};
 
@@ -204,12 +204,24 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
         // Recorded before any status says so: the verdict is the durable state.
         return vec![verdict.into()];
     }
+    let mut judged = judgement.status;
+    match automatic::decide(observed, channel, serving) {
+        automatic::Decision::Create(rollback, note) => {
+            return vec![Write::CreateRollback(rollback).into(), Write::Event(note).into()];
+        }
+        automatic::Decision::Hold(why) => {
+            if let Some(analysis) = judged.as_mut() {
+                analysis.message = Some(format!("{} Held: {why}", analysis.message.as_deref().unwrap_or_default()));
+            }
+        }
+        automatic::Decision::Nothing => {}
+    }
     let mut status = AgentChannelStatus {
         version: serving.or(existing.version),
         desired_version: desired,
         override_: overridden.clone(),
         last_known_good_version: analysis::last_known_good(observed, &channel.channel.name_any()),
-        analysis: judgement.status,
+        analysis: judged,
         delivery: delivery_status,
         observed_generation: channel.channel.metadata.generation,
         ..existing.clone()

@@ -9,6 +9,7 @@
 //! done and the decision carries on from there.
 
 pub mod analysis;
+pub mod automatic;
 pub mod channel;
 pub mod checks;
 pub mod delivery;
@@ -618,6 +619,9 @@ pub enum Write {
     SetVersionFinalizers { name: String, resource_version: String, finalizers: Vec<String> },
     /// List the namespace's promotions from the API server.
     ListPromotions,
+    /// Create an automatic rollback (see [`automatic`]); its name taken, read it back: it was
+    /// created before.
+    CreateRollback(Box<AgentRollback>),
     /// Read a channel live: moves name it that the watch does not show, and fail with
     /// `ChannelNotFound` only if the API server has none either.
     ReadChannel { name: String },

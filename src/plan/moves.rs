@@ -793,6 +793,14 @@ mod tests {
                     agent.status = Some(*status);
                     Applied::Agent(Box::new(agent))
                 }
+                Write::CreateRollback(rollback) => {
+                    let mut rollback = *rollback;
+                    rollback.metadata.uid = Some(format!("uid-{}", rollback.name_any()));
+                    rollback.metadata.resource_version = revision;
+                    rollback.metadata.creation_timestamp = Some(now());
+                    self.records.push((rollback.name_any(), None));
+                    Applied::Rollback(Box::new(rollback))
+                }
                 Write::SetVersionFinalizers { name, finalizers, .. } => {
                     let mut version = observed.versions.iter().find(|v| v.name_any() == name).unwrap().clone();
                     version.metadata.finalizers = Some(finalizers);
@@ -835,6 +843,51 @@ mod tests {
 
     fn prod(observed: &Observed) -> &ChannelObserved {
         &observed.channels[0]
+    }
+
+    /// Labels version `number` with `verdict` in channel `prod`, as a verdict's write does.
+    fn judged(observed: &mut Observed, number: i64, verdict: &str) {
+        let mut version = observed.version(number).unwrap().clone();
+        version.metadata.labels.get_or_insert_default().insert(health_key("prod"), verdict.into());
+        let why =
+            format!("Version {number} failed in channel prod: Check error-rate failed: 0.5 is outside [-inf, 0.02].");
+        version.metadata.annotations.get_or_insert_default().insert(health_key("prod"), why);
+        observed.fold(Applied::VersionPatched(Box::new(version)));
+    }
+
+    #[test]
+    fn a_version_failed_where_it_is_served_is_rolled_back_once_to_the_last_known_good_and_never_flipped() {
+        let mut observed = observed(2);
+        let mut server = new_server();
+        server.run(&mut observed, None);
+        judged(&mut observed, 1, "Healthy");
+        judged(&mut observed, 2, "Failed");
+        server.run(&mut observed, None);
+
+        let auto = observed.rollback("prod-auto-v2").expect("the automatic rollback").clone();
+        assert_eq!(
+            (auto.spec.strategy, auto.spec.channel.as_deref(), auto.spec.expected_active_version),
+            (RollbackStrategy::LastKnownGood, Some("prod"), Some(2))
+        );
+        assert!(auto.spec.reason.as_deref().unwrap().contains("error-rate"), "{:?}", auto.spec.reason);
+        let status = prod(&observed).channel.status.clone().unwrap();
+        assert_eq!((status.version, status.desired_version), (Some(1), Some(2)));
+        assert_eq!(status.override_.unwrap().rollback.as_deref(), Some("prod-auto-v2"));
+        assert_eq!(auto.status.unwrap().phase, Some(RollbackPhase::Succeeded));
+        let created = server.records.iter().filter(|(name, _)| name == "prod-auto-v2").count();
+
+        // Nothing more: the name is the guard.
+        server.run(&mut observed, None);
+        assert_eq!(server.records.iter().filter(|(name, _)| name == "prod-auto-v2").count(), created);
+
+        // The version it went back to fails too: held, not flipped back.
+        judged(&mut observed, 1, "Failed");
+        server.run(&mut observed, None);
+        assert!(observed.rollback("prod-auto-v1").is_none());
+        let status = prod(&observed).channel.status.clone().unwrap();
+        assert_eq!(status.version, Some(1));
+        let healthy = status.condition(crate::api::conditions::HEALTHY).unwrap();
+        assert!(healthy.message.contains("Held: AgentRollback prod-auto-v2 went back to it"), "{}", healthy.message);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 #   --api-flag=FLAG            one more kube-apiserver flag (repeatable), for a control plane
 #                              configured unlike the default (some API turned off)
 #
+# Beside it, a Prometheus (PROMETHEUS_URL), for the analysis checks.
 # DIR receives: admin.kubeconfig, pki/ (the CA that also signs client certificates, see
 # user-cert.sh), env (KUBECONFIG and the ports, for sourcing), ready (written once /readyz
 # answers), logs/. Everything started is stopped on exit, also on failure or interruption.
@@ -71,6 +72,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 ETCD_PORT=$(free_port)
 PEER_PORT=$(free_port)
 API_PORT=$(free_port)
+PROMETHEUS_PORT=$(free_port)
 url=https://$addr:$API_PORT
 
 # --- certificates: one CA signs the serving cert and every client cert -----------------------
@@ -207,6 +209,35 @@ done
 ready_s=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
 log "Control plane $K8S_VERSION (etcd $ETCD_VERSION) ready in ${ready_s}s at $url"
 
+# --- Prometheus -------------------------------------------------------------------------------
+# For the channels' prometheus checks: a real one beside the control plane, on the address pods
+# reach. It scrapes every pod annotated prometheus.io/scrape: "true" (the example runtime), found
+# through the API server, every second, with the pod's labels.
+mkdir -p "$D/prometheus"
+cat >"$D/prometheus/prometheus.yml" <<PROMETHEUS
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+scrape_configs:
+  - job_name: pods
+    kubernetes_sd_configs: [{role: pod, kubeconfig_file: $D/admin.kubeconfig}]
+    relabel_configs:
+      - {source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape], regex: "true", action: keep}
+      - {source_labels: [__meta_kubernetes_pod_phase], regex: Running, action: keep}
+      - {action: labelmap, regex: __meta_kubernetes_pod_label_(.+)}
+      - {source_labels: [__meta_kubernetes_namespace], target_label: namespace}
+      - {source_labels: [__meta_kubernetes_pod_name], target_label: pod}
+PROMETHEUS
+"$PROMETHEUS_BIN/prometheus" --config.file="$D/prometheus/prometheus.yml" \
+  --storage.tsdb.path="$D/prometheus/data" --web.listen-address="$addr:$PROMETHEUS_PORT" \
+  >"$D/logs/prometheus.log" 2>&1 &
+pids+=($!)
+PROMETHEUS_URL=http://$addr:$PROMETHEUS_PORT
+until curl -sf "$PROMETHEUS_URL/-/ready" >/dev/null; do
+  exit_if_one_exited
+  if (($(date +%s) - ${start%.*} > 120)); then log "Prometheus not ready after 120 s; logs in $D/logs"; exit 1; fi
+  sleep 0.2
+done
+log "Prometheus $PROMETHEUS_VERSION ready at $PROMETHEUS_URL"
+
 cat >"$D/env" <<EOF
 export KUBECONFIG=$D/admin.kubeconfig
 export AGENT_OPERATOR_TEST_KUBECONFIG=$D/admin.kubeconfig
@@ -216,6 +247,7 @@ export HELM_BIN=$HELM_BIN
 export API_PORT=$API_PORT
 export API_ADDR=$addr
 export AGENT_OPERATOR_TEST_NODE=$node
+export PROMETHEUS_URL=$PROMETHEUS_URL
 EOF
 if [[ -n $node ]]; then
   "$K8S_BIN/kubectl" create clusterrolebinding kube-apiserver-kubelet-client \
@@ -228,7 +260,7 @@ log "KUBECONFIG=$D/admin.kubeconfig"
 if [[ $# -gt 0 ]]; then
   set +e
   PATH="$K8S_BIN:$HELM_BIN:$PATH" AGENT_OPERATOR_TEST_KUBECONFIG=$KUBECONFIG AGENT_OPERATOR_TEST_PKI=$pki \
-    AGENT_OPERATOR_TEST_NODE=$node "$@"
+    AGENT_OPERATOR_TEST_NODE=$node PROMETHEUS_URL=$PROMETHEUS_URL "$@"
   exit $?
 fi
 # Serve until signalled, or until whoever started us is gone (with --exit-with-parent).

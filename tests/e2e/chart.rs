@@ -139,6 +139,8 @@ async fn the_operators_identity_is_refused_everything_beyond_its_job() {
         vec!["auth", "can-i", "patch", "agentchannels", "--subresource=status", "-n", ns.as_str()],
         vec!["auth", "can-i", "patch", "agentrollbacks", "-n", ns.as_str()],
         vec!["auth", "can-i", "update", "agentrollbacks", "--subresource=status", "-n", ns.as_str()],
+        // A channel's automatic rollback.
+        vec!["auth", "can-i", "create", "agentrollbacks", "-n", ns.as_str()],
         vec!["auth", "can-i", "create", "configmaps", "-n", ns.as_str()],
         vec!["auth", "can-i", "patch", "configmaps", "-n", ns.as_str()],
     ] {

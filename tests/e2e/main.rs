@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod analysis;
 mod channels;
 mod chart;
 mod control_plane;

@@ -466,6 +466,7 @@ impl Cluster {
             }
             Write::JudgeVersion { .. } => unreachable!("the modelled channels bake longer than any test"),
             Write::RollWorkload { .. } => unreachable!("the modelled Agent and channels list no workloads"),
+            Write::CreateRollback(_) => unreachable!("the modelled channels judge no version"),
         }
     }
 
