@@ -8,13 +8,23 @@
 //! files on every request, so a ConfigMap the kubelet refreshes is served without a restart.
 //! Standard library only: it builds into a tiny static image (`scripts/image.sh runtime`).
 //!
+//! `/metrics` serves, in Prometheus's text format, `agent_requests_total` and
+//! `agent_errors_total` by `version` (the pod's own), and `/healthz` whether its definition is
+//! delivered, for the readiness probe (neither is counted as a request).
+//!
 //! For trying the operator's judgement of versions, a definition can ask it to misbehave:
 //! `advancedSettings: {runtime.exitAfterSeconds: "N"}` has it exit (status 3) N seconds after
-//! it starts with that definition, so its container restarts.
+//! it starts with that definition, so its container restarts; `runtime.failRequests: "true"`
+//! has it answer every request with an error (500).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Requests answered with the definition, and those answered with an error.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+static ERRORS: AtomicU64 = AtomicU64::new(0);
 
 fn main() -> std::io::Result<()> {
     let dir = std::env::var("AGENT_DIR").unwrap_or_else(|_| "/etc/agent".into());
@@ -39,6 +49,8 @@ fn main() -> std::io::Result<()> {
 
 /// The `advancedSettings` key that has the runtime exit, to restart its container.
 const EXIT_AFTER_SECONDS: &str = "runtime.exitAfterSeconds";
+/// The `advancedSettings` key that has the runtime answer every request with an error.
+const FAIL_REQUESTS: &str = "runtime.failRequests";
 
 /// The definition this pod serves and its version: its own version's key, else `agent.json`.
 fn definition(dir: &Path) -> std::io::Result<(String, String)> {
@@ -59,22 +71,60 @@ fn setting(definition: &str, key: &str) -> Option<String> {
 
 fn answer(stream: TcpStream, dir: &Path) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
-    // The request line and headers, up to the blank line; every path gets the definition.
+    // The request line, then the headers up to the blank line.
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
     let mut line = String::new();
     while reader.read_line(&mut line)? > 2 {
         line.clear();
     }
-    let delivered = definition(dir);
-    let (status, body, version) = match delivered {
-        Ok((body, version)) => ("200 OK", body, version),
-        _ => ("503 Service Unavailable", "{\"error\":\"no agent definition delivered yet\"}".into(), String::new()),
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let own = std::env::var("AGENT_VERSION").unwrap_or_default();
+    let (status, content_type, body, version) = match path {
+        // Ready once its definition is delivered.
+        "/healthz" => match definition(dir) {
+            Ok(_) => ("200 OK", "text/plain", "ok\n".to_string(), own),
+            Err(_) => ("503 Service Unavailable", "text/plain", "no agent definition delivered yet\n".to_string(), own),
+        },
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics(&own), own),
+        _ => match definition(dir) {
+            Ok((body, version)) if setting(&body, FAIL_REQUESTS).as_deref() == Some("true") => {
+                ERRORS.fetch_add(1, Ordering::Relaxed);
+                let error = format!("{{\"error\":\"version {} asks to fail ({FAIL_REQUESTS})\"}}", version.trim());
+                ("500 Internal Server Error", "application/json", error, version)
+            }
+            Ok((body, version)) => {
+                REQUESTS.fetch_add(1, Ordering::Relaxed);
+                ("200 OK", "application/json", body, version)
+            }
+            Err(_) => {
+                let error = "{\"error\":\"no agent definition delivered yet\"}".to_string();
+                ("503 Service Unavailable", "application/json", error, String::new())
+            }
+        },
     };
     let mut stream = stream;
     write!(
         stream,
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Agent-Version: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nX-Agent-Version: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         version.trim(),
         body.len()
     )?;
     stream.flush()
+}
+
+/// The counters, in Prometheus's text format, by the pod's own version.
+fn metrics(version: &str) -> String {
+    let version = if version.is_empty() { "unknown" } else { version };
+    let mut text = String::new();
+    for (name, help, value) in [
+        ("agent_requests_total", "Requests answered with the definition.", &REQUESTS),
+        ("agent_errors_total", "Requests answered with an error.", &ERRORS),
+    ] {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{version=\"{version}\"}} {}\n",
+            value.load(Ordering::Relaxed)
+        ));
+    }
+    text
 }

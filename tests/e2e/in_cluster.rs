@@ -481,6 +481,85 @@ async fn a_restart_fails_the_version_that_baked(s: &Setup) {
     assert_eq!(got, "crashy i1");
 }
 
+/// Prometheus scrapes a channel's runtime; a version whose runtime answers every request with an
+/// error fails the channel's error check, and the operator rolls the channel back to its last
+/// known good. Ten times, each timed from the test seeing the verdict (the failing measurement's
+/// sync writes it) and from the bad version's publish to the runtime serving the good one again.
+async fn errors_roll_the_channel_back(s: &Setup) {
+    let prometheus = std::env::var("PROMETHEUS_URL").expect("PROMETHEUS_URL");
+    let spec = |i: usize, bad: bool| {
+        let mut spec = serde_json::json!({"instructions": format!("judged i{i}"), "revisionHistoryLimit": 4});
+        if bad {
+            spec["advancedSettings"] = serde_json::json!({"runtime.failRequests": "true"});
+        }
+        spec
+    };
+    s.apply_agent("judged", spec(0, false)).await;
+    s.settled_agent("judged").await;
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.ns);
+    deployments.create(&Default::default(), &channel_runtime("errors")).await.unwrap();
+    let query = r#"sum(agent_errors_total{app="$channel-runtime",version="$version"})"#;
+    let body = serde_json::json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "AgentChannel",
+        "metadata": {"name": "errors"}, "spec": {"agentName": "judged",
+        "analysis": {"bakeSeconds": 2, "progressDeadlineSeconds": 120, "checks": [{"name": "errors",
+            "prometheus": {"address": prometheus, "query": query}, "intervalSeconds": 1, "successRange": {"max": 0}}]},
+        "delivery": {"restart": [{"kind": "Deployment", "name": "errors-runtime"}]}}});
+    let channels: Api<AgentChannel> = Api::namespaced(s.client.clone(), &s.ns);
+    channels.patch("errors", &PatchParams::apply("tests").force(), &Patch::Apply(body)).await.unwrap();
+
+    // Users: a request to each Ready pod of the runtime every 200 ms.
+    let (client, ns) = (s.client.clone(), s.ns.clone());
+    let traffic = tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client, &ns);
+        loop {
+            if let Ok(list) = pods.list(&ListParams::default().labels("app=errors-runtime")).await {
+                for pod in list.items.iter().filter(|p| is_ready(p)) {
+                    if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
+                        let _ = http_get(ip, 8080, "/").await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let verdict = |number: i64| async move {
+        let versions = s.versions("judged").await;
+        let version = versions.into_iter().find(|v| v.spec.version == number)?;
+        version.labels().get("health.agentops.dev/errors").cloned()
+    };
+    let newest = || async { s.versions("judged").await.last().map(|v| v.spec.version).unwrap() };
+    assert_eq!(eventually(Duration::from_secs(120), || verdict(1)).await, "Healthy");
+
+    let (mut from_verdict, mut from_publish) = (Vec::new(), Vec::new());
+    for run in 1..=10 {
+        let good = newest().await;
+        let published = Instant::now();
+        s.apply_agent("judged", spec(run, true)).await;
+        let bad = eventually(Duration::from_secs(30), || async { (newest().await > good).then_some(newest().await) }).await;
+        let failed = eventually(Duration::from_secs(120), || async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            verdict(bad).await.filter(|v| v == "Failed")
+        })
+        .await;
+        let seen = Instant::now();
+        let text = format!("judged i{}", run - 1);
+        let got = eventually(Duration::from_secs(120), || served(&s.client, &s.ns, "errors", good)).await;
+        assert_eq!((failed.as_str(), got.as_str()), ("Failed", text.as_str()), "run {run}");
+        s.expect_outcome(&format!("errors-auto-v{bad}"), Ok(good), "the automatic rollback").await;
+        from_verdict.push(seen.elapsed());
+        from_publish.push(published.elapsed());
+        // A good version next, Healthy: the last known good of the next run.
+        s.apply_agent("judged", spec(run, false)).await;
+        let next = eventually(Duration::from_secs(30), || async { (newest().await > bad).then_some(newest().await) }).await;
+        assert_eq!(eventually(Duration::from_secs(120), || verdict(next)).await, "Healthy", "run {run}");
+    }
+    traffic.abort();
+    let (p50, max) = p50_max(from_verdict);
+    println!("failing check's verdict to the runtime serving the last known good (10): p50 {p50:.2?}, max {max:.2?}");
+    let (p50, max) = p50_max(from_publish);
+    println!("bad version's publish to the runtime serving the last known good (10): p50 {p50:.2?}, max {max:.2?}");
+}
+
 fn p50_max(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
     (samples[samples.len() / 2], *samples.last().unwrap())
@@ -605,6 +684,7 @@ async fn a_rollback_changes_what_the_running_agent_serves_with_and_without_resta
 
     channels_on_the_node(&s).await;
     a_restart_fails_the_version_that_baked(&s).await;
+    errors_roll_the_channel_back(&s).await;
 
     ok(&helm(&["uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "120s"]), "helm uninstall");
     eventually(Duration::from_secs(60), || async { operator_pods(&s.client).await.is_empty().then_some(()) }).await;
