@@ -174,3 +174,110 @@ async fn a_missing_signal_fails_nothing_and_hold_keeps_a_failed_version() {
     assert!(rollbacks.iter().all(|r| r.status.as_ref().and_then(|s| s.phase) != Some(RollbackPhase::Running)));
     assert!(rollbacks.is_empty(), "{:?}", rollbacks.iter().map(|r| r.name_any()).collect::<Vec<_>>());
 }
+
+/// A ValidatingAdmissionPolicy of the test's, refusing `operation` on AgentRollbacks in the
+/// namespace while it stands: it holds the operator between two of its steps, to be killed there.
+struct Refusal {
+    name: String,
+}
+
+impl Refusal {
+    async fn install(s: &Setup, operation: &str) -> Self {
+        let name = format!("hold-{}-{}", operation.to_lowercase(), s.ns);
+        let manifest = json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+             "metadata": {"name": name},
+             "spec": {"failurePolicy": "Fail",
+                      "matchConstraints": {
+                          "resourceRules": [{"apiGroups": ["agentops.dev"], "apiVersions": ["*"],
+                                             "operations": [operation], "resources": ["agentrollbacks"]}],
+                          "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": s.ns}}},
+                      "validations": [{"expression": "false", "message": "held by the test"}]}},
+            {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+             "metadata": {"name": name}, "spec": {"policyName": name, "validationActions": ["Deny"]}}
+        ]});
+        let out = crate::support::kubectl(&["apply", "-f", "-"], Some(&manifest.to_string()));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let refusal = Self { name };
+        refusal.wait(s, true).await;
+        refusal
+    }
+
+    /// Waits until a dry-run create of a rollback meets the policy (`refused`) or passes: a
+    /// policy takes effect a moment after it is made or removed. (A dry run goes through
+    /// admission for UPDATE policies too: the probe is a CREATE, so an UPDATE policy is waited
+    /// for by time.)
+    async fn wait(&self, s: &Setup, refused: bool) {
+        if self.name.starts_with("hold-update") {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return;
+        }
+        let probe: agent_operator::api::AgentRollback = serde_json::from_value(json!({
+            "metadata": {"name": "probe"}, "spec": {"agentName": "support", "strategy": "Previous"}}))
+        .unwrap();
+        let dry_run = kube::api::PostParams { dry_run: true, ..Default::default() };
+        eventually(WAIT, || async {
+            let result = s.rollbacks().create(&dry_run, &probe).await;
+            let met = result.as_ref().is_err_and(|e| e.to_string().contains("held by the test"));
+            (met == refused).then_some(())
+        })
+        .await;
+    }
+
+    async fn remove(self, s: &Setup) {
+        let kinds = "validatingadmissionpolicybinding,validatingadmissionpolicy";
+        let out = crate::support::kubectl(&["delete", kinds, &self.name], None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        self.wait(s, false).await;
+    }
+}
+
+#[tokio::test]
+async fn killed_between_the_verdict_and_the_rollback_or_after_it_the_operator_rolls_back_once() {
+    let mut s = setup("e2e-analysis-crash").await;
+    s.agent_with_versions("support", 1, 10).await;
+    apply_channel(&s, "staging", json!({"bakeSeconds": 1, "checks": [version_check(1.0)]}), None).await;
+    assert_eq!(verdict(&s, 1, "staging").await.0, "Healthy");
+
+    // Between: version 2 fails, and the create of its rollback is refused until the operator
+    // is killed; a new operator makes it.
+    let refusal = Refusal::install(&s, "CREATE").await;
+    s.apply_agent("support", json!({"instructions": "i2", "revisionHistoryLimit": 10})).await;
+    assert_eq!(verdict(&s, 2, "staging").await.0, "Failed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.operator = None;
+    assert!(s.rollbacks().get_opt("staging-auto-v2").await.unwrap().is_none(), "made while refused");
+    refusal.remove(&s).await;
+    s.operator = Some(crate::support::Operator::start(&s.ns));
+    s.expect_outcome("staging-auto-v2", Ok(1), "made by the next operator").await;
+
+    // After: version 3's rollback is made, and its start refused until the operator is killed;
+    // a new operator runs it, once. Version 3 is served under a check it passes, then (the
+    // refusal in place, as it would also refuse ending version 2's override) under one it
+    // fails: checks judge the versions not yet judged.
+    apply_channel(&s, "staging", json!({"bakeSeconds": 600, "checks": [version_check(10.0)]}), None).await;
+    s.apply_agent("support", json!({"instructions": "i3", "revisionHistoryLimit": 10})).await;
+    channel_where(&s, "staging", |c| {
+        let analysis = c.status.as_ref().and_then(|s| s.analysis.as_ref());
+        serving(c) == Some(3) && analysis.is_some_and(|a| a.checks.iter().any(|c| c.measurements > 0))
+    })
+    .await;
+    let refusal = Refusal::install(&s, "UPDATE").await;
+    apply_channel(&s, "staging", json!({"bakeSeconds": 600, "checks": [version_check(1.0)]}), None).await;
+    assert_eq!(verdict(&s, 3, "staging").await.0, "Failed");
+    eventually(WAIT, || async { s.rollbacks().get_opt("staging-auto-v3").await.ok()?.map(|_| ()) }).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.operator = None;
+    refusal.remove(&s).await;
+    s.operator = Some(crate::support::Operator::start(&s.ns));
+    s.expect_outcome("staging-auto-v3", Ok(1), "run by the next operator").await;
+    channel_where(&s, "staging", |c| serving(c) == Some(1)).await;
+
+    let names: Vec<String> =
+        s.rollbacks().list(&Default::default()).await.unwrap().items.iter().map(|r| r.name_any()).collect();
+    assert_eq!(names, ["staging-auto-v2", "staging-auto-v3"]);
+    for name in names {
+        let events = s.wait_events(&name, "RollbackSucceeded", 1).await;
+        assert_eq!(events.iter().filter(|(r, _)| r == "RollbackStarted").count(), 1, "{name}: {events:?}");
+    }
+}

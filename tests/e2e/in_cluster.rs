@@ -535,7 +535,8 @@ async fn errors_roll_the_channel_back(s: &Setup) {
         let good = newest().await;
         let published = Instant::now();
         s.apply_agent("judged", spec(run, true)).await;
-        let bad = eventually(Duration::from_secs(30), || async { (newest().await > good).then_some(newest().await) }).await;
+        let bad =
+            eventually(Duration::from_secs(30), || async { (newest().await > good).then_some(newest().await) }).await;
         let failed = eventually(Duration::from_secs(120), || async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             verdict(bad).await.filter(|v| v == "Failed")
@@ -550,7 +551,8 @@ async fn errors_roll_the_channel_back(s: &Setup) {
         from_publish.push(published.elapsed());
         // A good version next, Healthy: the last known good of the next run.
         s.apply_agent("judged", spec(run, false)).await;
-        let next = eventually(Duration::from_secs(30), || async { (newest().await > bad).then_some(newest().await) }).await;
+        let next =
+            eventually(Duration::from_secs(30), || async { (newest().await > bad).then_some(newest().await) }).await;
         assert_eq!(eventually(Duration::from_secs(120), || verdict(next)).await, "Healthy", "run {run}");
     }
     traffic.abort();
