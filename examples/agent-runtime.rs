@@ -16,6 +16,11 @@
 //! `advancedSettings: {runtime.exitAfterSeconds: "N"}` has it exit (status 3) N seconds after
 //! it starts with that definition, so its container restarts; `runtime.failRequests: "true"`
 //! has it answer every request with an error (500).
+//!
+//! `agent-runtime evaluate` is its evaluation mode, for a channel's `job` check: it checks the
+//! snapshot at `$AGENT_DIR/agent.json` against a small golden set (instructions present, no
+//! step without a prompt, and not `runtime.failEvaluation: "true"`), prints what passed, and
+//! on a failure writes why to its termination message and exits 1.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -28,6 +33,9 @@ static ERRORS: AtomicU64 = AtomicU64::new(0);
 
 fn main() -> std::io::Result<()> {
     let dir = std::env::var("AGENT_DIR").unwrap_or_else(|_| "/etc/agent".into());
+    if std::env::args().nth(1).as_deref() == Some("evaluate") {
+        evaluate(Path::new(&dir));
+    }
     let addr = std::env::var("LISTEN").unwrap_or_else(|_| "0.0.0.0:8080".into());
     let listener = TcpListener::bind(&addr)?;
     eprintln!("serving {dir}/agent.json on {addr}");
@@ -51,6 +59,32 @@ fn main() -> std::io::Result<()> {
 const EXIT_AFTER_SECONDS: &str = "runtime.exitAfterSeconds";
 /// The `advancedSettings` key that has the runtime answer every request with an error.
 const FAIL_REQUESTS: &str = "runtime.failRequests";
+/// The `advancedSettings` key that has the evaluation fail.
+const FAIL_EVALUATION: &str = "runtime.failEvaluation";
+
+/// The evaluation mode: the snapshot against the golden set; exits 0 if every case passes,
+/// else 1 with the failed cases in the termination message.
+fn evaluate(dir: &Path) -> ! {
+    let version = std::env::var("AGENT_VERSION").unwrap_or_default();
+    let snapshot = std::fs::read_to_string(dir.join("agent.json")).unwrap_or_default();
+    let instructions = setting(&snapshot, "instructions").unwrap_or_default();
+    let cases = [
+        ("instructions are present", !instructions.trim().is_empty()),
+        // Every step object of the canonical JSON has its prompt: as many as names.
+        ("every step has a prompt", snapshot.matches("\"name\":").count() <= snapshot.matches("\"prompt\":").count()),
+        ("it does not ask to fail", setting(&snapshot, FAIL_EVALUATION).as_deref() != Some("true")),
+    ];
+    let failed: Vec<&str> = cases.iter().filter(|(_, passed)| !passed).map(|(case, _)| *case).collect();
+    if failed.is_empty() {
+        println!("version {version}: {} of {} golden cases passed", cases.len(), cases.len());
+        std::process::exit(0);
+    }
+    let message =
+        format!("version {version}: {} of {} golden cases failed: {}", failed.len(), cases.len(), failed.join("; "));
+    eprintln!("{message}");
+    let _ = std::fs::write("/dev/termination-log", &message);
+    std::process::exit(1);
+}
 
 /// The definition this pod serves and its version: its own version's key, else `agent.json`.
 fn definition(dir: &Path) -> std::io::Result<(String, String)> {

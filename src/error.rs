@@ -79,6 +79,14 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("failed to create the evaluation Job {namespace}/{name}")]
+    CreateJob {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("failed to set the finalizers of AgentVersion {namespace}/{name}")]
     SetVersionFinalizers {
         namespace: String,
@@ -201,6 +209,7 @@ impl Error {
             Self::GetChannel { .. } => "get_channel",
             Self::JudgeVersion { .. } => "judge_version",
             Self::SetVersionFinalizers { .. } => "set_version_finalizers",
+            Self::CreateJob { .. } => "create_job",
             Self::ReadPods { .. } => "read_pods",
             Self::WriteRollback { .. } => "write_rollback",
             Self::PatchRollbackStatus { .. } => "patch_rollback_status",

@@ -134,7 +134,7 @@ pub enum OnFailure {
 /// One check of a channel's analysis: a name and one provider.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.prometheus)").message("a check needs one provider: prometheus"))]
+#[x_kube(validation = Rule::new("has(self.prometheus) != has(self.job)").message("a check needs exactly one provider: prometheus or job"))]
 #[x_kube(validation = Rule::new("!has(self.successRange) || has(self.prometheus)").message("successRange is for a prometheus check"))]
 pub struct AnalysisCheck {
     /// The check's name, unique in the channel: it names the check in status, Events and the
@@ -145,6 +145,10 @@ pub struct AnalysisCheck {
     /// An instant query of the Prometheus HTTP API that yields one sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusCheck>,
+
+    /// An evaluation run once per version as a Job: Complete passes, Failed fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobCheck>,
 
     /// Seconds between two measurements (default 60).
     #[serde(default = "default_interval_seconds")]
@@ -177,6 +181,24 @@ pub struct PrometheusCheck {
     /// channel's and the version's number.
     #[schemars(length(min = 1, max = 4096))]
     pub query: String,
+}
+
+/// An evaluation Job's pod template. The version's snapshot is mounted at
+/// `/etc/agent/agent.json`, and `AGENT_NAME`, `AGENT_CHANNEL`, `AGENT_VERSION` and
+/// `AGENT_SNAPSHOT_HASH` are set in each container; it runs once (`backoffLimit: 0`, restart
+/// policy `Never`), within `progressDeadlineSeconds`, as the ServiceAccount it names (else the
+/// namespace's default), with no token mounted unless it asks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobCheck {
+    /// A pod template (`metadata`, `spec`), as a Job's.
+    #[schemars(schema_with = "pod_template")]
+    pub template: serde_json::Value,
+}
+
+/// Any object: the operator reads it as a pod template, and says on the channel when it is not
+/// one (the full PodTemplateSpec schema would make the CRD several times larger).
+fn pod_template(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
 }
 
 /// The values a measurement passes with.

@@ -15,7 +15,7 @@ pub use agent::{
 };
 pub use agent_channel::{
     AgentChannel, AgentChannelSpec, AgentChannelStatus, AnalysisCheck, AnalysisPhase, AnalysisSpec, AnalysisStatus,
-    ChannelOverride, CheckStatus, OnFailure, PrometheusCheck, SuccessRange,
+    ChannelOverride, CheckStatus, JobCheck, OnFailure, PrometheusCheck, SuccessRange,
 };
 pub use agent_promotion::{AgentPromotion, AgentPromotionSpec, AgentPromotionStatus};
 pub use agent_rollback::{AgentRollback, AgentRollbackSpec, AgentRollbackStatus, RollbackPhase, RollbackStrategy};

@@ -21,10 +21,11 @@ use crate::api::{AgentChannel, WorkloadKind, WorkloadRef};
 use crate::error::status_code;
 use crate::plan::analysis::judging;
 use crate::plan::channel::{ChannelObserved, config_map_name as channel_config_map_name};
-use crate::plan::checks::{self, Measurement};
+use crate::plan::checks::{self, Measurement, Signal};
 use crate::plan::delivery::{
     CHANNEL_CLAIM_PREFIX, ConfigMapState, Found, Held, Recipient, Rollout, WorkloadState, config_map_name,
 };
+use crate::plan::evaluation::{JobState, job_name as evaluation_job_name};
 use crate::plan::moves::Promotions;
 use crate::plan::rollout::{deployment_rollout, statefulset_rollout};
 use crate::plan::{Applied, Observed, parse_revision, revision};
@@ -64,35 +65,42 @@ async fn observe_channels(ctx: &Context, observed: &mut Observed) -> Result<()> 
         let recipient = Recipient::Channel(channel.name_any());
         let workloads = read_workloads(ctx, &observed.namespace, &recipient, &observed.agent_name, restart).await?;
         let judged = channel.status.as_ref().and_then(|s| s.analysis.as_ref()).filter(|a| judging(a.phase));
-        let (last_restart, measurements) = match judged {
+        let (last_restart, (measurements, jobs_to_make)) = match judged {
             Some(analysis) => {
                 let now = Time(k8s_openapi::jiff::Timestamp::now());
-                let measurements = measure_due(ctx, &observed.agent_name, &channel, analysis, &now).await;
-                (last_restart(ctx, &observed.namespace, &channel).await?, measurements)
+                let measured = measure_due(ctx, &observed.agent_name, &channel, analysis, &now).await?;
+                (last_restart(ctx, &observed.namespace, &channel).await?, measured)
             }
-            None => (None, Vec::new()),
+            None => (None, (Vec::new(), Vec::new())),
         };
-        observed.channels.push(ChannelObserved { channel, config_map, workloads, last_restart, measurements });
+        observed.channels.push(ChannelObserved {
+            channel,
+            config_map,
+            workloads,
+            last_restart,
+            measurements,
+            jobs_to_make,
+        });
     }
     observe_promotions(ctx, observed);
     Ok(())
 }
 
 /// The measurements of the channel's checks due now, once the version under judgement is
-/// delivered (its bake began), all at once.
+/// delivered (its bake began), all at once; and the job checks whose Job is still to be made.
 async fn measure_due(
     ctx: &Context,
     agent: &str,
     channel: &AgentChannel,
     analysis: &crate::api::AnalysisStatus,
     now: &Time,
-) -> Vec<Measurement> {
+) -> Result<(Vec<Measurement>, Vec<String>)> {
     let Some(spec) = channel.spec.analysis.as_ref().filter(|_| analysis.delivered_time.is_some()) else {
-        return Vec::new();
+        return Ok((Vec::new(), Vec::new()));
     };
-    let name = channel.name_any();
+    let (name, namespace) = (channel.name_any(), channel.namespace().unwrap_or_default());
     let due = checks::due(spec, &analysis.checks, now);
-    let measured = due.into_iter().filter_map(|check| {
+    let queries = due.iter().filter_map(|check| {
         let prometheus = check.prometheus.as_ref()?;
         let query = checks::query(&prometheus.query, agent, &name, analysis.version);
         Some(async move {
@@ -100,7 +108,23 @@ async fn measure_due(
             Measurement { check: check.name.clone(), at: now.clone(), signal }
         })
     });
-    futures::future::join_all(measured).await
+    let mut measurements = futures::future::join_all(queries).await;
+    let mut to_make = Vec::new();
+    for check in due.iter().filter(|c| c.job.is_some()) {
+        let job = evaluation_job_name(&name, &check.name, analysis.version);
+        let signal = match super::evaluation::observe(ctx, &namespace, &job).await? {
+            JobState::Absent => {
+                to_make.push(check.name.clone());
+                continue;
+            }
+            JobState::Running => continue,
+            JobState::Complete => Signal::Passed,
+            JobState::Failed(why) => Signal::Failed(why),
+            JobState::CannotStart(why) | JobState::Invalid(why) => Signal::Unavailable(why),
+        };
+        measurements.push(Measurement { check: check.name.clone(), at: now.clone(), signal });
+    }
+    Ok((measurements, to_make))
 }
 
 /// When a container of the channel's workloads' pods last ended to be restarted (its last

@@ -17,6 +17,7 @@ pub mod agent_rollback;
 pub mod apply;
 pub mod context;
 pub mod delivery;
+pub mod evaluation;
 pub mod events;
 pub mod index;
 pub mod lean_agent;

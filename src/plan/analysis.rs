@@ -11,8 +11,9 @@ use k8s_openapi::jiff::SignedDuration;
 use kube::ResourceExt;
 
 use super::channel::ChannelObserved;
-use super::checks::{self, Standing};
+use super::checks::{self, Measurement, Signal, Standing};
 use super::delivery::DeliveryState;
+use super::evaluation;
 use super::moves::verdict;
 use super::{Observed, Write};
 use crate::api::conditions::reasons;
@@ -23,9 +24,12 @@ pub const FAILED: &str = "Failed";
 
 /// Where the judgement of the version a channel serves stands, and the verdict to record if
 /// one was reached.
+#[derive(Default)]
 pub struct Judgement {
     pub status: Option<AnalysisStatus>,
     pub verdict: Option<Write>,
+    /// The evaluation Jobs to make (see `evaluation`).
+    pub jobs: Vec<Write>,
 }
 
 /// Judges `serving` in the channel, delivered as `state` says after this unit's writes.
@@ -42,10 +46,10 @@ pub fn judge(
     let name = channel.channel.name_any();
     let existing = channel.channel.status.as_ref().and_then(|s| s.analysis.clone());
     let (Some(number), false) = (serving, blocked) else {
-        return Judgement { status: existing.filter(|a| Some(a.version) == serving), verdict: None };
+        return Judgement { status: existing.filter(|a| Some(a.version) == serving), ..Judgement::default() };
     };
     let Some(version) = observed.version(number) else {
-        return Judgement { status: existing.filter(|a| a.version == number), verdict: None };
+        return Judgement { status: existing.filter(|a| a.version == number), ..Judgement::default() };
     };
     let same = existing.filter(|a| a.version == number);
     if let Some(found) = verdict(observed, number, &name) {
@@ -57,7 +61,7 @@ pub fn judge(
             same.map_or((None, None, Vec::new()), |a| (a.start_time, a.delivered_time, a.checks));
         let status =
             AnalysisStatus { version: number, phase, start_time, delivered_time, message: Some(message), checks };
-        return Judgement { status: Some(status), verdict: None };
+        return Judgement { status: Some(status), ..Judgement::default() };
     }
     let running = same.filter(|a| a.phase != AnalysisPhase::Healthy && a.phase != AnalysisPhase::Failed);
     let start = running.as_ref().and_then(|a| a.start_time.clone()).unwrap_or_else(|| now.clone());
@@ -74,6 +78,7 @@ pub fn judge(
     };
     let record = |healthy: bool, message: String| Judgement {
         status: Some(running_status(AnalysisPhase::Running, None, message.clone())),
+        jobs: Vec::new(),
         verdict: Some(Write::JudgeVersion {
             name: version.name_any(),
             uid: version.metadata.uid.clone().unwrap_or_default(),
@@ -97,7 +102,22 @@ pub fn judge(
         DeliveryState::Delivered => {
             // Restarts before it was first seen delivered were during its rollout.
             let baked_from = delivered_time.unwrap_or_else(|| now.clone());
-            let (checks, standing) = checks::fold(&analysis, &measured, &channel.measurements);
+            // Each job check's Job still to be made is made now; a template that is no pod
+            // template is no evidence about the version: no signal.
+            let (mut jobs, mut measurements) = (Vec::new(), channel.measurements.clone());
+            for check in analysis.checks.iter().filter(|c| channel.jobs_to_make.contains(&c.name)) {
+                let Some(template) = check.job.as_ref().map(|j| &j.template) else { continue };
+                let deadline = analysis.progress_deadline_seconds;
+                match evaluation::job(channel, &observed.agent_name, check, template, version, deadline) {
+                    Ok(job) => jobs.push(Write::CreateJob(Box::new(job))),
+                    Err(why) => measurements.push(Measurement {
+                        check: check.name.clone(),
+                        at: now.clone(),
+                        signal: Signal::Unavailable(why),
+                    }),
+                }
+            }
+            let (checks, standing) = checks::fold(&analysis, &measured, &measurements);
             if let Standing::Failed(why) = &standing {
                 return record(false, format!("Version {number} failed in channel {name}: {why}"));
             }
@@ -123,7 +143,7 @@ pub fn judge(
             };
             let mut status = running_status(phase, Some(baked_from), message);
             status.checks = checks;
-            Judgement { status: Some(status), verdict: None }
+            Judgement { status: Some(status), jobs, ..Judgement::default() }
         }
         DeliveryState::Blocked { reason, message } if *reason == reasons::ROLLOUT_STUCK => {
             record(false, format!("Version {number} failed the rollout check in channel {name}: {message}"))
@@ -140,14 +160,17 @@ pub fn judge(
                 return record(false, message);
             }
             let message = format!("Rolling out: {progress}");
-            Judgement { status: Some(running_status(AnalysisPhase::Running, delivered_time, message)), verdict: None }
+            Judgement {
+                status: Some(running_status(AnalysisPhase::Running, delivered_time, message)),
+                ..Judgement::default()
+            }
         }
         // Something in the way that is no evidence about the version (a workload missing, a
         // ConfigMap taken): the signal is unavailable.
         DeliveryState::Blocked { message, .. } => {
             let status =
                 running_status(AnalysisPhase::Unknown, None, format!("The rollout cannot be judged: {message}"));
-            Judgement { status: Some(status), verdict: None }
+            Judgement { status: Some(status), ..Judgement::default() }
         }
     }
 }
@@ -213,6 +236,7 @@ mod tests {
             workloads: vec![WorkloadState { workload, found }],
             last_restart: None,
             measurements: Vec::new(),
+            jobs_to_make: Vec::new(),
         }];
         observed
     }
@@ -346,6 +370,7 @@ mod tests {
             let check = AnalysisCheck {
                 name: "error-rate".into(),
                 prometheus: Some(PrometheusCheck { address: "http://p:9090".into(), query: "q".into() }),
+                job: None,
                 interval_seconds: 10,
                 success_range: Some(SuccessRange { min: None, max: Some(0.1) }),
                 failure_limit: 0,
@@ -383,6 +408,56 @@ mod tests {
         assert_eq!((checks[0].phase, checks[0].failures), (AnalysisPhase::Unknown, 0));
         measure(&mut silent, 1_110, Signal::Value(0.0));
         assert_eq!(verdict(&silent, 3, "prod"), Some(HEALTHY));
+    }
+
+    #[test]
+    fn a_job_check_makes_its_job_once_delivered_and_its_outcome_judges_the_version() {
+        use crate::api::{AnalysisCheck, AnalysisSpec, JobCheck};
+        use crate::plan::checks::{Measurement, Signal};
+        let with_job = || {
+            let mut observed = observed(rolled_out());
+            let template = serde_json::json!({"spec": {"containers": [{"name": "eval", "image": "evals:1"}]}});
+            let check = AnalysisCheck {
+                name: "golden".into(),
+                prometheus: None,
+                job: Some(JobCheck { template }),
+                interval_seconds: 60,
+                success_range: None,
+                failure_limit: 0,
+            };
+            observed.channels[0].channel.spec.analysis =
+                Some(AnalysisSpec { bake_seconds: 60, checks: vec![check], ..AnalysisSpec::default() });
+            settle(&mut observed, &at(1_000));
+            observed
+        };
+        let mut made = with_job();
+        made.channels[0].jobs_to_make = vec!["golden".into()];
+        let steps = channel::decide(&made, &at(1_001));
+        let names: Vec<String> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::One(Write::CreateJob(job)) => job.metadata.name.clone(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(names, ["prod-golden-v3"]);
+
+        let outcome = |signal: Signal| {
+            let mut observed = with_job();
+            observed.channels[0].measurements = vec![Measurement { check: "golden".into(), at: at(1_010), signal }];
+            settle(&mut observed, &at(1_010));
+            observed.channels[0].measurements.clear();
+            settle(&mut observed, &at(1_060));
+            observed
+        };
+        assert_eq!(verdict(&outcome(Signal::Passed), 3, "prod"), Some(HEALTHY));
+        let failed = outcome(Signal::Failed("2 of 5 golden answers wrong".into()));
+        assert_eq!(verdict(&failed, 3, "prod"), Some(FAILED));
+        let why = failed.versions[2].annotations().get("health.agentops.dev/prod").cloned().unwrap_or_default();
+        assert!(why.contains("golden") && why.contains("2 of 5 golden answers wrong"), "{why}");
+        let silent = outcome(Signal::Unavailable("ErrImagePull".into()));
+        assert_eq!(verdict(&silent, 3, "prod"), None);
+        assert_eq!(healthy(&silent), ("Unknown".into(), reasons::SIGNAL_UNAVAILABLE.into()));
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct ChannelObserved {
     pub last_restart: Option<Time>,
     /// Its checks' measurements taken for this sync (only those due while a version bakes).
     pub measurements: Vec<super::checks::Measurement>,
+    /// Its job checks whose Job for the version under judgement does not exist yet.
+    pub jobs_to_make: Vec<String>,
 }
 
 /// The name of a channel's delivery ConfigMap.
@@ -111,7 +113,7 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
 
 /// The controller owner reference a channel's ConfigMap carries, so that it goes with the
 /// channel.
-fn owner_reference(channel: &AgentChannel) -> OwnerReference {
+pub(crate) fn owner_reference(channel: &AgentChannel) -> OwnerReference {
     OwnerReference {
         api_version: AgentChannel::api_version(&()).into_owned(),
         kind: AgentChannel::kind(&()).into_owned(),
@@ -205,6 +207,7 @@ fn sync(observed: &Observed, channel: &ChannelObserved, now: &Time) -> Vec<Step>
         return vec![verdict.into()];
     }
     let mut judged = judgement.status;
+    steps.extend(judgement.jobs.into_iter().map(Step::from));
     match automatic::decide(observed, channel, serving) {
         automatic::Decision::Create(rollback, note) => {
             return vec![Write::CreateRollback(rollback).into(), Write::Event(note).into()];
@@ -375,6 +378,7 @@ mod tests {
                 workloads: vec![],
                 last_restart: None,
                 measurements: Vec::new(),
+                jobs_to_make: Vec::new(),
             })
             .collect();
         observed

@@ -19,7 +19,12 @@ pub struct Measurement {
 /// What a measurement found.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Signal {
+    /// A prometheus check's value.
     Value(f64),
+    /// A job check's Job completed.
+    Passed,
+    /// A job check's Job failed: its message.
+    Failed(String),
     /// No signal, and why (the provider's error, an empty result, NaN).
     Unavailable(String),
 }
@@ -37,14 +42,16 @@ pub enum Standing {
     Measuring,
 }
 
-/// The checks of `analysis` due a measurement at `now`, given their statuses so far.
+/// The checks of `analysis` due a measurement at `now`, given their statuses so far: a job
+/// check's Job is looked at each time, a prometheus check every `intervalSeconds`.
 pub fn due<'a>(analysis: &'a AnalysisSpec, statuses: &[CheckStatus], now: &Time) -> Vec<&'a AnalysisCheck> {
     analysis
         .checks
         .iter()
         .filter(|check| {
             let last = statuses.iter().find(|s| s.name == check.name).and_then(|s| s.last_time.as_ref());
-            last.is_none_or(|last| now.0 >= last.0 + SignedDuration::from_secs(check.interval_seconds))
+            check.job.is_some()
+                || last.is_none_or(|last| now.0 >= last.0 + SignedDuration::from_secs(check.interval_seconds))
         })
         .collect()
 }
@@ -107,6 +114,17 @@ fn record(check: &AnalysisCheck, status: &mut CheckStatus, measurement: &Measure
             status.phase = AnalysisPhase::Unknown;
             status.message = Some(format!("Check {}: no signal: {why}", check.name));
         }
+        // A Job runs once: one measurement, whatever the times it is looked at.
+        Signal::Passed => {
+            (status.phase, status.measurements) = (AnalysisPhase::Running, 1);
+            status.last_value = Some("Complete".into());
+            status.message = Some(format!("Check {}: the evaluation Job completed.", check.name));
+        }
+        Signal::Failed(why) => {
+            (status.phase, status.measurements, status.failures) = (AnalysisPhase::Failed, 1, 1);
+            status.last_value = Some("Failed".into());
+            status.message = Some(format!("Check {} failed: the evaluation Job failed: {why}", check.name));
+        }
         Signal::Value(value) => {
             status.measurements += 1;
             status.last_value = Some(value.to_string());
@@ -166,6 +184,7 @@ mod tests {
         let check = AnalysisCheck {
             name: "error-rate".into(),
             prometheus: Some(PrometheusCheck { address: "http://p:9090".into(), query: "q".into() }),
+            job: None,
             interval_seconds: 60,
             success_range: Some(SuccessRange { min: None, max: Some(0.02) }),
             failure_limit,

@@ -15,6 +15,7 @@ pub mod checks;
 pub mod delivery;
 pub mod driver;
 pub mod durable;
+pub mod evaluation;
 pub mod hash;
 pub mod history;
 pub mod in_sync;
@@ -468,6 +469,7 @@ impl Observed {
                             workloads: Vec::new(),
                             last_restart: None,
                             measurements: Vec::new(),
+                            jobs_to_make: Vec::new(),
                         };
                         self.channels.push(observed);
                         self.channels.sort_by_key(|c| c.channel.name_any());
@@ -619,6 +621,9 @@ pub enum Write {
     SetVersionFinalizers { name: String, resource_version: String, finalizers: Vec<String> },
     /// List the namespace's promotions from the API server.
     ListPromotions,
+    /// Create a job check's evaluation Job (see [`evaluation`]); its name taken, it was made
+    /// before.
+    CreateJob(Box<k8s_openapi::api::batch::v1::Job>),
     /// Create an automatic rollback (see [`automatic`]); its name taken, read it back: it was
     /// created before.
     CreateRollback(Box<AgentRollback>),

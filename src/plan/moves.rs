@@ -706,6 +706,7 @@ mod tests {
             workloads: vec![],
             last_restart: None,
             measurements: Vec::new(),
+            jobs_to_make: Vec::new(),
         }];
         observed
     }

@@ -562,6 +562,65 @@ async fn errors_roll_the_channel_back(s: &Setup) {
     println!("bad version's publish to the runtime serving the last known good (10): p50 {p50:.2?}, max {max:.2?}");
 }
 
+/// A channel's job check on the node: the example runtime's evaluation mode runs as a Job per
+/// version against the version's snapshot; it passes a good version, fails one whose
+/// definition asks it to (the operator then rolls the channel back), and a Job whose image
+/// cannot be had judges nothing.
+async fn evaluation_jobs_judge_versions(s: &Setup) {
+    let job = |image: &str| {
+        serde_json::json!({"name": "golden", "job": {"template": {"spec": {
+            "securityContext": {"runAsNonRoot": true},
+            "containers": [{"name": "eval", "image": image, "imagePullPolicy": "Never", "args": ["evaluate"]}]}}}})
+    };
+    let apply = |name: &'static str, image: &'static str| async move {
+        let body = serde_json::json!({"apiVersion": "agentops.dev/v1alpha1", "kind": "AgentChannel",
+            "metadata": {"name": name}, "spec": {"agentName": "evaluated",
+            "analysis": {"bakeSeconds": 2, "progressDeadlineSeconds": 120, "checks": [job(image)]}}});
+        let channels: Api<AgentChannel> = Api::namespaced(s.client.clone(), &s.ns);
+        channels.patch(name, &PatchParams::apply("tests").force(), &Patch::Apply(body)).await.unwrap();
+    };
+    let verdict = |number: i64, channel: &'static str| async move {
+        let versions = s.versions("evaluated").await;
+        let version = versions.into_iter().find(|v| v.spec.version == number)?;
+        let key = format!("health.agentops.dev/{channel}");
+        Some((version.labels().get(&key)?.clone(), version.annotations().get(&key).cloned().unwrap_or_default()))
+    };
+    s.apply_agent("evaluated", serde_json::json!({"instructions": "evaluated i1"})).await;
+    s.settled_agent("evaluated").await;
+    apply("eval", "agent-runtime:0.1.0").await;
+    apply("no-image", "agent-runtime:no-such-tag").await;
+
+    let (healthy, why) = eventually(Duration::from_secs(120), || verdict(1, "eval")).await;
+    assert_eq!(healthy, "Healthy", "{why}");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(s.client.clone(), &s.ns);
+    let ran = jobs.get("eval-golden-v1").await.unwrap().spec.unwrap().template.spec.unwrap();
+    assert_eq!(ran.automount_service_account_token, Some(false), "the Job has no token it did not ask for");
+    assert_ne!(ran.service_account_name.as_deref(), Some(crate::support::chart_identity().service_account.as_str()));
+
+    let started = Instant::now();
+    let spec =
+        serde_json::json!({"instructions": "evaluated i2", "advancedSettings": {"runtime.failEvaluation": "true"}});
+    s.apply_agent("evaluated", spec).await;
+    let (failed, why) = eventually(Duration::from_secs(120), || verdict(2, "eval")).await;
+    assert_eq!(failed, "Failed", "{why}");
+    assert!(why.contains("golden cases failed: it does not ask to fail"), "{why}");
+    s.expect_outcome("eval-auto-v2", Ok(1), "the failed evaluation rolls the channel back").await;
+    println!("a version failing its evaluation Job: rolled back {:.1?} after its publish", started.elapsed());
+
+    // The Job that cannot start: no verdict, Healthy Unknown, the check saying why.
+    let channels: Api<AgentChannel> = Api::namespaced(s.client.clone(), &s.ns);
+    let unknown = eventually(Duration::from_secs(120), || async {
+        let channel = channels.get("no-image").await.ok()?;
+        let status = channel.status?;
+        let check = status.analysis.as_ref()?.checks.first()?.clone();
+        let healthy = status.conditions.iter().find(|c| c.type_ == "Healthy")?.clone();
+        (healthy.reason == "SignalUnavailable").then_some((check, status.analysis.unwrap().version))
+    })
+    .await;
+    assert!(unknown.0.message.as_deref().unwrap_or_default().contains("ErrImageNeverPull"), "{:?}", unknown.0);
+    assert_eq!(verdict(unknown.1, "no-image").await, None, "a Job that cannot start judged the version");
+}
+
 fn p50_max(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
     (samples[samples.len() / 2], *samples.last().unwrap())
@@ -585,6 +644,8 @@ async fn a_rollback_changes_what_the_running_agent_serves_with_and_without_resta
         "180s",
         "--set",
         "delivery.restartWorkloads=true",
+        "--set",
+        "analysis.evaluationJobs=true",
     ]);
     ok(&out, "helm install");
 
@@ -687,6 +748,7 @@ async fn a_rollback_changes_what_the_running_agent_serves_with_and_without_resta
     channels_on_the_node(&s).await;
     a_restart_fails_the_version_that_baked(&s).await;
     errors_roll_the_channel_back(&s).await;
+    evaluation_jobs_judge_versions(&s).await;
 
     ok(&helm(&["uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "120s"]), "helm uninstall");
     eventually(Duration::from_secs(60), || async { operator_pods(&s.client).await.is_empty().then_some(()) }).await;

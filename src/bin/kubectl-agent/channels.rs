@@ -189,6 +189,7 @@ pub async fn world(session: &Session, name: &str) -> anyhow::Result<Observed> {
             workloads: Vec::new(),
             last_restart: None,
             measurements: Vec::new(),
+            jobs_to_make: Vec::new(),
         })
         .collect();
     let names: Vec<String> = observed.channels.iter().map(|c| c.channel.name_any()).collect();

@@ -265,6 +265,7 @@ impl Cluster {
                     workloads: Vec::new(),
                     last_restart: None,
                     measurements: Vec::new(),
+                    jobs_to_make: Vec::new(),
                 }
             })
             .collect();
@@ -466,7 +467,7 @@ impl Cluster {
             }
             Write::JudgeVersion { .. } => unreachable!("the modelled channels bake longer than any test"),
             Write::RollWorkload { .. } => unreachable!("the modelled Agent and channels list no workloads"),
-            Write::CreateRollback(_) => unreachable!("the modelled channels judge no version"),
+            Write::CreateRollback(_) | Write::CreateJob(_) => unreachable!("the modelled channels judge no version"),
         }
     }
 
