@@ -3,8 +3,10 @@
 # image and installs it with Helm, as users do, applies examples/ (an Agent, its runtime, an
 # edit, a Restore, a Previous, a Pop and one that fails; then a staging and a production channel
 # with their runtimes, an edit that reaches staging only, a promotion of production and a
-# rollback of production alone), shows after each step what each running agent serves, and
-# what happened. Everything it starts is stopped when it ends.
+# rollback of production alone; then evidence for staging from Prometheus and an evaluation Job,
+# a bad edit the operator rolls staging back from by itself, and a good one promoted from
+# staging), shows after each step what each running agent serves, and what happened.
+# Everything it starts is stopped when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +45,7 @@ echo "helm install returns once the chart's start-up check has seen the API serv
 echo "Agents, AgentVersions and AgentRollbacks, so the kubectl apply that follows needs no wait."
 tests/control-plane/node.sh import "$DEMO_DIR/cp" "$DEMO_IMAGE" "$(dirname "$DEMO_IMAGE")/agent-runtime-$(basename "$DEMO_IMAGE" | sed 's/^agent-operator-//')"
 run helm install agent-operator charts/agent-operator -n agent-operator-system --create-namespace --wait --timeout 180s \
-  --set delivery.restartWorkloads=true
+  --set delivery.restartWorkloads=true --set analysis.evaluationJobs=true
 run kubectl get pods -n agent-operator-system -o wide
 kubectl create namespace "$ns" >/dev/null
 kubectl config set-context --current --namespace="$ns" >/dev/null
@@ -153,6 +155,56 @@ run_retried kubectl apply -f examples/10-channel-rollback.yaml
 wait_rollback support-production-back-to-v3 Succeeded
 serves_channel support-production
 serves_channel support-staging
+
+# Each version's verdict in channel $2, once it has one ($1 the version).
+wait_verdict() {
+  local label
+  for _ in $(seq 600); do
+    label=$(kubectl get agentversion "support-v$1" -o jsonpath="{.metadata.labels.health\.agentops\.dev/$2}")
+    [[ -n $label ]] && break
+    sleep 0.2
+  done
+  [[ -n $label ]] || { echo "version $1 got no verdict in $2" >&2; exit 1; }
+  echo "  version $1 in $2: $label - $(kubectl get agentversion "support-v$1" -o jsonpath="{.metadata.annotations.health\.agentops\.dev/$2}")"
+}
+# Users of staging: a request to each of its runtime's pods every half second, so that a
+# version that answers with errors shows in its counters.
+(
+  set +e
+  while true; do
+    for ip in $(kubectl get pods -l app=support-staging-runtime -o jsonpath='{range .items[*]}{.status.podIP}{" "}{end}' 2>/dev/null); do
+      curl -s -o /dev/null --max-time 1 "http://$ip:8080/"
+    done
+    sleep 0.5
+  done
+) &
+traffic=$!
+trap 'kill $traffic 2>/dev/null' EXIT
+
+say "11. Evidence for staging: Prometheus counts its runtime's errors, a Job evaluates each version"
+sed "s|http://prometheus.monitoring:9090|$PROMETHEUS_URL|" examples/11-staging-checks.yaml >"$DEMO_DIR/11-staging-checks.yaml"
+run_retried kubectl apply -f "$DEMO_DIR/11-staging-checks.yaml"
+wait_verdict 4 support-staging
+say "12. A bad edit (version 5 answers with errors) reaches staging; the operator rolls staging back by itself"
+run_retried kubectl apply -f examples/12-agent-bad-edit.yaml
+wait_agent
+wait_verdict 5 support-staging
+for _ in $(seq 300); do kubectl get agentrollback support-staging-auto-v5 >/dev/null 2>&1 && break; sleep 0.2; done
+wait_rollback support-staging-auto-v5 Succeeded
+run kubectl get agentrollback support-staging-auto-v5 -o jsonpath='{.spec.strategy} requested by {.spec.requestedBy}: {.spec.reason}{"\n"}'
+serves_channel support-staging
+serves_channel support-production
+echo "  production never served version 5"
+say "13. A good edit (version 6) passes staging's checks; a promotion from staging moves production to it"
+run_retried kubectl apply -f examples/13-agent-good-edit.yaml
+wait_agent
+wait_verdict 6 support-staging
+run_retried kubectl apply -f examples/14-promote-from-staging.yaml
+kubectl wait --for=jsonpath='{.status.phase}'=Succeeded agentpromotion/support-production-from-staging --timeout=60s >/dev/null
+kubectl get agentpromotion support-production-from-staging -o jsonpath='  {.metadata.name}: {.status.phase} - {.status.message}{"\n"}'
+serves_channel support-production
+serves_channel support-staging
+run kubectl get agentversions -L health.agentops.dev/support-staging -L health.agentops.dev/support-production
 
 say "Result"
 run kubectl get agents,agentversions,agentrollbacks,agentchannels,agentpromotions

@@ -391,7 +391,9 @@ async fn channels_on_the_node(s: &Setup) {
         let list = pods.list(&ListParams::default().labels("app=slow-runtime")).await.ok()?;
         let mut seen = Vec::new();
         for pod in list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p)) {
-            let own = pod.annotations().get("agentops.dev/active-version")?.clone();
+            // A pod from before the channel first rolled the Deployment has no version of its
+            // own (it serves agent.json), and may still be Ready while that rollout goes on.
+            let Some(own) = pod.annotations().get("agentops.dev/active-version").cloned() else { continue };
             let (version, definition) = serve(pod.status.as_ref()?.pod_ip.as_deref()?).await?;
             seen.push((own, version, definition["instructions"].as_str()?.to_string()));
         }
