@@ -100,6 +100,8 @@ async fn a_failing_check_rolls_the_channel_back_once_and_the_failed_version_is_n
     let out = crate::plugin::plugin_on(&crate::support::control_plane().kubeconfig, &s.ns, &["history", "support"]);
     let history = String::from_utf8_lossy(&out.stdout);
     assert!(history.lines().any(|l| l.starts_with('2') && l.contains("staging=Failed")), "{history}");
+    let moved = history.lines().find(|l| l.contains("AgentRollback staging-auto-v2 (automatic)")).unwrap_or_default();
+    assert!(moved.contains("Succeeded") && moved.contains("system:serviceaccount:"), "{history}");
 
     // Once: no second rollback, however often the operator looks.
     tokio::time::sleep(Duration::from_secs(3)).await;

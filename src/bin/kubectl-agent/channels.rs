@@ -33,6 +33,77 @@ pub async fn channels_if_allowed(session: &Session, agent: &str) -> anyhow::Resu
     allowed(fetch_channels(session, agent).await)
 }
 
+/// One move of a channel, for `history`: when, which channel, by what, from and to which
+/// version, how it ended, who asked and why.
+pub type MoveRow = [String; 8];
+
+/// The moves of the Agent's channels (their rollbacks, the operator's automatic ones among
+/// them, and their promotions), oldest first; none that the caller may not list.
+pub async fn moves_if_allowed(
+    session: &Session,
+    agent: &str,
+    channels: &[AgentChannel],
+) -> anyhow::Result<Vec<MoveRow>> {
+    let names: Vec<String> = channels.iter().map(|c| c.name_any()).collect();
+    let rollbacks: Api<AgentRollback> = session.api();
+    let listed = rollbacks.list(&ListParams::default()).await.context("listing rollbacks").map(|l| l.items);
+    let mut rows: Vec<MoveRow> = Vec::new();
+    for r in allowed(listed)? {
+        let Some(channel) = r.spec.channel.clone().filter(|c| r.spec.agent_name == agent && names.contains(c)) else {
+            continue;
+        };
+        let status = r.status.clone().unwrap_or_default();
+        let automatic = r.name_any().starts_with(&format!("{channel}-auto-v"));
+        let by = format!("AgentRollback {}{}", r.name_any(), if automatic { " (automatic)" } else { "" });
+        let said = (r.spec.requested_by.clone(), r.spec.reason.clone());
+        let ended = (status.phase, status.reason);
+        rows.push(move_row(&r, channel, by, (status.from_version, status.active_version), ended, said));
+    }
+    let promotions: Api<AgentPromotion> = session.api();
+    let listed = promotions.list(&ListParams::default()).await.context("listing promotions").map(|l| l.items);
+    for p in allowed(listed)? {
+        if !names.contains(&p.spec.channel) {
+            continue;
+        }
+        let status = p.status.clone().unwrap_or_default();
+        let by = format!("AgentPromotion {}", p.name_any());
+        let said = (p.spec.requested_by.clone(), p.spec.reason.clone());
+        let ended = (status.phase, status.reason);
+        rows.push(move_row(&p, p.spec.channel.clone(), by, (status.from_version, status.version), ended, said));
+    }
+    // RFC 3339 times sort as text.
+    rows.sort_by(|a, b| a[0].cmp(&b[0]));
+    Ok(rows)
+}
+
+/// A move's row.
+fn move_row<K: kube::Resource>(
+    object: &K,
+    channel: String,
+    by: String,
+    (from, to): (Option<i64>, Option<i64>),
+    (phase, reason): (Option<RollbackPhase>, Option<String>),
+    (requested_by, why): (Option<String>, Option<String>),
+) -> MoveRow {
+    let number = |n: Option<i64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+    let outcome = match (phase, reason) {
+        (Some(phase), Some(reason)) => format!("{phase:?} ({reason})"),
+        (Some(phase), None) => format!("{phase:?}"),
+        (None, _) => "Pending".into(),
+    };
+    let created = object.meta().creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+    [
+        created,
+        channel,
+        by,
+        number(from),
+        number(to),
+        outcome,
+        requested_by.unwrap_or_else(|| "-".into()),
+        why.unwrap_or_default(),
+    ]
+}
+
 /// A list, or an empty one if the API server refused it (403).
 fn allowed<T>(listed: anyhow::Result<Vec<T>>) -> anyhow::Result<Vec<T>> {
     match listed {

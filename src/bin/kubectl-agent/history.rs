@@ -94,6 +94,14 @@ pub async fn history(session: &Session, name: &str, output: Output) -> anyhow::R
             let header =
                 ["VERSION", "ACTIVE", "DELIVERED", "CHANNELS", "CREATED", "FROM-ROLLBACK", "PUBLISHED-BY", "REASON"];
             print_table(header, &rows);
+            // The channels' moves: their rollbacks (the operator's automatic ones named so) and
+            // promotions.
+            let moves = crate::channels::moves_if_allowed(session, name, &channels).await?;
+            if !moves.is_empty() {
+                println!();
+                let header = ["MOVED", "CHANNEL", "BY", "FROM", "TO", "OUTCOME", "REQUESTED-BY", "REASON"];
+                print_table(header, &moves);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
