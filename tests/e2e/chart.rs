@@ -384,6 +384,23 @@ async fn an_agent_may_list_only_workloads_its_author_may_restart() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = kubectl_as(&mallory, &["create", "-f", "-"], Some(&channel("quiet", "")));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A job check is a Job the operator runs for the channel's author: only one who may create
+    // Jobs may list it.
+    let judged = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"agentops.dev/v1alpha1","kind":"AgentChannel","metadata":{{"name":"{name}","namespace":"{ns}"}},"spec":{{"agentName":"by-edwin","analysis":{{"checks":[{{"name":"golden","job":{{"template":{{"spec":{{"containers":[{{"name":"eval","image":"evals:1"}}]}}}}}}}}]}}}}}}"#
+        )
+    };
+    assert_eq!(can_i(&mallory, &["create", "jobs"]), "no");
+    let out = kubectl_as(&mallory, &["create", "-f", "-"], Some(&judged("judged-by-mallory")));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("spec.analysis.checks: mallory may not create Jobs in namespace {ns}")),
+        "{out:?}"
+    );
+    let out = kubectl_as(&edwin, &["create", "-f", "-"], Some(&judged("judged-by-edwin")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// RBAC lets the operator's identity write every ConfigMap it can see and, with restarts on,
