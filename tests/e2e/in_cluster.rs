@@ -382,10 +382,20 @@ async fn channels_on_the_node(s: &Setup) {
     deployments.create(&Default::default(), &slow).await.unwrap();
     apply_channel(s, "slow", a).await;
     assert_eq!(eventually(Duration::from_secs(120), || served(&s.client, &s.ns, "slow", a)).await, text_a);
+    // The pods from before the channel first rolled the Deployment serve agent.json, and may
+    // do so before the rollout to version a ends: wait for it to end, every pod running a, so
+    // that the next rollout replaces pods of a.
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+    eventually(Duration::from_secs(120), || async {
+        let list = pods.list(&ListParams::default().labels("app=slow-runtime")).await.ok()?;
+        let own = |p: &Pod| p.annotations().get("agentops.dev/active-version").cloned();
+        let all_a = list.items.iter().all(|p| is_ready(p) && own(p) == Some(a.to_string()));
+        (list.items.len() == 2 && all_a).then_some(())
+    })
+    .await;
 
     apply_channel(s, "slow", b).await;
     let config_maps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns);
-    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
     // A moment with pods of both versions Ready: each serves its own.
     let (both, keys) = eventually(Duration::from_secs(120), || async {
         let list = pods.list(&ListParams::default().labels("app=slow-runtime")).await.ok()?;
