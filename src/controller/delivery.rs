@@ -120,7 +120,7 @@ async fn measure_due(
             JobState::Running => continue,
             JobState::Complete => Signal::Passed,
             JobState::Failed(why) => Signal::Failed(why),
-            JobState::CannotStart(why) | JobState::Invalid(why) => Signal::Unavailable(why),
+            JobState::CannotStart(why) => Signal::Unavailable(why),
         };
         measurements.push(Measurement { check: check.name.clone(), at: now.clone(), signal });
     }

@@ -47,8 +47,6 @@ pub enum JobState {
     Failed(String),
     /// It cannot start (its image cannot be pulled, it cannot be scheduled): no signal.
     CannotStart(String),
-    /// Its template cannot be made into a pod template: why.
-    Invalid(String),
 }
 
 /// The Job of `check` for `version` in the channel, from the check's template. `Err` says why
