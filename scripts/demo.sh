@@ -213,7 +213,7 @@ run kubectl get agent support -o jsonpath='{.status.delivery}{"\n"}'
 say "The operator's Events, in the order they happened"
 run kubectl get events.v1.events.k8s.io --field-selector reportingController=agentops.dev/agent-operator \
   --sort-by=.eventTime -o custom-columns=TIME:.eventTime,TYPE:.type,REASON:.reason,KIND:.regarding.kind,OBJECT:.regarding.name,MESSAGE:.note
-say "The Agent's spec is untouched by the rollbacks (temperature is still the edited 0.3)"
+say "The Agent's spec is untouched by the rollbacks (temperature is still the last edit's 0.5)"
 run kubectl get agent support -o jsonpath='{.spec.temperature}{"\n"}'
 say "The operator ran as Pods: the leader's log, and its Lease"
 leader=$(kubectl get lease agent-operator -n agent-operator-system -o jsonpath='{.spec.holderIdentity}')

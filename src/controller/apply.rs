@@ -112,14 +112,16 @@ async fn apply_one(ctx: &Context, observed: &Observed, write: Write) -> Result<O
             }
         }
         Write::CreateRollback(rollback) => create_rollback(ctx, ns, *rollback).await,
-        Write::CreateJob(job) => {
+        Write::CreateJob { channel, check, job } => {
             let api: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(ctx.client.clone(), ns);
             let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
             match api.create(&params, &job).await {
                 // Made before (its name is one per check and version), or not ours to make: the
                 // next look at it says which (see `evaluation`).
-                Ok(_) => Ok(Outcome::Done(Applied::Nothing)),
-                Err(e) if matches!(status_code(&e), Some(403 | 409)) => Ok(Outcome::Done(Applied::Nothing)),
+                Ok(_) => Ok(Outcome::Done(Applied::JobMade { channel, check })),
+                Err(e) if matches!(status_code(&e), Some(403 | 409)) => {
+                    Ok(Outcome::Done(Applied::JobMade { channel, check }))
+                }
                 Err(source) => Err(Error::CreateJob { namespace: ns.into(), name: job.name_any(), source }),
             }
         }

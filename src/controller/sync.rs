@@ -326,7 +326,7 @@ fn write_label(write: &Write) -> String {
         Write::ReadChannel { name } => format!("read channel {name}"),
         Write::ListPromotions => "list promotions".into(),
         Write::CreateRollback(r) => format!("create rollback {}", r.name_any()),
-        Write::CreateJob(job) => format!("create job {}", job.name_any()),
+        Write::CreateJob { job, .. } => format!("create job {}", job.name_any()),
         Write::JudgeVersion { name, channel, verdict, .. } => format!("{name} {verdict} in {channel}"),
         Write::SetVersionFinalizers { name, finalizers, .. } => format!("{name} finalizers {finalizers:?}"),
         Write::WritePromotion { name, record, .. } => format!("promotion {name} {:?}", record.status.phase),

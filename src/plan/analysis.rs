@@ -109,7 +109,11 @@ pub fn judge(
                 let Some(template) = check.job.as_ref().map(|j| &j.template) else { continue };
                 let deadline = analysis.progress_deadline_seconds;
                 match evaluation::job(channel, &observed.agent_name, check, template, version, deadline) {
-                    Ok(job) => jobs.push(Write::CreateJob(Box::new(job))),
+                    Ok(job) => jobs.push(Write::CreateJob {
+                        channel: name.clone(),
+                        check: check.name.clone(),
+                        job: Box::new(job),
+                    }),
                     Err(why) => measurements.push(Measurement {
                         check: check.name.clone(),
                         at: now.clone(),
@@ -436,11 +440,15 @@ mod tests {
         let names: Vec<String> = steps
             .iter()
             .filter_map(|s| match s {
-                Step::One(Write::CreateJob(job)) => job.metadata.name.clone(),
+                Step::One(Write::CreateJob { job, .. }) => job.metadata.name.clone(),
                 _ => None,
             })
             .collect();
         assert_eq!(names, ["prod-golden-v3"]);
+        // Made, it is not made again in the same sync.
+        made.fold(Applied::JobMade { channel: "prod".into(), check: "golden".into() });
+        let again = channel::decide(&made, &at(1_001));
+        assert!(!again.iter().any(|s| matches!(s, Step::One(Write::CreateJob { .. }))), "{again:?}");
 
         let outcome = |signal: Signal| {
             let mut observed = with_job();

@@ -486,6 +486,11 @@ impl Observed {
                 }
             }
             Applied::Nothing => {}
+            Applied::JobMade { channel, check } => {
+                if let Some(channel) = self.channel_mut(&channel) {
+                    channel.jobs_to_make.retain(|c| *c != check);
+                }
+            }
         }
     }
 }
@@ -537,6 +542,11 @@ pub enum Applied {
     Channel(Box<crate::api::AgentChannel>),
     /// A channel found deleted.
     ChannelGone(String),
+    /// A job check's Job made (or found made): it is no longer to make in this sync.
+    JobMade {
+        channel: String,
+        check: String,
+    },
     /// A version as a patch of its metadata (verdict, finalizers) left it.
     VersionPatched(Box<AgentVersion>),
     /// A channel read live: the Agent's, or none (absent, or another Agent's).
@@ -621,9 +631,9 @@ pub enum Write {
     SetVersionFinalizers { name: String, resource_version: String, finalizers: Vec<String> },
     /// List the namespace's promotions from the API server.
     ListPromotions,
-    /// Create a job check's evaluation Job (see [`evaluation`]); its name taken, it was made
-    /// before.
-    CreateJob(Box<k8s_openapi::api::batch::v1::Job>),
+    /// Create the evaluation Job of channel `channel`'s job check `check` (see [`evaluation`]);
+    /// its name taken, it was made before.
+    CreateJob { channel: String, check: String, job: Box<k8s_openapi::api::batch::v1::Job> },
     /// Create an automatic rollback (see [`automatic`]); its name taken, read it back: it was
     /// created before.
     CreateRollback(Box<AgentRollback>),

@@ -467,7 +467,9 @@ impl Cluster {
             }
             Write::JudgeVersion { .. } => unreachable!("the modelled channels bake longer than any test"),
             Write::RollWorkload { .. } => unreachable!("the modelled Agent and channels list no workloads"),
-            Write::CreateRollback(_) | Write::CreateJob(_) => unreachable!("the modelled channels judge no version"),
+            Write::CreateRollback(_) | Write::CreateJob { .. } => {
+                unreachable!("the modelled channels judge no version")
+            }
         }
     }
 
