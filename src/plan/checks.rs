@@ -76,8 +76,10 @@ pub fn fold(
             message: None,
         });
         // A measurement is folded in once: a sync folds the same ones into each unit's status.
+        // Compared to the second, as the API server keeps the status's times: a finer one
+        // would be new again after each status write, and the sync would never settle.
         for measurement in measurements.iter().filter(|m| m.check == check.name) {
-            let new = status.last_time.as_ref().is_none_or(|last| measurement.at.0 > last.0);
+            let new = status.last_time.as_ref().is_none_or(|last| measurement.at.0.as_second() > last.0.as_second());
             if new && status.phase != AnalysisPhase::Failed {
                 record(check, &mut status, measurement);
             }
@@ -223,6 +225,16 @@ mod tests {
         assert_eq!((statuses[0].measurements, statuses[0].failures), (3, 2));
         let (again, _) = fold(&analysis, &statuses, &[measured(120, Signal::Value(0.7))]);
         assert_eq!(again, statuses, "a measurement folded in twice counts once");
+        // Also when its time has a fraction of a second the status, as stored, has lost.
+        let fine = Measurement {
+            check: "error-rate".into(),
+            at: Time(Timestamp::from_millisecond(200_500).unwrap()),
+            signal: Signal::Value(0.0),
+        };
+        let (once, _) = fold(&analysis, &[], std::slice::from_ref(&fine));
+        let stored: Vec<CheckStatus> = serde_json::from_value(serde_json::to_value(&once).unwrap()).unwrap();
+        let (twice, _) = fold(&analysis, &stored, &[fine]);
+        assert_eq!(twice[0].measurements, 1, "a measurement counted again after its status was stored");
     }
 
     #[test]
