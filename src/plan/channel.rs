@@ -35,6 +35,20 @@ pub struct ChannelObserved {
     pub jobs_to_make: Vec<String>,
 }
 
+impl ChannelObserved {
+    /// The channel, with nothing observed of its delivery yet.
+    pub fn unobserved(channel: AgentChannel) -> Self {
+        Self {
+            channel,
+            config_map: None,
+            workloads: Vec::new(),
+            last_restart: None,
+            measurements: Vec::new(),
+            jobs_to_make: Vec::new(),
+        }
+    }
+}
+
 /// The name of a channel's delivery ConfigMap.
 pub fn config_map_name(channel: &AgentChannel) -> String {
     channel
@@ -370,17 +384,7 @@ mod tests {
         let agent = fixtures::agent("support", AgentDefinition::default());
         let versions = (1..=3).map(|n| fixtures::version(&agent, n, AgentDefinition::default(), None)).collect();
         let mut observed = Observed::new("ns".into(), "support".into(), Some(agent), versions, vec![]);
-        observed.channels = channels
-            .into_iter()
-            .map(|channel| ChannelObserved {
-                channel,
-                config_map: None,
-                workloads: vec![],
-                last_restart: None,
-                measurements: Vec::new(),
-                jobs_to_make: Vec::new(),
-            })
-            .collect();
+        observed.channels = channels.into_iter().map(ChannelObserved::unobserved).collect();
         observed
     }
 

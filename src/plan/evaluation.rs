@@ -147,14 +147,7 @@ mod tests {
         );
         staging.metadata.namespace = Some("ns".into());
         staging.metadata.uid = Some("uid-staging".into());
-        let channel = ChannelObserved {
-            channel: staging,
-            config_map: None,
-            workloads: vec![],
-            last_restart: None,
-            measurements: vec![],
-            jobs_to_make: vec![],
-        };
+        let channel = ChannelObserved::unobserved(staging);
         let check = AnalysisCheck {
             name: "golden".into(),
             prometheus: None,

@@ -463,14 +463,7 @@ impl Observed {
                 Some(channel) => {
                     self.absent_channels.remove(&name);
                     if self.channel_mut(&name).is_none() {
-                        let observed = ChannelObserved {
-                            channel: *channel,
-                            config_map: None,
-                            workloads: Vec::new(),
-                            last_restart: None,
-                            measurements: Vec::new(),
-                            jobs_to_make: Vec::new(),
-                        };
+                        let observed = ChannelObserved::unobserved(*channel);
                         self.channels.push(observed);
                         self.channels.sort_by_key(|c| c.channel.name_any());
                     }

@@ -700,14 +700,7 @@ mod tests {
         prod.metadata.namespace = Some("ns".into());
         prod.metadata.uid = Some("uid-prod".into());
         prod.metadata.generation = Some(1);
-        observed.channels = vec![ChannelObserved {
-            channel: prod,
-            config_map: None,
-            workloads: vec![],
-            last_restart: None,
-            measurements: Vec::new(),
-            jobs_to_make: Vec::new(),
-        }];
+        observed.channels = vec![ChannelObserved::unobserved(prod)];
         observed
     }
 

@@ -71,14 +71,7 @@ mod tests {
             "prod",
             AgentChannelSpec { agent_name: "support".into(), version: pin, delivery: None, analysis: None },
         );
-        observed.channels = vec![ChannelObserved {
-            channel,
-            config_map: None,
-            workloads: vec![],
-            last_restart: None,
-            measurements: Vec::new(),
-            jobs_to_make: Vec::new(),
-        }];
+        observed.channels = vec![ChannelObserved::unobserved(channel)];
         observed
     }
 

@@ -251,18 +251,8 @@ pub async fn world(session: &Session, name: &str) -> anyhow::Result<Observed> {
     let listed = promotions.list(&ListParams::default()).await.map(|l| l.items).context("listing promotions");
     let promotions = allowed(listed)?;
     let mut observed = Observed::new(session.namespace.clone(), name.to_string(), Some(agent), versions, rollbacks);
-    observed.channels = channels_if_allowed(session, name)
-        .await?
-        .into_iter()
-        .map(|channel| ChannelObserved {
-            channel,
-            config_map: None,
-            workloads: Vec::new(),
-            last_restart: None,
-            measurements: Vec::new(),
-            jobs_to_make: Vec::new(),
-        })
-        .collect();
+    observed.channels =
+        channels_if_allowed(session, name).await?.into_iter().map(ChannelObserved::unobserved).collect();
     let names: Vec<String> = observed.channels.iter().map(|c| c.channel.name_any()).collect();
     observed.promotions = Promotions::new(promotions.into_iter().filter(|p| names.contains(&p.spec.channel)).collect());
     Ok(observed)
