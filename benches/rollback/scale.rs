@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::figures::*;
 use crate::latency::*;
 use crate::objects::*;
+use crate::throughput::{Counters, Load};
 use crate::support::{Operator, eventually, namespace};
 
 #[derive(Debug, serde::Serialize)]
@@ -29,6 +30,11 @@ pub(crate) struct Scale {
     /// The operator's first start on Agents whose status it did not write (no versions digest,
     /// no delivery ConfigMap): the time until each has had its full sync.
     pub(crate) first_start_seconds: f64,
+    /// A Restore created once the first start has reconciled its first Agent: create to
+    /// Succeeded.
+    pub(crate) rollback_during_first_start_ms: f64,
+    /// What the first start cost, per Agent.
+    pub(crate) first_start_load: Load,
     /// Its restart once it had reconciled them: the time until it has reconciled every Agent
     /// and gone quiet.
     pub(crate) reconcile_all_seconds: f64,
@@ -38,6 +44,25 @@ pub(crate) struct Scale {
     pub(crate) reconciled_before_rollback: usize,
     pub(crate) rss_mib: f64,
     pub(crate) cpu_seconds: f64,
+    /// The status of every Agent and of its rollback wiped (see [`Wipe`]).
+    pub(crate) wipe: Wipe,
+}
+
+/// What a restore that drops status (Velero, a storage migration) leaves the operator: every
+/// Agent, each with one finished rollback, its status and its rollback's wiped while the
+/// operator runs.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Wipe {
+    /// The wipe's own writes, one per object, 64 in flight.
+    pub(crate) wipe_seconds: f64,
+    /// From the last wipe write until every Agent is Ready with its versions digest again and
+    /// every rollback's status says Succeeded.
+    pub(crate) rebuilt_seconds: f64,
+    /// Versions made or deleted, and rollbacks the operator counted as finished, meanwhile:
+    /// all must be 0.
+    pub(crate) versions_changed: usize,
+    pub(crate) rollbacks_run_again: f64,
+    pub(crate) versions_published: f64,
 }
 
 /// Versions per Agent in the scale runs.
@@ -181,44 +206,161 @@ pub(crate) async fn scale(client: &Client, n: usize, versions: i64, bytes: usize
         .await;
     grow_history(client, &ns, &agents, versions, bytes).await;
 
-    let start = Instant::now();
-    let first = start_operator(&ns, &[]);
-    let first_start_seconds = first_synced_all(&api, n, start).await;
-    drop(first);
-
     let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), &ns);
     let mut events = watcher(rollbacks.clone(), watcher::Config::default()).applied_objects().boxed();
+    let counters = Counters::read(client).await;
+    let start = Instant::now();
+    let first = start_operator(&ns, &[]);
+    let first_synced = tokio::spawn({
+        let api = api.clone();
+        async move { first_synced_all(&api, n, start).await }
+    });
+    let (_, rollback_during_first_start_ms) =
+        rollback_once_reconciling(&first, &rollbacks, &mut events, "during-first-start", n / 2, versions - 1).await;
+    let first_start_seconds = first_synced.await.unwrap();
+    let first_start_load = counters.load(&Counters::read(client).await, n, first.usage().unwrap().1);
+    drop(first);
+
     let start = Instant::now();
     let operator = start_operator(&ns, &[]);
-    let reconciled = || async {
-        let (_, body) = operator.get("/metrics").await?;
-        metric(&body, AGENT_RECONCILES)
-    };
-    let reconciled_before_rollback =
-        eventually(Duration::from_secs(600), || async { reconciled().await.filter(|r| *r >= 1.0).map(|r| r as usize) })
-            .await;
-    let created = Instant::now();
-    let target = format!("sc-{}", n - 1);
-    create_rollback(&rollbacks, "during-resync", &target, "Restore", Some(versions - 1)).await;
-    let mut waiting = HashMap::from([("during-resync".to_string(), None)]);
-    wait_terminal(&mut events, &mut waiting).await;
-    let ended = waiting.into_values().next().flatten().unwrap();
-    let rollback_during_resync_ms = ended.duration_since(created).as_secs_f64() * 1000.0;
+    let (reconciled_before_rollback, rollback_during_resync_ms) =
+        rollback_once_reconciling(&operator, &rollbacks, &mut events, "during-resync", n - 1, versions - 1).await;
 
     let reconcile_all_seconds = reconciled_all(&operator, n, start).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (rss, cpu_seconds) = operator.usage().unwrap();
+    let wipe = status_wipe(client, &ns, n, versions, &operator).await;
     Scale {
         agents: n,
         versions_per_agent: versions,
         instructions_bytes: bytes,
         first_start_seconds,
+        rollback_during_first_start_ms,
+        first_start_load,
         reconcile_all_seconds,
         rollback_during_resync_ms,
         reconciled_before_rollback,
         rss_mib: rss as f64 / (1024.0 * 1024.0),
         cpu_seconds,
+        wipe,
     }
+}
+
+/// A Restore of Agent `sc-<agent>` to `target`, created once `operator` has reconciled its
+/// first Agent: how many it had reconciled then, and the time from the create to Succeeded.
+async fn rollback_once_reconciling(
+    operator: &Operator,
+    rollbacks: &Api<AgentRollback>,
+    events: &mut (impl futures::Stream<Item = Result<AgentRollback, watcher::Error>> + Unpin),
+    name: &str,
+    agent: usize,
+    target: i64,
+) -> (usize, f64) {
+    let reconciled = || async {
+        let (_, body) = operator.get("/metrics").await?;
+        metric(&body, AGENT_RECONCILES)
+    };
+    let reconciled_before =
+        eventually(Duration::from_secs(600), || async { reconciled().await.filter(|r| *r >= 1.0).map(|r| r as usize) })
+            .await;
+    let created = Instant::now();
+    create_rollback(rollbacks, name, &format!("sc-{agent}"), "Restore", Some(target)).await;
+    let mut waiting = HashMap::from([(name.to_string(), None)]);
+    wait_terminal(events, &mut waiting).await;
+    let ended = waiting.into_values().next().flatten().unwrap();
+    (reconciled_before, ended.duration_since(created).as_secs_f64() * 1000.0)
+}
+
+/// Gives each of the `n` Agents a finished Restore, then wipes the status of every Agent and
+/// rollback while `operator` runs, as a restore that drops status does, and times its
+/// rebuild; then checks that the rebuild published, deleted and ran nothing.
+async fn status_wipe(client: &Client, ns: &str, n: usize, versions: i64, operator: &Operator) -> Wipe {
+    let agents: Api<Agent> = Api::namespaced(client.clone(), ns);
+    let rollbacks: Api<AgentRollback> = Api::namespaced(client.clone(), ns);
+    let names: Vec<String> = (0..n).map(|i| format!("wipe-{i}")).collect();
+    let mut events = watcher(rollbacks.clone(), watcher::Config::default()).applied_objects().boxed();
+    futures::stream::iter(0..n)
+        .for_each_concurrent(64, |i| {
+            let rollbacks = rollbacks.clone();
+            async move {
+                create_rollback(&rollbacks, &format!("wipe-{i}"), &format!("sc-{i}"), "Restore", Some(versions - 1))
+                    .await;
+            }
+        })
+        .await;
+    let mut waiting: HashMap<String, Option<Instant>> = names.iter().map(|n| (n.clone(), None)).collect();
+    wait_terminal(&mut events, &mut waiting).await;
+    drop(events);
+    // The rollbacks' statuses trail their records: every one written before the wipe.
+    eventually(Duration::from_secs(600), || async {
+        let listed = rollbacks.list(&Default::default()).await.ok()?;
+        listed.items.iter().all(|r| r.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_terminal())).then_some(())
+    })
+    .await;
+    let before = (version_uids(client, ns).await, counters(operator).await);
+
+    let wiped = Instant::now();
+    let wipe = json!({"status": null});
+    let agent_names = (0..n).map(|i| format!("sc-{i}"));
+    futures::stream::iter(agent_names.map(|a| (a, true)).chain(names.iter().cloned().map(|r| (r, false))))
+        .for_each_concurrent(64, |(name, agent)| {
+            let (agents, rollbacks, wipe) = (agents.clone(), rollbacks.clone(), wipe.clone());
+            async move {
+                let params = PatchParams::default();
+                if agent {
+                    agents.patch_status(&name, &params, &Patch::Merge(&wipe)).await.unwrap();
+                } else {
+                    rollbacks.patch_status(&name, &params, &Patch::Merge(&wipe)).await.unwrap();
+                }
+            }
+        })
+        .await;
+    let wipe_seconds = wiped.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut events = watcher(rollbacks.clone(), watcher::Config::default()).applied_objects().boxed();
+    let agents_rebuilt = first_synced_all(&agents, n, start);
+    let mut waiting: HashMap<String, Option<Instant>> = names.iter().map(|n| (n.clone(), None)).collect();
+    let (_, ()) = tokio::join!(agents_rebuilt, wait_terminal(&mut events, &mut waiting));
+    let rebuilt_seconds = start.elapsed().as_secs_f64();
+
+    // What the rebuild did, once its trailing writes are in.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = (version_uids(client, ns).await, counters(operator).await);
+    let versions_changed = before.0.symmetric_difference(&after.0).count();
+    Wipe {
+        wipe_seconds,
+        rebuilt_seconds,
+        versions_changed,
+        rollbacks_run_again: after.1.0 - before.1.0,
+        versions_published: after.1.1 - before.1.1,
+    }
+}
+
+/// Every version in `ns`, as name and uid, from a metadata list in pages.
+async fn version_uids(client: &Client, ns: &str) -> std::collections::HashSet<(String, String)> {
+    let api: Api<AgentVersion> = Api::namespaced(client.clone(), ns);
+    let mut uids = std::collections::HashSet::new();
+    let mut params = kube::api::ListParams::default().limit(5000);
+    loop {
+        let page = api.list_metadata(&params).await.unwrap();
+        uids.extend(page.items.into_iter().map(|v| (v.name_any(), v.metadata.uid.unwrap_or_default())));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(next) => params = params.continue_token(&next),
+            None => return uids,
+        }
+    }
+}
+
+/// The operator's count of finished rollbacks (every strategy and outcome) and of versions
+/// published from edits.
+async fn counters(operator: &Operator) -> (f64, f64) {
+    let (_, body) = operator.get("/metrics").await.unwrap();
+    let finished = body
+        .lines()
+        .filter(|l| l.starts_with("agentops_rollbacks_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    (finished, metric(&body, "agentops_versions_published_total").unwrap_or(0.0))
 }
 
 /// Each size (a tenth of `n`, then `n`) with tiny and with realistic instructions, so that what
@@ -239,16 +381,31 @@ pub(crate) fn print_scale(runs: &[Scale]) {
     let (small_tiny, small, large_tiny, large) = (&runs[0], &runs[1], &runs[2], &runs[3]);
     for s in runs {
         println!(
-            "scale: {} agents x {} versions, {} B instructions: first start {:.1} s; reconcile all after restart {:.1} s, a Restore during it {:.0} ms (created after {} reconciles), RSS {:.1} MiB, CPU {:.1} s",
+            "scale: {} agents x {} versions, {} B instructions: first start {:.1} s, a Restore during it {:.0} ms; reconcile all after restart {:.1} s, a Restore during it {:.0} ms (created after {} reconciles), RSS {:.1} MiB, CPU {:.1} s",
             s.agents,
             s.versions_per_agent,
             s.instructions_bytes,
             s.first_start_seconds,
+            s.rollback_during_first_start_ms,
             s.reconcile_all_seconds,
             s.rollback_during_resync_ms,
             s.reconciled_before_rollback,
             s.rss_mib,
             s.cpu_seconds
+        );
+        let load = &s.first_start_load;
+        println!(
+            "  the first start per Agent: API server CPU {:.2} ms, etcd {:.2} ms, operator {:.2} ms, watch events {:.1}; requests {}",
+            load.apiserver_cpu_ms,
+            load.etcd_cpu_ms,
+            load.operator_cpu_ms,
+            load.watch_events,
+            load.requests.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
+        );
+        let w = &s.wipe;
+        println!(
+            "  status wipe of {} Agents and their {} rollbacks: wiped in {:.1} s, rebuilt {:.1} s after; versions made or deleted {}, rollbacks run again {}, versions published {}",
+            s.agents, s.agents, w.wipe_seconds, w.rebuilt_seconds, w.versions_changed, w.rollbacks_run_again, w.versions_published
         );
     }
     let growth = |f: fn(&Scale) -> f64| f(large) / f(small);
@@ -260,6 +417,12 @@ pub(crate) fn print_scale(runs: &[Scale]) {
         growth(|s| s.rss_mib),
         growth(|s| s.reconcile_all_seconds),
         growth(|s| s.rollback_during_resync_ms)
+    );
+    println!(
+        "  first start {:.2}x, the Restore during it {:.2}x, the status wipe's rebuild {:.2}x",
+        growth(|s| s.first_start_seconds),
+        growth(|s| s.rollback_during_first_start_ms),
+        growth(|s| s.wipe.rebuilt_seconds)
     );
     println!(
         "  with tiny instructions: RSS {:.2}x, reconcile all {:.2}x",
@@ -284,6 +447,40 @@ pub(crate) fn print_scale_targets(runs: &[Scale]) {
         large.rss_mib,
         large_tiny.rss_mib,
         verdict(snapshot_cost <= 1.2)
+    );
+    println!(
+        "  first start < 60 s: {:.1} s {}; a rollback during it ends within 1 s: {:.0} ms {}",
+        large.first_start_seconds,
+        verdict(large.first_start_seconds < 60.0),
+        large.rollback_during_first_start_ms,
+        verdict(large.rollback_during_first_start_ms <= 1000.0)
+    );
+    let w = &large.wipe;
+    let untouched = w.versions_changed == 0 && w.rollbacks_run_again == 0.0 && w.versions_published == 0.0;
+    println!(
+        "  status wipe rebuilt < 60 s, nothing published, deleted or run again: {:.1} s {}, {}",
+        w.rebuilt_seconds,
+        verdict(w.rebuilt_seconds < 60.0),
+        verdict(untouched)
+    );
+    let growth = |f: fn(&Scale) -> f64| f(large) / f(&runs[1]);
+    let grown = [
+        growth(|s| s.first_start_seconds),
+        growth(|s| s.reconcile_all_seconds),
+        growth(|s| s.rss_mib),
+        growth(|s| s.rollback_during_first_start_ms),
+        growth(|s| s.rollback_during_resync_ms),
+    ];
+    println!(
+        "  from {} to {} Agents each figure grows at most 12x: first start, restart, RSS, the two Restores {:.1}x {:.1}x {:.1}x {:.1}x {:.1}x {}",
+        runs[1].agents,
+        large.agents,
+        grown[0],
+        grown[1],
+        grown[2],
+        grown[3],
+        grown[4],
+        verdict(grown.iter().all(|g| *g <= 12.0))
     );
     println!(
         "  reconcile all after a restart < 30 s: {:.1} s {}",

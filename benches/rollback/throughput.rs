@@ -54,7 +54,7 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    async fn read(client: &Client) -> Self {
+    pub(crate) async fn read(client: &Client) -> Self {
         let request = axum::http::Request::get("/metrics").body(Vec::new()).unwrap();
         let text = client.request_text(request).await.unwrap();
         let mut requests = HashMap::new();
@@ -81,7 +81,7 @@ impl Counters {
     }
 
     /// What happened from `self` to `after`, per rollback of `n`.
-    fn load(&self, after: &Self, n: usize, operator_cpu_seconds: f64) -> Load {
+    pub(crate) fn load(&self, after: &Self, n: usize, operator_cpu_seconds: f64) -> Load {
         let n = n as f64;
         let requests = after
             .requests

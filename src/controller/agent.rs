@@ -141,7 +141,7 @@ async fn up_to_date(ctx: &Context, agent: &Agent, namespace: &str) -> Result<boo
     let uid = agent.metadata.uid.as_deref().unwrap_or_default();
     if !ctx.index.confirms(&key, uid, recorded) && !listed_versions_match(ctx, agent, recorded).await? {
         // Versions changed behind the controller's back (or it is mid-way): the next sync
-        // reads them with a consistent list.
+        // reads them again.
         ctx.index.unsettle(&key);
         return Ok(false);
     }

@@ -75,14 +75,8 @@ async fn apply_one(ctx: &Context, observed: &Observed, write: Write) -> Result<O
             Ok(Outcome::Done(read_rollback(&api, ns, name).await?))
         }
         Write::ListRollbacks => {
-            let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
-            let params = ListParams::default().fields(&format!("spec.agentName={}", observed.agent_name));
-            let list = api.list(&params).await.map_err(|source| Error::ListRollbacks {
-                namespace: ns.into(),
-                name: observed.agent_name.clone(),
-                source,
-            })?;
-            Ok(Outcome::Done(Applied::Rollbacks(list.items.into_iter().map(slim).collect())))
+            let rollbacks = super::observe::read_rollbacks(ctx, ns, &observed.agent_name).await?;
+            Ok(Outcome::Done(Applied::Rollbacks(rollbacks.into_iter().map(slim).collect())))
         }
         Write::ApplyConfigMap { recipient, config_map, resource_version, remove } => {
             Ok(match delivery::apply_config_map(ctx, ns, recipient, &config_map, resource_version, &remove).await? {

@@ -1,17 +1,21 @@
 //! Observe: every read of one sync. A sync that follows a clean one of this process starts from
 //! the state that one left ([`resume_from`]), with no reads. Otherwise the Agent is read from
-//! the API server (a stale Agent could republish a generation a rollback replaced). Its
-//! versions come from the API server's watch cache when that list matches the digest the
-//! Agent's status recorded and this process's last sync of the Agent ended cleanly; otherwise
-//! (after a restart, an error, a write that met a newer state, or a change made by someone
-//! else) they are read with a consistent list, which waits for the cache to catch up with etcd
-//! and so costs tens of milliseconds after a write. Rollbacks come from the watch cache: a
-//! stale one is harmless, because every rollback status write is conditional on the
-//! resourceVersion it was read at, and a Running rollback is read live before it is resumed.
+//! the API server (a stale Agent could republish a generation a rollback replaced), and its
+//! versions one by one, by the names the versions watch's index knows ([`Freshness::Indexed`]):
+//! the API server answers a list by label by scanning every version in the namespace, which is
+//! quadratic over a first start of thousands of Agents. Each read is consistent; the set of
+//! names is the watch's, as fresh as a list made a moment earlier, and never lacks a version
+//! this process wrote (see `AgentIndex::version_names`). A version made meanwhile by someone
+//! else wakes another sync, as after a list; one the names miss makes a create meet 409, and
+//! the sync reads again with a consistent list ([`Freshness::Consistent`]), as it does after
+//! any write that met a newer state. Rollbacks come from the watch cache: a stale one is
+//! harmless, because every rollback status write is conditional on the resourceVersion it was
+//! read at, and a Running rollback is read live before it is resumed.
 
 use std::sync::Arc;
 
-use kube::Api;
+use futures::{StreamExt, TryStreamExt};
+use kube::{Api, ResourceExt};
 use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
 
@@ -22,11 +26,19 @@ use crate::api::{Agent, AgentRollback, AgentVersion};
 use crate::plan::{Observed, revision};
 use crate::{Error, Result};
 
-/// How far the versions may come from the watch cache.
+/// Versions read at once by one sync: what a GET costs the API server is a list's share per
+/// version, so one Agent's reads need not queue behind each other.
+const READS_IN_FLIGHT: usize = 10;
+
+/// Past this many versions an Agent's versions are listed, not read one by one: a list of the
+/// whole namespace then costs less than that many requests. (The default history keeps 10.)
+const MAX_READS: usize = 100;
+
+/// How a sync reads the Agent's versions.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
-    /// The cached list, if it matches the Agent's recorded digest.
-    CacheIfConfirmed,
+    /// Each version the index names, by name; a consistent list when it cannot name them.
+    Indexed,
     /// A consistent list.
     Consistent,
 }
@@ -43,18 +55,61 @@ pub async fn observe(ctx: &Context, namespace: &str, name: &str, freshness: Fres
             source => Error::GetAgent { namespace: namespace.into(), name: name.into(), source },
         })
     };
-    // Both reads at once: the versions are checked against the Agent afterwards.
-    let from_cache = freshness == Freshness::CacheIfConfirmed;
-    let (agent, versions) = tokio::try_join!(get_agent, fetch_versions(ctx, namespace, name, from_cache))?;
+    let names = match freshness {
+        Freshness::Indexed => ctx.index.version_names(&AgentKey::new(namespace, name)).filter(|n| n.len() <= MAX_READS),
+        Freshness::Consistent => None,
+    };
+    let versions = async {
+        match names {
+            Some(names) => read_versions(ctx, namespace, name, names).await,
+            None => fetch_versions(ctx, namespace, name, false).await,
+        }
+    };
+    let (agent, versions) = tokio::try_join!(get_agent, versions)?;
     let rollbacks = cached_rollbacks(ctx, namespace, name);
-    let recorded = agent.as_ref().and_then(|a| a.status.as_ref()).and_then(|s| s.versions_digest.clone());
-    let observed = Observed::new(namespace.into(), name.into(), agent, versions, rollbacks);
-    let confirmed = observed.foreign_versions.is_empty() && recorded == Some(observed.versions_digest());
-    if !from_cache || confirmed {
-        return Ok(observed);
-    }
-    let versions = fetch_versions(ctx, namespace, name, false).await?;
-    Ok(Observed::new(namespace.into(), name.into(), observed.agent, versions, observed.rollbacks))
+    Ok(Observed::new(namespace.into(), name.into(), agent, versions, rollbacks))
+}
+
+/// The versions of these names that are still labelled with the Agent `name` (what a list by
+/// label would return of them), each read consistently.
+async fn read_versions(ctx: &Context, namespace: &str, name: &str, names: Vec<String>) -> Result<Vec<AgentVersion>> {
+    let failed = |source| Error::ListVersions { namespace: namespace.into(), name: name.into(), source };
+    let versions = read_each(&Api::namespaced(ctx.client.clone(), namespace), names).await.map_err(failed)?;
+    let labelled = |v: &AgentVersion| v.labels().get(AGENT_LABEL).map(String::as_str) == Some(name);
+    Ok(versions.into_iter().filter(labelled).collect())
+}
+
+/// Every rollback of the Agent `name`, read consistently: one by one, by the names the
+/// rollbacks' index knows, where they are few; else a list, which the API server answers by
+/// scanning every rollback in the namespace. Asked when the Agent's status is lost, to rebuild
+/// it from the rollbacks' records: one the names miss was created a moment ago, has run
+/// nothing yet, and has a reconcile of its own to come.
+pub async fn read_rollbacks(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<AgentRollback>> {
+    let failed = |source| Error::ListRollbacks { namespace: namespace.into(), name: name.into(), source };
+    let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), namespace);
+    let names = ctx.rollbacks.names(&AgentKey::new(namespace, name)).filter(|n| n.len() <= MAX_READS);
+    let rollbacks = match names {
+        Some(names) => read_each(&api, names).await.map_err(failed)?,
+        None => {
+            let params = ListParams::default().fields(&format!("spec.agentName={name}"));
+            api.list(&params).await.map_err(failed)?.items
+        }
+    };
+    Ok(rollbacks.into_iter().filter(|r| r.spec.agent_name == name).collect())
+}
+
+/// The objects of these names that exist, each read consistently, a few at once.
+async fn read_each<K>(api: &Api<K>, names: Vec<String>) -> kube::Result<Vec<K>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let read = |name: String| {
+        let api = api.clone();
+        async move { api.get_opt(&name).await }
+    };
+    let objects: Vec<Option<K>> =
+        futures::stream::iter(names).map(read).buffer_unordered(READS_IN_FLIGHT).try_collect().await?;
+    Ok(objects.into_iter().flatten().collect())
 }
 
 pub async fn fetch_versions(ctx: &Context, namespace: &str, name: &str, from_cache: bool) -> Result<Vec<AgentVersion>> {

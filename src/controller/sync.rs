@@ -151,13 +151,7 @@ async fn run_units(
     };
     let mut observed = match kept {
         Some(observed) => observed,
-        // Trust cached versions only if this process's last sync of the Agent ended cleanly:
-        // after a restart or an error, the Agent's recorded digest may describe a state that
-        // was changed after it was written.
-        None if matches!(start, Start::Settled(_)) => {
-            observe(ctx, namespace, name, Freshness::CacheIfConfirmed).await?
-        }
-        None => observe(ctx, namespace, name, Freshness::Consistent).await?,
+        None => observe(ctx, namespace, name, Freshness::Indexed).await?,
     };
     super::delivery::observe(ctx, &mut observed).await?;
     debug!(namespace, agent = name, settled = matches!(start, Start::Settled(_)), "Observed");

@@ -368,6 +368,19 @@ impl<K: OfAgent> AgentCache<K> {
     pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
         self.store.get(key)
     }
+
+    /// The names of the objects that name the Agent, for a sync to read one by one (see
+    /// `observe`); `None` until the first list of `K` is in.
+    pub fn names(&self, agent: &AgentKey) -> Option<Vec<String>>
+    where
+        K: Indexed,
+    {
+        if !self.index.listed.borrow().contains(&K::KIND) {
+            return None;
+        }
+        let inner = self.index.lock();
+        Some(inner.entries.get(agent).map(|e| K::names(e).iter().cloned().collect()).unwrap_or_default())
+    }
 }
 
 #[cfg(test)]

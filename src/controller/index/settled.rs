@@ -54,6 +54,11 @@ impl Synced {
         self.record.as_ref().filter(|r| r.state.is_some()).map(|r| r.stamp)
     }
 
+    /// Whether a version write of this process has yet to show on the versions watch.
+    pub(super) fn awaits_echoes(&self) -> bool {
+        !self.echoes.is_empty()
+    }
+
     /// Forgets what the syncs left; the stamp of the state it kept, if any.
     pub(super) fn forget(&mut self) -> Option<u64> {
         let stamp = self.kept_stamp();
@@ -76,7 +81,7 @@ struct Record {
 
 /// What a sync may start from.
 pub enum Start {
-    /// The last sync failed, or none ran in this process: read with a consistent list.
+    /// The last sync failed, or none ran in this process: read everything.
     Unsettled,
     /// The last sync ended cleanly; its end state, if kept and still current.
     Settled(Option<Arc<Observed>>),
@@ -171,7 +176,7 @@ impl AgentIndex {
         }
     }
 
-    /// Forgets the Agent's record: the next sync reads with a consistent list.
+    /// Forgets the Agent's record: the next sync reads everything.
     pub fn unsettle(&self, agent: &AgentKey) {
         self.lock().take_record(agent);
     }

@@ -111,6 +111,26 @@ impl AgentIndex {
     }
 }
 
+impl AgentIndex {
+    /// The names of the versions labelled with the Agent `agent` (what a list by label would
+    /// return), for a sync to read one by one: a list by label is answered by a scan of every
+    /// version in the namespace. `None` until the versions' first list is in, and while a
+    /// version write of this process has yet to show on the watch: the names could lack a
+    /// version it made, and that version's event, being its echo, would wake no sync to mend
+    /// a status written without it.
+    pub fn version_names(&self, agent: &AgentKey) -> Option<Vec<String>> {
+        if !self.listed.borrow().contains(&Kind::Version) {
+            return None;
+        }
+        let inner = self.lock();
+        let Some(entry) = inner.entries.get(agent) else { return Some(Vec::new()) };
+        if entry.synced.awaits_echoes() {
+            return None;
+        }
+        Some(entry.versions.iter().map(|e| e.name.to_string()).collect())
+    }
+}
+
 impl VersionEntry {
     fn of(meta: &ObjectMeta) -> Self {
         Self { name: meta.name.as_deref().unwrap_or_default().into(), facts: Facts::of(meta) }
