@@ -8,12 +8,13 @@
 //! BENCH_ONLY=rollback runs everything but the scale runs (the floor, latency, throughput and
 //! peers); BENCH_ONLY=scale, latency, throughput or peers one part alone; BENCH_ONLY=churn the
 //! churn of BENCH_CHURN_AGENTS (5000) in BENCH_CHURN_WAVES (5); BENCH_ONLY=fairness and
-//! BENCH_ONLY=memory the figures of one Agent's long queue and of large annotations. BENCH_LOG
+//! BENCH_ONLY=memory the figures of one Agent's long queue and of large annotations;
+//! BENCH_ONLY=history one Agent's next rollback after BENCH_HISTORY_FINISHED (5000). BENCH_LOG
 //! sets the operator's log filter (default `warn`); BENCH_TRACE prints the latency samples'
 //! timeline.
 //!
 //! One module per part: `floor` (the writes made directly), `latency`, `throughput`, `peers`,
-//! `scale`, `churn`, `fairness`, `memory`; `objects` makes what they need in the cluster,
+//! `scale`, `churn`, `fairness`, `memory`, `history`; `objects` makes what they need in the cluster,
 //! `figures` holds what they measure with, `report` prints the complete run.
 
 #![allow(clippy::unwrap_used)] // A benchmark fails by panicking.
@@ -25,6 +26,7 @@ mod churn;
 mod fairness;
 mod figures;
 mod floor;
+mod history;
 mod latency;
 mod memory;
 mod objects;
@@ -36,6 +38,7 @@ mod throughput;
 use crate::churn::*;
 use crate::fairness::*;
 use crate::figures::*;
+use crate::history::*;
 use crate::latency::*;
 use crate::memory::*;
 use crate::scale::*;
@@ -59,6 +62,12 @@ async fn main() {
         let (queued, n) = (env_size("BENCH_FAIRNESS_QUEUED", 5000), env_size("BENCH_FAIRNESS_N", 30));
         eprintln!("fairness: {n} rollbacks of one Agent, quiet and beside {queued} queued on another ...");
         print_fairness(&fairness(&client, queued, n).await);
+        return;
+    }
+    if only.as_deref() == Ok("history") {
+        let (finished, n) = (env_size("BENCH_HISTORY_FINISHED", 5000), env_size("BENCH_HISTORY_N", 30));
+        eprintln!("history: {n} rollbacks of a fresh Agent and of one with {finished} finished ...");
+        print_long_lived(&long_lived(&client, finished, n).await);
         return;
     }
     if only.as_deref() == Ok("memory") {

@@ -19,8 +19,8 @@ use serde_json::json;
 use crate::figures::*;
 use crate::latency::*;
 use crate::objects::*;
-use crate::throughput::{Counters, Load};
 use crate::support::{Operator, eventually, namespace};
+use crate::throughput::{Counters, Load};
 
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct Scale {
@@ -294,7 +294,11 @@ async fn status_wipe(client: &Client, ns: &str, n: usize, versions: i64, operato
     // The rollbacks' statuses trail their records: every one written before the wipe.
     eventually(Duration::from_secs(600), || async {
         let listed = rollbacks.list(&Default::default()).await.ok()?;
-        listed.items.iter().all(|r| r.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_terminal())).then_some(())
+        listed
+            .items
+            .iter()
+            .all(|r| r.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_terminal()))
+            .then_some(())
     })
     .await;
     let before = (version_uids(client, ns).await, counters(operator).await);
@@ -405,7 +409,13 @@ pub(crate) fn print_scale(runs: &[Scale]) {
         let w = &s.wipe;
         println!(
             "  status wipe of {} Agents and their {} rollbacks: wiped in {:.1} s, rebuilt {:.1} s after; versions made or deleted {}, rollbacks run again {}, versions published {}",
-            s.agents, s.agents, w.wipe_seconds, w.rebuilt_seconds, w.versions_changed, w.rollbacks_run_again, w.versions_published
+            s.agents,
+            s.agents,
+            w.wipe_seconds,
+            w.rebuilt_seconds,
+            w.versions_changed,
+            w.rollbacks_run_again,
+            w.versions_published
         );
     }
     let growth = |f: fn(&Scale) -> f64| f(large) / f(small);

@@ -245,18 +245,22 @@ fn run_rollback_controller<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let waiting = ctx.rollbacks.clone();
+    let (waiting, index) = (ctx.rollbacks.clone(), ctx.index.clone());
     controller
         .reconcile_on(ctx.early_start_retries())
         .with_config(controller_config())
         .trigger_backoff(WatchBackoff::default())
+        // A change to the Agent (its deletion above all) wakes the first of its unfinished
+        // rollbacks: that one's sync runs the Agent's whole queue. Waking each of them woke
+        // a queue of thousands on every status write of the Agent, quadratic in the queue.
+        // One a sync has finished, though the cache has yet to show it, would run nothing.
         .watches(agents, watching.clone(), move |agent: LeanMeta<Agent>| {
             waiting
                 .of_agent(&AgentKey::new(&agent.namespace().unwrap_or_default(), &agent.name_any()))
                 .into_iter()
-                .filter(|r| !phase_of(r).is_some_and(|p| p.is_terminal()))
+                .filter(|r| !phase_of(r).is_some_and(|p| p.is_terminal()) && !index.handled(r))
+                .min_by_key(|r| crate::plan::rollback::queue_key(r))
                 .map(|r| ObjectRef::from_obj(&*r))
-                .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
         .run(agent_rollback::reconcile, agent_rollback::error_policy, ctx.clone())

@@ -12,18 +12,19 @@
 //! harmless, because every rollback status write is conditional on the resourceVersion it was
 //! read at, and a Running rollback is read live before it is resumed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use kube::{Api, ResourceExt};
 use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
 
 use super::context::Context;
 use super::index::AgentKey;
 use crate::api::keys::AGENT_LABEL;
 use crate::api::{Agent, AgentRollback, AgentVersion};
-use crate::plan::{Observed, revision};
+use crate::plan::{Observed, Resumed, revision};
 use crate::{Error, Result};
 
 /// Versions read at once by one sync: what a GET costs the API server is a list's share per
@@ -145,16 +146,17 @@ pub fn resume(state: &Observed, cached: &Agent, cached_rollbacks: Vec<Arc<AgentR
         return None;
     }
     let agent = left.clone();
+    // By uid: a long-lived Agent has thousands of finished rollbacks.
+    let lefts: HashMap<&str, &AgentRollback> =
+        state.rollbacks.iter().filter_map(|r| Some((r.metadata.uid.as_deref()?, r))).collect();
     let rollbacks = cached_rollbacks
         .into_iter()
-        .map(|cached| match state.rollbacks.iter().find(|r| r.metadata.uid == cached.metadata.uid) {
-            Some(left) if revision(left) >= revision(&*cached) => left.clone(),
-            _ => (*cached).clone(),
+        .map(|cached| match cached.metadata.uid.as_deref().and_then(|uid| lefts.get(uid)) {
+            Some(left) if revision(*left) >= revision(&*cached) => Resumed::Kept((*left).clone()),
+            _ => Resumed::Read((*cached).clone()),
         })
         .collect();
-    let versions = state.versions.iter().chain(&state.foreign_versions).cloned().collect();
-    let mut observed =
-        Observed::new(state.namespace.clone(), state.agent_name.clone(), Some(agent), versions, rollbacks);
+    let mut observed = Observed::resumed(state, agent, rollbacks);
     // Each channel and promotion is taken as the newer of this and its cache's (see
     // `delivery::observe`).
     observed.channels = state.channels.clone();

@@ -121,6 +121,14 @@ pub struct Observed {
     definition_size: Option<(Option<i64>, usize)>,
 }
 
+/// A rollback of a resumed state (see [`Observed::resumed`]).
+pub enum Resumed {
+    /// As the state adopted it.
+    Kept(AgentRollback),
+    /// As read since, to be adopted.
+    Read(AgentRollback),
+}
+
 impl Observed {
     /// Sorts and classifies what was read.
     pub fn new(
@@ -167,6 +175,33 @@ impl Observed {
             let rollback = observed.adopt(rollback);
             observed.rollbacks.push(rollback);
         }
+        observed
+    }
+
+    /// The state `left` (a sync's end) with `agent` and these rollbacks: each either kept as
+    /// `left` adopted it, its record not read again (a long-lived Agent has thousands of
+    /// finished rollbacks, and reading their records again was most of each sync's time), or
+    /// newer and adopted now. What `left` noted of rollbacks that are gone is dropped.
+    pub fn resumed(left: &Observed, agent: Agent, rollbacks: Vec<Resumed>) -> Self {
+        let versions = left.versions.iter().chain(&left.foreign_versions).cloned().collect();
+        let mut observed =
+            Self::new(left.namespace.clone(), left.agent_name.clone(), Some(agent), versions, Vec::new());
+        observed.marks = left.marks.clone();
+        observed.channel_marks = left.channel_marks.clone();
+        observed.unsynced = left.unsynced.clone();
+        let mut names = BTreeSet::new();
+        observed.rollbacks.reserve(rollbacks.len());
+        for rollback in rollbacks {
+            let rollback = match rollback {
+                Resumed::Kept(rollback) => rollback,
+                Resumed::Read(rollback) => observed.adopt(rollback),
+            };
+            names.insert(rollback.name_any());
+            observed.rollbacks.push(rollback);
+        }
+        observed.marks.retain(|name, _| names.contains(name));
+        observed.channel_marks.retain(|name, _| names.contains(name));
+        observed.unsynced.retain(|name| names.contains(name));
         observed
     }
 
@@ -306,7 +341,8 @@ impl Observed {
     /// Whether a rollback's record was written for this Agent (not a deleted one of its name).
     fn ran_here(&self, rollback: &AgentRollback) -> bool {
         let uid = self.agent.as_ref().and_then(|a| a.metadata.uid.as_deref());
-        uid.is_some() && self.marks.get(&rollback.name_any()).map(|m| m.uid.as_str()) == uid
+        let name = rollback.metadata.name.as_deref().unwrap_or_default();
+        uid.is_some() && self.marks.get(name).map(|m| m.uid.as_str()) == uid
     }
 
     /// The newest spec state of the Agent that was handled: from its status, or, when that is
@@ -332,9 +368,11 @@ impl Observed {
         self.rollbacks
             .iter()
             .filter(|r| phase_of(r) == Some(RollbackPhase::Succeeded) && self.ran_here(r))
-            .filter_map(|r| Some((r.status.as_ref()?.completion_time.clone()?, rollback::queue_key(r))))
-            .max_by(|(a, ka), (b, kb)| a.0.cmp(&b.0).then_with(|| ka.cmp(kb)))
-            .map(|(time, (_, _, name))| LastRollback { name, time })
+            .filter_map(|r| Some((r.status.as_ref()?.completion_time.as_ref()?, r)))
+            .max_by(|(a, ra), (b, rb)| {
+                a.0.cmp(&b.0).then_with(|| rollback::queue_key(ra).cmp(&rollback::queue_key(rb)))
+            })
+            .map(|(time, r)| LastRollback { name: r.name_any(), time: time.clone() })
     }
 
     /// The newest existing version, which is always the active one.
