@@ -375,49 +375,55 @@ pub(crate) async fn scale_runs(client: &Client, n: usize) -> Vec<Scale> {
     for n in [(n / 10).max(1), n] {
         for bytes in [0, REALISTIC_INSTRUCTIONS] {
             eprintln!("scale: {n} agents x {SCALE_VERSIONS} versions, instructions of {bytes} bytes ...");
-            runs.push(scale(client, n, SCALE_VERSIONS, bytes).await);
+            let run = scale(client, n, SCALE_VERSIONS, bytes).await;
+            // Each as it ends: a run cut short still leaves the figures it reached.
+            print_run(&run);
+            runs.push(run);
         }
     }
     runs
 }
 
+/// One run's figures.
+fn print_run(s: &Scale) {
+    println!(
+        "scale: {} agents x {} versions, {} B instructions: first start {:.1} s, a Restore during it {:.0} ms; reconcile all after restart {:.1} s, a Restore during it {:.0} ms (created after {} reconciles), RSS {:.1} MiB, CPU {:.1} s",
+        s.agents,
+        s.versions_per_agent,
+        s.instructions_bytes,
+        s.first_start_seconds,
+        s.rollback_during_first_start_ms,
+        s.reconcile_all_seconds,
+        s.rollback_during_resync_ms,
+        s.reconciled_before_rollback,
+        s.rss_mib,
+        s.cpu_seconds
+    );
+    let load = &s.first_start_load;
+    println!(
+        "  the first start per Agent: API server CPU {:.2} ms, etcd {:.2} ms, operator {:.2} ms, watch events {:.1}; requests {}",
+        load.apiserver_cpu_ms,
+        load.etcd_cpu_ms,
+        load.operator_cpu_ms,
+        load.watch_events,
+        load.requests.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
+    );
+    let w = &s.wipe;
+    println!(
+        "  status wipe of {} Agents and their {} rollbacks: wiped in {:.1} s, rebuilt {:.1} s after; versions made or deleted {}, rollbacks run again {}, versions published {}",
+        s.agents,
+        s.agents,
+        w.wipe_seconds,
+        w.rebuilt_seconds,
+        w.versions_changed,
+        w.rollbacks_run_again,
+        w.versions_published
+    );
+}
+
+/// What the runs show together (each run's own figures are printed as it ends).
 pub(crate) fn print_scale(runs: &[Scale]) {
     let (small_tiny, small, large_tiny, large) = (&runs[0], &runs[1], &runs[2], &runs[3]);
-    for s in runs {
-        println!(
-            "scale: {} agents x {} versions, {} B instructions: first start {:.1} s, a Restore during it {:.0} ms; reconcile all after restart {:.1} s, a Restore during it {:.0} ms (created after {} reconciles), RSS {:.1} MiB, CPU {:.1} s",
-            s.agents,
-            s.versions_per_agent,
-            s.instructions_bytes,
-            s.first_start_seconds,
-            s.rollback_during_first_start_ms,
-            s.reconcile_all_seconds,
-            s.rollback_during_resync_ms,
-            s.reconciled_before_rollback,
-            s.rss_mib,
-            s.cpu_seconds
-        );
-        let load = &s.first_start_load;
-        println!(
-            "  the first start per Agent: API server CPU {:.2} ms, etcd {:.2} ms, operator {:.2} ms, watch events {:.1}; requests {}",
-            load.apiserver_cpu_ms,
-            load.etcd_cpu_ms,
-            load.operator_cpu_ms,
-            load.watch_events,
-            load.requests.iter().map(|(k, v)| format!("{k} {v:.2}")).collect::<Vec<_>>().join(", ")
-        );
-        let w = &s.wipe;
-        println!(
-            "  status wipe of {} Agents and their {} rollbacks: wiped in {:.1} s, rebuilt {:.1} s after; versions made or deleted {}, rollbacks run again {}, versions published {}",
-            s.agents,
-            s.agents,
-            w.wipe_seconds,
-            w.rebuilt_seconds,
-            w.versions_changed,
-            w.rollbacks_run_again,
-            w.versions_published
-        );
-    }
     let growth = |f: fn(&Scale) -> f64| f(large) / f(small);
     println!(
         "from {} to {} agents ({:.0}x), realistic instructions: RSS {:.2}x, reconcile all {:.2}x, the Restore during it {:.2}x",

@@ -133,34 +133,35 @@ pub async fn fetch_versions(ctx: &Context, namespace: &str, name: &str, from_cac
 /// knows nothing of later changes by others), rollbacks new to the cache added, those gone from
 /// it dropped. `None` when the cache has no Agent, another one of that name, or a newer one:
 /// the cache keeps no definition, so a changed Agent is read live.
-pub fn resume_from(ctx: &Context, state: &Observed) -> Option<Observed> {
+pub fn resume_from(ctx: &Context, state: Arc<Observed>) -> Option<Observed> {
     let reference = ObjectRef::<Agent>::new(&state.agent_name).within(&state.namespace);
     let cached = ctx.agents.get(&reference)?;
-    resume(state, &cached, ctx.rollbacks.of_agent(&AgentKey::new(&state.namespace, &state.agent_name)))
+    let rollbacks = ctx.rollbacks.of_agent(&AgentKey::new(&state.namespace, &state.agent_name));
+    // The index handed its only copy over (see `AgentIndex::take`): taken whole, not copied.
+    resume(Arc::unwrap_or_clone(state), &cached, rollbacks)
 }
 
 /// [`resume_from`], given what the caches hold of the Agent and its rollbacks.
-pub fn resume(state: &Observed, cached: &Agent, cached_rollbacks: Vec<Arc<AgentRollback>>) -> Option<Observed> {
-    let left = state.agent.as_ref().filter(|left| left.metadata.uid == cached.metadata.uid)?;
-    if revision(left) < revision(cached) {
+pub fn resume(mut state: Observed, cached: &Agent, cached_rollbacks: Vec<Arc<AgentRollback>>) -> Option<Observed> {
+    let left = state.agent.take().filter(|left| left.metadata.uid == cached.metadata.uid)?;
+    if revision(&left) < revision(cached) {
         return None;
     }
-    let agent = left.clone();
-    // By uid: a long-lived Agent has thousands of finished rollbacks.
-    let lefts: HashMap<&str, &AgentRollback> =
-        state.rollbacks.iter().filter_map(|r| Some((r.metadata.uid.as_deref()?, r))).collect();
+    // By uid: a long-lived Agent has thousands of finished rollbacks, taken over, not copied.
+    let mut lefts: HashMap<String, AgentRollback> =
+        std::mem::take(&mut state.rollbacks).into_iter().filter_map(|r| Some((r.metadata.uid.clone()?, r))).collect();
     let rollbacks = cached_rollbacks
         .into_iter()
-        .map(|cached| match cached.metadata.uid.as_deref().and_then(|uid| lefts.get(uid)) {
-            Some(left) if revision(*left) >= revision(&*cached) => Resumed::Kept((*left).clone()),
-            _ => Resumed::Read((*cached).clone()),
+        .map(|cached| match cached.metadata.uid.as_deref().and_then(|uid| lefts.remove(uid)) {
+            Some(left) if revision(&left) >= revision(&*cached) => Resumed::Kept(left),
+            _ => Resumed::Read(Arc::unwrap_or_clone(cached)),
         })
         .collect();
-    let mut observed = Observed::resumed(state, agent, rollbacks);
+    let mut observed = Observed::resumed(&state, left, rollbacks);
     // Each channel and promotion is taken as the newer of this and its cache's (see
     // `delivery::observe`).
-    observed.channels = state.channels.clone();
-    observed.promotions = state.promotions.clone();
+    observed.channels = std::mem::take(&mut state.channels);
+    observed.promotions = std::mem::take(&mut state.promotions);
     Some(observed)
 }
 

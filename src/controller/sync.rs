@@ -145,7 +145,8 @@ async fn run_units(
     start: Start,
     turn: &Turn<'_>,
 ) -> Result<(Observed, bool)> {
-    let kept = match &start {
+    let settled = matches!(start, Start::Settled(_));
+    let kept = match start {
         Start::Settled(Some(state)) => resume_from(ctx, state),
         _ => None,
     };
@@ -154,7 +155,7 @@ async fn run_units(
         None => observe(ctx, namespace, name, Freshness::Indexed).await?,
     };
     super::delivery::observe(ctx, &mut observed).await?;
-    debug!(namespace, agent = name, settled = matches!(start, Start::Settled(_)), "Observed");
+    debug!(namespace, agent = name, settled, "Observed");
     match work(ctx, &mut observed, turn).await {
         Ok(settled) => Ok((observed, settled)),
         Err(error) => {

@@ -353,14 +353,18 @@ impl Observed {
             Some(Handled { generation: s.observed_generation?, definition_hash: s.observed_definition_hash.clone()? })
         });
         let versions = self.versions.iter().filter_map(durable::handled_of);
+        // No record may claim a generation the Agent has not reached.
+        let reached = |h: &Handled| agent.metadata.generation.is_none_or(|g| h.generation <= g);
+        // The rollbacks' newest first, by reference: a long-lived Agent has thousands.
         let rollbacks = self
             .rollbacks
             .iter()
             .filter(|r| self.ran_here(r))
-            .filter_map(|r| self.marks.get(&r.name_any()).and_then(|m| m.handled.clone()));
-        // No record may claim a generation the Agent has not reached.
-        let reached = |h: &Handled| agent.metadata.generation.is_none_or(|g| h.generation <= g);
-        durable::newest(status.into_iter().chain(versions).chain(rollbacks).filter(reached))
+            .filter_map(|r| self.marks.get(r.metadata.name.as_deref().unwrap_or_default())?.handled.as_ref())
+            .filter(|h| reached(h))
+            .max_by_key(|h| h.generation)
+            .cloned();
+        durable::newest(status.into_iter().chain(versions).filter(reached).chain(rollbacks))
     }
 
     /// The last rollback that succeeded on this Agent, as its records tell.
@@ -410,7 +414,8 @@ impl Observed {
     pub fn pending_rollbacks(&self) -> Vec<&AgentRollback> {
         let mut pending: Vec<&AgentRollback> =
             self.unfinished_rollbacks().into_iter().filter(|r| r.spec.channel.is_none()).collect();
-        pending.sort_by_key(|r| rollback::queue_key(r));
+        // Each key once: a queue can hold thousands, and a key allocates.
+        pending.sort_by_cached_key(|r| rollback::queue_key(r));
         pending
     }
 

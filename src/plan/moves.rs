@@ -297,7 +297,7 @@ pub fn moves_of<'a>(observed: &'a Observed, name: &str) -> Vec<Move<'a>> {
     let promotions = observed.promotions.items.iter().filter(|p| p.spec.channel == name).map(Move::Promotion);
     let rollbacks = observed.rollbacks.iter().filter(|r| r.spec.channel.as_deref() == Some(name)).map(Move::Rollback);
     let mut moves: Vec<Move<'a>> = promotions.chain(rollbacks).collect();
-    moves.sort_by_key(|m| m.queue_key());
+    moves.sort_by_cached_key(|m| m.queue_key());
     moves
 }
 

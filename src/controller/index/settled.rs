@@ -325,7 +325,7 @@ mod resume_model {
             let kept = match self.settled.take(&key("a")) {
                 Start::Settled(Some(state)) => {
                     let cached: Vec<_> = cluster.rollbacks.iter().cloned().map(Arc::new).collect();
-                    cluster.agent.as_ref().and_then(|agent| resume(&state, agent, cached))
+                    cluster.agent.as_ref().and_then(|agent| resume(Arc::unwrap_or_clone(state), agent, cached))
                 }
                 _ => None,
             };
