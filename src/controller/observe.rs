@@ -157,7 +157,7 @@ pub fn resume(mut state: Observed, cached: &Agent, cached_rollbacks: Vec<Arc<Age
             _ => Resumed::Read(Arc::unwrap_or_clone(cached)),
         })
         .collect();
-    let mut observed = Observed::resumed(&state, left, rollbacks);
+    let mut observed = Observed::resumed(&mut state, left, rollbacks);
     // Each channel and promotion is taken as the newer of this and its cache's (see
     // `delivery::observe`).
     observed.channels = std::mem::take(&mut state.channels);

@@ -36,7 +36,7 @@ pub fn decide(observed: &Observed, channel: &ChannelObserved, serving: Option<i6
         return Decision::Nothing;
     };
     let own = self::name(&name, number);
-    if observed.rollbacks.iter().any(|r| r.name_any() == own) {
+    if observed.rollback(&own).is_some() {
         return Decision::Nothing;
     }
     let on_failure = channel.channel.spec.analysis.as_ref().map(|a| a.on_failure).unwrap_or_default();

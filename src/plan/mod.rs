@@ -182,26 +182,27 @@ impl Observed {
     /// `left` adopted it, its record not read again (a long-lived Agent has thousands of
     /// finished rollbacks, and reading their records again was most of each sync's time), or
     /// newer and adopted now. What `left` noted of rollbacks that are gone is dropped.
-    pub fn resumed(left: &Observed, agent: Agent, rollbacks: Vec<Resumed>) -> Self {
-        let versions = left.versions.iter().chain(&left.foreign_versions).cloned().collect();
-        let mut observed =
-            Self::new(left.namespace.clone(), left.agent_name.clone(), Some(agent), versions, Vec::new());
-        observed.marks = left.marks.clone();
-        observed.channel_marks = left.channel_marks.clone();
-        observed.unsynced = left.unsynced.clone();
-        let mut names = BTreeSet::new();
+    pub fn resumed(left: &mut Observed, agent: Agent, rollbacks: Vec<Resumed>) -> Self {
+        let versions = std::mem::take(&mut left.versions).into_iter().chain(std::mem::take(&mut left.foreign_versions));
+        let namespace = left.namespace.clone();
+        let mut observed = Self::new(namespace, left.agent_name.clone(), Some(agent), versions.collect(), Vec::new());
+        // Taken over: the state is this sync's own (see `controller::observe::resume`).
+        observed.marks = std::mem::take(&mut left.marks);
+        observed.channel_marks = std::mem::take(&mut left.channel_marks);
+        observed.unsynced = std::mem::take(&mut left.unsynced);
         observed.rollbacks.reserve(rollbacks.len());
         for rollback in rollbacks {
             let rollback = match rollback {
                 Resumed::Kept(rollback) => rollback,
                 Resumed::Read(rollback) => observed.adopt(rollback),
             };
-            names.insert(rollback.name_any());
             observed.rollbacks.push(rollback);
         }
-        observed.marks.retain(|name, _| names.contains(name));
-        observed.channel_marks.retain(|name, _| names.contains(name));
-        observed.unsynced.retain(|name| names.contains(name));
+        let names: std::collections::HashSet<&str> =
+            observed.rollbacks.iter().filter_map(|r| r.metadata.name.as_deref()).collect();
+        observed.marks.retain(|name, _| names.contains(name.as_str()));
+        observed.channel_marks.retain(|name, _| names.contains(name.as_str()));
+        observed.unsynced.retain(|name| names.contains(name.as_str()));
         observed
     }
 
@@ -425,7 +426,8 @@ impl Observed {
     }
 
     pub fn rollback(&self, name: &str) -> Option<&AgentRollback> {
-        self.rollbacks.iter().find(|r| r.name_any() == name)
+        // Compared in place: a long-lived Agent has thousands of rollbacks.
+        self.rollbacks.iter().find(|r| r.metadata.name.as_deref() == Some(name))
     }
 
     /// Folds in what the API server answered to one applied step.
@@ -447,7 +449,7 @@ impl Observed {
             Applied::Rollback(updated) => {
                 self.confirmed.insert(updated.name_any());
                 let updated = self.adopt(*updated);
-                match self.rollbacks.iter_mut().find(|r| r.name_any() == updated.name_any()) {
+                match self.rollbacks.iter_mut().find(|r| r.metadata.name == updated.metadata.name) {
                     Some(slot) => *slot = updated,
                     None => self.rollbacks.push(updated),
                 }
