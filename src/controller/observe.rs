@@ -27,8 +27,8 @@ use crate::api::{Agent, AgentRollback, AgentVersion};
 use crate::plan::{Observed, Resumed, revision};
 use crate::{Error, Result};
 
-/// Versions read at once by one sync: what a GET costs the API server is a list's share per
-/// version, so one Agent's reads need not queue behind each other.
+/// Reads one sync makes at once: an Agent's versions need not wait for each other, and the
+/// workers' count bounds the total.
 const READS_IN_FLIGHT: usize = 10;
 
 /// Past this many versions an Agent's versions are listed, not read one by one: a list of the
