@@ -47,13 +47,7 @@ pub(crate) async fn long_lived(client: &Client, finished: usize, n: usize) -> Lo
     // The operator's own count of finished rollbacks: a list of thousands every poll would
     // load the server the queue runs on.
     eventually(Duration::from_secs(3600), || async {
-        let (_, body) = operator.get("/metrics").await?;
-        let done: f64 = body
-            .lines()
-            .filter(|l| l.starts_with("agentops_rollbacks_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        (done >= finished as f64).then_some(())
+        (operator.metric_sum("agentops_rollbacks_total{").await >= finished as f64).then_some(())
     })
     .await;
     let finished_seconds = start.elapsed().as_secs_f64();

@@ -358,13 +358,8 @@ async fn version_uids(client: &Client, ns: &str) -> std::collections::HashSet<(S
 /// The operator's count of finished rollbacks (every strategy and outcome) and of versions
 /// published from edits.
 async fn counters(operator: &Operator) -> (f64, f64) {
-    let (_, body) = operator.get("/metrics").await.unwrap();
-    let finished = body
-        .lines()
-        .filter(|l| l.starts_with("agentops_rollbacks_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    (finished, metric(&body, "agentops_versions_published_total").unwrap_or(0.0))
+    let finished = operator.metric_sum("agentops_rollbacks_total{").await;
+    (finished, operator.metric_sum("agentops_versions_published_total").await)
 }
 
 /// Each size (a tenth of `n`, then `n`) with tiny and with realistic instructions, so that what
