@@ -143,6 +143,14 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("failed to keep or read the snapshot that AgentRollback {namespace}/{name} pops")]
+    PoppedSnapshot {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("failed to read workload {namespace}/{name}")]
     ReadWorkload {
         namespace: String,
@@ -170,7 +178,7 @@ pub enum Error {
 }
 
 /// Every value of [`Error::metric_label`], so that each series is served from the start.
-pub const OPERATIONS: [&str; 20] = [
+pub const OPERATIONS: [&str; 21] = [
     "get_agent",
     "list_versions",
     "list_rollbacks",
@@ -186,6 +194,7 @@ pub const OPERATIONS: [&str; 20] = [
     "write_rollback",
     "patch_rollback_status",
     "write_config_map",
+    "popped_snapshot",
     "read_workload",
     "roll_workload",
     "missing_object_key",
@@ -214,6 +223,7 @@ impl Error {
             Self::WriteRollback { .. } => "write_rollback",
             Self::PatchRollbackStatus { .. } => "patch_rollback_status",
             Self::WriteConfigMap { .. } => "write_config_map",
+            Self::PoppedSnapshot { .. } => "popped_snapshot",
             Self::ReadWorkload { .. } => "read_workload",
             Self::RollWorkload { .. } => "roll_workload",
             Self::MissingObjectKey(_) => "missing_object_key",

@@ -20,12 +20,12 @@ pub struct AgentDefinition {
     #[schemars(length(max = 256))]
     pub display_name: Option<String>,
 
-    /// System instructions (prompt) the agent runs with: at most 64 KiB (UTF-8).
+    /// System instructions (prompt) the agent runs with: at most 256 KiB (UTF-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 65536))]
+    #[schemars(length(max = 262144))]
     #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "bytes(self).size() <= 65536",
-        "message": "spec.instructions: at most 65536 bytes (UTF-8)",
+        "rule": "bytes(self).size() <= 262144",
+        "message": "spec.instructions: at most 262144 bytes (UTF-8)",
     }]))]
     pub instructions: Option<String>,
 
@@ -117,17 +117,17 @@ pub(crate) fn settings_map(_: &mut schemars::SchemaGenerator) -> schemars::Schem
 
 /// What `instructions`, `knowledgeBaseFiles` and `advancedSettings` may take together, in
 /// bytes of JSON (their text, and the quotes and separators of each entry): the whole
-/// definition's bound (`plan::publish::MAX_DEFINITION_BYTES`, 128 KiB) less what its small
+/// definition's bound (`plan::publish::MAX_DEFINITION_BYTES`, 320 KiB) less what its small
 /// fields can take at most. So a definition made only of fields the API server can measure is
 /// refused at apply, never accepted and then left unpublished. `steps` and `askUserQuestions`
 /// keep fields of any shape, which CEL cannot measure: they count only at publish.
-pub const TYPED_FIELDS_BUDGET: usize = 126_976;
+pub const TYPED_FIELDS_BUDGET: usize = 323_584;
 
 /// The rule, on the spec (`self`): the bytes of JSON those fields take, at most the budget.
 const TYPED_FIELDS_SIZE_RULE: &str = "(has(self.instructions) ? bytes(self.instructions).size() : 0) + \
     (has(self.knowledgeBaseFiles) ? self.knowledgeBaseFiles.map(f, bytes(f).size() + 3).sum() \
     : 0) + (has(self.advancedSettings) ? self.advancedSettings.map(k, bytes(k).size() + \
-    bytes(self.advancedSettings[k]).size() + 6).sum() : 0) <= 126976";
+    bytes(self.advancedSettings[k]).size() + 6).sum() : 0) <= 323584";
 
 /// An AI agent's definition. Every change of the definition is published as a new
 /// AgentVersion; AgentRollbacks move the active version without touching this spec.
@@ -165,7 +165,7 @@ const TYPED_FIELDS_SIZE_RULE: &str = "(has(self.instructions) ? bytes(self.instr
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": TYPED_FIELDS_SIZE_RULE,
     // A messageExpression that said how many bytes they take would cost more than CEL allows.
-    "message": "spec: instructions, knowledgeBaseFiles and advancedSettings take more than 126976 bytes together as JSON (the whole definition may take 131072)",
+    "message": "spec: instructions, knowledgeBaseFiles and advancedSettings take more than 323584 bytes together as JSON (the whole definition may take 327680)",
 }]))]
 pub struct AgentSpec {
     #[serde(flatten)]

@@ -184,7 +184,7 @@ pub struct AgentRollbackStatus {
 
     /// Why it failed, for machines: AgentNotFound, VersionNotFound, AlreadyActive,
     /// NoPreviousVersion, AtFirstVersion, ActiveVersionChanged, VersionInUse, VersionRefused,
-    /// InvalidRecord, and for a channel ChannelNotFound, VersionQuarantined or
+    /// InvalidRecord, SnapshotNotKept, and for a channel ChannelNotFound, VersionQuarantined or
     /// NoKnownGoodVersion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

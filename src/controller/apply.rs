@@ -3,7 +3,7 @@
 //! that lost a race each tell the caller to look again instead of failing.
 
 use futures::future::try_join_all;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
@@ -12,14 +12,14 @@ use serde_json::json;
 use super::context::Context;
 use super::delivery;
 use super::index::{AgentKey, Echo};
-use crate::api::keys::{FIELD_MANAGER, ROLLBACK_RECORD_ANNOTATION};
+use crate::api::keys::{FIELD_MANAGER, ROLLBACK_RECORD_ANNOTATION, SNAPSHOT_HASH_ANNOTATION};
 use crate::api::{Agent, AgentChannel, AgentChannelStatus, AgentPromotion, AgentRollback, AgentStatus, AgentVersion};
 use crate::error::{is_permanent, status_code};
 use crate::plan::driver::Outcome;
-use crate::plan::durable::{RollbackRecord, handled_of};
+use crate::plan::durable::{RollbackRecord, handled_of, record_text};
 use crate::plan::moves::PromotionRecord;
-use crate::plan::protection;
 use crate::plan::{Applied, EventNote, EventTarget, Observed, RefusedVersion, RelatedObject, Step, Write};
+use crate::plan::{popped, protection};
 use crate::{Error, Result};
 
 /// A rollback as the API server answered, less what the operator never reads (its annotations
@@ -148,11 +148,62 @@ async fn apply_one(ctx: &Context, observed: &Observed, write: Write) -> Result<O
         Write::WritePromotion { name, resource_version, record, copy_status, announce } => {
             write_promotion(ctx, observed, name, resource_version, &record, copy_status, announce).await
         }
+        Write::KeepPopped { rollback, config_map } => keep_popped(ctx, ns, rollback, &config_map).await,
+        Write::ReadPopped { rollback } => read_popped(ctx, observed, rollback).await,
         Write::Event(note) => {
             publish(ctx, observed, note);
             Ok(Outcome::Done(Applied::Nothing))
         }
     }
+}
+
+/// Creates the ConfigMap in which a Pop keeps the snapshot it deletes (see `plan::popped`).
+/// Its name taken, it is the Pop's own if the Pop owns it and it holds that snapshot (made
+/// before a crash); else, as when the API server refuses it for good, the Pop is told why and
+/// deletes nothing.
+async fn keep_popped(ctx: &Context, ns: &str, rollback: String, config_map: &ConfigMap) -> Result<Outcome> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let failed = |source| Error::PoppedSnapshot { namespace: ns.into(), name: rollback.clone(), source };
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    match api.create(&params, config_map).await {
+        Ok(_) => Ok(Outcome::Done(Applied::PoppedKept(rollback))),
+        Err(e) if status_code(&e) == Some(409) => {
+            let name = config_map.name_any();
+            let Some(found) = api.get_opt(&name).await.map_err(failed)? else {
+                // Gone again since: the next unit makes it.
+                return Ok(Outcome::Stale(None));
+            };
+            let uid = config_map.owner_references().first().map(|r| r.uid.as_str()).unwrap_or_default();
+            let hash = config_map.annotations().get(SNAPSHOT_HASH_ANNOTATION).map(String::as_str).unwrap_or_default();
+            Ok(Outcome::Done(match popped::snapshot_of(&found, uid, hash) {
+                Some(_) => Applied::PoppedKept(rollback),
+                None => {
+                    Applied::PoppedRefused(rollback, format!("a ConfigMap {name} exists and is not this rollback's"))
+                }
+            }))
+        }
+        Err(kube::Error::Api(status)) if is_permanent(status.code) => Ok(Outcome::Done(Applied::PoppedRefused(
+            rollback,
+            format!("the API server refused it: {}", status.message),
+        ))),
+        Err(source) => Err(failed(source)),
+    }
+}
+
+/// Reads back the snapshot a Pop kept: its status lost it after the version was deleted.
+async fn read_popped(ctx: &Context, observed: &Observed, rollback: String) -> Result<Outcome> {
+    let ns = observed.namespace.as_str();
+    let read = observed.rollback(&rollback);
+    let uid = read.and_then(|r| r.metadata.uid.clone()).unwrap_or_default();
+    let hash = read.and_then(|r| r.status.as_ref()?.popped_snapshot_hash.clone()).unwrap_or_default();
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let found = api.get_opt(&popped::config_map_name(&rollback)).await.map_err(|source| Error::PoppedSnapshot {
+        namespace: ns.into(),
+        name: rollback.clone(),
+        source,
+    })?;
+    let snapshot = found.and_then(|config_map| popped::snapshot_of(&config_map, &uid, &hash));
+    Ok(Outcome::Done(Applied::PoppedRead(rollback, snapshot)))
 }
 
 /// Writes a channel's whole status (server-side apply under the operator's field manager,
@@ -401,7 +452,7 @@ async fn write_rollback(
     let ns = observed.namespace.as_str();
     let api: Api<AgentRollback> = Api::namespaced(ctx.client.clone(), ns);
     let failed = |source| Error::WriteRollback { namespace: ns.into(), name: name.clone(), source };
-    let text = serde_json::to_string(record).map_err(|e| failed(kube::Error::SerdeError(e)))?;
+    let text = record_text(record).map_err(|e| failed(kube::Error::SerdeError(e)))?;
     // A merge patch that carries resourceVersion is refused with 409 when the object changed
     // since: the compare-and-swap that runs each rollback exactly once.
     let body = json!({ "metadata": {

@@ -312,6 +312,8 @@ fn write_label(write: &Write) -> String {
         Write::WriteRollback { name, record, .. } => format!("rollback {name} {:?}", record.status.phase),
         Write::CopyRollbackStatus { name } => format!("rollback {name} status"),
         Write::ReadRollback { name } => format!("read rollback {name}"),
+        Write::KeepPopped { rollback, .. } => format!("keep the snapshot rollback {rollback} pops"),
+        Write::ReadPopped { rollback } => format!("read the snapshot rollback {rollback} popped"),
         Write::ListRollbacks => "list rollbacks".into(),
         Write::Event(e) => format!("event {}", e.reason),
         Write::ApplyConfigMap { config_map, .. } => {

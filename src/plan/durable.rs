@@ -57,6 +57,19 @@ pub struct AgentMark {
     pub handled: Option<Handled>,
 }
 
+/// The record as its annotation holds it: all of it but the popped snapshot, which a Pop keeps
+/// in a ConfigMap of its own (see `popped`), as a definition may take more than the 256 KiB
+/// that all annotations of an object may hold. Records of earlier builds hold the snapshot,
+/// and are read as they are.
+pub fn record_text(record: &RollbackRecord) -> serde_json::Result<String> {
+    if record.status.popped_snapshot.is_none() {
+        return serde_json::to_string(record);
+    }
+    let mut stored = record.clone();
+    stored.status.popped_snapshot = None;
+    serde_json::to_string(&stored)
+}
+
 /// The record on a rollback, if the controller wrote one. One that does not parse was not
 /// written by the controller and counts as none.
 pub fn record_of(rollback: &AgentRollback) -> Option<RollbackRecord> {
@@ -109,11 +122,29 @@ mod tests {
             channel: None,
         };
         let mut rollback = crate::fixtures::rollback("rb", "a", crate::api::RollbackStrategy::Pop);
-        let text = serde_json::to_string(&record).expect("serializes");
+        let text = record_text(&record).expect("serializes");
         rollback.metadata.annotations = Some(BTreeMap::from([(ROLLBACK_RECORD_ANNOTATION.to_string(), text)]));
         assert_eq!(record_of(&rollback), Some(record));
         rollback.metadata.annotations = Some(BTreeMap::from([(ROLLBACK_RECORD_ANNOTATION.into(), "{".into())]));
         assert_eq!(record_of(&rollback), None, "a broken record counts as none");
+    }
+
+    #[test]
+    fn a_record_leaves_its_popped_snapshot_out_of_its_annotation() {
+        let snapshot = crate::api::AgentDefinition { instructions: Some("i".repeat(300 * 1024)), ..Default::default() };
+        let status = AgentRollbackStatus {
+            popped_version: Some(2),
+            popped_snapshot_hash: Some(crate::plan::hash::snapshot_hash(&snapshot)),
+            popped_snapshot: Some(snapshot),
+            ..AgentRollbackStatus::default()
+        };
+        let record = RollbackRecord { status, agent: None, channel: None };
+        let text = record_text(&record).expect("serializes");
+        assert!(text.len() < 1024, "{} bytes", text.len());
+        let read: RollbackRecord = serde_json::from_str(&text).expect("parses");
+        let mut expected = record.clone();
+        expected.status.popped_snapshot = None;
+        assert_eq!(read, expected);
     }
 
     #[test]

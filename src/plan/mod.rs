@@ -20,6 +20,7 @@ pub mod hash;
 pub mod history;
 pub mod in_sync;
 pub mod moves;
+pub mod popped;
 pub mod protection;
 pub mod publish;
 pub mod rollback;
@@ -37,8 +38,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::conditions::{HasConditions, STALLED, reasons};
 use crate::api::{
-    Agent, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, DeliveryStatus, LastRollback, RollbackPhase,
-    WorkloadRef,
+    Agent, AgentDefinition, AgentRollback, AgentRollbackStatus, AgentStatus, AgentVersion, DeliveryStatus,
+    LastRollback, RollbackPhase, WorkloadRef,
 };
 use channel::ChannelObserved;
 use delivery::{ConfigMapState, Held, Recipient, WorkloadState};
@@ -116,6 +117,17 @@ pub struct Observed {
     /// Versions whose create the API server refused during this sync with an answer no retry
     /// changes (see [`RefusedVersion`]).
     pub refused: Vec<RefusedVersion>,
+    /// Where a Pop keeps the snapshot it deletes (see [`popped`]), as learnt during this sync:
+    /// the ConfigMap of each rollback named here holds it.
+    pub popped_kept: BTreeSet<String>,
+    /// Pops that could not keep their snapshot (the ConfigMap's name is taken by one not
+    /// theirs, or the API server refused it): why. They delete nothing.
+    pub popped_refused: BTreeMap<String, String>,
+    /// Pops whose status is to show a snapshot found neither on their version (deleted) nor in
+    /// their status (lost): their ConfigMap is to be read back.
+    pub popped_unread: BTreeSet<String>,
+    /// The snapshots read back from the Pops' ConfigMaps; `None`: there was none to be found.
+    pub popped_read: BTreeMap<String, Option<AgentDefinition>>,
     /// The size of the Agent's definition as canonical JSON, and the generation it was
     /// measured at (measuring is costly; the spec changes only with the generation).
     definition_size: Option<(Option<i64>, usize)>,
@@ -168,6 +180,10 @@ impl Observed {
             channels: Vec::new(),
             promotions: moves::Promotions::default(),
             refused: Vec::new(),
+            popped_kept: BTreeSet::new(),
+            popped_refused: BTreeMap::new(),
+            popped_unread: BTreeSet::new(),
+            popped_read: BTreeMap::new(),
             definition_size: None,
         };
         observed.measure_definition();
@@ -190,6 +206,8 @@ impl Observed {
         observed.marks = std::mem::take(&mut left.marks);
         observed.channel_marks = std::mem::take(&mut left.channel_marks);
         observed.unsynced = std::mem::take(&mut left.unsynced);
+        observed.popped_unread = std::mem::take(&mut left.popped_unread);
+        observed.popped_read = std::mem::take(&mut left.popped_read);
         observed.rollbacks.reserve(rollbacks.len());
         for rollback in rollbacks {
             let rollback = match rollback {
@@ -203,6 +221,8 @@ impl Observed {
         observed.marks.retain(|name, _| names.contains(name.as_str()));
         observed.channel_marks.retain(|name, _| names.contains(name.as_str()));
         observed.unsynced.retain(|name| names.contains(name.as_str()));
+        observed.popped_unread.retain(|name| names.contains(name.as_str()));
+        observed.popped_read.retain(|name, _| names.contains(name.as_str()));
         observed
     }
 
@@ -213,8 +233,10 @@ impl Observed {
         self.marks.remove(&name);
         self.channel_marks.remove(&name);
         self.unsynced.remove(&name);
+        self.popped_unread.remove(&name);
         match durable::record_of(&rollback) {
-            Some(record) => {
+            Some(mut record) => {
+                self.find_popped(&name, rollback.status.as_ref(), &mut record.status);
                 if rollback.status.as_ref() != Some(&record.status) {
                     self.unsynced.insert(name.clone());
                 }
@@ -232,6 +254,33 @@ impl Observed {
             None => rollback.status = None,
         }
         rollback
+    }
+
+    /// Puts back into a Pop's status, as its record holds it, the snapshot the record leaves
+    /// out (see [`durable::record_text`]): from the version while it exists, else from the
+    /// status read (if it is that snapshot), else as read back from the Pop's ConfigMap; or
+    /// notes that the ConfigMap is to be read.
+    fn find_popped(&mut self, name: &str, read: Option<&AgentRollbackStatus>, status: &mut AgentRollbackStatus) {
+        let (Some(number), Some(hash), None) =
+            (status.popped_version, status.popped_snapshot_hash.as_deref(), status.popped_snapshot.as_ref())
+        else {
+            return;
+        };
+        let from_version = self.version(number).filter(|v| v.spec.snapshot_hash == hash).map(|v| &v.spec.snapshot);
+        let from_status = || read.and_then(|r| r.popped_snapshot.as_ref()).filter(|s| hash::snapshot_hash(s) == hash);
+        if let Some(snapshot) = from_version.or_else(from_status) {
+            status.popped_snapshot = Some(snapshot.clone());
+            return;
+        }
+        match self.popped_read.get(name) {
+            Some(read) => status.popped_snapshot.clone_from(read),
+            // A status that is the record's in all but the snapshot was written when the
+            // snapshot was nowhere to be found (its ConfigMap deleted by hand): nothing to read.
+            None if read == Some(&*status) => {}
+            None => {
+                self.popped_unread.insert(name.to_string());
+            }
+        }
     }
 
     fn measure_definition(&mut self) {
@@ -466,6 +515,26 @@ impl Observed {
                 }
                 self.rollbacks_listed = true;
             }
+            Applied::PoppedKept(name) => {
+                self.popped_kept.insert(name);
+            }
+            Applied::PoppedRefused(name, message) => {
+                self.popped_refused.insert(name, message);
+            }
+            Applied::PoppedRead(name, snapshot) => {
+                self.popped_unread.remove(&name);
+                if snapshot.is_some() {
+                    self.popped_kept.insert(name.clone());
+                }
+                if let Some(status) =
+                    self.rollbacks.iter_mut().find(|r| r.name_any() == name).and_then(|r| r.status.as_mut())
+                    && snapshot.is_some()
+                {
+                    status.popped_snapshot.clone_from(&snapshot);
+                    self.unsynced.insert(name.clone());
+                }
+                self.popped_read.insert(name, snapshot);
+            }
             Applied::RollbackDeleted(name) => {
                 self.rollbacks.retain(|r| r.name_any() != name);
                 self.marks.remove(&name);
@@ -595,6 +664,12 @@ pub enum Applied {
     Promotions(Vec<crate::api::AgentPromotion>),
     /// A promotion found deleted.
     PromotionDeleted(String),
+    /// The Pop's ConfigMap keeps the snapshot it deletes (made, or found made).
+    PoppedKept(String),
+    /// The Pop's ConfigMap could not be made (see [`Observed::popped_refused`]): why.
+    PoppedRefused(String, String),
+    /// The snapshot read back from a Pop's ConfigMap; `None`: none to be found.
+    PoppedRead(String, Option<AgentDefinition>),
     Nothing,
 }
 
@@ -691,6 +766,12 @@ pub enum Write {
         copy_status: bool,
         announce: Vec<EventNote>,
     },
+    /// Create the ConfigMap in which the Pop `rollback` keeps the snapshot it is about to
+    /// delete (see [`popped`]); its name taken, read it: it is the rollback's if the rollback
+    /// owns it and it holds that snapshot.
+    KeepPopped { rollback: String, config_map: Box<k8s_openapi::api::core::v1::ConfigMap> },
+    /// Read back the snapshot the Pop `rollback` kept (of the hash its record holds).
+    ReadPopped { rollback: String },
     /// Record an Event.
     Event(EventNote),
 }

@@ -17,12 +17,12 @@ use crate::api::keys::{AGENT_LABEL, CHANGE_CAUSE_ANNOTATION, CHANGED_BY_ANNOTATI
 use crate::api::{Agent, AgentDefinition, AgentVersion, AgentVersionSpec};
 
 /// The largest definition, as canonical JSON, that is published. Every object made from it
-/// must fit the API server's limits; the tightest is a Pop's record annotation (see
-/// `durable`), which holds the popped snapshot within the 256 KiB that all annotations of an
-/// object may take. Half of that leaves room for the rest of the record, and for the
-/// `kubectl.kubernetes.io/last-applied-configuration` annotation of a client-side apply,
-/// which holds the whole Agent.
-pub const MAX_DEFINITION_BYTES: usize = 128 * 1024;
+/// must fit the API server's limits; the tightest is the delivery ConfigMap (1 MiB of data),
+/// which during a rollout holds the snapshot three times: `agent.json`, the served version's
+/// own key and the replaced version's key. Three times 320 KiB leaves 64 KiB for the keys and
+/// the small entries. No definition passes through an annotation (a Pop keeps the snapshot it
+/// deletes in a ConfigMap, see `durable`).
+pub const MAX_DEFINITION_BYTES: usize = 320 * 1024;
 
 /// True when the Agent has a generation not yet handled, or no version at all (unless its
 /// definition is refused: then it stays without one until its spec changes).

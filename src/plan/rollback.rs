@@ -46,10 +46,13 @@ pub enum FailureReason {
     /// to delete that is not the newest, a version to make that is not the next, a target
     /// other than the spec's): the operator did not write it.
     InvalidRecord,
+    /// A Pop could not keep the snapshot it deletes (see `popped`): its ConfigMap's name is
+    /// taken by one not its own, or the API server refused it. Nothing was deleted.
+    SnapshotNotKept,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 12] = [
+    pub const ALL: [FailureReason; 13] = [
         Self::AgentNotFound,
         Self::VersionNotFound,
         Self::AlreadyActive,
@@ -62,6 +65,7 @@ impl FailureReason {
         Self::NoKnownGoodVersion,
         Self::VersionRefused,
         Self::InvalidRecord,
+        Self::SnapshotNotKept,
     ];
 
     /// The machine-readable name: status.reason, the Event reason and the metric label.
@@ -79,6 +83,7 @@ impl FailureReason {
             Self::NoKnownGoodVersion => "NoKnownGoodVersion",
             Self::VersionRefused => "VersionRefused",
             Self::InvalidRecord => "InvalidRecord",
+            Self::SnapshotNotKept => "SnapshotNotKept",
         }
     }
 }
@@ -508,6 +513,21 @@ fn resume_pop(
             if Some(&version.spec.snapshot_hash) == status.popped_snapshot_hash.as_ref()
                 && observed.versions.len() > 1 =>
         {
+            let name = running.name_any();
+            // The snapshot is kept before its version goes (see `popped`).
+            if let Some(why) = observed.popped_refused.get(&name) {
+                let message = format!(
+                    "Version {popped} was not deleted: the ConfigMap {} that keeps its snapshot could not be made \
+                     ({why}). Nothing was changed.",
+                    super::popped::config_map_name(&name)
+                );
+                return fail(observed, running, Failure { reason: FailureReason::SnapshotNotKept, message }, now);
+            }
+            if !observed.popped_kept.contains(&name) {
+                let config_map = super::popped::config_map(&observed.namespace, running, version);
+                let keep = Write::KeepPopped { rollback: name, config_map: Box::new(config_map) };
+                return with_status_copy(observed, running, keep);
+            }
             let delete = Write::DeleteVersion {
                 name: version.name_any(),
                 uid: version.metadata.uid.clone().unwrap_or_default(),

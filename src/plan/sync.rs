@@ -43,6 +43,12 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
             .collect();
     }
 
+    // Before any status of a Pop is written: what it shows of the snapshot it deleted.
+    if !observed.popped_unread.is_empty() {
+        let reads = observed.popped_unread.iter().map(|name| Write::ReadPopped { rollback: name.clone() });
+        return vec![Step::Together(reads.collect())];
+    }
+
     let pending = observed.pending_rollbacks();
     let Some(agent) = &observed.agent else {
         return agent_gone(observed, now);

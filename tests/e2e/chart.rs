@@ -468,7 +468,7 @@ async fn the_operators_identity_writes_only_its_config_maps_its_delivery_annotat
         (!ok).then_some(stderr)
     })
     .await;
-    assert!(refused.contains("writes only the delivery ConfigMaps its Agents and channels own"), "{refused}");
+    assert!(refused.contains("writes only the ConfigMaps its Agents, channels and Pops"), "{refused}");
 
     let config_map = |owner: &str| {
         format!(

@@ -394,9 +394,9 @@ async fn a_version_deleted_by_someone_else_is_noticed_by_the_status_and_the_next
 }
 
 /// A spec with `count` advancedSettings of `chars` characters each.
-fn wide_settings(count: usize, chars: usize) -> String {
+fn wide_settings(instructions: usize, count: usize, chars: usize) -> String {
     let settings: BTreeMap<String, String> = (0..count).map(|i| (format!("s{i:02}"), "x".repeat(chars))).collect();
-    json!({ "advancedSettings": settings }).to_string()
+    json!({ "instructions": "i".repeat(instructions), "advancedSettings": settings }).to_string()
 }
 
 #[tokio::test]
@@ -437,7 +437,11 @@ async fn bad_input_is_refused_at_apply_time_with_a_message_naming_the_rule() {
         (agent("vis", r#"{"visibility":"everyone"}"#), "spec.visibility", "supported values"),
         // Each setting within its own limit, all of them over what a version may hold: refused
         // here, not left unpublished.
-        (agent("wide", &wide_settings(60, 4000)), "spec", "advancedSettings take more than 126976 bytes together"),
+        (
+            agent("wide", &wide_settings(100_000, 60, 4000)),
+            "spec",
+            "advancedSettings take more than 323584 bytes together",
+        ),
         // Names of objects: what no Agent could be called is refused, not looked up for ever.
         (rollback("r6", r#"{"agentName":"$(x)","strategy":"Pop"}"#), "spec.agentName", "should match"),
         (agent(&"a".repeat(64), "{}"), "metadata.name", "at most 63 characters"),

@@ -53,6 +53,8 @@ pub struct Cluster {
     pub(super) rollback_history: Vec<Vec<AgentRollback>>,
     /// An admission policy on versions: refuses those it returns a message for.
     pub version_policy: Option<fn(&AgentVersion) -> Option<String>>,
+    /// The ConfigMaps in which Pops keep the snapshots they delete, by name (see `popped`).
+    pub popped: std::collections::BTreeMap<String, k8s_openapi::api::core::v1::ConfigMap>,
     revision: u64,
     uids: u64,
     pub(super) clock: i64,
@@ -79,6 +81,7 @@ impl Cluster {
             channel_config_maps: std::collections::BTreeMap::new(),
             rollback_history: Vec::new(),
             version_policy: None,
+            popped: std::collections::BTreeMap::new(),
             revision: 100,
             uids: 0,
             clock: 1_700_000_000,
@@ -344,7 +347,7 @@ impl Cluster {
                 if resource_version.is_some() && resource_version != &rollback.metadata.resource_version {
                     return Err(Refused::StaleRollback(Box::new(rollback.clone())));
                 }
-                let text = serde_json::to_string(record).expect("a record serializes");
+                let text = crate::plan::durable::record_text(record).expect("a record serializes");
                 rollback.metadata.annotations.get_or_insert_default().insert(ROLLBACK_RECORD_ANNOTATION.into(), text);
                 if *copy_status {
                     rollback.status = Some(record.status.clone());
@@ -358,12 +361,16 @@ impl Cluster {
             Write::CopyRollbackStatus { name } => {
                 let rv = self.bump();
                 let rollback = self.rollbacks.iter_mut().find(|r| &r.name_any() == name).expect("rollback exists");
-                let seen = seen.rollback(name).and_then(|r| r.metadata.resource_version.clone());
-                if seen != rollback.metadata.resource_version {
+                let seen = seen.rollback(name);
+                if seen.and_then(|r| r.metadata.resource_version.as_ref())
+                    != rollback.metadata.resource_version.as_ref()
+                {
                     return Err(Refused::StaleRollback(Box::new(rollback.clone())));
                 }
-                let record = crate::plan::durable::record_of(rollback).expect("a copy follows its record");
-                rollback.status = Some(record.status);
+                assert!(crate::plan::durable::record_of(rollback).is_some(), "a copy follows its record");
+                // As the controller writes it: the status the sync holds, its record's with the
+                // popped snapshot the record leaves out.
+                rollback.status = seen.and_then(|r| r.status.clone());
                 rollback.metadata.resource_version = rv;
                 let updated = rollback.clone();
                 self.rollback_history.push(self.rollbacks.clone());
@@ -464,6 +471,28 @@ impl Cluster {
                     self.versions.remove(i);
                 }
                 Ok(Applied::VersionPatched(Box::new(patched)))
+            }
+            Write::KeepPopped { rollback, config_map } => {
+                let name = config_map.metadata.name.clone().expect("a name");
+                let Some(found) = self.popped.get(&name) else {
+                    self.popped.insert(name, (**config_map).clone());
+                    return Ok(Applied::PoppedKept(rollback.clone()));
+                };
+                let owner = config_map.metadata.owner_references.iter().flatten().next().expect("an owner");
+                let hash = &config_map.metadata.annotations.as_ref().expect("annotations")
+                    [crate::api::keys::SNAPSHOT_HASH_ANNOTATION];
+                Ok(match crate::plan::popped::snapshot_of(found, &owner.uid, hash) {
+                    Some(_) => Applied::PoppedKept(rollback.clone()),
+                    None => Applied::PoppedRefused(rollback.clone(), format!("a ConfigMap {name} exists")),
+                })
+            }
+            Write::ReadPopped { rollback } => {
+                let read = self.rollbacks.iter().find(|r| &r.name_any() == rollback);
+                let uid = read.and_then(|r| r.metadata.uid.clone()).unwrap_or_default();
+                let hash = read.and_then(|r| crate::plan::durable::record_of(r)?.status.popped_snapshot_hash);
+                let found = self.popped.get(&crate::plan::popped::config_map_name(rollback));
+                let snapshot = found.and_then(|c| crate::plan::popped::snapshot_of(c, &uid, &hash.unwrap_or_default()));
+                Ok(Applied::PoppedRead(rollback.clone(), snapshot))
             }
             Write::JudgeVersion { .. } => unreachable!("the modelled channels bake longer than any test"),
             Write::RollWorkload { .. } => unreachable!("the modelled Agent and channels list no workloads"),

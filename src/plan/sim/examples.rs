@@ -77,6 +77,56 @@ fn pop_keeps_the_deleted_snapshot_in_status() {
 }
 
 #[test]
+fn a_pop_keeps_the_deleted_snapshot_beside_its_record_and_shows_it_again_after_a_status_loss() {
+    let mut cluster = two_versions();
+    cluster.create_rollback("pop", RollbackStrategy::Pop, None, None);
+    cluster.converge(&mut || false);
+    let record = cluster.rollbacks[0].annotations()[ROLLBACK_RECORD_ANNOTATION].clone();
+    assert!(!record.contains("instructions 2"), "the record leaves the snapshot out: {record}");
+    let kept = cluster.popped.get("pop-popped").expect("the snapshot is kept in the Pop's ConfigMap");
+    assert_eq!(kept.owner_references()[0].uid, cluster.rollbacks[0].uid().unwrap_or_default());
+
+    cluster.lose_status();
+    cluster.converge(&mut || false);
+    let status = cluster.rollbacks[0].status.clone().expect("status rebuilt");
+    assert_eq!(status.popped_snapshot, Some(content(2)));
+    assert_eq!(cluster.history(), vec![(1, content(1))], "nothing published or deleted again");
+}
+
+#[test]
+fn a_pop_whose_kept_snapshot_was_deleted_by_hand_rebuilds_the_rest_of_its_status() {
+    let mut cluster = two_versions();
+    cluster.create_rollback("pop", RollbackStrategy::Pop, None, None);
+    cluster.converge(&mut || false);
+    let before = cluster.rollbacks[0].status.clone().expect("status");
+    cluster.popped.clear();
+    cluster.lose_status();
+    cluster.converge(&mut || false);
+    let status = cluster.rollbacks[0].status.clone().expect("status rebuilt");
+    assert_eq!(status.popped_snapshot, None, "nowhere to be found");
+    assert_eq!(AgentRollbackStatus { popped_snapshot: None, ..before }, status);
+}
+
+#[test]
+fn a_pop_that_cannot_keep_the_snapshot_deletes_nothing() {
+    let mut cluster = two_versions();
+    let taken = k8s_openapi::api::core::v1::ConfigMap {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("pop-popped".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    cluster.popped.insert("pop-popped".into(), taken);
+    cluster.create_rollback("pop", RollbackStrategy::Pop, None, None);
+    cluster.converge(&mut || false);
+    assert_eq!(cluster.outcome("pop"), Outcome::Failed("SnapshotNotKept".into()));
+    assert_eq!(cluster.history(), vec![(1, content(1)), (2, content(2))], "nothing deleted");
+    let status = cluster.rollbacks[0].status.clone().expect("status");
+    assert!(status.message.as_deref().is_some_and(|m| m.contains("pop-popped")), "{:?}", status.message);
+}
+
+#[test]
 fn a_rollback_of_a_missing_agent_fails_with_agent_not_found() {
     let mut cluster = Cluster::new(content(1), 10);
     cluster.agent = None;
