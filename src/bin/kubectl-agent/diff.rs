@@ -45,9 +45,112 @@ pub fn render(changes: &[Change]) -> String {
         .map(|c| match c {
             Change::Added(path, v) => format!("+ {}: {v}\n", escape(path)),
             Change::Removed(path, v) => format!("- {}: {v}\n", escape(path)),
+            Change::Changed(path, Value::String(a), Value::String(b)) if a.contains('\n') || b.contains('\n') => {
+                format!("~ {}:\n{}", escape(path), lines_changed(a, b))
+            }
             Change::Changed(path, a, b) => format!("~ {}: {a} -> {b}\n", escape(path)),
         })
         .collect()
+}
+
+/// A text of several lines that changed, as the lines removed and added, each run under the
+/// number of its first line in the older text: a long prompt changes in a few lines, which the
+/// whole text shown twice would bury.
+fn lines_changed(a: &str, b: &str) -> String {
+    let (old, new): (Vec<&str>, Vec<&str>) = (a.split('\n').collect(), b.split('\n').collect());
+    let prefix = old.iter().zip(&new).take_while(|(x, y)| x == y).count();
+    let suffix = old[prefix..].iter().rev().zip(new[prefix..].iter().rev()).take_while(|(x, y)| x == y).count();
+    let (old_mid, new_mid) = (&old[prefix..old.len() - suffix], &new[prefix..new.len() - suffix]);
+    let mut out = String::new();
+    let mut line = prefix + 1;
+    let mut hunk_open = false;
+    for op in line_ops(old_mid, new_mid) {
+        match op {
+            LineOp::Same => {
+                line += 1;
+                hunk_open = false;
+                continue;
+            }
+            _ if !hunk_open => {
+                out.push_str(&format!("  @@ line {line}\n"));
+                hunk_open = true;
+            }
+            _ => {}
+        }
+        match op {
+            LineOp::Removed(text) => {
+                out.push_str(&format!("  - {}\n", escape(text)));
+                line += 1;
+            }
+            LineOp::Added(text) => out.push_str(&format!("  + {}\n", escape(text))),
+            LineOp::Same => {}
+        }
+    }
+    out
+}
+
+enum LineOp<'a> {
+    Same,
+    Removed(&'a str),
+    Added(&'a str),
+}
+
+/// The shortest edit from `old` to `new`, line by line (Myers' greedy algorithm: its cost grows
+/// with the lines changed, not with the length of the text); past a thousand lines changed,
+/// every old line removed and every new one added.
+fn line_ops<'a>(old: &[&'a str], new: &[&'a str]) -> Vec<LineOp<'a>> {
+    const MAX_EDITS: isize = 1000;
+    let (n, m) = (old.len() as isize, new.len() as isize);
+    let max = (n + m).min(MAX_EDITS);
+    let at = |k: isize| (k + max + 1) as usize;
+    // furthest[k]: how far along `old` the furthest path on diagonal k (x - y) reaches.
+    let mut furthest = vec![0isize; 2 * max as usize + 3];
+    let mut trace = Vec::new();
+    for d in 0..=max {
+        trace.push(furthest.clone());
+        for k in (-d..=d).step_by(2) {
+            let down = k == -d || (k != d && furthest[at(k - 1)] < furthest[at(k + 1)]);
+            let mut x = if down { furthest[at(k + 1)] } else { furthest[at(k - 1)] + 1 };
+            let mut y = x - k;
+            while x < n && y < m && old[x as usize] == new[y as usize] {
+                (x, y) = (x + 1, y + 1);
+            }
+            furthest[at(k)] = x;
+            if x >= n && y >= m {
+                return backtrack(old, new, &trace, max);
+            }
+        }
+    }
+    old.iter().map(|l| LineOp::Removed(l)).chain(new.iter().map(|l| LineOp::Added(l))).collect()
+}
+
+/// The edit that `trace` (the furthest points before each step of `line_ops`) ends with.
+fn backtrack<'a>(old: &[&'a str], new: &[&'a str], trace: &[Vec<isize>], max: isize) -> Vec<LineOp<'a>> {
+    let at = |k: isize| (k + max + 1) as usize;
+    let (mut x, mut y) = (old.len() as isize, new.len() as isize);
+    let mut ops = Vec::new();
+    for (d, furthest) in trace.iter().enumerate().rev() {
+        let (d, k) = (d as isize, x - y);
+        let down = k == -d || (k != d && furthest[at(k - 1)] < furthest[at(k + 1)]);
+        let previous_k = if down { k + 1 } else { k - 1 };
+        let previous_x = furthest[at(previous_k)];
+        let previous_y = previous_x - previous_k;
+        while x > previous_x && y > previous_y {
+            ops.push(LineOp::Same);
+            (x, y) = (x - 1, y - 1);
+        }
+        if d > 0 {
+            if down {
+                ops.push(LineOp::Added(new[(y - 1) as usize]));
+                y -= 1;
+            } else {
+                ops.push(LineOp::Removed(old[(x - 1) as usize]));
+                x -= 1;
+            }
+        }
+    }
+    ops.reverse();
+    ops
 }
 
 fn flatten(definition: &AgentDefinition) -> BTreeMap<String, Value> {
@@ -98,6 +201,28 @@ mod tests {
             render(&changes(&a, &b)),
             "- knowledgeBaseFiles[0]: \"faq.md\"\n+ steps[1].name: \"refund\"\n+ steps[1].x: 1\n~ temperature: 1.0 -> 0.3\n"
         );
+    }
+
+    #[test]
+    fn instructions_of_several_lines_show_only_the_lines_that_changed() {
+        let policy: Vec<String> = (1..=2000).map(|i| format!("rule {i}: be exact")).collect();
+        let mut edited = policy.clone();
+        edited[9] = "rule 10: be exact, and kind".into();
+        edited.insert(1500, "rule 1500b: cite sources".into());
+        edited.pop();
+        let a = definition(json!({"instructions": policy.join("\n")}));
+        let b = definition(json!({"instructions": edited.join("\n")}));
+        assert_eq!(
+            render(&changes(&a, &b)),
+            "~ instructions:\n  @@ line 10\n  - rule 10: be exact\n  + rule 10: be exact, and kind\n  @@ line 1501\n  \
+             + rule 1500b: cite sources\n  @@ line 2000\n  - rule 2000: be exact\n"
+        );
+        // One line to 2,000: the one removed, every one added.
+        let short = definition(json!({"instructions": "be kind"}));
+        assert_eq!(render(&changes(&short, &a)).lines().count(), 3 + 2000, "one line became 2000");
+        // One line to another stays on one line.
+        let kinder = definition(json!({"instructions": "be kind."}));
+        assert_eq!(render(&changes(&short, &kinder)), "~ instructions: \"be kind\" -> \"be kind.\"\n");
     }
 
     #[test]
