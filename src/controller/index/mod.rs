@@ -162,8 +162,11 @@ struct Inner {
     relists: Relists,
     /// Epochs, and the order of kept states (see [`settled`]).
     clock: u64,
-    /// The entries whose sync state is kept, by age (see [`settled`]).
-    kept: BTreeMap<u64, AgentKey>,
+    /// The entries whose sync state is kept, by age, with what their definitions weigh (see
+    /// [`settled`]).
+    kept: BTreeMap<u64, (AgentKey, usize)>,
+    /// What the kept states' definitions weigh together.
+    kept_bytes: usize,
     gauges: Gauges,
 }
 
@@ -197,8 +200,10 @@ impl Inner {
     fn tidy(&mut self, key: &AgentKey) {
         let Some(entry) = self.entries.get_mut(key) else { return };
         if entry.agent.is_none() {
-            if let Some(stamp) = entry.synced.forget() {
-                self.kept.remove(&stamp);
+            if let Some(stamp) = entry.synced.forget()
+                && let Some((_, weight)) = self.kept.remove(&stamp)
+            {
+                self.kept_bytes -= weight;
             }
             entry.retries.retain(|retry, _| matches!(retry, Retry::Rollback(_)));
         }

@@ -26,6 +26,12 @@ use crate::plan::{Observed, phase_of, revision};
 /// `handled` needs, so memory does not grow with the number of Agents times versions.
 pub(super) const KEPT_STATES: usize = 64;
 
+/// What the kept states' definitions may weigh together, as JSON. Definitions of up to 320 KiB
+/// and ten versions an Agent would make 64 states 200 MiB; within this bound such Agents keep
+/// 15 states, and the kept states stay well within the chart's memory limit whatever the
+/// definitions' size.
+pub(super) const KEPT_BYTES: usize = 48 << 20;
+
 /// How long a clean sync's end state stands for the Agent without a read.
 const COVER_FOR: Duration = Duration::from_secs(60);
 
@@ -79,6 +85,28 @@ struct Record {
     state: Option<Arc<Observed>>,
 }
 
+/// What the definitions a state holds weigh, as JSON: its versions' and its Pops' snapshots.
+fn weight(state: &Observed) -> usize {
+    struct Counted(usize);
+    impl std::io::Write for Counted {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let versions = state.versions.iter().chain(&state.foreign_versions).map(|v| &v.spec.snapshot);
+    let popped = state.rollbacks.iter().filter_map(|r| r.status.as_ref()?.popped_snapshot.as_ref());
+    let mut counted = Counted(0);
+    for definition in versions.chain(popped) {
+        // Writing to a counter cannot fail.
+        let _ = serde_json::to_writer(&mut counted, definition);
+    }
+    counted.0
+}
+
 /// What a sync may start from.
 pub enum Start {
     /// The last sync failed, or none ran in this process: read everything.
@@ -97,9 +125,16 @@ pub enum Echo {
 }
 
 impl Inner {
+    /// No longer counts the state of this stamp as kept.
+    fn unkeep(&mut self, stamp: u64) -> Option<AgentKey> {
+        let (key, weight) = self.kept.remove(&stamp)?;
+        self.kept_bytes -= weight;
+        Some(key)
+    }
+
     /// Drops the kept state of the entry with this stamp, if it still keeps it.
     fn drop_kept(&mut self, stamp: u64) {
-        let Some(key) = self.kept.remove(&stamp) else { return };
+        let Some(key) = self.unkeep(stamp) else { return };
         if let Some(record) = self.entries.get_mut(&key).and_then(|e| e.synced.record.as_mut())
             && record.stamp == stamp
         {
@@ -110,7 +145,7 @@ impl Inner {
     fn take_record(&mut self, agent: &AgentKey) -> Option<Record> {
         let record = self.entries.get_mut(agent)?.synced.record.take()?;
         if record.state.is_some() {
-            self.kept.remove(&record.stamp);
+            self.unkeep(record.stamp);
         }
         Some(record)
     }
@@ -161,6 +196,7 @@ impl AgentIndex {
         for rollback in &mut state.rollbacks {
             rollback.metadata.managed_fields = None;
         }
+        let weight = weight(&state);
         let mut inner = self.lock();
         if inner.entries.get(agent).is_none_or(|e| e.agent.is_none()) {
             return;
@@ -169,8 +205,9 @@ impl AgentIndex {
         inner.take_record(agent);
         let record = Record { epoch, ended: Instant::now(), stamp, terminal, state: Some(Arc::new(state)) };
         inner.entries.get_mut(agent).expect("present above").synced.record = Some(record);
-        inner.kept.insert(stamp, agent.clone());
-        if inner.kept.len() > KEPT_STATES {
+        inner.kept.insert(stamp, (agent.clone(), weight));
+        inner.kept_bytes += weight;
+        while inner.kept.len() > KEPT_STATES || (inner.kept_bytes > KEPT_BYTES && inner.kept.len() > 1) {
             let oldest = *inner.kept.keys().next().expect("more than one");
             inner.drop_kept(oldest);
         }

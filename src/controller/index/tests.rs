@@ -161,6 +161,28 @@ fn only_the_most_recent_states_are_kept() {
 }
 
 #[test]
+fn states_of_large_definitions_are_kept_within_their_byte_budget() {
+    let index = AgentIndex::new(true, Default::default());
+    let large = crate::api::AgentDefinition { instructions: Some("i".repeat(256 * 1024)), ..Default::default() };
+    let names: Vec<String> = (0..settled::KEPT_STATES).map(|i| format!("a{i}")).collect();
+    for name in &names {
+        let agent = agent(name, "1", None);
+        let versions = (1..=10).map(|n| crate::fixtures::version(&agent, n, large.clone(), None)).collect::<Vec<_>>();
+        index.apply(&Event::Apply(agent.clone()));
+        let state = crate::plan::Observed::new("ns".into(), name.clone(), Some(agent), versions, Vec::new());
+        index.settle(&key(name), index.epoch(&key(name)), state);
+    }
+    let inner = index.lock();
+    let per_state = 10 * (256 * 1024);
+    assert!(inner.kept_bytes <= settled::KEPT_BYTES, "{} bytes kept", inner.kept_bytes);
+    assert_eq!(inner.kept.len(), settled::KEPT_BYTES / (per_state + 10 * 20), "the most recent that fit");
+    assert_eq!(inner.kept_bytes, inner.kept.values().map(|(_, w)| w).sum::<usize>());
+    drop(inner);
+    assert!(matches!(index.take(&key(names.last().expect("names"))), Start::Settled(Some(_))), "the newest is kept");
+    assert!(matches!(index.take(&key("a0")), Start::Settled(None)), "the oldest is not");
+}
+
+#[test]
 fn each_expected_echo_matches_one_event_and_nothing_else_matches() {
     let index = with_agent("a");
     index.expect_echo(&key("a"), Echo::Created { name: "a-v2".into() });
