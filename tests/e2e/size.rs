@@ -218,8 +218,10 @@ async fn instructions_of_256_kib_go_through_every_path_and_every_object_fits() {
 
     // One byte over: accepted by the schema (the bytes are in a step), refused by the operator,
     // which says so in status and an Event; the active version stays.
-    let (ok, stderr) =
-        apply(&["apply", "--server-side", "-f", "-"], &manifest(&ns, "big", &spec_of("D", MAX_DEFINITION_BYTES + 1)));
+    let (ok, stderr) = apply(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        &manifest(&ns, "big", &spec_of("D", MAX_DEFINITION_BYTES + 1)),
+    );
     assert!(ok, "{stderr}");
     let agent = eventually(WAIT, || async {
         let agent = s.agents().get("big").await.ok()?;
