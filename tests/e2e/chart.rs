@@ -479,12 +479,15 @@ async fn the_operators_identity_writes_only_its_config_maps_its_delivery_annotat
         r#","ownerReferences":[{{"apiVersion":"agentops.dev/v1alpha1","kind":"Agent","name":"support","uid":"{uid}","controller":true}}]"#
     );
     let (ok, stderr) = as_operator(&["create", "--dry-run=server", "-f", "-"], Some(&config_map("")));
-    assert!(!ok && stderr.contains("its Agents and channels own"), "an unowned ConfigMap: {stderr}");
+    assert!(!ok && stderr.contains("its Agents, channels and Pops own"), "an unowned ConfigMap: {stderr}");
     let (ok, stderr) = as_operator(&["create", "--dry-run=server", "-f", "-"], Some(&config_map(&owned)));
     assert!(ok, "its own delivery ConfigMap: {stderr}");
+    let popped = r#","ownerReferences":[{"apiVersion":"agentops.dev/v1alpha1","kind":"AgentRollback","name":"pop","uid":"u","controller":true}]"#;
+    let (ok, stderr) = as_operator(&["create", "--dry-run=server", "-f", "-"], Some(&config_map(popped)));
+    assert!(ok, "the ConfigMap in which a Pop keeps its snapshot: {stderr}");
     let adopt = format!(r#"{{"metadata":{{{}}}}}"#, &owned[1..]);
     let (ok, stderr) = as_operator(&["patch", "configmap", "coredns", "--type=merge", "-p", &adopt], None);
-    assert!(!ok && stderr.contains("its Agents and channels own"), "adopting a ConfigMap: {stderr}");
+    assert!(!ok && stderr.contains("its Agents, channels and Pops own"), "adopting a ConfigMap: {stderr}");
 
     // Workloads: the delivery annotations of the pod template, and nothing else.
     let delivery = r#"{"spec":{"template":{"metadata":{"annotations":{"agentops.dev/active-version":"3","agentops.dev/snapshot-hash":"ab"}}}}}"#;
