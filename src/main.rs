@@ -20,6 +20,9 @@ use agent_operator::metrics::Metrics;
 use agent_operator::telemetry::{self, LogFormat};
 use agent_operator::{api_check, client, policy_check};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "agent-operator", version, about = "Versions AI agent definitions and rolls them back on request")]
 struct Cli {
