@@ -7,13 +7,13 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-use kube::{Resource, ResourceExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 
 use super::delivery::{self, ConfigMapState, DeliveryState, Recipient, Target, WorkloadState};
 use super::moves::{self, Hold};
 use super::status::{ChannelState, ConditionSpec, channel_conditions};
-use super::{EventNote, EventTarget, Observed, Step, Write};
+use super::{EventNote, EventTarget, Observed, Step, Write, owner_reference};
 use super::{analysis, automatic};
 use crate::api::conditions::{HasConditions, IN_SYNC, STALLED, events, reasons};
 use crate::api::{AgentChannel, AgentChannelStatus, AnalysisPhase, AnalysisStatus, ChannelOverride};
@@ -123,19 +123,6 @@ pub fn decide(observed: &Observed, now: &Time) -> Vec<Step> {
         })
         .find(|steps| !steps.is_empty())
         .unwrap_or_default()
-}
-
-/// The controller owner reference a channel's ConfigMap carries, so that it goes with the
-/// channel.
-pub(crate) fn owner_reference(channel: &AgentChannel) -> OwnerReference {
-    OwnerReference {
-        api_version: AgentChannel::api_version(&()).into_owned(),
-        kind: AgentChannel::kind(&()).into_owned(),
-        name: channel.name_any(),
-        uid: channel.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: None,
-    }
 }
 
 fn target<'a>(observed: &'a Observed, channel: &'a ChannelObserved) -> Target<'a> {

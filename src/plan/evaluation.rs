@@ -118,7 +118,7 @@ pub fn job(
     job.metadata.name = Some(job_name(&channel_name, &check.name, number));
     job.metadata.namespace = channel.channel.namespace();
     job.metadata.labels = Some(labels.into_iter().collect());
-    job.metadata.owner_references = Some(vec![super::channel::owner_reference(&channel.channel)]);
+    job.metadata.owner_references = Some(vec![super::owner_reference(&channel.channel)]);
     Ok(job)
 }
 

@@ -840,17 +840,19 @@ pub fn owning_agent_uid(meta: &ObjectMeta) -> Option<&str> {
         .map(|o| o.uid.as_str())
 }
 
-/// The controller owner reference a version carries to its Agent, so that deleting the Agent
-/// deletes its versions.
-pub(crate) fn owner_reference(agent: &Agent) -> OwnerReference {
+/// The controller owner reference an object the operator makes carries to its owner (a
+/// version to its Agent, a delivery ConfigMap to its Agent or channel, a Pop's ConfigMap to the
+/// Pop), so that deleting the owner deletes it.
+pub(crate) fn owner_reference<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
     OwnerReference {
-        api_version: Agent::api_version(&()).into_owned(),
-        kind: Agent::kind(&()).into_owned(),
-        name: agent.name_any(),
-        uid: agent.metadata.uid.clone().unwrap_or_default(),
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: owner.meta().name.clone().unwrap_or_default(),
+        uid: owner.meta().uid.clone().unwrap_or_default(),
         controller: Some(true),
-        // Not blocking: that would need `update` on agents/finalizers where owner-reference
-        // permissions are enforced, for no gain (versions go with their Agent either way).
+        // Not blocking: that would need `update` on the owner's finalizers where
+        // owner-reference permissions are enforced, for no gain (it goes with its owner either
+        // way).
         block_owner_deletion: None,
     }
 }

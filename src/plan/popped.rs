@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use super::hash::{canonical_json, snapshot_hash};
@@ -33,7 +33,7 @@ pub fn config_map(namespace: &str, rollback: &AgentRollback, version: &AgentVers
                 SNAPSHOT_HASH_ANNOTATION.to_string(),
                 version.spec.snapshot_hash.clone(),
             )])),
-            owner_references: Some(vec![owner_reference(rollback)]),
+            owner_references: Some(vec![super::owner_reference(rollback)]),
             ..ObjectMeta::default()
         },
         data: Some(BTreeMap::from([(AGENT_JSON_KEY.to_string(), canonical_json(&version.spec.snapshot))])),
@@ -54,17 +54,6 @@ pub fn snapshot_of(config_map: &ConfigMap, rollback_uid: &str, hash: &str) -> Op
     let text = config_map.data.as_ref()?.get(AGENT_JSON_KEY)?;
     let snapshot: AgentDefinition = serde_json::from_str(text).ok()?;
     (owned && snapshot_hash(&snapshot) == hash).then_some(snapshot)
-}
-
-fn owner_reference(rollback: &AgentRollback) -> OwnerReference {
-    OwnerReference {
-        api_version: AgentRollback::api_version(&()).into_owned(),
-        kind: AgentRollback::kind(&()).into_owned(),
-        name: rollback.name_any(),
-        uid: rollback.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: None,
-    }
 }
 
 #[cfg(test)]
